@@ -1,0 +1,1 @@
+"""Training, evaluation, metrics, benchmarks, distributed setup."""

@@ -1,0 +1,1 @@
+"""The NonLocal segmentor: ResNetV1c backbone, NLHead, FCN auxiliary head, EncoderDecoder."""

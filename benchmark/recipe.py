@@ -1,0 +1,346 @@
+"""Recipes: YAML files with ``_base_`` inheritance, profiles and ``--set`` overrides, validated once
+into typed, frozen objects.
+
+Resolution order: bases (depth-first, in list order) -> the file itself -> the chosen profile's
+overlay (``profiles.<name>``, merged from every base like any other key) -> ``--set`` overrides.
+Only then is the whole tree validated, so an error always names the file, the dotted key and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from benchmark.errors import NLBenchError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPES_DIR = Path(os.environ.get("NLBENCH_RECIPES", REPO_ROOT / "recipes"))
+
+# Keys that steer loading and are not part of the validated recipe.
+_BASE_KEY = "_base_"
+_PROFILES_KEY = "profiles"
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors; values are not coerced across types (no "3" -> 3)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+PairInt = Tuple[int, int]
+
+
+class NonLocalConfig(_Strict):
+    reduction: int = Field(2, ge=1)
+    use_scale: bool = True
+    mode: Literal["embedded_gaussian", "dot_product"] = "embedded_gaussian"
+    # "sdpa" runs torch's scaled_dot_product_attention; "explicit" builds the attention matrix
+    # (reference path for tests, never for large inputs).
+    impl: Literal["sdpa", "explicit"] = "sdpa"
+
+
+class HeadConfig(_Strict):
+    channels: int = Field(gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    loss_weight: float = Field(ge=0.0)
+
+
+class ModelConfig(_Strict):
+    depth: Literal[18, 50, 101]
+    num_classes: int = Field(gt=0)
+    align_corners: bool = False
+    decode_head: HeadConfig
+    non_local: NonLocalConfig = NonLocalConfig()
+    auxiliary_head: Optional[HeadConfig] = None
+
+
+class SyntheticConfig(_Strict):
+    """Parameters for `nlbench synth`, used when the recipe's data root is written on first use."""
+
+    train: int = Field(gt=0)
+    val: int = Field(gt=0)
+    size: PairInt  # (h, w) of every image
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    dataset: Literal["cityscapes", "ade20k", "voc12aug"]
+    # Means exactly what MMSeg's data_root means (relative paths are relative to the working dir).
+    data_root: str
+    img_scale: PairInt  # (w, h), MMSeg's convention: (long, short) bound of the keep-ratio resize
+    crop_size: PairInt  # (h, w)
+    ratio_range: Tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = Field(0.75, gt=0.0, le=1.0)
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    imgs_per_gpu: int = Field(gt=0)
+    workers_per_gpu: int = Field(2, ge=0)
+    # When set, a missing data root is filled with a synthetic dataset in the real layout.
+    synthetic: Optional[SyntheticConfig] = None
+
+    @field_validator("ratio_range")
+    @classmethod
+    def _ordered(cls, v: Tuple[float, float]) -> Tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("expected 0 < low <= high")
+        return v
+
+
+class TestConfig(_Strict):
+    __test__ = False  # not a pytest class
+
+    mode: Literal["whole", "slide"]
+    crop_size: Optional[PairInt] = None  # (h, w) of a sliding window
+    stride: Optional[PairInt] = None  # (h, w)
+    ms_flip_ratios: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    ms_flip_published: bool = False
+
+    @model_validator(mode="after")
+    def _slide_needs_windows(self) -> "TestConfig":
+        if self.mode == "slide" and (self.crop_size is None or self.stride is None):
+            raise ValueError("slide mode needs test.crop_size and test.stride")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    max_iters: int = Field(gt=0)
+    lr: float = Field(0.01, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    power: float = Field(0.9, gt=0.0)
+    min_lr: float = Field(1e-4, ge=0.0)
+    checkpoint_interval: int = Field(gt=0)
+    eval_interval: int = Field(gt=0)
+    log_interval: int = Field(50, gt=0)
+
+
+class RuntimeConfig(_Strict):
+    gpus: int = Field(gt=0)  # GPUs of the published run; effective batch = gpus * imgs_per_gpu
+    seed: int = 0
+    amp: Optional[Literal["bf16", "fp16"]] = None
+    channels_last: bool = False
+    cudnn_benchmark: bool = True  # on in training, as published
+    sync_bn: bool = True  # used whenever the world size is > 1
+
+
+class BenchConfig(_Strict):
+    warmup_images: int = Field(5, ge=0)
+    total_images: int = Field(200, gt=0)
+    mem_iters: int = Field(5, gt=0)
+
+
+class ReleaseConfig(_Strict):
+    """MMSegmentation's released checkpoint of this row."""
+
+    mmseg0x_config: str
+    stamp: str  # "<date>_<time>-<first 8 hex digits of the file's sha256>"
+    base_url: str = "https://download.openmmlab.com/mmsegmentation/v0.5/nonlocal_net"
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.stamp.rsplit("-", 1)[1]
+
+    @property
+    def filename(self) -> str:
+        return f"{self.mmseg0x_config}_{self.stamp}.pth"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/{self.mmseg0x_config}/{self.filename}"
+
+
+class Recipe(_Strict):
+    name: str
+    profile: str = "full"
+    model: ModelConfig
+    data: DataConfig
+    test: TestConfig
+    schedule: ScheduleConfig
+    runtime: RuntimeConfig
+    bench: BenchConfig = BenchConfig()
+    release: Optional[ReleaseConfig] = None
+    # Where the recipe came from; filled by load_recipe, not by the YAML.
+    source: str = ""
+
+    @property
+    def effective_batch(self) -> int:
+        return self.runtime.gpus * self.data.imgs_per_gpu
+
+    def to_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the resolved recipe minus where it was read from (provenance of a run)."""
+        body = {k: v for k, v in self.to_dict().items() if k != "source"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_recipe_path(recipe: Union[str, Path]) -> Path:
+    """A path to a YAML file, or a recipe name looked up in the recipes folder."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise NLBenchError("recipe file not found", path)
+        return path
+    candidate = RECIPES_DIR / f"{recipe}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise NLBenchError(f"no recipe named {str(recipe)!r} (looked for {candidate}); `nlbench list` shows them")
+
+
+def list_recipe_paths() -> List[Path]:
+    return sorted(p for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise NLBenchError(f"cannot read: {exc.strerror}", path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise NLBenchError(f"invalid YAML: {where}{problem}", path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise NLBenchError(f"expected a mapping at the top level, got {type(data).__name__}", path)
+    return data
+
+
+def deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    """Mappings merge key by key; any other value (lists included) replaces the base value."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_tree(path: Path, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in chain + (path,))
+        raise NLBenchError(f"_base_ inheritance cycle: {cycle}", path)
+    data = _read_yaml(path)
+    bases = data.pop(_BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise NLBenchError("expected a path or a list of paths", path, _BASE_KEY)
+    merged: Dict[str, Any] = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise NLBenchError(f"base file not found: {base_path}", path, _BASE_KEY)
+        merged = deep_merge(merged, _load_tree(base_path, chain + (path,)))
+    return deep_merge(merged, data)
+
+
+def parse_set_options(items: Sequence[str]) -> List[Tuple[str, Any]]:
+    """``a.b.c=value`` -> (``a.b.c``, YAML-typed value)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise NLBenchError(f"--set expects dotted.key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            raise NLBenchError(f"--set {key}: value {raw!r} is not valid YAML") from None
+        parsed.append((key, value))
+    return parsed
+
+
+def _apply_set(tree: Dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise NLBenchError(f"--set {key}: {where} is a {type(child).__name__}, not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, path: Path) -> NLBenchError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required value is missing"
+        got = err.get("input")
+        got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{key}: {msg}{got_text}")
+    first, rest = lines[0], lines[1:]
+    more = "".join(f"\n  also {line}" for line in rest)
+    return NLBenchError(f"invalid recipe: {first}{more}", path)
+
+
+def available_profiles(tree: Dict[str, Any]) -> List[str]:
+    return ["full"] + sorted(tree.get(_PROFILES_KEY, {}) or {})
+
+
+def load_recipe(
+    recipe: Union[str, Path],
+    overrides: Sequence[str] = (),
+    profile: str = "full",
+) -> Recipe:
+    """Load, merge, apply the profile and overrides, and validate a recipe."""
+    path = resolve_recipe_path(recipe)
+    tree = _load_tree(path)
+    profiles = tree.pop(_PROFILES_KEY, {}) or {}
+    if not isinstance(profiles, dict):
+        raise NLBenchError("expected a mapping of profile name -> overrides", path, _PROFILES_KEY)
+    if profile != "full":
+        if profile not in profiles:
+            raise NLBenchError(
+                f"unknown profile {profile!r}; this recipe has: {', '.join(['full'] + sorted(profiles))}", path
+            )
+        overlay = profiles[profile]
+        if not isinstance(overlay, dict):
+            raise NLBenchError("expected a mapping of overrides", path, f"{_PROFILES_KEY}.{profile}")
+        tree = deep_merge(tree, overlay)
+    for key, value in parse_set_options(overrides):
+        _apply_set(tree, key, value)
+    tree.setdefault("name", path.stem)
+    tree["profile"] = profile
+    tree["source"] = str(path)
+    try:
+        return Recipe.model_validate(_lists_to_tuples(tree))
+    except ValidationError as exc:
+        raise _format_validation_error(exc, path) from None
+
+
+def _lists_to_tuples(node: Any) -> Any:
+    """YAML gives lists; the typed fields hold tuples (strict mode does not convert)."""
+    if isinstance(node, dict):
+        return {k: _lists_to_tuples(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return tuple(_lists_to_tuples(v) for v in node)
+    return node

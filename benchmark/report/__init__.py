@@ -1,0 +1,1 @@
+"""Results: run records, collection, tables, plots, comparison with the published numbers."""

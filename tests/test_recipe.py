@@ -1,0 +1,89 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.errors import NLBenchError
+from benchmark.recipe import REPO_ROOT, deep_merge, list_recipe_paths, load_recipe, parse_set_options
+
+ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
+
+
+def test_sixteen_rows_resolve_with_facts():
+    paths = list_recipe_paths()
+    assert len(paths) == 16
+    for path in paths:
+        r = load_recipe(path)
+        assert r.name == path.stem
+        assert r.model.depth in (50, 101) and f"r{r.model.depth}-d8" in r.name
+        assert r.schedule.max_iters == int(r.name.split("-")[2].split("_")[0].rstrip("k")) * 1000
+        assert r.schedule.checkpoint_interval == r.schedule.max_iters // 10
+        assert r.schedule.lr == 0.01 and r.schedule.min_lr == 1e-4 and r.schedule.weight_decay == 5e-4
+        expected_batch = {"cityscapes": 8, "ade20k": 16, "voc12aug": 16}[r.data.dataset]
+        assert r.effective_batch == expected_batch
+        assert r.release.sha256_prefix in r.release.url
+        if "769x769" in r.name:
+            assert r.test.mode == "slide" and r.model.align_corners and r.test.stride == (513, 513)
+        else:
+            assert r.test.mode == "whole" and not r.model.align_corners
+
+
+def test_base_merge_profile_and_set():
+    r = load_recipe(ROW, ["schedule.max_iters=7", "runtime.amp=bf16"], profile="smoke")
+    assert r.profile == "smoke" and r.model.depth == 18 and r.schedule.max_iters == 7
+    assert r.runtime.amp == "bf16"
+    assert r.data.synthetic is not None
+    # the profile and overrides change the hash; loading twice does not
+    assert load_recipe(ROW).hash == load_recipe(ROW).hash != r.hash
+
+
+def test_deep_merge_replaces_lists_and_merges_maps():
+    assert deep_merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}}) == {"a": {"b": 1, "c": [3]}}
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.depth=34", "model.depth"),
+        ("model.nonsense=1", "model.nonsense: unknown key"),
+        ("schedule.lr=fast", "schedule.lr"),
+        ("data.crop_size=[1]", "data.crop_size"),
+        ("test.mode=slide", "slide mode needs"),
+    ],
+)
+def test_bad_values_name_file_and_key(override, fragment):
+    with pytest.raises(NLBenchError) as info:
+        load_recipe(ROW, [override])
+    assert fragment in str(info.value) and ROW in str(info.value)
+
+
+def test_bad_files(tmp_path: Path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: [unclosed\n")
+    with pytest.raises(NLBenchError, match="invalid YAML: line"):
+        load_recipe(bad_yaml)
+    missing_base = tmp_path / "missing.yaml"
+    missing_base.write_text("_base_: nowhere.yaml\n")
+    with pytest.raises(NLBenchError, match="base file not found"):
+        load_recipe(missing_base)
+    cyc = tmp_path / "cyc.yaml"
+    cyc.write_text("_base_: cyc.yaml\n")
+    with pytest.raises(NLBenchError, match="cycle"):
+        load_recipe(cyc)
+    with pytest.raises(NLBenchError, match="no recipe named"):
+        load_recipe("no_such_recipe")
+    with pytest.raises(NLBenchError, match="unknown profile"):
+        load_recipe(ROW, profile="huge")
+    with pytest.raises(NLBenchError, match="dotted.key=value"):
+        parse_set_options(["novalue"])
+
+
+def test_cli_error_is_one_line_not_a_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark", "show", ROW, "--set", "model.depth=7"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "model.depth" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
