@@ -1,0 +1,307 @@
+"""Result records: one JSON file per finished stage (train, eval, eval ms+flip, bench).
+
+Schema ``nlbench.record/1`` (docs/ARCHITECTURE.md). A record lives at
+``RESULTS/records/<recipe>/<profile>/seed<seed>/<kind>-<UTC time>-<8 hex>.json``; the random suffix
+and the write-to-temp-then-rename make concurrent writers (SLURM array tasks, DDP ranks on a shared
+file system) safe without any locking. Reading is forgiving: a record that is corrupt, partial,
+foreign (not ours) or of an unknown recipe is skipped with a warning naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+from benchmark import __version__
+from benchmark.errors import NLBenchError
+from benchmark.recipe import REPO_ROOT, list_recipe_paths
+
+SCHEMA = "nlbench.record/1"
+KINDS = ("train", "eval", "eval_ms_flip", "bench")
+EVAL_KINDS = ("eval", "eval_ms_flip")
+RECORDS_SUBDIR = "records"
+
+PathLike = Union[str, Path]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _safe_component(value: Any) -> bool:
+    """Usable as one folder name: recipe and profile names become path components."""
+    return (
+        isinstance(value, str)
+        and value != ""
+        and not value.startswith(".")
+        and "/" not in value
+        and "\\" not in value
+        and "\0" not in value
+    )
+
+
+def validate_record(record: Any) -> List[str]:
+    """Problems with a record (empty list = valid). Each problem names the key and what was expected."""
+    if not isinstance(record, dict):
+        return [f"expected a JSON object, got {type(record).__name__}"]
+    problems: List[str] = []
+    if record.get("schema") != SCHEMA:
+        problems.append(f"schema: expected {SCHEMA!r}, got {record.get('schema')!r}")
+        return problems  # a foreign file: the rest of the checks would only add noise
+    kind = record.get("kind")
+    if kind not in KINDS:
+        problems.append(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    for key in ("recipe", "profile"):
+        if not _safe_component(record.get(key)):
+            problems.append(f"{key}: expected a non-empty name without '/', got {record.get(key)!r}")
+    seed = record.get("seed")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        problems.append(f"seed: expected an integer >= 0, got {seed!r}")
+    created = record.get("created_at")
+    try:
+        parsed = datetime.fromisoformat(created) if isinstance(created, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        problems.append(f"created_at: expected an ISO-8601 time with a UTC offset, got {created!r}")
+    iterations = record.get("iterations")
+    if iterations is not None and not (isinstance(iterations, int) and not isinstance(iterations, bool)):
+        problems.append(f"iterations: expected an integer or null, got {iterations!r}")
+    for key in ("wall_time_s", "gpu_hours", "mem_gb", "fps"):
+        value = record.get(key)
+        if value is not None and not _is_number(value):
+            problems.append(f"{key}: expected a number or null, got {value!r}")
+    metrics = record.get("metrics")
+    if metrics is not None and not isinstance(metrics, dict):
+        problems.append(f"metrics: expected an object or null, got {type(metrics).__name__}")
+    elif kind in EVAL_KINDS:
+        if metrics is None:
+            problems.append(f"metrics: required for a {kind} record")
+        else:
+            for key in ("aAcc", "mIoU", "mAcc"):
+                if not _is_number(metrics.get(key)):
+                    problems.append(f"metrics.{key}: expected a number (percent), got {metrics.get(key)!r}")
+            per_class = metrics.get("per_class")
+            if per_class is not None and not isinstance(per_class, dict):
+                problems.append("metrics.per_class: expected an object of class -> {IoU, Acc}")
+    if kind == "bench" and not _is_number(record.get("fps")):
+        problems.append(f"fps: required (a number) for a bench record, got {record.get('fps')!r}")
+    if not isinstance(record.get("provenance"), dict):
+        problems.append("provenance: expected an object (see records.provenance())")
+    return problems
+
+
+def _finite_or_none(node: Any) -> Any:
+    """JSON has no NaN: a class absent from the split (NaN IoU, as in MMSeg) is stored as null."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return None
+    if isinstance(node, dict):
+        return {k: _finite_or_none(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_finite_or_none(v) for v in node]
+    return node
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Temp file in the destination folder, fsync, rename: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def record_dir(results_dir: PathLike, recipe: str, profile: str, seed: int) -> Path:
+    return Path(results_dir) / RECORDS_SUBDIR / recipe / profile / f"seed{seed}"
+
+
+def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
+    """Validate ``record``, stamp ``schema`` and ``created_at``, write it atomically, return its path.
+
+    ``created_at`` is kept when the caller gives one (tests plant older records); otherwise it is now.
+    The file name ends in 8 random hex digits, so writers never pick the same name.
+    """
+    if not isinstance(record, dict):
+        raise NLBenchError(f"a record must be a dict, got {type(record).__name__}", results_dir)
+    now = datetime.now(timezone.utc)
+    body = dict(record)
+    if body.get("schema", SCHEMA) != SCHEMA:
+        raise NLBenchError(f"expected {SCHEMA!r}, got {body['schema']!r}", key="schema")
+    body["schema"] = SCHEMA
+    body.setdefault("created_at", now.isoformat(timespec="microseconds"))
+    body = _finite_or_none(body)
+    problems = validate_record(body)
+    if problems:
+        raise NLBenchError("invalid record: " + "; ".join(problems), results_dir)
+    # Field order of the schema first, anything extra after.
+    order = ["schema", "kind", "recipe", "profile", "seed", "created_at", "iterations", "wall_time_s",
+             "gpu_hours", "metrics", "mem_gb", "fps", "provenance"]
+    ordered = {k: body.get(k) for k in order}
+    ordered.update({k: v for k, v in body.items() if k not in ordered})
+    folder = record_dir(results_dir, body["recipe"], body["profile"], body["seed"])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = folder / f"{body['kind']}-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}.json"
+            if not path.exists():
+                break
+        _atomic_write_text(path, json.dumps(ordered, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise NLBenchError(f"cannot write record: {exc.strerror or exc}", folder) from None
+    return path
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _env_int(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional[PathLike] = None) -> Dict[str, Any]:
+    """Where, how and from what a result was made.
+
+    ``recipe`` is a loaded Recipe (its hash is recorded); ``device`` a torch.device or string (default:
+    CUDA when available, else CPU); ``checkpoint`` a file whose sha256 is recorded. Every probe that
+    can fail (no git, no CUDA) gives None rather than an error.
+    """
+    import torch  # here, not at module level: reading records must not pay for importing torch
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and torch.cuda.is_available():
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        device_name = torch.cuda.get_device_name(index)
+        device_count = torch.cuda.device_count()
+    else:
+        device_name, device_count = dev.type, 1
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    checkpoint_sha = None
+    if checkpoint is not None:
+        try:
+            checkpoint_sha = sha256_file(checkpoint)
+        except OSError as exc:
+            raise NLBenchError(f"cannot hash checkpoint: {exc.strerror or exc}", checkpoint) from None
+    return {
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": bool(status.strip()) if status is not None else None,
+        "nlbench_version": __version__,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": cudnn,
+        "device_name": device_name,
+        "device_count": device_count,
+        "world_size": _env_int("WORLD_SIZE") or 1,
+        "dtype": dtype,
+        "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "recipe_hash": recipe.hash,
+        "checkpoint_sha256": checkpoint_sha,
+    }
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def known_recipe_names() -> set:
+    return {p.stem for p in list_recipe_paths()}
+
+
+def _record_files(root: Path) -> Iterable[Path]:
+    """Every ``*.json`` under ``root``; temp files of writers in flight (dot-prefixed) are not records."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.name.endswith(".json"):
+                yield Path(entry.path)
+
+
+def load_records(
+    results_dir: PathLike, known_recipes: Optional[Iterable[str]] = None
+) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """All valid records under ``RESULTS/records`` and one warning per skipped file.
+
+    ``known_recipes`` defaults to the recipes folder's names; a record of any other recipe is skipped
+    (pass a set to accept records of recipes loaded from elsewhere). Each returned record carries its
+    file path under ``_path``. The order is by file path (deterministic).
+    """
+    root = Path(results_dir) / RECORDS_SUBDIR
+    known = set(known_recipes) if known_recipes is not None else known_recipe_names()
+    records: List[Dict[str, Any]] = []
+    warnings: List[str] = []
+    for path in sorted(_record_files(root)):
+        try:
+            with open(path, "r", encoding="utf-8") as fh:
+                record = json.load(fh)
+        except UnicodeDecodeError:
+            warnings.append(f"{path}: skipped: not UTF-8 text")
+            continue
+        except json.JSONDecodeError as exc:
+            warnings.append(f"{path}: skipped: not valid JSON (truncated or corrupt): {exc.msg} at line {exc.lineno}")
+            continue
+        except OSError as exc:
+            warnings.append(f"{path}: skipped: cannot read: {exc.strerror or exc}")
+            continue
+        problems = validate_record(record)
+        if problems:
+            warnings.append(f"{path}: skipped: " + "; ".join(problems))
+            continue
+        if record["recipe"] not in known:
+            warnings.append(f"{path}: skipped: recipe: unknown recipe {record['recipe']!r} (not in the recipes folder)")
+            continue
+        record["_path"] = str(path)
+        records.append(record)
+    return records, warnings
