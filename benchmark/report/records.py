@@ -9,14 +9,12 @@ foreign (not ours) or of an unknown recipe is skipped with a warning naming the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import secrets
 import socket
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
@@ -117,21 +115,6 @@ def _finite_or_none(node: Any) -> Any:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the destination folder, fsync, rename: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def record_dir(results_dir: PathLike, recipe: str, profile: str, seed: int) -> Path:
     return Path(results_dir) / RECORDS_SUBDIR / recipe / profile / f"seed{seed}"
 
@@ -159,6 +142,9 @@ def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
              "gpu_hours", "metrics", "mem_gb", "fps", "provenance"]
     ordered = {k: body.get(k) for k in order}
     ordered.update({k: v for k, v in body.items() if k not in ordered})
+    # checkpoint imports torch; reading records must not, so the import waits until a write.
+    from benchmark.checkpoint import atomic_write_text
+
     folder = record_dir(results_dir, body["recipe"], body["profile"], body["seed"])
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,7 +152,7 @@ def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
             path = folder / f"{body['kind']}-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}.json"
             if not path.exists():
                 break
-        _atomic_write_text(path, json.dumps(ordered, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(ordered, indent=2, allow_nan=False) + "\n")
     except OSError as exc:
         raise NLBenchError(f"cannot write record: {exc.strerror or exc}", folder) from None
     return path
@@ -181,14 +167,6 @@ def _git(*args: str) -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
-
-
-def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -208,6 +186,8 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
     """
     import torch  # here, not at module level: reading records must not pay for importing torch
 
+    from benchmark.checkpoint import file_sha256
+
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -221,7 +201,7 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
     checkpoint_sha = None
     if checkpoint is not None:
         try:
-            checkpoint_sha = sha256_file(checkpoint)
+            checkpoint_sha = file_sha256(checkpoint)
         except OSError as exc:
             raise NLBenchError(f"cannot hash checkpoint: {exc.strerror or exc}", checkpoint) from None
     return {
