@@ -1,0 +1,135 @@
+"""torch.distributed set-up from the environment, and the few collective helpers the engine uses.
+
+Whoever starts the processes exports torchrun's variables: RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT (torchrun does it itself; the SLURM launcher copies submitit's environment
+into the same names). With WORLD_SIZE > 1 the process group is created with ``init_method="env://"``:
+nccl when the device is CUDA, gloo on CPU. Without those variables everything runs as a single rank
+and every helper here is a no-op.
+
+SyncBN: torch's SyncBatchNorm refuses CPU tensors in training (torch 2.13 raises "SyncBatchNorm
+expected input tensor to be on GPU ..."), so multi-process CPU runs keep plain BatchNorm (each rank
+normalises with its own batch statistics; DDP broadcasts rank 0's running statistics) and say so.
+CUDA runs with world size > 1 always convert to SyncBatchNorm when the recipe asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from benchmark.errors import NLBenchError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: Optional[str]  # None when single-process
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise NLBenchError(f"expected an integer, got {raw!r}", key=f"environment variable {name}") from None
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> this rank's CUDA device when CUDA is available, else CPU; 'cuda' -> cuda:LOCAL_RANK."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise NLBenchError(f"expected cpu, cuda, cuda:N or auto, got {device!r}", key="--device") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NLBenchError("CUDA was requested but torch sees no CUDA device", key="--device")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise NLBenchError(f"expected cpu, cuda, cuda:N or auto, got {device!r}", key="--device")
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group described by the environment (idempotent) and pick this rank's device."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    dev = resolve_device(device, local_rank)
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, dev, None)
+    if not 0 <= rank < world_size:
+        raise NLBenchError(f"RANK={rank} is outside 0..{world_size - 1}", key="environment variable RANK")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise NLBenchError(f"WORLD_SIZE={world_size} but {name} is not set (torchrun sets it)",
+                               key=f"environment variable {name}")
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        # Binding the device up front lets nccl set up its communicator eagerly (torch >= 2.3).
+        extra = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **extra)
+    return DistInfo(rank, world_size, local_rank, dev, dist.get_backend())
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place and return it (unchanged when single-process)."""
+    if get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest ``value`` over ranks (e.g. peak memory, which MMSeg reports as a max)."""
+    if get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def convert_sync_bn(model: nn.Module, info: DistInfo, enabled: bool, log: Callable[[str], None] = print) -> nn.Module:
+    """SyncBatchNorm when the world size is > 1 and the recipe asks for it, on CUDA; plain BN on CPU."""
+    if info.world_size == 1 or not enabled:
+        return model
+    if info.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if info.is_main:
+        log(f"note: SyncBatchNorm needs CUDA in torch {torch.__version__}; the {info.world_size} CPU ranks "
+            "train with plain BatchNorm (per-rank batch statistics)")
+    return model
