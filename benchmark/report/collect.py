@@ -1,0 +1,184 @@
+"""`nlbench collect`: result records -> one pandas table, one row per (recipe, profile).
+
+Two steps, both plain functions so tables/plots/compare share them:
+  runs(records)      newest record per (recipe, profile, seed, kind), kinds joined: one row per seed
+  summarize(runs)    mean, std, min, max and n over seeds for every metric, provenance kept
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+import pandas as pd
+from tabulate import tabulate
+
+from benchmark.errors import NLBenchError
+from benchmark.report.records import RECORDS_SUBDIR, load_records
+
+# Column name -> where it comes from: (record kind, path inside that record).
+METRIC_SOURCES = {
+    "miou": ("eval", ("metrics", "mIoU")),
+    "miou_ms_flip": ("eval_ms_flip", ("metrics", "mIoU")),
+    "aacc": ("eval", ("metrics", "aAcc")),
+    "macc": ("eval", ("metrics", "mAcc")),
+    "mem_gb": ("bench", ("mem_gb",)),
+    "fps": ("bench", ("fps",)),
+}
+METRICS = list(METRIC_SOURCES)
+STATS = ("mean", "std", "min", "max", "n")
+# Provenance fields carried into the summary; where seeds disagree the distinct values are joined by "; ".
+PROVENANCE = ["device_name", "device_count", "dtype", "git_commit", "git_dirty", "torch_version",
+              "cuda_version", "cudnn_version", "recipe_hash", "hostname"]
+KEY = ["recipe", "profile"]
+
+
+def _dig(record: Dict[str, Any], path: Iterable[str]) -> Any:
+    node: Any = record
+    for part in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _created_ts(record: Dict[str, Any]) -> float:
+    return datetime.fromisoformat(record["created_at"]).timestamp()
+
+
+def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
+    """One row per (recipe, profile, seed): the newest record of each kind, joined."""
+    newest: Dict[tuple, Dict[str, Any]] = {}
+    for rec in records:
+        key = (rec["recipe"], rec["profile"], rec["seed"], rec["kind"])
+        order = (_created_ts(rec), rec.get("_path", ""))
+        held = newest.get(key)
+        if held is None or order > held[0]:
+            newest[key] = (order, rec)
+    by_seed: Dict[tuple, Dict[str, Dict[str, Any]]] = {}
+    for (recipe, profile, seed, kind), (_, rec) in newest.items():
+        by_seed.setdefault((recipe, profile, seed), {})[kind] = rec
+    rows = []
+    for (recipe, profile, seed), kinds in by_seed.items():
+        row: Dict[str, Any] = {"recipe": recipe, "profile": profile, "seed": seed}
+        for column, (kind, path) in METRIC_SOURCES.items():
+            value = _dig(kinds[kind], path) if kind in kinds else None
+            row[column] = float(value) if value is not None else float("nan")
+        train = kinds.get("train", {})
+        row["iterations"] = train.get("iterations")
+        row["train_wall_time_s"] = train.get("wall_time_s")
+        row["gpu_hours"] = sum(float(r.get("gpu_hours") or 0.0) for r in kinds.values())
+        # Speed and memory describe the bench device; the rest describe the eval (or any) record.
+        prov_source = kinds.get("bench") or kinds.get("eval") or next(iter(kinds.values()))
+        for field in PROVENANCE:
+            row[field] = (prov_source.get("provenance") or {}).get(field)
+        row["kinds"] = ",".join(sorted(kinds))
+        row["created_at"] = max(r["created_at"] for r in kinds.values())
+        rows.append(row)
+    columns = ["recipe", "profile", "seed", *METRICS, "iterations", "train_wall_time_s", "gpu_hours",
+               *PROVENANCE, "kinds", "created_at"]
+    df = pd.DataFrame(rows, columns=columns)
+    return df.sort_values(["recipe", "profile", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _distinct(values: pd.Series) -> Any:
+    seen = [v for v in dict.fromkeys(values.tolist()) if v is not None and not (isinstance(v, float) and v != v)]
+    if not seen:
+        return None
+    if len(seen) == 1:
+        return seen[0]
+    return "; ".join(str(v) for v in seen)
+
+
+def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per (recipe, profile): ``<metric>_{mean,std,min,max,n}`` over seeds (std with ddof=1, NaN for
+    one seed), ``n_seeds``, ``seeds``, summed ``gpu_hours`` and the provenance columns."""
+    grouped = per_seed.groupby(KEY, sort=True)
+    stats = grouped[METRICS].agg(["mean", "std", "min", "max", "count"])
+    stats.columns = [f"{metric}_{'n' if stat == 'count' else stat}" for metric, stat in stats.columns]
+    out = stats
+    out["n_seeds"] = grouped["seed"].count()
+    out["seeds"] = grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s)))
+    out["iterations"] = grouped["iterations"].agg(_distinct)
+    out["gpu_hours"] = grouped["gpu_hours"].sum()
+    for field in PROVENANCE:
+        out[field] = grouped[field].agg(_distinct)
+    out["created_at"] = grouped["created_at"].max()
+    return out.reset_index()
+
+
+def collect(results_dir, known_recipes: Optional[Iterable[str]] = None) -> pd.DataFrame:
+    """Summary table of every valid record under ``results_dir`` (see ``summarize``).
+
+    Skipped records' warnings are in ``df.attrs["warnings"]`` and the per-seed table in
+    ``df.attrs["runs"]``. Raises NLBenchError when there is nothing to collect.
+    """
+    records, warnings = load_records(results_dir, known_recipes)
+    if not records:
+        where = Path(results_dir) / RECORDS_SUBDIR
+        why = f"{len(warnings)} file(s) there were skipped, see the warnings" if warnings else "the folder has none"
+        err = NLBenchError(f"no result records to collect ({why}); run `nlbench run-all` first", where)
+        err.warnings = warnings  # the CLI prints them before the error
+        raise err
+    per_seed = runs(records)
+    summary = summarize(per_seed)
+    summary.attrs["warnings"] = warnings
+    summary.attrs["runs"] = per_seed
+    summary.attrs["records"] = len(records)
+    return summary
+
+
+def collect_or_warn(results_dir) -> pd.DataFrame:
+    """``collect`` for the CLI verbs: skipped-record warnings go to stderr, one line each."""
+    try:
+        summary = collect(results_dir)
+    except NLBenchError as exc:
+        print_warnings(getattr(exc, "warnings", []))
+        raise
+    print_warnings(summary.attrs["warnings"])
+    return summary
+
+
+def print_warnings(warnings: List[str]) -> None:
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def format_stat(mean: float, std: float, n: int, digits: int) -> str:
+    """'78.24', '78.24 ± 0.31' (several seeds) or '-' (nothing measured)."""
+    if n == 0 or mean != mean:
+        return "-"
+    text = f"{mean:.{digits}f}"
+    if n > 1 and std == std:
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def main(args) -> int:
+    from benchmark.checkpoint import atomic_write_text
+
+    summary = collect_or_warn(args.results)
+    out = Path(args.out) if args.out else Path(args.results) / "summary.csv"
+    try:
+        atomic_write_text(out, summary.to_csv(index=False, float_format="%.6g"))
+    except OSError as exc:
+        raise NLBenchError(f"cannot write summary: {exc.strerror or exc}", out) from None
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append([
+            r["recipe"], r["profile"], int(r["n_seeds"]),
+            format_stat(r["miou_mean"], r["miou_std"], r["miou_n"], 2),
+            format_stat(r["miou_ms_flip_mean"], r["miou_ms_flip_std"], r["miou_ms_flip_n"], 2),
+            format_stat(r["aacc_mean"], r["aacc_std"], r["aacc_n"], 2),
+            format_stat(r["mem_gb_mean"], r["mem_gb_std"], r["mem_gb_n"], 2),
+            format_stat(r["fps_mean"], r["fps_std"], r["fps_n"], 2),
+            r["device_name"] or "-",
+        ])
+    headers = ["recipe", "profile", "seeds", "mIoU", "mIoU(ms+flip)", "aAcc", "Mem (GB)", "fps", "device"]
+    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    n_warn = len(summary.attrs["warnings"])
+    skipped = f", {n_warn} skipped (warnings above)" if n_warn else ""
+    print(f"{summary.attrs['records']} records{skipped} -> {len(summary)} rows -> {out}")
+    return 0
