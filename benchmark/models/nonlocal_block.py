@@ -1,0 +1,87 @@
+"""The non-local block (Wang et al. 2018) with mmcv's NonLocal2d parameter layout and semantics.
+
+    theta, phi, g = 1x1 convs (with bias) of x, C -> C' = C / reduction
+    embedded_gaussian: y = softmax(theta^T phi * s) g, s = 1/sqrt(C') when use_scale else 1
+    dot_product:       y = (theta^T phi / N) g,  N = number of positions
+    out = x + BN(conv1x1 C' -> C, no bias)(y)
+
+The default ``impl="sdpa"`` never builds the N x N attention matrix: embedded_gaussian goes through
+``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels), and
+dot_product, having no softmax, is evaluated as theta (phi^T g) / N, which is exactly associative.
+At a 1024x2048 input N = 128*256 = 32768, so the matrix would be 4 GiB per image in fp32.
+``impl="explicit"`` builds the matrix as mmcv does; it is a reference for tests only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.models.layers import ConvBlock, NormLayer, constant_norm_init_, kaiming_init_, normal_init_
+
+Mode = Literal["embedded_gaussian", "dot_product"]
+Impl = Literal["sdpa", "explicit"]
+
+
+class NonLocal2d(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 2,
+        use_scale: bool = True,
+        mode: Mode = "embedded_gaussian",
+        impl: Impl = "sdpa",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        if mode not in ("embedded_gaussian", "dot_product"):
+            raise ValueError(f"NonLocal2d mode must be embedded_gaussian or dot_product, got {mode!r}")
+        if impl not in ("sdpa", "explicit"):
+            raise ValueError(f"NonLocal2d impl must be sdpa or explicit, got {impl!r}")
+        self.in_channels = in_channels
+        self.inter_channels = in_channels // reduction
+        self.use_scale = use_scale
+        self.mode = mode
+        self.impl = impl
+        self.g = ConvBlock(in_channels, self.inter_channels, 1)
+        self.theta = ConvBlock(in_channels, self.inter_channels, 1)
+        self.phi = ConvBlock(in_channels, self.inter_channels, 1)
+        self.conv_out = ConvBlock(self.inter_channels, in_channels, 1, norm_layer=norm_layer)
+        self.init_weights()
+
+    def init_weights(self, std: float = 0.01) -> None:
+        """mmcv's init: N(0, 0.01) for g/theta/phi; conv_out keeps ConvModule's Kaiming init and
+        its norm starts at scale 0, so the block is the identity until trained."""
+        for block in (self.g, self.theta, self.phi):
+            normal_init_(block.conv, std)
+        kaiming_init_(self.conv_out.conv)
+        constant_norm_init_(self.conv_out.bn, 0.0)
+
+    def attend(self, theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """y for (B, N, C') queries ``theta``, keys ``phi`` and values ``g``; returns (B, N, C')."""
+        n_keys = phi.shape[-2]
+        if self.mode == "embedded_gaussian":
+            # use_scale=False means no scaling at all: pass 1.0, not None (None means 1/sqrt(C')).
+            scale = self.inter_channels**-0.5 if self.use_scale else 1.0
+            if self.impl == "sdpa":
+                return F.scaled_dot_product_attention(theta, phi, g, scale=scale)
+            weights = torch.softmax(theta @ phi.transpose(-2, -1) * scale, dim=-1)
+            return weights @ g
+        # dot_product: no softmax, so (theta phi^T) g == theta (phi^T g); the right-hand form is
+        # O(N C'^2) instead of O(N^2 C') and needs no N x N buffer.
+        if self.impl == "sdpa":
+            return theta @ (phi.transpose(-2, -1) @ g) / n_keys
+        return (theta @ phi.transpose(-2, -1) / n_keys) @ g
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        # (B, C', H, W) -> (B, HW, C'): positions are the sequence, channels the embedding.
+        theta = self.theta(x).flatten(2).transpose(1, 2)
+        phi = self.phi(x).flatten(2).transpose(1, 2)
+        g = self.g(x).flatten(2).transpose(1, 2)
+        y = self.attend(theta, phi, g)
+        y = y.transpose(1, 2).reshape(b, self.inter_channels, h, w)
+        return x + self.conv_out(y)
