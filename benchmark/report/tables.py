@@ -1,0 +1,206 @@
+"""`nlbench tables`: markdown tables in the published table's format, filled from the records.
+
+The published README (MMSeg's nonlocal_net) has one table per dataset with the columns below, padded
+the way mdformat pads them; the alignment of mIoU(ms+flip) differs between its tables, so it is kept
+per dataset. Generated text is deterministic (no timestamps), so `--check` can tell a stale README.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+
+from benchmark.errors import NLBenchError
+from benchmark.recipe import REPO_ROOT, RECIPES_DIR, load_recipe
+from benchmark.report.collect import collect_or_warn, format_stat
+from benchmark.report.published import load_published
+
+HEADERS = ["Method", "Backbone", "Crop Size", "Lr schd", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)",
+           "config", "download"]
+# "l" or "r" per column, per dataset, as in the published tables.
+ALIGN = {
+    "Cityscapes": "lllrllrlll",
+    "ADE20K": "lllrllrrll",
+    "Pascal VOC 2012 + Aug": "lllrllrrll",
+}
+START = "<!-- nlbench:tables:start -->"
+END = "<!-- nlbench:tables:end -->"
+PROFILE_ORDER = {"full": 0, "smoke": 1}
+PROFILE_NOTES = {
+    "full": "the recipes as published (full size, real datasets).",
+    "smoke": "ResNet-18 trunk, thin heads, synthetic data in each dataset's layout, tiny crops and a few "
+             "dozen iterations (Backbone, Crop Size and Lr schd below name the published row, not the smoke "
+             "settings). It checks that every stage of every row runs; its numbers are **not** "
+             "comparable with the published full-size results (rows say `NonLocal (smoke)`; `nlbench compare` "
+             "gates them against `results/reference/smoke.csv`).",
+}
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """A pipe table padded to the widest cell of each column, alignment row as mdformat writes it."""
+    # At least 3 wide: a delimiter cell needs a dash besides its colon to be valid GFM.
+    widths = [max([3, len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * (w - 1) + ":" if a == "r" else "-" * w for w, a in zip(widths, align)]
+    return "\n".join([line(headers), "| " + " | ".join(rule) + " |"] + [line(r) for r in rows])
+
+
+def _links(recipe_name: str, link_from: Path) -> List[str]:
+    """The config and download cells: the recipe file, MMSeg's released checkpoint and its log."""
+    recipe_file = RECIPES_DIR / f"{recipe_name}.yaml"
+    rel = os.path.relpath(recipe_file, link_from).replace(os.sep, "/")
+    config = f"[{recipe_name}]({rel})"
+    try:
+        release = load_recipe(recipe_file).release
+    except NLBenchError:
+        release = None
+    if release is None:
+        return [config, "-"]
+    log_url = release.url.rsplit("/", 1)[0] + f"/{release.mmseg0x_config}_{release.stamp.rsplit('-', 1)[0]}.log.json"
+    return [config, f"[model]({release.url}) &#124; [log]({log_url})"]
+
+
+def _text(value: str) -> str:
+    return value if value != "" else "-"
+
+
+def published_tables(published: pd.DataFrame, link_from: Path = REPO_ROOT) -> Dict[str, str]:
+    """Dataset -> the published table as the seed README prints it."""
+    tables: Dict[str, str] = {}
+    for dataset, group in published.groupby("dataset", sort=False):
+        rows = []
+        for _, p in group.iterrows():
+            rows.append([p["method"], p["backbone"], p["crop_size"], str(p["lr_schd"]), _text(p["mem_gb_text"]),
+                         _text(p["fps_text"]), _text(p["miou_text"]), _text(p["miou_ms_flip_text"]),
+                         *_links(p["recipe"], link_from)])
+        tables[dataset] = markdown_table(HEADERS, rows, ALIGN.get(dataset, "lllrllrrll"))
+    return tables
+
+
+def _profile_rank(profile: str) -> tuple:
+    return (PROFILE_ORDER.get(profile, 2), profile)
+
+
+def _stat(row: pd.Series, metric: str, digits: int) -> str:
+    return format_stat(row[f"{metric}_mean"], row[f"{metric}_std"], int(row[f"{metric}_n"]), digits)
+
+
+def reproduced_tables(summary: pd.DataFrame, published: pd.DataFrame, link_from: Path = REPO_ROOT) -> Dict[str, str]:
+    """Dataset -> the seed-format table filled with reproduced means (± std over seeds)."""
+    tables: Dict[str, str] = {}
+    by_recipe = {name: grp for name, grp in summary.groupby("recipe")}
+    for dataset, group in published.groupby("dataset", sort=False):
+        rows = []
+        for _, p in group.iterrows():
+            found = by_recipe.get(p["recipe"])
+            if found is None:
+                continue
+            for _, r in sorted(found.iterrows(), key=lambda item: _profile_rank(item[1]["profile"])):
+                method = p["method"] if r["profile"] == "full" else f"{p['method']} ({r['profile']})"
+                rows.append([method, p["backbone"], p["crop_size"], str(p["lr_schd"]), _stat(r, "mem_gb", 1),
+                             _stat(r, "fps", 2), _stat(r, "miou", 2), _stat(r, "miou_ms_flip", 2),
+                             *_links(p["recipe"], link_from)])
+        if rows:
+            tables[dataset] = markdown_table(HEADERS, rows, ALIGN.get(dataset, "lllrllrrll"))
+    return tables
+
+
+def _delta(reproduced: float, published: float, comparable: bool) -> str:
+    if not comparable:
+        return "n/a"
+    if reproduced != reproduced or published != published:
+        return "-"
+    return f"{reproduced - published:+.2f}"
+
+
+def side_by_side(summary: pd.DataFrame, published: pd.DataFrame) -> str:
+    """Published beside reproduced (mean ± std, n) with the difference, for every row with records."""
+    headers = ["Dataset", "Backbone", "Crop Size", "Lr schd", "Profile", "mIoU published", "mIoU reproduced", "n",
+               "Δ mIoU", "mIoU(ms+flip) published", "mIoU(ms+flip) reproduced", "Δ ms+flip"]
+    rows = []
+    for recipe, p in published.iterrows():
+        found = summary[summary["recipe"] == recipe]
+        for _, r in sorted(found.iterrows(), key=lambda item: _profile_rank(item[1]["profile"])):
+            full = r["profile"] == "full"  # only full-size results may be set against the published ones
+            rows.append([p["dataset"], p["backbone"], p["crop_size"], str(p["lr_schd"]), r["profile"],
+                         _text(p["miou_text"]), _stat(r, "miou", 2), str(int(r["n_seeds"])),
+                         _delta(r["miou_mean"], p["miou"], full), _text(p["miou_ms_flip_text"]),
+                         _stat(r, "miou_ms_flip", 2), _delta(r["miou_ms_flip_mean"], p["miou_ms_flip"], full)])
+    return markdown_table(headers, rows, "lllrlrrrrrrr")
+
+
+def _devices(summary: pd.DataFrame, profile: str) -> str:
+    names = summary.loc[summary["profile"] == profile, "device_name"].dropna().unique().tolist()
+    return ", ".join(sorted(str(n) for n in names)) or "unknown device"
+
+
+def results_markdown(summary: pd.DataFrame, published: pd.DataFrame, results_label: str, link_from: Path) -> str:
+    """The generated block (without markers): notes per profile, one table per dataset, side by side."""
+    parts = [f"<!-- generated by `nlbench tables --results {results_label}`; edit the records, not this text -->", ""]
+    for profile in sorted(summary["profile"].unique(), key=_profile_rank):
+        note = PROFILE_NOTES.get(profile, "a custom recipe profile; not comparable with the published results.")
+        parts.append(f"**Profile `{profile}`**: {note} Mem and fps measured on: {_devices(summary, profile)} "
+                     "(the published ones on one V100).")
+        parts.append("")
+    parts.append("Values are the mean over seeds, ± the standard deviation when there are several; "
+                 "`-` means not measured.")
+    parts.append("")
+    for dataset, table in reproduced_tables(summary, published, link_from).items():
+        parts += [f"### {dataset}", "", table, ""]
+    parts += ["### Published vs reproduced", "", side_by_side(summary, published), ""]
+    if (summary["profile"] != "full").any():
+        parts += ["Δ is reproduced minus published, given only for full-profile rows (`n/a`: not comparable).", ""]
+    return "\n".join(parts)
+
+
+def splice(readme_text: str, block: str) -> str:
+    """Replace what lies between the markers (adding a Results section at the end when they are absent)."""
+    wrapped = f"{START}\n{block.rstrip()}\n{END}"
+    start, end = readme_text.find(START), readme_text.find(END)
+    if start == -1 or end == -1 or end < start:
+        return readme_text.rstrip("\n") + f"\n\n## Results\n\n{wrapped}\n"
+    return readme_text[:start] + wrapped + readme_text[end + len(END):]
+
+
+def main(args) -> int:
+    from benchmark.checkpoint import atomic_write_text
+
+    published = load_published()
+    if args.published:
+        blocks = [f"### {dataset}\n\n{table}\n" for dataset, table in published_tables(published).items()]
+        print("\n".join(blocks), end="")
+        return 0
+    summary = collect_or_warn(args.results)
+    readme = Path(args.readme)
+    try:
+        current = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    except OSError as exc:
+        raise NLBenchError(f"cannot read: {exc.strerror or exc}", readme) from None
+    block = results_markdown(summary, published, str(args.results), readme.resolve().parent)
+    updated = splice(current, block)
+    if args.check:
+        if updated != current:
+            print(f"{readme}: tables are stale; run `nlbench tables --results {args.results}`")
+            return 1
+        print(f"{readme}: tables are up to date")
+        return 0
+    tables_md = Path(args.results) / "tables.md"
+    standalone = results_markdown(summary, published, str(args.results), tables_md.resolve().parent)
+    try:
+        atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
+        if updated != current:
+            atomic_write_text(readme, updated)
+    except OSError as exc:
+        raise NLBenchError(f"cannot write tables: {exc.strerror or exc}", exc.filename) from None
+    print(f"tables: {tables_md}; README {'updated' if updated != current else 'already up to date'}: {readme}")
+    return 0
