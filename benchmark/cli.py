@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.5, help="mIoU points a row may fall short (default 0.5)")
     p.add_argument("--report", help="write a markdown report")
     p.add_argument("--junit", help="write a JUnit XML report (for CI)")
+    p.add_argument("--reference", default=None, metavar="published|PATH.csv",
+                   help="numbers to compare with (default: published for full-profile records, "
+                        "results/reference/smoke.csv for smoke records)")
     return parser
 
 
