@@ -1,0 +1,113 @@
+"""`nlbench predict`: segment one image with a checkpoint.
+
+Reads a PNG/JPEG of any size as RGB, runs the recipe's test pipeline and test mode, writes the
+argmax as a colour PNG in the dataset's palette and, with ``--logits``, the float32 logits (C, H, W)
+at the image's resolution as .npy. All outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+
+from benchmark.checkpoint import atomic_write_bytes, load_weights
+from benchmark.data.classes import PALETTES
+from benchmark.errors import NLBenchError
+from benchmark.inference import predict_logits
+from benchmark.models.segmentor import build_segmentor
+from benchmark.recipe import Recipe, load_recipe
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> first CUDA device if there is one, else CPU; otherwise as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NLBenchError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto", key="--device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NLBenchError(f"device {name!r} requested but no CUDA device is available", key="--device")
+    return device
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB, read as mmcv reads it (OpenCV, colour; alpha dropped, grey expanded)."""
+    if not path.is_file():
+        raise NLBenchError("image file not found", path)
+    data = np.fromfile(str(path), dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise NLBenchError("cannot decode the image (expected a PNG or JPEG file)", path)
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def colorize(pred: np.ndarray, dataset: str) -> np.ndarray:
+    """HxW class indices -> HxWx3 uint8 RGB in the dataset's palette."""
+    palette = np.asarray(PALETTES[dataset], dtype=np.uint8)
+    if pred.max(initial=0) >= len(palette):
+        raise NLBenchError(f"prediction has class {int(pred.max())} but the {dataset} palette has {len(palette)} colours")
+    return palette[pred]
+
+
+def encode_png(image_rgb: np.ndarray, path: Path) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[:, :, ::-1]))
+    if not ok:
+        raise NLBenchError("could not encode the prediction as PNG", path)
+    return buf.tobytes()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def resolve_checkpoint(checkpoint: str, recipe: Recipe) -> Path:
+    """A checkpoint path, or ``released``: MMSeg's released file for the recipe (downloaded once)."""
+    if checkpoint != "released":
+        return Path(checkpoint)
+    try:
+        from benchmark.launch.download import fetch_released
+    except ImportError:
+        raise NLBenchError("--checkpoint released needs benchmark.launch.download, which is not available "
+                           "in this install; pass a checkpoint file instead", key="--checkpoint") from None
+    return Path(fetch_released(recipe))
+
+
+def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logits_out: Optional[Path] = None,
+            device: torch.device = torch.device("cpu")) -> dict:
+    """Run one prediction and write the outputs; returns a small summary."""
+    image = read_image_rgb(image_path)
+    model = build_segmentor(recipe.model)
+    load_weights(model, checkpoint)
+    model.to(device).eval()
+    if recipe.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    logits = predict_logits(model, image, recipe, device)
+    pred = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    seconds = time.perf_counter() - start
+    atomic_write_bytes(out, encode_png(colorize(pred, recipe.data.dataset), out))
+    if logits_out is not None:
+        atomic_write_bytes(logits_out, npy_bytes(logits.float().cpu().numpy()))
+    return {"height": image.shape[0], "width": image.shape[1], "classes": int(logits.shape[0]), "seconds": seconds}
+
+
+def main(args) -> int:
+    recipe = load_recipe(args.recipe, args.overrides, getattr(args, "profile", "full"))
+    device = resolve_device(args.device)
+    checkpoint = resolve_checkpoint(args.checkpoint, recipe)
+    out = Path(args.out)
+    logits_out = Path(args.logits) if args.logits else None
+    summary = predict(recipe, checkpoint, Path(args.image), out, logits_out, device)
+    extra = f", logits {summary['classes']}x{summary['height']}x{summary['width']} -> {logits_out}" if logits_out else ""
+    print(f"{args.image}: {summary['width']}x{summary['height']}, {recipe.test.mode} inference on {device} "
+          f"in {summary['seconds']:.2f} s -> {out}{extra}")
+    return 0
