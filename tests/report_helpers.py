@@ -1,0 +1,40 @@
+"""Small builders for result records in the real on-disk layout (shared by tests/test_report_*.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from benchmark.recipe import list_recipe_paths
+from benchmark.report.records import write_record
+
+ROWS = [p.stem for p in list_recipe_paths()]
+ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
+
+
+def make_record(kind: str, recipe: str = ROW, profile: str = "full", seed: int = 0, miou: float = 50.0,
+                fps: Optional[float] = 2.0, mem_gb: Optional[float] = 7.0, device: str = "cpu",
+                created_at: Optional[str] = None) -> Dict[str, Any]:
+    record: Dict[str, Any] = {
+        "kind": kind, "recipe": recipe, "profile": profile, "seed": seed, "iterations": 40,
+        "wall_time_s": 1.5, "gpu_hours": 0.0,
+        "provenance": {"device_name": device, "device_count": 1, "dtype": "float32", "git_commit": "0" * 40},
+    }
+    if kind in ("eval", "eval_ms_flip"):
+        record["metrics"] = {"aAcc": 90.0, "mIoU": miou, "mAcc": miou + 5,
+                             "per_class": {"road": {"IoU": miou, "Acc": miou + 1}}}
+    if kind == "bench":
+        record["fps"], record["mem_gb"] = fps, mem_gb
+    if created_at is not None:
+        record["created_at"] = created_at
+    return record
+
+
+def write_row(results, recipe: str = ROW, profile: str = "full", seed: int = 0, miou: float = 50.0,
+              ms_flip: Optional[float] = None, fps: float = 2.0, mem_gb: float = 7.0, device: str = "cpu") -> None:
+    """A finished row: train, eval, (eval ms+flip), bench records."""
+    common = dict(recipe=recipe, profile=profile, seed=seed, device=device)
+    write_record(results, make_record("train", **common))
+    write_record(results, make_record("eval", miou=miou, **common))
+    if ms_flip is not None:
+        write_record(results, make_record("eval_ms_flip", miou=ms_flip, **common))
+    write_record(results, make_record("bench", fps=fps, mem_gb=mem_gb, **common))

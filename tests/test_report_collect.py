@@ -1,0 +1,70 @@
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from benchmark.errors import NLBenchError
+from benchmark.report.collect import collect
+from benchmark.report.records import write_record
+from report_helpers import ROW, ROWS, make_record, write_row
+
+
+def nlbench(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_newest_record_per_kind_wins(tmp_path):
+    write_record(tmp_path, make_record("eval", miou=10.0, created_at="2026-01-01T00:00:00+00:00"))
+    write_record(tmp_path, make_record("eval", miou=30.0, created_at="2026-01-03T00:00:00+00:00"))
+    # an offset other than UTC still orders by the instant: 2026-01-02T23:00 UTC is older than Jan 3
+    write_record(tmp_path, make_record("eval", miou=20.0, created_at="2026-01-03T00:00:00+01:00"))
+    write_record(tmp_path, make_record("bench", fps=3.0, mem_gb=1.5, device="Tesla V100-SXM2-32GB"))
+    summary = collect(tmp_path)
+    assert len(summary) == 1
+    row = summary.iloc[0]
+    assert row["miou_mean"] == 30.0 and row["miou_n"] == 1 and math.isnan(row["miou_std"])
+    assert row["fps_mean"] == 3.0 and row["mem_gb_mean"] == 1.5
+    assert row["device_name"] == "Tesla V100-SXM2-32GB"  # Mem/fps provenance comes from the bench record
+    assert math.isnan(row["miou_ms_flip_mean"]) and row["miou_ms_flip_n"] == 0
+
+
+def test_seeds_give_mean_std_min_max_n(tmp_path):
+    values = [70.0, 72.0, 77.0]
+    for seed, miou in enumerate(values):
+        write_row(tmp_path, seed=seed, miou=miou, ms_flip=miou + 1, fps=2.0 + seed)
+    write_row(tmp_path, recipe=ROWS[3], profile="smoke", miou=12.0)
+    summary = collect(tmp_path).set_index(["recipe", "profile"])
+    row = summary.loc[(ROW, "full")]
+    expected = pd.Series(values)
+    assert row["n_seeds"] == 3 and row["seeds"] == "0,1,2" and row["miou_n"] == 3
+    assert row["miou_mean"] == pytest.approx(expected.mean())
+    assert row["miou_std"] == pytest.approx(expected.std(ddof=1))
+    assert (row["miou_min"], row["miou_max"]) == (70.0, 77.0)
+    assert row["miou_ms_flip_mean"] == pytest.approx(expected.mean() + 1)
+    assert row["fps_mean"] == pytest.approx(3.0) and row["aacc_mean"] == 90.0
+    assert summary.loc[(ROWS[3], "smoke"), "miou_mean"] == 12.0
+    assert len(collect(tmp_path).attrs["runs"]) == 4
+
+
+def test_collect_cli_writes_csv_and_warns_on_stderr(tmp_path):
+    write_row(tmp_path, miou=55.0)
+    bad = tmp_path / "records" / ROW / "full" / "seed0" / "eval-bad.json"
+    bad.write_text('{"schema": "nlbench.record/1", "kind": "eval"')
+    out = tmp_path / "out" / "summary.csv"
+    res = nlbench("collect", "--results", str(tmp_path), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert str(bad) in res.stderr and "warning" in res.stderr
+    assert "55.00" in res.stdout
+    df = pd.read_csv(out)
+    assert list(df["recipe"]) == [ROW] and df.loc[0, "miou_mean"] == 55.0
+
+
+def test_empty_results_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(NLBenchError, match="no result records"):
+        collect(tmp_path)
+    res = nlbench("collect", "--results", str(tmp_path))
+    assert res.returncode == 2 and "no result records" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "summary.csv").exists()
