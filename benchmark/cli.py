@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds per row (default 1)")
     p.add_argument("--results", default="results", help="results folder (default results/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and GPU-hour estimate, run nothing")
+    p.add_argument("--no-wait", action="store_true",
+                   help="slurm: return after submitting (default: wait for the array and print the status)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value in every recipe (repeatable)")
 

@@ -1,0 +1,113 @@
+"""MMSegmentation's released checkpoints: download once into a cache, resumable, hash-checked.
+
+``fetch_released(recipe)`` downloads ``recipe.release.url`` to
+``$NLBENCH_CACHE`` (default ``~/.cache/nlbench/checkpoints``)``/<file name>``. Bytes go to
+``<file name>.part``; an interrupted download continues from where it stopped (HTTP Range), and
+only a file whose sha256 starts with the 8 hex digits of the release stamp is renamed (atomically)
+to its final name. A mismatch deletes the partial file and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional, Union
+
+from benchmark.errors import NLBenchError
+from benchmark.recipe import Recipe
+
+CHUNK = 1 << 20
+TIMEOUT_S = 60
+
+
+def cache_dir_default() -> Path:
+    env = os.environ.get("NLBENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "nlbench" / "checkpoints"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open(url: str, offset: int):
+    request = urllib.request.Request(url, headers={"User-Agent": "nlbench"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # the .part file already holds every byte
+            return None
+        raise NLBenchError(f"download failed: HTTP {exc.code} {exc.reason}", url) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise NLBenchError(f"download failed: {reason}", url) from None
+
+
+def download(url: str, target: Path, sha256_prefix: str, progress: bool = True) -> Path:
+    """Download ``url`` to ``target`` (resuming ``target.part``) and check the sha256 prefix."""
+    from tqdm import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    offset = part.stat().st_size if part.exists() else 0
+    response = _open(url, offset)
+    if response is not None:
+        with response:
+            resumed = offset and response.status == 206
+            if offset and not resumed:
+                offset = 0  # the server ignored the Range header: start over
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length is not None else None
+            bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=target.name, disable=not progress or None, leave=False)
+            try:
+                with open(part, "ab" if resumed else "wb") as fh:
+                    try:
+                        for block in iter(lambda: response.read(CHUNK), b""):
+                            fh.write(block)
+                            bar.update(len(block))
+                    except (OSError, http.client.HTTPException) as exc:
+                        fh.flush()
+                        raise NLBenchError(f"download interrupted after {fh.tell()} bytes ({exc}); run the "
+                                           "same command again to resume", url) from None
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    if total is not None and fh.tell() < total:
+                        # The connection closed early without an error: keep the bytes for a resume.
+                        raise NLBenchError(f"download interrupted after {fh.tell()} of {total} bytes; run "
+                                           "the same command again to resume", url)
+            finally:
+                bar.close()
+    got = _sha256(part)
+    if not got.startswith(sha256_prefix.lower()):
+        part.unlink()
+        raise NLBenchError(f"sha256 mismatch: the release stamp says {sha256_prefix}..., the downloaded file "
+                           f"is {got[:8]}...; the partial file was deleted", url, "release.stamp")
+    os.replace(part, target)
+    return target
+
+
+def fetch_released(recipe: Recipe, cache_dir: Optional[Union[str, Path]] = None, progress: bool = True) -> Path:
+    """The released checkpoint of ``recipe``'s row, downloaded on first use and verified."""
+    release = recipe.release
+    if release is None:
+        raise NLBenchError("this recipe names no released checkpoint", recipe.source or recipe.name, "release")
+    cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    target = cache / release.filename
+    if target.exists():
+        if _sha256(target).startswith(release.sha256_prefix):
+            return target
+        target.unlink()  # a cached file that no longer matches its stamp is downloaded again
+    try:
+        return download(release.url, target, release.sha256_prefix, progress=progress)
+    except OSError as exc:
+        raise NLBenchError(f"cannot write to the checkpoint cache: {exc.strerror or exc}", cache) from None

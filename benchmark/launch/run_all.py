@@ -1,0 +1,115 @@
+"""`nlbench run-all`: plan every row (and seed), then run the plan locally or as a SLURM job array.
+
+    nlbench run-all [--filter GLOB] [--launcher local|slurm] [--cluster slurm/NAME.yaml]
+                    [--profile full|smoke] [--seeds N] [--results DIR] [--dry-run] [--no-wait]
+                    [--set KEY=VALUE ...]
+
+Rows whose every stage already has a record in the results folder are skipped, so running the same
+command again after a failure runs only what is missing. With ``--launcher slurm`` the command waits
+for the array and prints the status table at the end; ``--no-wait`` returns right after submission
+(``nlbench status`` shows progress). Nothing is submitted or run when any input is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List
+
+from benchmark.errors import NLBenchError
+from benchmark.launch import plan as planning
+from benchmark.launch.status import RUNS_SUBDIR, collect_status, format_status
+
+
+def check_writable(results: Path) -> None:
+    """Create the results folder (and jobs/runs) and prove it takes a file, before anything runs."""
+    from benchmark.checkpoint import atomic_write_text
+
+    probe = results / RUNS_SUBDIR / f".write-test-{secrets.token_hex(4)}"
+    try:
+        (results / RUNS_SUBDIR).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(probe, "ok\n")
+        probe.unlink()
+    except OSError as exc:
+        raise NLBenchError(f"results folder is not writable: {exc.strerror or exc}", results, "--results") from None
+
+
+def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra: Dict[str, Any]) -> Path:
+    """RESULTS/jobs/runs/<UTC time>-<hex>.json: the jobs of one run-all (status reads these)."""
+    from benchmark.checkpoint import atomic_write_text
+
+    now = datetime.now(timezone.utc)
+    run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    body = {"run_id": run_id, "launcher": launcher, "created_at": now.isoformat(timespec="microseconds"),
+            **extra, "jobs": entries}
+    path = results / RUNS_SUBDIR / f"{run_id}.json"
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+    return path
+
+
+def _prepare_data(jobs: List[planning.Job]) -> None:
+    """Write synthetic sets (or check real ones) once, here, before jobs start side by side."""
+    from benchmark.data.synthetic import ensure_dataset
+
+    seen = set()
+    for job in jobs:
+        if job.data_root not in seen:
+            seen.add(job.data_root)
+            ensure_dataset(job.recipe.data, job.data_root)
+
+
+def main(args) -> int:
+    results = Path(args.results)
+    launcher = args.launcher
+    if launcher == "slurm":
+        from benchmark.launch import slurm
+
+        if not args.cluster:
+            raise NLBenchError("--launcher slurm needs a cluster profile, e.g. --cluster slurm/example.yaml",
+                               key="--cluster")
+        profile = slurm.load_cluster_profile(args.cluster)
+        rule = slurm.resources_for(profile)
+        time_limit = profile.timeout_min
+    else:
+        if args.cluster:
+            raise NLBenchError("--cluster is only used with --launcher slurm", key="--cluster")
+        from benchmark.launch import local
+
+        rule, time_limit = local.resources_for, None
+
+    plan = planning.make_plan(results, rule, pattern=args.filter, profile=args.profile,
+                              overrides=args.overrides, seeds=args.seeds, time_limit_min=time_limit)
+    if args.dry_run:
+        print(planning.format_plan(plan, launcher))
+        return 0
+    check_writable(results)
+    if plan.skipped:
+        print(f"skipping {len(plan.skipped)} row(s) already complete in {results}")
+    if not plan.jobs:
+        print("nothing to run: every planned row is complete")
+        return 0
+    _prepare_data(plan.jobs)
+
+    if launcher == "local":
+        from benchmark.launch import local
+
+        run_file = write_run(results, "local", [j.to_dict() for j in plan.jobs], {})
+        print(f"running {len(plan.jobs)} job(s) locally; plan in {run_file}")
+        outcome = local.run_local(plan.jobs, results)
+        print(format_status([r for r in collect_status(results) if r["key"] in outcome]))
+        return 0 if all(v == "done" for v in outcome.values()) else 1
+
+    entries = slurm.submit(plan.jobs, profile, args.cluster, results)
+    run_file = write_run(results, "slurm", entries, {"cluster": str(Path(args.cluster).resolve())})
+    ids = sorted({e["slurm_job_id"].split("_")[0] for e in entries})
+    print(f"submitted {len(entries)} job(s) as SLURM array(s) {', '.join(ids)}; run file {run_file}")
+    if getattr(args, "no_wait", False):
+        print("not waiting (--no-wait); `nlbench status --results "f"{results}` shows progress")
+        return 0
+    slurm.wait(entries)
+    keys = {e["key"] for e in entries}
+    rows = [r for r in collect_status(results) if r["key"] in keys]
+    print(format_status(rows))
+    return 0 if all(r["state"] == "done" for r in rows) else 1

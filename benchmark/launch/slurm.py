@@ -1,0 +1,195 @@
+"""SLURM launcher (through submitit): the jobs of a run-all as one job array per resource shape.
+
+A cluster profile (``slurm/*.yaml``) says where and how jobs run: partition, account, qos,
+constraint, time limit, memory, CPUs per task, how many GPUs a node offers, extra sbatch options
+and the array's parallelism cap. What a job needs comes from its recipe: ``runtime.gpus`` GPUs, one
+SLURM task (= one torch.distributed rank) per GPU, packed onto as few nodes as the profile allows.
+On a CPU cluster (``gpus_per_node: 0``) a job runs ``cpu_tasks`` ranks (1 by default).
+
+Every row of the published table asks for the same 4 GPUs, so a run-all is one array; jobs whose
+shapes differ (after ``--set runtime.gpus=...``) go into one array per shape, since an array has one
+set of sbatch options. Job ids and log paths go to ``RESULTS/jobs/runs/<run id>.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from benchmark.errors import NLBenchError
+from benchmark.launch.plan import Job, Resources
+from benchmark.recipe import Recipe
+
+# sbatch refusals worth quoting verbatim (the rest of submitit's message is a Python traceback).
+_SUBMIT_HINT = "check the cluster profile against `sinfo` / `scontrol show partition`"
+
+
+class ClusterProfile(BaseModel):
+    """A SLURM cluster profile. Unknown keys are errors (a typo must not silently drop an option)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    # Minutes per job; None: the plan's estimate (x1.5 + 30 min). Requeued jobs start a new allotment.
+    timeout_min: Optional[int] = Field(None, gt=0)
+    mem_gb: Optional[float] = Field(None, gt=0)  # per node; None: the partition's default
+    cpus_per_task: int = Field(1, gt=0)  # data loader workers + 1 is a good value on GPU nodes
+    gpus_per_node: int = Field(0, ge=0)  # GPUs one node offers; 0 = CPU-only cluster
+    cpu_tasks: int = Field(1, gt=0)  # ranks per job on a CPU-only cluster
+    array_parallelism: int = Field(16, gt=0)  # array tasks running at the same time
+    max_num_timeout: int = Field(3, ge=0)  # requeues after a time-out (preemptions are not counted)
+    signal_delay_s: int = Field(120, ge=0)  # USR2 this long before the time limit: checkpoint + requeue
+    job_name: str = "nlbench"
+    setup: Tuple[str, ...] = ()  # shell lines before srun, e.g. "module load cuda/12.4"
+    additional_parameters: Dict[str, Union[str, int, bool]] = {}  # extra sbatch options, e.g. {exclusive: true}
+    python: Optional[str] = None  # interpreter on the nodes; default: the one running nlbench
+
+
+def load_cluster_profile(path: Union[str, Path]) -> ClusterProfile:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise NLBenchError(f"cannot read cluster profile: {exc.strerror or exc}", path, "--cluster") from None
+    except yaml.YAMLError as exc:
+        raise NLBenchError(f"invalid YAML: {exc}".splitlines()[0], path) from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise NLBenchError(f"expected a mapping at the top level, got {type(data).__name__}", path)
+    if isinstance(data.get("setup"), list):
+        data["setup"] = tuple(data["setup"])
+    try:
+        return ClusterProfile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(ClusterProfile.model_fields)
+            raise NLBenchError(f"unknown key; a cluster profile knows: {known}", path, key) from None
+        raise NLBenchError(f"{err['msg']} (got {err.get('input')!r})", path, key) from None
+
+
+def resources_for(profile: ClusterProfile):
+    """The rule turning a recipe's GPU count into what one job asks SLURM for."""
+
+    def rule(recipe: Recipe) -> Resources:
+        if profile.gpus_per_node == 0:
+            return Resources(nodes=1, tasks_per_node=profile.cpu_tasks, gpus_per_node=0)
+        gpus = recipe.runtime.gpus
+        per_node = min(gpus, profile.gpus_per_node)
+        nodes = math.ceil(gpus / per_node)
+        if nodes * per_node != gpus:
+            raise NLBenchError(f"{recipe.name} needs {gpus} GPUs, which do not split evenly over nodes of "
+                               f"{profile.gpus_per_node}", key="gpus_per_node")
+        return Resources(nodes=nodes, tasks_per_node=per_node, gpus_per_node=per_node)
+
+    return rule
+
+
+def _sbatch_parameters(profile: ClusterProfile, res: Resources, time_min: int) -> Dict[str, Any]:
+    params: Dict[str, Any] = {
+        "job_name": profile.job_name,
+        "time": time_min,
+        "nodes": res.nodes,
+        "ntasks_per_node": res.tasks_per_node,
+        "cpus_per_task": profile.cpus_per_task,
+        "array_parallelism": profile.array_parallelism,
+        "signal_delay_s": profile.signal_delay_s,
+        "setup": list(profile.setup),
+        "additional_parameters": dict(profile.additional_parameters),
+        "stderr_to_stdout": False,
+    }
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if profile.mem_gb is not None:
+        params["mem"] = f"{int(profile.mem_gb * 1024)}M"
+    for key in ("partition", "account", "qos", "constraint"):
+        value = getattr(profile, key)
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def _group_by_shape(jobs: List[Job]) -> List[List[Job]]:
+    groups: Dict[Resources, List[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.resources, []).append(job)
+    return list(groups.values())
+
+
+def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Path], results_dir: Path) -> List[Dict[str, Any]]:
+    """Submit ``jobs`` as job array(s); returns one entry per job: its dict plus SLURM id and log paths.
+
+    sbatch's refusal (a GPU asked of a CPU cluster, an unknown partition or account, ...) becomes an
+    NLBenchError quoting SLURM's message; arrays already submitted before it are kept and reported.
+    """
+    import submitit
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    from benchmark.launch.job import SlurmJob
+
+    folder = results_dir / "jobs" / "slurm" / "%j"
+    entries: List[Dict[str, Any]] = []
+    for group in _group_by_shape(jobs):
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_num_timeout,
+                                          python=profile.python or sys.executable)
+        # One array has one time limit: the longest of its jobs'.
+        executor.update_parameters(**_sbatch_parameters(profile, group[0].resources,
+                                                        max(j.time_limit_min for j in group)))
+        submitted = []
+        try:
+            with executor.batch():
+                for job in group:
+                    submitted.append(executor.submit(SlurmJob(job)))
+        except (FailedJobError, FailedSubmissionError, subprocess.CalledProcessError) as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            already = f" ({len(entries)} job(s) of an earlier array were submitted)" if entries else ""
+            raise NLBenchError(f"sbatch refused the job array: {message}{already}; {_SUBMIT_HINT}",
+                               profile_path) from None
+        except FileNotFoundError as exc:
+            raise NLBenchError(f"cannot run sbatch ({exc.strerror}): is this a SLURM login node?", key="--launcher") from None
+        for job, sj in zip(group, submitted):
+            entries.append({**job.to_dict(), "slurm_job_id": sj.job_id,
+                            "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr)})
+    return entries
+
+
+def wait(entries: List[Dict[str, Any]], poll_s: float = 5.0, timeout_s: Optional[float] = None,
+         report=print) -> Dict[str, str]:
+    """Block until every submitted job has left SLURM's queue; returns {job key: final SLURM state}.
+
+    Reads states with sacct (what submitit itself uses); a requeued job shows PENDING/REQUEUED again
+    and is waited for. Prints one line whenever a job's state changes.
+    """
+    from benchmark.launch.status import slurm_states
+
+    ids = [e["slurm_job_id"] for e in entries]
+    seen: Dict[str, str] = {}
+    started = time.monotonic()
+    while True:
+        states = slurm_states(ids)
+        for e in entries:
+            state = states.get(e["slurm_job_id"], ("UNKNOWN", 0))[0]
+            if seen.get(e["key"]) != state:
+                seen[e["key"]] = state
+                report(f"  {e['slurm_job_id']:>10}  {state:<10} {e['key']}")
+        if all(s in FINAL_STATES for s in seen.values()):
+            return seen
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise NLBenchError(f"gave up waiting after {timeout_s:.0f} s; jobs keep running "
+                               "(`nlbench status` shows them)")
+        time.sleep(poll_s)
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED"}
