@@ -68,3 +68,17 @@ def test_empty_results_folder_is_a_clear_error(tmp_path):
     res = nlbench("collect", "--results", str(tmp_path))
     assert res.returncode == 2 and "no result records" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_mem_from_train_when_bench_has_none(tmp_path):
+    train = make_record("train")
+    train["mem_gb"], train["mem_kind"] = 0.57, "peak_rss"
+    write_record(tmp_path, train)
+    write_record(tmp_path, make_record("bench", fps=4.0, mem_gb=None))
+    row = collect(tmp_path).iloc[0]
+    assert row["mem_gb_mean"] == 0.57 and row["mem_kind"] == "peak_rss" and row["fps_mean"] == 4.0
+    bench = make_record("bench", fps=4.0, mem_gb=1.25)
+    bench["mem_kind"] = "cuda_max_allocated"
+    write_record(tmp_path, bench)
+    row = collect(tmp_path).iloc[0]
+    assert row["mem_gb_mean"] == 1.25 and row["mem_kind"] == "cuda_max_allocated"

@@ -66,7 +66,14 @@ def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
         for column, (kind, path) in METRIC_SOURCES.items():
             value = _dig(kinds[kind], path) if kind in kinds else None
             row[column] = float(value) if value is not None else float("nan")
-        train = kinds.get("train", {})
+        train, bench = kinds.get("train", {}), kinds.get("bench", {})
+        # Mem is a training figure: the bench stage measures it as published; when it did not
+        # (--skip-mem), the peak the train stage saw stands in. mem_kind says what it is
+        # (CUDA max allocated, or peak RSS on a CPU).
+        mem_source = bench if bench.get("mem_gb") is not None else train
+        if mem_source.get("mem_gb") is not None:
+            row["mem_gb"] = float(mem_source["mem_gb"])
+        row["mem_kind"] = mem_source.get("mem_kind") if mem_source.get("mem_gb") is not None else None
         row["iterations"] = train.get("iterations")
         row["train_wall_time_s"] = train.get("wall_time_s")
         row["gpu_hours"] = sum(float(r.get("gpu_hours") or 0.0) for r in kinds.values())
@@ -77,7 +84,7 @@ def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
         row["kinds"] = ",".join(sorted(kinds))
         row["created_at"] = max(r["created_at"] for r in kinds.values())
         rows.append(row)
-    columns = ["recipe", "profile", "seed", *METRICS, "iterations", "train_wall_time_s", "gpu_hours",
+    columns = ["recipe", "profile", "seed", *METRICS, "mem_kind", "iterations", "train_wall_time_s", "gpu_hours",
                *PROVENANCE, "kinds", "created_at"]
     df = pd.DataFrame(rows, columns=columns)
     return df.sort_values(["recipe", "profile", "seed"], kind="stable").reset_index(drop=True)
@@ -103,7 +110,7 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s)))
     out["iterations"] = grouped["iterations"].agg(_distinct)
     out["gpu_hours"] = grouped["gpu_hours"].sum()
-    for field in PROVENANCE:
+    for field in ["mem_kind", *PROVENANCE]:
         out[field] = grouped[field].agg(_distinct)
     out["created_at"] = grouped["created_at"].max()
     return out.reset_index()
