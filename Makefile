@@ -26,4 +26,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) results/work results/jobs results/records results/demo data/synthetic
+	rm -rf $(VENV) results/work results/jobs results/records results/demo/records results/demo/work results/demo/jobs data/synthetic

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on its embedded defaults, on one machine, in a few minutes of CPU.
+#   run-all --profile smoke   all 16 rows: train -> eval -> eval ms+flip -> bench (synthetic datasets
+#                             in each dataset's real layout are written on first use)
+#   collect -> tables (README.md) -> plots -> compare (against the committed smoke baseline)
+# Environment: NLBENCH_DEMO_RESULTS (default results/demo), NLBENCH_DEMO_README (default README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+results="${NLBENCH_DEMO_RESULTS:-results/demo}"
+readme="${NLBENCH_DEMO_README:-README.md}"
+start=$(date +%s)
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "run-all: 16 rows, smoke profile, local launcher -> $results"
+nlbench run-all --profile smoke --launcher local --results "$results"
+
+step "collect -> $results/summary.csv"
+nlbench collect --results "$results"
+
+step "tables -> $readme and $results/tables.md"
+nlbench tables --results "$results" --readme "$readme"
+
+step "plots -> $results/plots"
+nlbench plots --results "$results"
+
+step "compare against results/reference/smoke.csv (smoke results are never compared with the published numbers)"
+status=0
+nlbench compare --results "$results" --report "$results/compare.md" --junit "$results/compare.xml" || status=$?
+
+elapsed=$(( $(date +%s) - start ))
+cat <<EOF
+
+== done in ${elapsed} s
+tables:  $readme (between the nlbench:tables markers) and $results/tables.md
+plots:   $results/plots/ (PNG and SVG; the README shows miou_smoke.png)
+compare: $results/compare.md, $results/compare.xml (exit status $status)
+EOF
+exit "$status"
