@@ -8,7 +8,7 @@ import pytest
 from benchmark.cli import main as cli
 from benchmark.report.collect import collect
 from benchmark.report.published import PUBLISHED_CSV
-from benchmark.report.compare import compare, device_class, load_reference
+from benchmark.report.compare import compare, device_class, load_reference, write_baseline
 from report_helpers import ROW, ROWS, write_row
 
 V100 = "Tesla V100-SXM2-32GB"
@@ -110,3 +110,14 @@ def test_compare_bad_reference_and_empty_results(tmp_path, capsys):
     assert code == 2 and "bad.csv" in err and "missing columns" in err
     code, _, err = run_inproc(capsys, "compare", "--results", str(tmp_path / "empty"))
     assert code == 2 and "no result records" in err
+
+
+def test_write_baseline_then_compare_reproduces(tmp_path, capsys):
+    results = tmp_path / "results"
+    write_row(results, recipe=ROW, profile="smoke", miou=21.234, ms_flip=22.5, fps=40.0, mem_gb=0.6)
+    write_row(results, recipe=R101_769, profile="smoke", miou=9.0)
+    ref = load_reference(str(write_baseline(results, tmp_path / "smoke.csv")))
+    assert ref.profile == "smoke" and ref.device_class == "cpu" and len(ref.table) == 2
+    assert ref.table.loc[ROW, "miou_text"] == "21.23" and ref.table.loc[ROW, "fps_text"] == ""
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--reference", str(tmp_path / "smoke.csv"))
+    assert code == 0 and "3 reproduced, 0 better, 0 regressed, 0 missing" in out

@@ -21,7 +21,7 @@ from tabulate import tabulate
 from benchmark.errors import NLBenchError
 from benchmark.recipe import REPO_ROOT
 from benchmark.report.collect import collect_or_warn
-from benchmark.report.published import load_published
+from benchmark.report.published import PUBLISHED_CSV, load_published
 
 SMOKE_REFERENCE = REPO_ROOT / "results" / "reference" / "smoke.csv"
 PUBLISHED_DEVICE = "V100"  # mmseg_facts: fps and Mem of the published rows come from one V100 32G
@@ -100,6 +100,29 @@ def default_references(profiles: List[str]) -> Dict[str, Reference]:
                 raise NLBenchError("the smoke baseline is missing; pass --reference", SMOKE_REFERENCE)
             refs[profile] = load_reference(str(SMOKE_REFERENCE))
     return refs
+
+
+def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
+    """Freeze a run's means as a reference CSV (how results/reference/smoke.csv was made):
+    ``python -c "from benchmark.report.compare import write_baseline; write_baseline('results/demo',
+    'results/reference/smoke.csv')"``. mIoU and mIoU(ms+flip) are kept to two decimals; Mem and fps
+    are left empty, since on a CPU they describe the machine rather than the code."""
+    from benchmark.checkpoint import atomic_write_text
+    from benchmark.report.collect import collect
+
+    summary = collect(results_dir)
+    rows = summary[summary["profile"] == profile].set_index("recipe")
+    base = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
+    base = base[base["recipe"].isin(rows.index)].copy()
+    if base.empty:
+        raise NLBenchError(f"no {profile}-profile records to make a baseline from", results_dir)
+    for column in ("miou", "miou_ms_flip"):
+        means = rows[f"{column}_mean"]
+        base[column] = [f"{means[r]:.2f}" if means[r] == means[r] else "" for r in base["recipe"]]
+    base["mem_gb"], base["fps"] = "", ""
+    base["profile"], base["device"] = profile, "cpu"
+    atomic_write_text(Path(out_csv), base.to_csv(index=False))
+    return Path(out_csv)
 
 
 def _verdict(metric: str, ref: float, rep: float, tolerance: float) -> str:
