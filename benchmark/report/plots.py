@@ -57,14 +57,19 @@ def _reference_for(profile: str) -> Optional[Reference]:
         return None
 
 
-def plot_miou(summary: pd.DataFrame, per_seed: pd.DataFrame, published: pd.DataFrame, profile: str,
-              ref: Optional[Reference]):
+def _per_row(summary: pd.DataFrame, published: pd.DataFrame, profile: str, metric: str, height: float):
+    """A figure one slot wide per row of ``profile`` (in the published order) and that metric's means/stds."""
     rows = summary[summary["profile"] == profile].set_index("recipe")
     order = [r for r in published.index if r in rows.index]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(order) + 2), 4.8))
-    xs = list(range(len(order)))
-    means = [rows.loc[r, "miou_mean"] for r in order]
-    stds = [0.0 if math.isnan(rows.loc[r, "miou_std"]) else rows.loc[r, "miou_std"] for r in order]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(order) + 2), height))
+    means = [rows.loc[r, f"{metric}_mean"] for r in order]
+    stds = [0.0 if math.isnan(rows.loc[r, f"{metric}_std"]) else rows.loc[r, f"{metric}_std"] for r in order]
+    return fig, ax, rows, order, list(range(len(order))), means, stds
+
+
+def plot_miou(summary: pd.DataFrame, per_seed: pd.DataFrame, published: pd.DataFrame, profile: str,
+              ref: Optional[Reference]):
+    fig, ax, rows, order, xs, means, stds = _per_row(summary, published, profile, "miou", 4.8)
     ax.errorbar(xs, means, yerr=stds, fmt="o", color="tab:blue", capsize=4, markersize=7,
                 label="reproduced: mean ± std over seeds")
     seeds = per_seed[per_seed["profile"] == profile]
@@ -121,12 +126,7 @@ def plot_miou_vs_fps(summary: pd.DataFrame, published: pd.DataFrame, profile: st
 
 
 def plot_memory(summary: pd.DataFrame, published: pd.DataFrame, profile: str):
-    rows = summary[summary["profile"] == profile].set_index("recipe")
-    order = [r for r in published.index if r in rows.index]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(order) + 2), 4.6))
-    xs = list(range(len(order)))
-    means = [rows.loc[r, "mem_gb_mean"] for r in order]
-    stds = [0.0 if math.isnan(rows.loc[r, "mem_gb_std"]) else rows.loc[r, "mem_gb_std"] for r in order]
+    fig, ax, rows, order, xs, means, stds = _per_row(summary, published, profile, "mem_gb", 4.6)
     devices = sorted({str(d) for d in rows["device_name"].dropna()}) or ["unknown device"]
     ax.bar(xs, [0.0 if math.isnan(m) else m for m in means], yerr=stds, color="tab:orange", capsize=3,
            label=f"reproduced peak training memory on {', '.join(devices)}")

@@ -10,7 +10,6 @@ foreign (not ours) or of an unknown recipe is skipped with a warning naming the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import socket
@@ -101,17 +100,6 @@ def validate_record(record: Any) -> List[str]:
     return problems
 
 
-def _finite_or_none(node: Any) -> Any:
-    """JSON has no NaN: a class absent from the split (NaN IoU, as in MMSeg) is stored as null."""
-    if isinstance(node, float) and not math.isfinite(node):
-        return None
-    if isinstance(node, dict):
-        return {k: _finite_or_none(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [_finite_or_none(v) for v in node]
-    return node
-
-
 # ----------------------------------------------------------------------------- writing
 
 
@@ -127,13 +115,17 @@ def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
     """
     if not isinstance(record, dict):
         raise NLBenchError(f"a record must be a dict, got {type(record).__name__}", results_dir)
+    # Both import torch; reading records must not, so the imports wait until a write.
+    from benchmark.checkpoint import atomic_write_text
+    from benchmark.engine.metrics import json_safe  # a class absent from the split has a NaN IoU: null
+
     now = datetime.now(timezone.utc)
     body = dict(record)
     if body.get("schema", SCHEMA) != SCHEMA:
         raise NLBenchError(f"expected {SCHEMA!r}, got {body['schema']!r}", key="schema")
     body["schema"] = SCHEMA
     body.setdefault("created_at", now.isoformat(timespec="microseconds"))
-    body = _finite_or_none(body)
+    body = json_safe(body)
     problems = validate_record(body)
     if problems:
         raise NLBenchError("invalid record: " + "; ".join(problems), results_dir)
@@ -142,9 +134,6 @@ def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
              "gpu_hours", "metrics", "mem_gb", "fps", "provenance"]
     ordered = {k: body.get(k) for k in order}
     ordered.update({k: v for k, v in body.items() if k not in ordered})
-    # checkpoint imports torch; reading records must not, so the import waits until a write.
-    from benchmark.checkpoint import atomic_write_text
-
     folder = record_dir(results_dir, body["recipe"], body["profile"], body["seed"])
     try:
         folder.mkdir(parents=True, exist_ok=True)
