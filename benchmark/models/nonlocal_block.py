@@ -67,7 +67,10 @@ class NonLocal2d(nn.Module):
             # use_scale=False means no scaling at all: pass 1.0, not None (None means 1/sqrt(C')).
             scale = self.inter_channels**-0.5 if self.use_scale else 1.0
             if self.impl == "sdpa":
-                return F.scaled_dot_product_attention(theta, phi, g, scale=scale)
+                # A (B, 1 head, N, C') layout: with 3-D inputs torch dispatches to its "math" kernel,
+                # which builds the N x N matrix; 4-D inputs reach the flash / memory-efficient ones.
+                q, k, v = theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1)
+                return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
             weights = torch.softmax(theta @ phi.transpose(-2, -1) * scale, dim=-1)
             return weights @ g
         # dot_product: no softmax, so (theta phi^T) g == theta (phi^T g); the right-hand form is
