@@ -1,0 +1,87 @@
+"""`nlbench status` from the files jobs leave behind (run file, job_state.json, logs, records)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmark.cli import main as cli
+from benchmark.launch.job import JOB_LOG, STATE_FILE
+from benchmark.launch.plan import Resources, make_plan
+from benchmark.launch.run_all import write_run
+from benchmark.launch.status import _expand_array, collect_status, iteration_reached
+
+from test_launch_plan import _plant
+
+
+def _write_state(work: Path, **body):
+    work.mkdir(parents=True, exist_ok=True)
+    (work / STATE_FILE).write_text(json.dumps({"hostname": os.uname().nodename, "attempt": 1, **body}))
+
+
+def test_status_of_every_kind_of_row(tmp_path, capsys):
+    plan = make_plan(tmp_path, lambda r: Resources(), pattern="*r50*", profile="smoke")
+    jobs = {j.name: j for j in plan.jobs}
+    write_run(tmp_path, "local", [j.to_dict() for j in plan.jobs], {})
+    names = sorted(jobs)
+    done, failed, running, gone, requeued = names[:5]
+    # done: every stage has a record
+    _plant(tmp_path, done, jobs[done].stages)
+    # failed: the job said so, with its message
+    _write_state(Path(jobs[failed].work_dir), state="failed", stage="eval", pid=1,
+                 error="NLBenchError: data root not found")
+    (Path(jobs[failed].work_dir) / JOB_LOG).write_text("x\nFAILED in stage eval: NLBenchError: data root not found\n")
+    # running: a live process on this host, 12 iterations in
+    _write_state(Path(jobs[running].work_dir), state="running", stage="train", pid=os.getpid())
+    with open(Path(jobs[running].work_dir) / "train.log.jsonl", "w") as fh:
+        for it in (10, 12):
+            fh.write(json.dumps({"event": "train", "iteration": it}) + "\n")
+    # "running" but its process is gone: failed
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_state(Path(jobs[gone].work_dir), state="running", stage="train", pid=dead.pid)
+    # requeued, with a checkpoint at iteration 20
+    _write_state(Path(jobs[requeued].work_dir), state="requeued", stage="train", pid=1, attempt=1)
+    (Path(jobs[requeued].work_dir) / "iter_20.pth").write_bytes(b"")
+
+    rows = {r["recipe"]: r for r in collect_status(tmp_path)}
+    assert len(rows) == len(plan.jobs)
+    assert rows[done]["state"] == "done"
+    assert rows[failed]["state"] == "failed" and "data root not found" in rows[failed]["message"]
+    assert rows[running]["state"] == "running" and rows[running]["iteration"] == 12
+    assert rows[gone]["state"] == "failed" and "process gone" in rows[gone]["message"]
+    assert rows[requeued]["state"] == "requeued" and rows[requeued]["iteration"] == 20
+    others = set(names) - {done, failed, running, gone, requeued}
+    assert {rows[n]["state"] for n in others} == {"pending"}
+
+    assert cli(["status", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 done, 1 running, 1 requeued, 3 pending, 2 failed" in out
+    assert "failed (eval)" in out and "data root not found" in out
+
+
+def test_newest_run_wins_and_missing_runs_is_an_error(tmp_path, capsys):
+    assert cli(["status", "--results", str(tmp_path)]) == 2
+    assert "run `nlbench run-all` first" in capsys.readouterr().err
+    plan = make_plan(tmp_path, lambda r: Resources(), pattern="*r50*20k_voc*", profile="smoke")
+    entry = plan.jobs[0].to_dict()
+    write_run(tmp_path, "slurm", [{**entry, "slurm_job_id": "7_0"}], {})
+    write_run(tmp_path, "slurm", [{**entry, "slurm_job_id": "9_3"}], {})
+    rows = collect_status(tmp_path)
+    assert [r["job_id"] for r in rows] == ["9_3"]
+
+
+def test_iteration_reached_prefers_the_furthest(tmp_path):
+    assert iteration_reached(tmp_path) is None
+    (tmp_path / "iter_8.pth").write_bytes(b"")
+    (tmp_path / "train.log.jsonl").write_text('{"iteration": 11}\n{"event": "eval", "iteration": 12}\nnot json\n')
+    assert iteration_reached(tmp_path) == 12
+
+
+def test_sacct_array_ids_expand():
+    assert _expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert _expand_array("12_3") == ["12_3"]
+    assert _expand_array("13") == ["13"]
