@@ -69,7 +69,8 @@ class NonLocal2d(nn.Module):
             if self.impl == "sdpa":
                 # A (B, 1 head, N, C') layout: with 3-D inputs torch dispatches to its "math" kernel,
                 # which builds the N x N matrix; 4-D inputs reach the flash / memory-efficient ones.
-                q, k, v = theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1)
+                # The fused kernels also need a unit stride along the last (channel) dimension.
+                q, k, v = (t.contiguous().unsqueeze(1) for t in (theta, phi, g))
                 return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
             weights = torch.softmax(theta @ phi.transpose(-2, -1) * scale, dim=-1)
             return weights @ g
