@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import http.server
 import threading
 from pathlib import Path
@@ -124,3 +125,33 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
         path = fetch_released(_recipe(server.url, body), progress=False)
     assert path.parent == tmp_path / "cache"
     assert Path(path).read_bytes() == body
+
+
+@pytest.mark.slow
+def test_eval_checkpoint_released_downloads_and_evaluates(tmp_path, monkeypatch, capsys):
+    """`nlbench eval --checkpoint released` end to end: served from loopback, cached, hash-checked."""
+    import torch
+
+    from benchmark.checkpoint import save_checkpoint
+    from benchmark.cli import main as cli
+    from benchmark.models.segmentor import build_segmentor
+
+    monkeypatch.chdir(tmp_path)  # the smoke recipe's synthetic data root lands here
+    monkeypatch.setenv("NLBENCH_CACHE", str(tmp_path / "cache"))
+    small = ["data.synthetic.train=2", "data.synthetic.val=2"]
+    torch.manual_seed(0)
+    model = build_segmentor(load_recipe(RECIPE, small, profile="smoke").model)
+    weights = save_checkpoint(tmp_path / "released.pth", model.state_dict(), meta={"note": "test"})
+    body = weights.read_bytes()
+    prefix = hashlib.sha256(body).hexdigest()[:8]
+    with _Server(body) as server:
+        args = ["eval", RECIPE, "--profile", "smoke", "--checkpoint", "released",
+                "--set", f"release.base_url={server.url}", "--set", f"release.stamp=20200617_222613-{prefix}",
+                *[a for s in small for a in ("--set", s)], "--json", str(tmp_path / "m.json"), "--device", "cpu"]
+        assert cli(args) == 0
+        assert len(server.requests) == 1
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert 0.0 <= metrics["mIoU"] <= 100.0
+    cached = list((tmp_path / "cache").iterdir())
+    assert [p.read_bytes() == body for p in cached] == [True]
+    assert "mIoU" in capsys.readouterr().out
