@@ -1,4 +1,5 @@
-"""torch.distributed set-up from the environment, and the few collective helpers the engine uses.
+"""torch.distributed set-up from the environment, the few collective helpers the engine uses, and
+the device facts (name, versions, peak memory) that every figure is reported with.
 
 Whoever starts the processes exports torchrun's variables: RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT (torchrun does it itself; the SLURM launcher copies submitit's environment
@@ -15,8 +16,9 @@ CUDA runs with world size > 1 always convert to SyncBatchNorm when the recipe as
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -133,3 +135,80 @@ def convert_sync_bn(model: nn.Module, info: DistInfo, enabled: bool, log: Callab
         log(f"note: SyncBatchNorm needs CUDA in torch {torch.__version__}; the {info.world_size} CPU ranks "
             "train with plain BatchNorm (per-rank batch statistics)")
     return model
+
+
+# ----------------------------------------------------------------------------- device facts
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_info(device: torch.device, amp: Optional[str] = None) -> Dict[str, Any]:
+    """What a figure was measured on: device name and count, dtype, torch/CUDA/cuDNN versions."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        count = torch.cuda.device_count()
+    else:
+        name, count = _cpu_name(), 1
+    return {
+        "device": str(device),
+        "device_type": device.type,
+        "device_name": name,
+        "device_count": count,
+        "dtype": {None: "float32", "bf16": "bfloat16", "fp16": "float16"}[amp],
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+class PeakMemory:
+    """Peak memory of this process on its device, in GiB (bytes / 1024^3, as MMSeg prints Mem (GB)).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (kind "cuda_max_allocated"). CPU: the peak resident set
+    size, VmHWM from /proc/self/status (kind "peak_rss"); ``reset`` clears it through
+    /proc/self/clear_refs where the kernel allows, so one phase can be measured alone.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
+
+    def reset(self) -> bool:
+        """Start a new peak; False when the platform cannot (the peak then covers the whole process)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return True
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    def peak_gb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 1024**3
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024 / 1024**3
+        except OSError:
+            pass
+        import resource  # ru_maxrss is in KiB on Linux
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024**3
+
+    def entry(self) -> Dict[str, Any]:
+        return {"peak_mem_gb": self.peak_gb(), "mem_kind": self.kind}

@@ -1,0 +1,124 @@
+"""Evaluation on the val split: the recipe's test pipeline and mode, MMSeg's metrics.
+
+Each image is predicted at its own size by ``benchmark.inference`` (single scale, or the published
+multi-scale + flip test), the argmax is scored against the original label (never resized), and the
+per-class areas are summed over the split. Under torch.distributed, rank r takes images r, r + W,
+r + 2W, ... and the areas are summed over ranks before the metrics are computed, so every rank gets
+the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from benchmark.engine import distributed
+from benchmark.engine.distributed import DistInfo, device_info
+from benchmark.engine.metrics import SegMetric, format_metrics, json_safe
+from benchmark.recipe import Recipe, load_recipe
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms_flip: bool = False,
+                   progress: bool = True) -> Dict[str, Any]:
+    """Metrics of ``model`` (already on ``info.device``, in eval mode) over ``dataset``, in percent."""
+    from benchmark.data.classes import CLASS_NAMES
+    from benchmark.inference import predict_logits, predict_ms_flip_probs
+
+    metric = SegMetric(CLASS_NAMES[recipe.data.dataset])
+    indices = range(info.rank, len(dataset), info.world_size)
+    bar = None
+    if progress and info.is_main and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), unit="img", desc="eval ms+flip" if ms_flip else "eval", dynamic_ncols=True)
+    for i in indices:
+        image = dataset.read_image(i)
+        label = dataset.read_label(i)
+        if ms_flip:
+            scores = predict_ms_flip_probs(model, image, recipe, info.device)
+        else:
+            scores = predict_logits(model, image, recipe, info.device)
+        metric.update(scores.argmax(dim=0), label)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    metric.all_reduce(info.device)
+    out = metric.compute()
+    out["num_images"] = metric.num_images
+    return out
+
+
+def resolve_checkpoint(recipe: Recipe, checkpoint: str) -> Path:
+    """A checkpoint path, or MMSeg's released file for this row when ``checkpoint`` is 'released'."""
+    if checkpoint == "released":
+        from benchmark.launch.download import fetch_released
+
+        return Path(fetch_released(recipe))
+    return Path(checkpoint)
+
+
+def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: Optional[str] = None,
+             device: str = "auto", progress: bool = True) -> Dict[str, Any]:
+    """Evaluate ``checkpoint`` on the val split.
+
+    Returns the metrics at the top level ({"aAcc", "mIoU", "mAcc", "per_class"}, percent, full
+    precision) plus what a record needs: num_images, wall_time_s, ms_flip, checkpoint and the device facts.
+    """
+    from benchmark.checkpoint import load_weights
+    from benchmark.data.datasets import build_dataset
+    from benchmark.data.synthetic import ensure_dataset
+    from benchmark.models.segmentor import build_segmentor
+
+    started = time.perf_counter()
+    info = distributed.init_distributed(device)
+    path = resolve_checkpoint(recipe, checkpoint) if info.is_main else None
+    distributed.barrier()  # a download happens once, on rank 0
+    path = resolve_checkpoint(recipe, checkpoint) if path is None else path
+    root = ensure_dataset(recipe.data, data_root) if info.is_main else None
+    distributed.barrier()
+    root = ensure_dataset(recipe.data, data_root) if root is None else root
+    dataset = build_dataset(recipe.data, "val", root)
+
+    model = build_segmentor(recipe.model)
+    load_weights(model, path)
+    model.to(info.device).eval()
+    metrics = evaluate_model(model, dataset, recipe, info, ms_flip=ms_flip, progress=progress)
+    metrics.update({
+        "ms_flip": ms_flip,
+        "checkpoint": str(path),
+        "wall_time_s": time.perf_counter() - started,
+        "world_size": info.world_size,
+        **device_info(info.device),
+    })
+    return metrics
+
+
+def main(args) -> int:
+    from benchmark.checkpoint import atomic_write_text
+
+    recipe = load_recipe(args.recipe, args.overrides, args.profile)
+    try:
+        result = evaluate(recipe, args.checkpoint, ms_flip=args.ms_flip, data_root=args.data_root,
+                          device=args.device)
+        is_main = distributed.get_rank() == 0
+    finally:
+        distributed.cleanup()
+    if not is_main:
+        return 0
+    mode = "ms+flip" if args.ms_flip else "single scale"
+    print(f"{recipe.name} [{recipe.profile}], {mode}, {result['num_images']} val images, "
+          f"checkpoint {result['checkpoint']}")
+    print(format_metrics(result))
+    if args.json:
+        body = {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class")}
+        atomic_write_text(args.json, json.dumps(json_safe(body), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    return 0
