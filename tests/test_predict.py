@@ -1,0 +1,134 @@
+"""`nlbench predict` end to end on a small image with a random ResNet-18 smoke checkpoint."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from benchmark.checkpoint import save_checkpoint
+from benchmark.cli import main as cli_main
+from benchmark.data.classes import PALETTES
+from benchmark.inference import predict_logits
+from benchmark.models.segmentor import build_segmentor
+from benchmark.recipe import load_recipe
+
+CITY = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
+CITY_769 = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
+ADE = "nonlocal_r50-d8_4xb4-80k_ade20k-512x512"
+
+
+def _perturbed(recipe):
+    """A random model whose predictions vary over the image (MMSeg's init gives near-flat logits)."""
+    torch.manual_seed(0)
+    model = build_segmentor(recipe.model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.5)
+        model.decode_head.conv_seg.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    recipe = load_recipe(CITY, profile="smoke")
+    model = _perturbed(recipe)
+    ckpt = save_checkpoint(root / "r18.pth", model.state_dict(), meta={"note": "random smoke weights"})
+    rng = np.random.RandomState(0)
+    rgb = rng.randint(0, 256, (45, 70, 3), dtype=np.uint8)
+    png = root / "img.png"
+    cv2.imwrite(str(png), rgb[:, :, ::-1])
+    return root, recipe, model, ckpt, rgb, png
+
+
+def _predict(args, capsys):
+    code = cli_main(["predict", *args, "--device", "cpu"])
+    return code, capsys.readouterr()
+
+
+def test_predict_writes_palette_png_and_logits(setup, capsys):
+    root, recipe, model, ckpt, rgb, png = setup
+    out, logits_path = root / "out" / "pred.png", root / "out" / "logits.npy"
+    code, io = _predict([CITY, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(png),
+                         "--out", str(out), "--logits", str(logits_path)], capsys)
+    assert code == 0, io.err
+    assert str(out) in io.out
+    logits = np.load(logits_path)
+    assert logits.shape == (19, 45, 70) and logits.dtype == np.float32
+    # Same numbers as the library call on the RGB image.
+    expected = predict_logits(model, rgb, recipe).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    pred_rgb = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
+    assert pred_rgb.shape == (45, 70, 3)
+    palette = np.array(PALETTES["cityscapes"], dtype=np.uint8)
+    np.testing.assert_array_equal(pred_rgb, palette[logits.argmax(0)])
+    assert len(np.unique(logits.argmax(0))) > 1  # the check above is not about a flat image
+    assert sorted(p.name for p in out.parent.iterdir()) == ["logits.npy", "pred.png"]  # no temp files
+
+
+def test_predict_reads_jpeg_and_grey_images(setup, capsys):
+    root, recipe, model, ckpt, rgb, _ = setup
+    jpg = root / "img.jpg"
+    cv2.imwrite(str(jpg), rgb[:, :, ::-1])
+    grey = root / "grey.png"
+    cv2.imwrite(str(grey), rgb[:, :, 0])
+    for image, name in [(jpg, CITY_769), (grey, CITY)]:
+        out = root / f"{image.stem}-{name[-7:]}.png"
+        code, io = _predict([name, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(image),
+                             "--out", str(out)], capsys)
+        assert code == 0, io.err
+        assert cv2.imread(str(out)).shape == (45, 70, 3)
+
+
+def test_predict_slide_mode_is_used_for_the_769_recipe(setup, capsys):
+    root, _, _, ckpt, _, png = setup
+    code, io = _predict([CITY_769, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(png),
+                         "--out", str(root / "slide.png")], capsys)
+    assert code == 0 and "slide inference" in io.out
+
+
+def test_predict_uses_the_dataset_palette(tmp_path, capsys):
+    recipe = load_recipe(ADE, profile="smoke")
+    model = _perturbed(recipe)
+    ckpt = save_checkpoint(tmp_path / "ade.pth", model.state_dict())
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.random.RandomState(1).randint(0, 256, (24, 40, 3), dtype=np.uint8))
+    code, io = _predict([ADE, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(img),
+                         "--out", str(tmp_path / "p.png"), "--logits", str(tmp_path / "l.npy")], capsys)
+    assert code == 0, io.err
+    logits = np.load(tmp_path / "l.npy")
+    assert logits.shape[0] == 150
+    pred = cv2.imread(str(tmp_path / "p.png"))[:, :, ::-1]
+    np.testing.assert_array_equal(pred, np.array(PALETTES["ade20k"], dtype=np.uint8)[logits.argmax(0)])
+
+
+@pytest.mark.parametrize("content,needle", [(b"not an image at all", "cannot decode the image"),
+                                            (b"", "cannot decode the image"),
+                                            (None, "image file not found")])
+def test_bad_image_is_one_clear_error(setup, tmp_path, capsys, content, needle):
+    _, _, _, ckpt, _, _ = setup
+    image = tmp_path / "broken.png"
+    if content is not None:
+        image.write_bytes(content)
+    code, io = _predict([CITY, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(image),
+                         "--out", str(tmp_path / "p.png")], capsys)
+    assert code == 2 and needle in io.err and str(image) in io.err
+    assert io.err.count("\n") == 1 and "Traceback" not in io.err
+
+
+def test_checkpoint_of_another_model_is_refused(setup, tmp_path, capsys):
+    _, _, _, ckpt, _, png = setup
+    code, io = _predict([ADE, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(png),
+                         "--out", str(tmp_path / "p.png")], capsys)
+    assert code == 2 and "shape mismatch" in io.err and "decode_head.conv_seg.weight" in io.err
+
+
+def test_unknown_device_is_a_clear_error(setup, tmp_path, capsys):
+    _, _, _, ckpt, _, png = setup
+    code = cli_main(["predict", CITY, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(png),
+                     "--out", str(tmp_path / "p.png"), "--device", "tpu7"])
+    assert code == 2 and "--device" in capsys.readouterr().err
