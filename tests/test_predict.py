@@ -132,3 +132,11 @@ def test_unknown_device_is_a_clear_error(setup, tmp_path, capsys):
     code = cli_main(["predict", CITY, "--profile", "smoke", "--checkpoint", str(ckpt), "--image", str(png),
                      "--out", str(tmp_path / "p.png"), "--device", "tpu7"])
     assert code == 2 and "--device" in capsys.readouterr().err
+
+
+def test_released_checkpoint_goes_through_the_launcher_download(setup, tmp_path, capsys):
+    # A recipe without a release row: the download module's own clear error comes back, no traceback.
+    _, _, _, _, _, png = setup
+    code, io = _predict([CITY, "--profile", "smoke", "--set", "release=null", "--checkpoint", "released",
+                         "--image", str(png), "--out", str(tmp_path / "p.png")], capsys)
+    assert code == 2 and "release" in io.err and "Traceback" not in io.err
