@@ -80,12 +80,6 @@ def _collate(items) -> Batch:
     return iterations.pop(), torch.stack([x for _, x, _ in items]), torch.stack([y for _, _, y in items])
 
 
-def _quiet_worker(_worker_id: int) -> None:
-    # Workers already run in parallel; letting each also spawn OpenCV/torch threads oversubscribes the CPUs.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def train_batches(dataset: SegDataset, pipeline: Pipeline, imgs_per_gpu: int, seed: int, rank: int = 0,
                   world_size: int = 1, start_iter: int = 0, num_workers: int = 0,
                   pin_memory: bool = False) -> Iterator[Batch]:
@@ -98,9 +92,15 @@ def train_batches(dataset: SegDataset, pipeline: Pipeline, imgs_per_gpu: int, se
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
     samples = _TrainSamples(dataset, pipeline, imgs_per_gpu, seed, rank, world_size)
+    if num_workers > 0:
+        # Workers are forked. A child forked while OpenCV's thread pool exists deadlocks when it uses
+        # or resizes that pool, so OpenCV runs single-threaded in this process from here on, as
+        # MMEngine does for every training run (opencv_num_threads=0). The workers give the parallelism;
+        # torch's worker loop already limits each worker to one torch thread.
+        cv2.setNumThreads(0)
     keys = itertools.count(start_iter * imgs_per_gpu)
     loader = DataLoader(samples, batch_size=imgs_per_gpu, sampler=keys, num_workers=num_workers,
-                        collate_fn=_collate, pin_memory=pin_memory, worker_init_fn=_quiet_worker,
+                        collate_fn=_collate, pin_memory=pin_memory,
                         persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
     for iteration, images, labels in loader:
         yield int(iteration), images, labels

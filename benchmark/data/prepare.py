@@ -23,7 +23,6 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from benchmark.checkpoint import atomic_write_bytes, atomic_write_text
 from benchmark.data.datasets import read_split_file
 from benchmark.errors import NLBenchError
 
@@ -83,6 +82,8 @@ def prepare_cityscapes(src: Path, dst: Optional[Path] = None, log=print) -> Tupl
     sources = sorted(gt_dir.rglob(f"*{POLYGONS_SUFFIX}"))
     if not sources:
         raise NLBenchError(f"no *{POLYGONS_SUFFIX} files found", gt_dir)
+    from benchmark.checkpoint import atomic_write_bytes  # imports torch: only when writing
+
     written = skipped = 0
     for json_path in sources:
         rel = json_path.relative_to(gt_dir).as_posix()[: -len(POLYGONS_SUFFIX)]
@@ -146,6 +147,8 @@ def prepare_voc(voc: Path, sbd: Path, log=print) -> Tuple[int, int]:
     sets = voc2012 / "ImageSets" / "Segmentation"
     voc_train, voc_val = read_split_file(sets / "train.txt"), read_split_file(sets / "val.txt")
     sbd_train, sbd_val = read_split_file(sbd_dir / "train.txt"), read_split_file(sbd_dir / "val.txt")
+
+    from benchmark.checkpoint import atomic_write_bytes, atomic_write_text  # imports torch: only when writing
 
     out_dir = voc2012 / "SegmentationClassAug"
     written = skipped = 0
