@@ -125,6 +125,17 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BN running statistics).
+
+    With plain BN (CPU ranks) each rank's last forward updated its own running statistics; before an
+    evaluation they are made equal, so all ranks score the very model rank 0 saves.
+    """
+    if get_world_size() > 1:
+        for buf in module.buffers():
+            dist.broadcast(buf, src)
+
+
 def convert_sync_bn(model: nn.Module, info: DistInfo, enabled: bool, log: Callable[[str], None] = print) -> nn.Module:
     """SyncBatchNorm when the world size is > 1 and the recipe asks for it, on CUDA; plain BN on CPU."""
     if info.world_size == 1 or not enabled:
@@ -164,7 +175,7 @@ def device_info(device: torch.device, amp: Optional[str] = None) -> Dict[str, An
         "device_name": name,
         "device_count": count,
         "dtype": {None: "float32", "bf16": "bfloat16", "fp16": "float16"}[amp],
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cpu_threads": torch.get_num_threads(),

@@ -92,7 +92,7 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler:
         "profile": recipe.profile,
         "recipe_hash": recipe.hash,
         "nlbench_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a TorchVersion would need more than weights_only to load
         "CLASSES": list(CLASS_NAMES[recipe.data.dataset]),
         "PALETTE": [list(c) for c in PALETTES[recipe.data.dataset]],
     }
@@ -332,6 +332,7 @@ def train(
             distributed.barrier()
 
         if done % sched.eval_interval == 0 or done == sched.max_iters:
+            distributed.broadcast_buffers(model)
             model.eval()
             last_metrics = evaluate_model(model, val_set, recipe, info, progress=False)
             model.train()
