@@ -178,6 +178,19 @@ def test_ensure_dataset_writes_missing_synthetic_root_once(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+def test_ensure_dataset_is_safe_when_writers_race(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = load_recipe(RECIPES["ade20k"], profile="smoke",
+                      overrides=[f"data.data_root={tmp_path / 'ade'}", "data.synthetic.train=3",
+                                 "data.synthetic.val=1"]).data
+    with ThreadPoolExecutor(3) as pool:
+        roots = list(pool.map(lambda _: ensure_dataset(cfg), range(3)))
+    assert roots == [tmp_path / "ade"] * 3
+    assert [p.name for p in tmp_path.iterdir()] == ["ade"]  # the losers' temporary copies are gone
+    assert build_dataset(cfg, "train", roots[0]).check() == 3
+
+
 # ----------------------------------------------------------------------------- prepare
 
 

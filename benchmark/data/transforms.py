@@ -68,8 +68,9 @@ def random_crop(img: Image, label: Label, crop_hw: Tuple[int, int], cat_max_rati
     if cat_max_ratio < 1.0:
         for _ in range(CROP_RETRIES):
             y1, y2, x1, x2 = box
-            labels, counts = np.unique(label[y1:y2, x1:x2], return_counts=True)
-            counts = counts[labels != ignore_index]
+            counts = np.bincount(label[y1:y2, x1:x2].ravel(), minlength=256)  # uint8 labels; faster than unique
+            counts[ignore_index] = 0
+            counts = counts[counts > 0]
             if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
                 break
             box = _crop_box(img.shape, crop_hw, rng)
