@@ -179,7 +179,8 @@ def wait(entries: List[Dict[str, Any]], poll_s: float = 5.0, timeout_s: Optional
     while True:
         states = slurm_states(ids)
         for e in entries:
-            state = states.get(e["slurm_job_id"], ("UNKNOWN", 0))[0]
+            # sacct knows a job a moment after sbatch returns.
+            state = states.get(e["slurm_job_id"], ("SUBMITTED", 0))[0]
             if seen.get(e["key"]) != state:
                 seen[e["key"]] = state
                 report(f"  {e['slurm_job_id']:>10}  {state:<10} {e['key']}")

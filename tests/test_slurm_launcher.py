@@ -1,0 +1,196 @@
+"""The SLURM launcher against a real SLURM cluster (slurm/test-cluster.sh) through real submitit.
+
+Skipped unless a cluster answers: start one with `slurm/test-cluster.sh start` (what .ci/run does);
+SLURM_CONF, or the env file in $NLBENCH_SLURM_DIR (default /tmp/nlbench-slurm), points at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main as cli
+from benchmark.launch.status import collect_status
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE = REPO / "slurm" / "test-cluster.yaml"
+# Smoke rows shrunk further: a few images, 20 iterations with a checkpoint every 5 (room to interrupt
+# training part-way), two ms+flip scales, a two-image benchmark.
+TINY = ["schedule.max_iters=20", "schedule.checkpoint_interval=5", "schedule.eval_interval=20",
+        "schedule.log_interval=5", "data.synthetic.train=4", "data.synthetic.val=2",
+        "test.ms_flip_ratios=[0.75,1.25]", "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
+THREE_ROWS = "nonlocal_r50-d8_4xb4-[248]0k_*"  # VOC 20k, VOC 40k, ADE20K 80k
+INTERRUPTED = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
+
+
+def _sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def _cluster_env():
+    """SLURM_CONF of a running test cluster, or None."""
+    conf = os.environ.get("SLURM_CONF")
+    if not conf:
+        env_file = Path(os.environ.get("NLBENCH_SLURM_DIR", "/tmp/nlbench-slurm")) / "env"
+        if env_file.is_file():
+            for line in env_file.read_text().splitlines():
+                if line.startswith("export SLURM_CONF="):
+                    conf = line.split("=", 1)[1].strip()
+    if not conf or not Path(conf).is_file():
+        return None
+    env = {**os.environ, "SLURM_CONF": conf}
+    for cmd in (["sinfo", "-h"], ["sacct", "-n", "-X", "-S", "now-1minute"]):
+        try:
+            if subprocess.run(cmd, env=env, capture_output=True, timeout=15).returncode != 0:
+                return None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return conf
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A running test cluster, and a scratch working dir (relative data roots resolve there)."""
+    conf = _cluster_env()
+    if conf is None:
+        pytest.skip("no SLURM test cluster is up (slurm/test-cluster.sh start)")
+    work = tmp_path_factory.mktemp("slurm")
+    saved_conf, saved_cwd = os.environ.get("SLURM_CONF"), os.getcwd()
+    os.environ["SLURM_CONF"] = conf
+    os.chdir(work)
+    yield work
+    os.chdir(saved_cwd)
+    if saved_conf is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = saved_conf
+
+
+def _rows(results: Path):
+    return {r["recipe"]: r for r in collect_status(results)}
+
+
+def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _eval_record(results: Path, recipe: str, kind: str = "eval"):
+    folder = results / "records" / recipe / "smoke" / "seed0"
+    (path,) = folder.glob(f"{kind}-*.json")
+    return json.loads(path.read_text())
+
+
+def test_array_with_preemption_requeues_and_resumes_to_the_same_result(cluster, capsys):
+    results = cluster / "results"
+    args = ["run-all", "--launcher", "slurm", "--cluster", str(PROFILE), "--profile", "smoke",
+            "--filter", THREE_ROWS, "--results", str(results), "--no-wait", *_sets(TINY)]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted 3 job(s)" in out
+    (run_file,) = (results / "jobs" / "runs").glob("*.json")
+    entries = json.loads(run_file.read_text())["jobs"]
+    ids = {e["slurm_job_id"] for e in entries}
+    assert len({i.split("_")[0] for i in ids}) == 1 and len(ids) == 3  # one array, three tasks
+    target = next(e for e in entries if e["recipe"] == INTERRUPTED)
+
+    # Interrupt the first row half-way through training, as SLURM preempts: SIGTERM, then USR2.
+    work = Path(target["work_dir"])
+    _wait(lambda: (work / "iter_5.pth").exists(), 150, "the first checkpoint")
+    assert _rows(results)[INTERRUPTED]["state"] == "running"
+    assert cli(["status", "--results", str(results)]) == 0
+    during = capsys.readouterr().out
+    for sig in ("SIGTERM", "USR2"):
+        subprocess.run(["scancel", target["slurm_job_id"], "--signal", sig], check=True)
+    _wait(lambda: _rows(results)[INTERRUPTED]["state"] == "requeued", 60, "status to say requeued")
+    assert cli(["status", "--results", str(results)]) == 0
+    requeued = capsys.readouterr().out
+    print("status during the run:\n" + during + "\nafter the interruption:\n" + requeued)
+
+    rows = _wait(lambda: (lambda r: r if all(x["state"] in ("done", "failed") for x in r.values()) else None)(
+        _rows(results)), 240, "every row to finish", poll_s=2)
+    assert {name: r["state"] for name, r in rows.items()} == {e["recipe"]: "done" for e in entries}
+    assert rows[INTERRUPTED]["requeues"] >= 1
+    assert cli(["status", "--results", str(results)]) == 0
+    after = capsys.readouterr().out
+    print("status after:\n" + after)
+    assert "3 row(s): 3 done" in after
+
+    # Every stage's record is present for every row.
+    for e in entries:
+        folder = results / "records" / e["recipe"] / "smoke" / "seed0"
+        assert {p.name.split("-")[0] for p in folder.glob("*.json")} == set(e["stages"])
+    log = (work / "job.log").read_text()
+    assert "attempt 2" in log and "resuming from latest.pth" in log
+    train = _eval_record(results, INTERRUPTED, "train")
+    assert train["start_iteration"] in (5, 10, 15)
+    assert train["provenance"]["slurm_array_job_id"] == target["slurm_job_id"].split("_")[0]
+
+    # The same row without interruption, locally: the resumed run reaches the same result.
+    reference = cluster / "reference"
+    assert cli(["run-all", "--profile", "smoke", "--filter", INTERRUPTED, "--results", str(reference),
+                *_sets(TINY)]) == 0
+    for kind in ("eval", "eval_ms_flip"):
+        assert _eval_record(results, INTERRUPTED, kind)["metrics"] == _eval_record(reference, INTERRUPTED, kind)["metrics"]
+
+
+def test_failing_job_is_reported_failed(cluster, capsys):
+    results = cluster / "results-fail"
+    missing = cluster / "no-such-dataset"
+    code = cli(["run-all", "--launcher", "slurm", "--cluster", str(PROFILE), "--profile", "smoke",
+                "--filter", "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512", "--results", str(results),
+                *_sets(TINY + ["data.synthetic=null", f"data.data_root={missing}"])])
+    assert code == 1  # waited for the array; the row failed
+    out = capsys.readouterr().out
+    (row,) = _rows(results).values()
+    assert row["state"] == "failed"
+    assert str(missing) in (row["message"] or "")
+    assert "failed" in out and str(missing) in out
+    assert cli(["status", "--results", str(results)]) == 0
+    assert "1 row(s): 1 failed" in capsys.readouterr().out
+
+
+def test_gpu_request_on_cpu_cluster_surfaces_sbatch_error(cluster, capsys):
+    profile = cluster / "gpu.yaml"
+    profile.write_text(PROFILE.read_text().replace("gpus_per_node: 0", "gpus_per_node: 1"))
+    results = cluster / "results-gpu"
+    code = cli(["run-all", "--launcher", "slurm", "--cluster", str(profile), "--profile", "smoke",
+                "--filter", "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512", "--results", str(results), *_sets(TINY)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "sbatch refused" in err and "gres" in err.lower() and str(profile) in err
+    assert "Traceback" not in err
+    assert not list((results / "jobs" / "runs").glob("*.json"))  # nothing recorded as submitted
+
+
+def test_two_ranks_per_job_train_with_torch_distributed(cluster, capsys):
+    """cpu_tasks: 2 -> two SLURM tasks = two gloo ranks from submitit's environment; rank 0 writes."""
+    profile = cluster / "two-ranks.yaml"
+    profile.write_text(PROFILE.read_text().replace("cpu_tasks: 1", "cpu_tasks: 2"))
+    results = cluster / "results-2ranks"
+    small = [s for s in TINY if not s.startswith("schedule.")] + [
+        "schedule.max_iters=4", "schedule.checkpoint_interval=4", "schedule.eval_interval=4", "schedule.log_interval=2"]
+    code = cli(["run-all", "--launcher", "slurm", "--cluster", str(profile), "--profile", "smoke",
+                "--filter", "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512", "--results", str(results), *_sets(small)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (row,) = _rows(results).values()
+    assert row["state"] == "done"
+    work = results / "work" / "smoke" / "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512" / "seed0"
+    assert "world size 2" in (work / "job.log").read_text()
+    train = _eval_record(results, "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512", "train")
+    assert train["provenance"]["world_size"] == 2
+    folder = results / "records" / "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512" / "smoke" / "seed0"
+    assert len(list(folder.glob("*.json"))) == 4  # one record per stage: rank 1 wrote none
