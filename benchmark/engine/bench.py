@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmark.engine.distributed import PeakMemory, device_info, resolve_device
+from benchmark.engine.train import amp_autocast
 from benchmark.errors import NLBenchError
 from benchmark.recipe import Recipe, load_recipe
 
@@ -38,15 +39,6 @@ _TYPICAL_ASPECT = {"cityscapes": 2.0, "ade20k": 4 / 3, "voc12aug": 4 / 3}
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _amp(recipe: Recipe, device: torch.device):
-    import contextlib
-
-    if recipe.runtime.amp is None:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if recipe.runtime.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def synthetic_image_size(recipe: Recipe) -> Tuple[int, int]:
@@ -90,7 +82,7 @@ def measure_fps(model: torch.nn.Module, recipe: Recipe, device: torch.device, im
         x = to_input_tensor(resize_image(image, size), "cpu", recipe.runtime.channels_last)  # the data loader's part
         _sync(device)
         start = time.perf_counter()
-        with _amp(recipe, device):
+        with amp_autocast(recipe, device):
             logits = infer(model, x.to(device, non_blocking=False), recipe)
             pred = resize_logits(logits, (h, w), align_corners).argmax(dim=1).cpu()
         _sync(device)
@@ -126,7 +118,7 @@ def measure_train_memory(recipe: Recipe, device: torch.device, iters: int, seed:
     mem = PeakMemory(device)
     isolated = mem.reset()
     for _ in range(iters):
-        with _amp(recipe, device):
+        with amp_autocast(recipe, device):
             loss = model.losses(images, labels)["loss"]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -203,12 +195,12 @@ def format_bench(result: Dict[str, Any]) -> str:
         f"{result['image_hw'][0]}x{result['image_hw'][1]}, inferred at {result['input_hw'][0]}x{result['input_hw'][1]} "
         f"({result['test_mode']}), batch 1, {result['warmup_images']} warm-up + {result['images_timed']} timed, "
         f"cudnn benchmark off",
-        f"Inf time: {result['fps']:.2f} fps ({unit} fps; {1000 / result['fps']:.0f} ms per image); "
+        f"Inf time: {result['fps']:.3g} fps ({unit} fps; {1000 / result['fps']:.0f} ms per image); "
         f"inference peak {result['infer_mem_gb']:.2f} GB",
     ]
     if result.get("mem_gb") is not None:
         what = "max_memory_allocated" if result["mem_kind"] == "cuda_max_allocated" else "CPU peak RSS of the process"
-        lines.append(f"Mem: {result['mem_gb']:.2f} GB ({what}) over {result['mem_iters']} training iterations, "
+        lines.append(f"Mem: {result['mem_gb']:.2f} GB ({what}) over {result['mem_iters']} training iteration(s), "
                      f"batch {result['mem_batch']} at {result['mem_crop_hw'][0]}x{result['mem_crop_hw'][1]}")
     return "\n".join(lines)
 

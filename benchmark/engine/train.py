@@ -165,7 +165,8 @@ def _progress(total: int, initial: int, enabled: bool):
 # ----------------------------------------------------------------------------- the loop
 
 
-def _amp_context(recipe: Recipe, device: torch.device):
+def amp_autocast(recipe: Recipe, device: torch.device):
+    """The recipe's autocast (runtime.amp: bf16 or fp16), or nothing for fp32."""
     amp = recipe.runtime.amp
     if amp is None:
         return contextlib.nullcontext()
@@ -285,7 +286,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(iteration_seed(rt.seed, it, info.rank))  # dropout: a function of (seed, it, rank)
-        with _amp_context(recipe, dev):
+        with amp_autocast(recipe, dev):
             losses = wrapped(images, labels)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
