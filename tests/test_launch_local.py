@@ -58,3 +58,24 @@ def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, c
     assert _kinds(results, name) == ["bench", "eval", "eval_ms_flip", "train"]
     log = (results / "work" / "smoke" / name / "seed0" / "job.log").read_text().splitlines()
     assert "stages to run: bench" in [line for line in log if "stages to run" in line][-1]
+
+
+def test_multi_rank_job_runs_under_torchrun(tmp_path, monkeypatch):
+    """The local multi-GPU path (one process per device via torch.distributed.run), exercised with two
+    gloo ranks on the CPU: the job travels as JSON, every rank runs it, rank 0 alone writes."""
+    from benchmark.launch.local import run_local
+    from benchmark.launch.plan import Resources, make_plan
+
+    monkeypatch.chdir(tmp_path)
+    small = [s for s in TINY if not s.startswith("schedule.")] + [
+        "schedule.max_iters=2", "schedule.checkpoint_interval=2", "schedule.eval_interval=2"]
+    plan = make_plan(tmp_path / "results", lambda recipe: Resources(1, 2, 0),
+                     pattern="nonlocal_r50-d8_4xb4-20k_voc12aug-512x512", profile="smoke", overrides=small)
+    (job,) = plan.jobs
+    assert run_local(plan.jobs, tmp_path / "results") == {job.key: "done"}
+    assert (tmp_path / "results" / "jobs" / "local" / f"{job.key.replace('/', '__')}.json").is_file()
+    assert "world size 2" in (tmp_path / "results" / "work" / "smoke" / job.name / "seed0" / "job.log").read_text()
+    records = list((tmp_path / "results" / "records" / job.name / "smoke" / "seed0").glob("*.json"))
+    assert sorted(p.name.split("-")[0] for p in records) == ["bench", "eval", "eval_ms_flip", "train"]
+    train = json.loads(next(p for p in records if p.name.startswith("train-")).read_text())
+    assert train["provenance"]["world_size"] == 2
