@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from benchmark.errors import NLBenchError
-from benchmark.launch.plan import Job, Resources
+from benchmark.launch.plan import Job, Resources, record_kinds
 from benchmark.recipe import load_recipe
 
 JOB_LOG = "job.log"
@@ -104,16 +104,6 @@ def attempt_number() -> int:
         return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1
     except ValueError:
         return 1
-
-
-def existing_record_kinds(job: Job) -> set:
-    """Kinds that already have a record for this job's (recipe, profile, seed)."""
-    from benchmark.report.records import record_dir
-
-    folder = record_dir(job.results_dir, job.name, job.profile, job.seed)
-    if not folder.is_dir():
-        return set()
-    return {p.name.rsplit("-", 2)[0] for p in folder.glob("*.json") if not p.name.startswith(".")}
 
 
 def _gpu_hours(wall_s: float, result: Dict[str, Any]) -> Optional[float]:
@@ -213,7 +203,7 @@ def run_job(job: Job) -> Dict[str, str]:
     work = Path(job.work_dir)
     log = JobLog(work, enabled=main)
     # Decided once, before any work, so that every rank runs the same stages.
-    done = existing_record_kinds(job)
+    done = record_kinds(job.results_dir, job.name, job.profile, job.seed)
     pending: List[str] = [s for s in job.stages if s not in done]
     written: Dict[str, str] = {}
     if main:

@@ -209,15 +209,27 @@ def default_time_limit_min(gpu_hours: Optional[float], gpus: int) -> int:
     return int(math.ceil((wall_min * 1.5 + 30) / 30.0) * 30)
 
 
-def completed_kinds(results_dir: Path) -> Dict[Tuple[str, str, int], set]:
-    """(recipe, profile, seed) -> the record kinds present in the results folder."""
-    from benchmark.report.records import load_records
+def record_kinds(results_dir: os.PathLike | str, recipe: str, profile: str, seed: int) -> set:
+    """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
 
-    records, _ = load_records(results_dir)
-    done: Dict[Tuple[str, str, int], set] = {}
-    for r in records:
-        done.setdefault((r["recipe"], r["profile"], r["seed"]), set()).add(r["kind"])
-    return done
+    Only that row's folder is read; a corrupt or foreign file counts for nothing (the stage runs again).
+    """
+    import json
+
+    from benchmark.report.records import record_dir, validate_record
+
+    kinds = set()
+    folder = record_dir(results_dir, recipe, profile, seed)
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        if path.name.startswith("."):
+            continue  # a writer's temporary file
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not validate_record(record) and (record["recipe"], record["profile"], record["seed"]) == (recipe, profile, seed):
+            kinds.add(record["kind"])
+    return kinds
 
 
 def select_recipe_paths(pattern: Optional[str]) -> List[Path]:
@@ -251,7 +263,6 @@ def make_plan(
     if seeds < 1:
         raise NLBenchError(f"expected a count >= 1, got {seeds}", key="--seeds")
     results = Path(results_dir).resolve()
-    done = completed_kinds(results) if skip_complete else {}
     jobs: List[Job] = []
     skipped: List[str] = []
     for path in select_recipe_paths(pattern):
@@ -260,7 +271,7 @@ def make_plan(
             seed = base.runtime.seed + k
             recipe = base if k == 0 else load_recipe(path, [*overrides, f"runtime.seed={seed}"], profile=profile)
             stages = stages_for(recipe)
-            if set(stages) <= done.get((recipe.name, recipe.profile, seed), set()):
+            if skip_complete and set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed):
                 skipped.append(f"{recipe.profile}/{recipe.name}/seed{seed}")
                 continue
             res = resources_for(recipe)

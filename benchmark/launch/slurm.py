@@ -176,6 +176,7 @@ def wait(entries: List[Dict[str, Any]], poll_s: float = 5.0, timeout_s: Optional
     ids = [e["slurm_job_id"] for e in entries]
     seen: Dict[str, str] = {}
     started = time.monotonic()
+    final_before = False
     while True:
         states = slurm_states(ids)
         for e in entries:
@@ -184,8 +185,11 @@ def wait(entries: List[Dict[str, Any]], poll_s: float = 5.0, timeout_s: Optional
             if seen.get(e["key"]) != state:
                 seen[e["key"]] = state
                 report(f"  {e['slurm_job_id']:>10}  {state:<10} {e['key']}")
-        if all(s in FINAL_STATES for s in seen.values()):
+        # Two polls in a row: sacct can lag behind a requeue for a moment.
+        final = all(s in FINAL_STATES for s in seen.values())
+        if final and final_before:
             return seen
+        final_before = final
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise NLBenchError(f"gave up waiting after {timeout_s:.0f} s; jobs keep running "
                                "(`nlbench status` shows them)")
@@ -193,4 +197,4 @@ def wait(entries: List[Dict[str, Any]], poll_s: float = 5.0, timeout_s: Optional
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}
+                "DEADLINE"}

@@ -145,11 +145,9 @@ def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[s
 
 
 def _records_complete(results_dir: Path, entry: Dict[str, Any]) -> bool:
-    folder = results_dir / "records" / entry["recipe"] / entry["profile"] / f"seed{entry['seed']}"
-    if not folder.is_dir():
-        return False
-    kinds = {p.name.rsplit("-", 2)[0] for p in folder.glob("*.json") if not p.name.startswith(".")}
-    return set(entry["stages"]) <= kinds
+    from benchmark.launch.plan import record_kinds
+
+    return set(entry["stages"]) <= record_kinds(results_dir, entry["recipe"], entry["profile"], entry["seed"])
 
 
 def _pid_alive(state: Dict[str, Any]) -> bool:
