@@ -188,11 +188,6 @@ _STAGES: Dict[str, Callable[[Job, JobLog], Dict[str, Any]]] = {
 }
 
 
-def _bench_rank_only() -> bool:
-    """Bench measures one device as published: in a multi-rank job only rank 0 runs it."""
-    return _rank() == 0
-
-
 def run_job(job: Job) -> Dict[str, str]:
     """Run the job's pending stages in order; returns {kind: record path} of the records written."""
     from benchmark.data.synthetic import ensure_dataset
@@ -220,10 +215,11 @@ def run_job(job: Job) -> Dict[str, str]:
                 write_state(work, "running", stage=stage, key=job.key)
             started = time.perf_counter()
             if stage == "bench":
-                # Rank 0 alone measures one device; the others leave the process group first.
+                # Bench measures one device, as published: rank 0 alone, after every rank has left
+                # the process group.
                 distributed.barrier()
                 distributed.cleanup()
-                if not _bench_rank_only():
+                if not main:
                     continue
                 with _single_process_env():
                     record = _STAGES[stage](job, log)
