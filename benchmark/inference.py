@@ -18,6 +18,9 @@ which sizes and flips it was shown.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,6 +34,27 @@ MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
 Device = Union[str, torch.device]
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Process-wide (glibc only): keep freed memory for reuse instead of returning it to the OS.
+
+    Full-resolution activations are 128-256 MB each; glibc serves such blocks with mmap and unmaps
+    them on free, so every layer's output page-faults in afresh. For a 1024x2048 R-50 forward on CPU
+    that was ~5 million page faults and ~7 s of system time; with large blocks kept on the heap it is
+    ~0.5 million and under 1 s, at the cost of ~0.6 GB more peak RSS. Meant for command-line
+    processes (predict); returns whether it was applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    largest = ctypes.c_int(2**31 - 1)
+    return bool(mallopt(m_mmap_threshold, largest)) and bool(mallopt(m_trim_threshold, largest))
 
 
 def to_input_tensor(image_rgb_uint8: np.ndarray, device: Device, channels_last: bool = False) -> torch.Tensor:

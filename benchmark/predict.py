@@ -19,7 +19,7 @@ import torch
 from benchmark.checkpoint import atomic_write_bytes, load_weights
 from benchmark.data.classes import PALETTES
 from benchmark.errors import NLBenchError
-from benchmark.inference import predict_logits
+from benchmark.inference import keep_freed_memory_for_reuse, predict_logits
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import Recipe, load_recipe
 
@@ -101,6 +101,7 @@ def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logit
 
 
 def main(args) -> int:
+    keep_freed_memory_for_reuse()  # a one-shot CLI process: faster big-tensor allocation
     recipe = load_recipe(args.recipe, args.overrides, getattr(args, "profile", "full"))
     device = resolve_device(args.device)
     checkpoint = resolve_checkpoint(args.checkpoint, recipe)

@@ -191,3 +191,10 @@ def test_rejects_non_rgb_uint8():
         predict_logits(Pointwise(), np.zeros((8, 8), dtype=np.uint8), recipe)
     with pytest.raises(ValueError, match="uint8 RGB"):
         predict_logits(Pointwise(), np.zeros((8, 8, 3), dtype=np.float32), recipe)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc allocator setting")
+def test_allocator_setting_applies_on_glibc():
+    from benchmark.inference import keep_freed_memory_for_reuse
+
+    assert keep_freed_memory_for_reuse() is True
