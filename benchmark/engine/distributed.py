@@ -220,6 +220,3 @@ class PeakMemory:
         import resource  # ru_maxrss is in KiB on Linux
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024**3
-
-    def entry(self) -> Dict[str, Any]:
-        return {"peak_mem_gb": self.peak_gb(), "mem_kind": self.kind}

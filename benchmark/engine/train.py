@@ -262,6 +262,7 @@ def train(
                 "profile": recipe.profile, "world_size": info.world_size, "effective_batch": effective,
                 "device": str(dev), "resumed": bool(resume and start_iter > 0), "time": time.time()})
     mem = PeakMemory(dev)
+    train_peak = 0.0  # peaks of earlier stretches of training; evaluation's own peak is left out
     bar = _progress(sched.max_iters, start_iter, info.is_main)
     say: Log = bar.write if bar is not None else log
 
@@ -317,7 +318,7 @@ def train(
         if done % sched.log_interval == 0 or done == sched.max_iters:
             entry = {"iteration": done, "lr": lr}
             entry.update({k: float(np.mean(v)) for k, v in window.items() if v})
-            entry.update(mem.entry())
+            entry.update({"peak_mem_gb": max(train_peak, mem.peak_gb()), "mem_kind": mem.kind})
             jlog.write(entry)
             if bar is None and info.is_main:
                 eta = (sched.max_iters - done) * entry["time"]
@@ -334,9 +335,11 @@ def train(
 
         if done % sched.eval_interval == 0 or done == sched.max_iters:
             distributed.broadcast_buffers(model)
+            train_peak = max(train_peak, mem.peak_gb())
             model.eval()
             last_metrics = evaluate_model(model, val_set, recipe, info, progress=False)
             model.train()
+            mem.reset()
             jlog.write({"event": "eval", "iteration": done, "aAcc": last_metrics["aAcc"],
                         "mIoU": last_metrics["mIoU"], "mAcc": last_metrics["mAcc"]})
             if info.is_main:
@@ -347,7 +350,7 @@ def train(
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - started
-    peak = distributed.all_reduce_max(mem.peak_gb(), dev)
+    peak = distributed.all_reduce_max(max(train_peak, mem.peak_gb()), dev)
     jlog.write({"event": "end", "iteration": sched.max_iters, "wall_time_s": wall, "time": time.time()})
     latest = work_dir / LATEST
     return {
