@@ -60,6 +60,8 @@ class ModelConfig(_Strict):
     decode_head: HeadConfig
     non_local: NonLocalConfig = NonLocalConfig()
     auxiliary_head: Optional[HeadConfig] = None
+    # ImageNet weights for the backbone: "open-mmlab://resnet50_v1c", a URL or a file; null = random init.
+    pretrained: Optional[str] = None
 
 
 class SyntheticConfig(_Strict):

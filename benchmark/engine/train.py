@@ -186,6 +186,18 @@ def _resume_state(work_dir: Path, log: Log, info: DistInfo) -> Optional[Dict[str
     return state
 
 
+def _load_pretrained(model: nn.Module, source: str, info: DistInfo, log: Log) -> None:
+    """Backbone from ImageNet weights; rank 0 downloads, the others read the cached file."""
+    from benchmark.models.pretrained import load_backbone_weights, resolve_pretrained
+
+    path = resolve_pretrained(source) if info.is_main else None
+    distributed.barrier()
+    path = path or resolve_pretrained(source)
+    dropped = load_backbone_weights(model.backbone, path)
+    if info.is_main:
+        log(f"backbone initialised from {source} ({path}); ignored {len(dropped)} classifier keys")
+
+
 def train(
     recipe: Recipe,
     work_dir: os.PathLike | str,
@@ -232,6 +244,8 @@ def train(
     # Same initial weights everywhere (DDP would broadcast rank 0's anyway).
     torch.manual_seed(rt.seed)
     model = build_segmentor(recipe.model)
+    if recipe.model.pretrained and not (resume and (work_dir / LATEST).exists()):
+        _load_pretrained(model, recipe.model.pretrained, info, log)
     model = distributed.convert_sync_bn(model, info, rt.sync_bn, log)
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     model.to(device=dev, memory_format=memory_format)

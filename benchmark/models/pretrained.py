@@ -1,0 +1,85 @@
+"""ImageNet initialisation of the backbone, as MMSeg's configs do it (``pretrained='open-mmlab://resnet50_v1c'``).
+
+A source is ``open-mmlab://resnet{18,50,101}_v1c`` (downloaded once into the nlbench cache and checked
+against the sha256 prefix in its file name), an http(s) URL, or a local file. The file holds the
+backbone's weights under the backbone's own key names (``stem.0.weight``, ``layer1.0.conv1.weight``,
+...), optionally prefixed with ``backbone.``; ImageNet classifier keys (``fc.*``) are dropped.
+
+MMSeg loads these with ``strict=False`` and only logs what did not match; nlbench refuses a file that
+leaves any backbone weight unset or has a wrong shape, because such a run would silently train from
+scratch and miss the published numbers by many points.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from benchmark.checkpoint import load_checkpoint
+from benchmark.errors import NLBenchError
+
+OPENMMLAB_BASE_URL = "https://download.openmmlab.com/pretrain/third_party"
+# name -> file name; the 8 hex digits are the first digits of the file's sha256.
+OPENMMLAB_FILES = {
+    "resnet18_v1c": "resnet18_v1c-b5776b93.pth",
+    "resnet50_v1c": "resnet50_v1c-2cccc1ad.pth",
+    "resnet101_v1c": "resnet101_v1c-e67eebb6.pth",
+}
+_HASHED_NAME = re.compile(r"-([0-9a-f]{8})\.pth$")
+# Buffers older checkpoints do not carry; their absence changes nothing numerically.
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+
+def resolve_pretrained(source: str, cache_dir: os.PathLike | str | None = None) -> Path:
+    """A local path for ``source``, downloading (and hash-checking) remote sources into the cache."""
+    from benchmark.launch.download import cache_dir_default, download
+
+    if source.startswith("open-mmlab://"):
+        name = source[len("open-mmlab://"):]
+        if name not in OPENMMLAB_FILES:
+            raise NLBenchError(f"unknown open-mmlab model {name!r}; known: {', '.join(sorted(OPENMMLAB_FILES))}",
+                               key="model.pretrained")
+        base = os.environ.get("NLBENCH_OPENMMLAB_BASE_URL", OPENMMLAB_BASE_URL).rstrip("/")
+        source = f"{base}/{OPENMMLAB_FILES[name]}"
+    if source.startswith(("http://", "https://")):
+        filename = source.rsplit("/", 1)[-1]
+        cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+        target = cache / filename
+        if target.exists():
+            return target
+        match = _HASHED_NAME.search(filename)
+        return download(source, target, match.group(1) if match else "")
+    path = Path(source)
+    if not path.is_file():
+        raise NLBenchError("pretrained weights file not found", path, "model.pretrained")
+    return path
+
+
+def load_backbone_weights(backbone: nn.Module, path: os.PathLike | str) -> List[str]:
+    """Copy ``path``'s weights into ``backbone``; returns the file's keys that were dropped (``fc.*``)."""
+    state = load_checkpoint(path)["state_dict"]
+    weights: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        weights[key[len("backbone."):] if key.startswith("backbone.") else key] = value
+    expected = backbone.state_dict()
+    dropped = sorted(k for k in weights if k not in expected)
+    foreign = [k for k in dropped if not k.startswith("fc.")]
+    missing = [k for k in expected if k not in weights and not k.endswith(_OPTIONAL_SUFFIXES)]
+    wrong = [f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in weights and weights[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing backbone keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if foreign:
+        problems.append(f"keys that are not the backbone's {foreign[:5]}{' ...' if len(foreign) > 5 else ''}")
+    if wrong:
+        problems.append(f"shape mismatches {wrong[:3]}")
+    if problems:
+        raise NLBenchError("not pretrained weights for this backbone: " + "; ".join(problems), path, "model.pretrained")
+    backbone.load_state_dict({k: v for k, v in weights.items() if k in expected}, strict=False)
+    return dropped
