@@ -28,6 +28,15 @@ from benchmark.errors import NLBenchError
 PathLike = Union[str, Path]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+
+
 # ----------------------------------------------------------------------------- atomic writes
 
 
@@ -38,6 +47,9 @@ def _atomic_file(path: PathLike) -> Iterator[io.BufferedWriter]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus umask)
+        # so results and checkpoints stay readable by the group, as users of shared clusters expect.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

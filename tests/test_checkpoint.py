@@ -163,6 +163,13 @@ def test_atomic_writes_replace_and_leave_no_temporaries(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["b.bin", "out.txt"]
 
 
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode
+
+
 def test_failed_save_keeps_the_old_file(tmp_path):
     target = tmp_path / "ckpt.pth"
     atomic_torch_save({"a": torch.ones(2)}, target)
