@@ -86,7 +86,11 @@ def load_reference(spec: str) -> Reference:
             raise NLBenchError(f"expected one value in the whole column, got {values}", path, column)
         return values[0] if values else default
 
-    return Reference(str(path), single("profile", "full"), device_class(single("device", None)), table)
+    try:  # inside the checkout: a path that reads the same on every machine
+        label = str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        label = str(path)
+    return Reference(label, single("profile", "full"), device_class(single("device", None)), table)
 
 
 def default_references(profiles: List[str]) -> Dict[str, Reference]:

@@ -31,8 +31,8 @@ END = "<!-- nlbench:tables:end -->"
 PROFILE_ORDER = {"full": 0, "smoke": 1}
 PROFILE_NOTES = {
     "full": "the recipes as published (full size, real datasets).",
-    "smoke": "ResNet-18 trunk, thin heads, synthetic data in each dataset's layout, tiny crops and a few "
-             "dozen iterations (Backbone, Crop Size and Lr schd below name the published row, not the smoke "
+    "smoke": "ResNet-18 trunk, thin heads, synthetic data in each dataset's layout, tiny crops and a short "
+             "schedule (Backbone, Crop Size and Lr schd below name the published row, not the smoke "
              "settings). It checks that every stage of every row runs; its numbers are **not** "
              "comparable with the published full-size results (rows say `NonLocal (smoke)`; `nlbench compare` "
              "gates them against `results/reference/smoke.csv`).",
