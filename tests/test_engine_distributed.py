@@ -56,10 +56,15 @@ def test_cuda_ranks_use_syncbn():
 
 
 def test_cpu_peak_memory_can_be_reset():
+    import mmap
+
     mem = PeakMemory(torch.device("cpu"))
-    big = torch.ones(64 * 1024 * 1024 // 4 * 4)  # 64 MiB, touched
+    # An anonymous mapping is returned to the OS on close whatever malloc's settings (predict raises
+    # glibc's mmap threshold in-process, so a freed tensor may stay resident).
+    big = mmap.mmap(-1, 64 << 20)
+    big.write(b"\x01" * (64 << 20))  # touched, so resident
     high = mem.peak_gb()
-    del big
+    big.close()
     if mem.reset():
         assert mem.peak_gb() < high - 0.03
     assert mem.kind == "peak_rss"
