@@ -196,8 +196,9 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     return out
 
 
-def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: PathLike) -> None:
-    """Strict match of names and shapes; one NLBenchError naming the first offending keys."""
+def state_dict_problems(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> List[str]:
+    """What keeps ``state_dict`` from loading strictly into ``model``: missing and unexpected keys,
+    shape mismatches (each list cut to its first entries); empty when it matches."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -212,6 +213,12 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_first(mismatched, 3)}")
+    return problems
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """Strict match of names and shapes; one NLBenchError naming the first offending keys."""
+    problems = state_dict_problems(model, state_dict)
     if problems:
         raise NLBenchError("checkpoint does not match the model: " + "; ".join(problems), path)
 

@@ -38,8 +38,13 @@ def test_weights_land_in_the_backbone(tmp_path, prefix):
 
 def test_wrong_backbone_is_refused(tmp_path):
     _imagenet_file(tmp_path / "r18.pth", depth=18)
-    with pytest.raises(NLBenchError, match="missing backbone keys.*model.pretrained|model.pretrained.*missing backbone keys"):
+    with pytest.raises(NLBenchError, match="model.pretrained: not pretrained weights for this backbone: .*missing key"):
         load_backbone_weights(ResNetV1c(50), tmp_path / "r18.pth")
+    state = torch.load(tmp_path / "r18.pth", weights_only=True)["state_dict"]
+    state["decode_head.conv_seg.weight"] = torch.zeros(1)  # a whole segmentor is not a backbone file
+    torch.save({"state_dict": state}, tmp_path / "foreign.pth")
+    with pytest.raises(NLBenchError, match="unexpected key.*decode_head.conv_seg.weight"):
+        load_backbone_weights(ResNetV1c(18), tmp_path / "foreign.pth")
     with pytest.raises(NLBenchError, match="not found"):
         resolve_pretrained(str(tmp_path / "absent.pth"))
     with pytest.raises(NLBenchError, match="unknown open-mmlab model"):

@@ -20,7 +20,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from benchmark.checkpoint import load_checkpoint
+from benchmark.checkpoint import load_checkpoint, state_dict_problems
 from benchmark.errors import NLBenchError
 
 OPENMMLAB_BASE_URL = "https://download.openmmlab.com/pretrain/third_party"
@@ -67,19 +67,14 @@ def load_backbone_weights(backbone: nn.Module, path: os.PathLike | str) -> List[
     for key, value in state.items():
         weights[key[len("backbone."):] if key.startswith("backbone.") else key] = value
     expected = backbone.state_dict()
-    dropped = sorted(k for k in weights if k not in expected)
-    foreign = [k for k in dropped if not k.startswith("fc.")]
-    missing = [k for k in expected if k not in weights and not k.endswith(_OPTIONAL_SUFFIXES)]
-    wrong = [f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if k in weights and weights[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"missing backbone keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if foreign:
-        problems.append(f"keys that are not the backbone's {foreign[:5]}{' ...' if len(foreign) > 5 else ''}")
-    if wrong:
-        problems.append(f"shape mismatches {wrong[:3]}")
+    dropped = sorted(k for k in weights if k.startswith("fc.") and k not in expected)
+    for key in dropped:
+        del weights[key]
+    for key, value in expected.items():
+        if key.endswith(_OPTIONAL_SUFFIXES):
+            weights.setdefault(key, value)
+    problems = state_dict_problems(backbone, weights)
     if problems:
         raise NLBenchError("not pretrained weights for this backbone: " + "; ".join(problems), path, "model.pretrained")
-    backbone.load_state_dict({k: v for k, v in weights.items() if k in expected}, strict=False)
+    backbone.load_state_dict(weights, strict=True)
     return dropped
