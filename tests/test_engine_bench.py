@@ -23,6 +23,7 @@ def test_cpu_bench_on_synthetic_images_when_no_dataset(tmp_path):
     assert out["input_hw"] == [64, 128]
     assert out["images_timed"] == 2 and out["fps"] > 0
     assert out["fps"] == pytest.approx(out["images_timed"] / out["timed_seconds"])
+    assert out["wall_time_s"] > out["timed_seconds"]  # the whole stage, for the run record's cost
     # CPU figures say they are CPU figures.
     assert out["fps_device"] == "cpu" and out["mem_kind"] == "peak_rss"
     assert out["mem_gb"] > 0.05 and out["mem_batch"] == 2 and out["mem_crop_hw"] == [32, 64]

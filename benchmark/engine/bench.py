@@ -143,6 +143,7 @@ def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto"
     from benchmark.checkpoint import load_weights
     from benchmark.models.segmentor import build_segmentor
 
+    started = time.perf_counter()
     dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0") or 0))
     cfg = recipe.bench
     previous_benchmark = torch.backends.cudnn.benchmark
@@ -183,6 +184,7 @@ def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto"
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
     result.update(device_info(dev, amp=recipe.runtime.amp))
+    result["wall_time_s"] = time.perf_counter() - started  # the stage's cost, for the run record
     return result
 
 
