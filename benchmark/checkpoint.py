@@ -44,8 +44,14 @@ _UMASK = _read_umask()  # read once at import: os.umask can only be read by sett
 def _atomic_file(path: PathLike) -> Iterator[io.BufferedWriter]:
     """Yield a binary file handle whose contents replace ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        # Every atomic write (checkpoints, records, --json/--out files) fails the same clear way.
+        raise NLBenchError(f"cannot write: {exc.strerror or exc}", path) from None
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus umask)
         # so results and checkpoints stay readable by the group, as users of shared clusters expect.

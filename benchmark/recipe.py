@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from benchmark.errors import NLBenchError
 
@@ -35,7 +35,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-PairInt = Tuple[int, int]
+# Sizes, scales, strides: (a, b) of positive integers (0 would divide by zero far from here).
+PairInt = Tuple[PositiveInt, PositiveInt]
 
 
 class NonLocalConfig(_Strict):
@@ -208,11 +209,14 @@ def list_recipe_paths() -> List[Path]:
     return sorted(p for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
+def read_yaml_mapping(path: Path) -> Dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); every failure is one NLBenchError."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise NLBenchError(f"cannot read: {exc.strerror}", path) from None
+    except UnicodeDecodeError as exc:
+        raise NLBenchError(f"not a UTF-8 text file (byte {exc.start}): expected YAML", path) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -243,7 +247,7 @@ def _load_tree(path: Path, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if path in chain:
         cycle = " -> ".join(str(p) for p in chain + (path,))
         raise NLBenchError(f"_base_ inheritance cycle: {cycle}", path)
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     bases = data.pop(_BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]

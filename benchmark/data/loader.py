@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark.data.datasets import SegDataset
+from benchmark.errors import NLBenchError
 
 Batch = Tuple[int, torch.Tensor, torch.Tensor]
 Pipeline = Callable[[np.ndarray, np.ndarray, np.random.Generator], Tuple[torch.Tensor, torch.Tensor]]
@@ -69,14 +70,22 @@ class _TrainSamples(Dataset):
         iteration, slot = divmod(key, self.imgs_per_gpu)
         index = sample_index(self.seed, iteration, slot, self.rank, self.world_size, self.imgs_per_gpu,
                              len(self.dataset), self._perms)
-        image, label = self.dataset.read_sample(index)
+        try:
+            image, label = self.dataset.read_sample(index)
+        except NLBenchError as exc:
+            # Carried to the main process as data: raised in a worker, torch would wrap it in a
+            # multi-line "Caught NLBenchError in DataLoader worker" message that hides the file.
+            return iteration, None, str(exc)
         img_t, label_t = self.pipeline(image, label, augment_rng(self.seed, iteration, self.rank, slot))
         return iteration, img_t, label_t
 
 
-def _collate(items) -> Batch:
+def _collate(items):
     iterations = {it for it, _, _ in items}
     assert len(iterations) == 1, "a batch must not straddle iterations"
+    errors = [y for _, x, y in items if x is None]
+    if errors:
+        return iterations.pop(), None, errors[0]
     return iterations.pop(), torch.stack([x for _, x, _ in items]), torch.stack([y for _, _, y in items])
 
 
@@ -103,6 +112,8 @@ def train_batches(dataset: SegDataset, pipeline: Pipeline, imgs_per_gpu: int, se
                         collate_fn=_collate, pin_memory=pin_memory,
                         persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
     for iteration, images, labels in loader:
+        if images is None:
+            raise NLBenchError(labels)  # the reader's message, naming the file
         yield int(iteration), images, labels
 
 

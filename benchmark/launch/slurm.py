@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.errors import NLBenchError
 from benchmark.launch.plan import Job, Resources
-from benchmark.recipe import Recipe
+from benchmark.recipe import Recipe, read_yaml_mapping
 
 # sbatch refusals worth quoting verbatim (the rest of submitit's message is a Python traceback).
 _SUBMIT_HINT = "check the cluster profile against `sinfo` / `scontrol show partition`"
@@ -57,15 +56,7 @@ class ClusterProfile(BaseModel):
 
 def load_cluster_profile(path: Union[str, Path]) -> ClusterProfile:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise NLBenchError(f"cannot read cluster profile: {exc.strerror or exc}", path, "--cluster") from None
-    except yaml.YAMLError as exc:
-        raise NLBenchError(f"invalid YAML: {exc}".splitlines()[0], path) from None
-    data = data or {}
-    if not isinstance(data, dict):
-        raise NLBenchError(f"expected a mapping at the top level, got {type(data).__name__}", path)
+    data = read_yaml_mapping(path)
     if isinstance(data.get("setup"), list):
         data["setup"] = tuple(data["setup"])
     try:

@@ -1,0 +1,64 @@
+"""Bad input far from the command line still ends as one clear NLBenchError naming the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmark.checkpoint import atomic_write_text
+from benchmark.data.datasets import build_dataset
+from benchmark.data.loader import train_batches
+from benchmark.data.synthetic import write_synthetic
+from benchmark.data.transforms import build_train_pipeline
+from benchmark.errors import NLBenchError
+from benchmark.launch.slurm import load_cluster_profile
+from benchmark.recipe import REPO_ROOT, load_recipe
+
+ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
+
+
+def test_corrupt_image_read_in_a_worker_names_the_file(tmp_path):
+    root = tmp_path / "voc"
+    write_synthetic("voc", root, train=2, val=1, size_hw=(32, 40), seed=0)
+    recipe = load_recipe(ROW, [f"data.data_root={root}"], profile="smoke")
+    dataset = build_dataset(recipe.data, "train", str(root))
+    bad = dataset.samples[0].image  # every epoch reads every training sample
+    bad.write_bytes(b"not a jpeg")
+    pipeline = build_train_pipeline(recipe.data)
+    batches = train_batches(dataset, pipeline, imgs_per_gpu=2, seed=0, num_workers=1)
+    with pytest.raises(NLBenchError) as info:
+        for _ in range(len(dataset)):  # bounded: one epoch holds the bad sample
+            next(batches)
+    message = str(info.value)
+    assert bad.name in message and "Caught" not in message and "\n" not in message
+
+
+def test_unwritable_targets_are_clear_errors(tmp_path):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(NLBenchError, match="cannot write: is a directory"):
+        atomic_write_text(tmp_path / "adir", "x")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NLBenchError, match="cannot write"):
+        atomic_write_text(tmp_path / "afile" / "below.json", "x")
+
+
+def test_non_utf8_yaml_and_zero_sizes(tmp_path):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(NLBenchError, match="not a UTF-8 text file"):
+        load_recipe(binary)
+    with pytest.raises(NLBenchError, match="not a UTF-8 text file"):
+        load_cluster_profile(binary)
+    for override in ("data.crop_size=[0,0]", "data.img_scale=[2048,0]"):
+        with pytest.raises(NLBenchError, match="greater than 0"):
+            load_recipe(ROW, [override])
+
+
+def test_cli_on_a_missing_recipe_file_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark", "show", str(tmp_path / "bin.yaml")],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
