@@ -62,3 +62,38 @@ def test_cli_on_a_missing_recipe_file_is_one_line(tmp_path):
         capture_output=True, text=True, cwd=REPO_ROOT,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def _short_smoke(tmp_path, *extra):
+    return load_recipe(
+        "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024",
+        ["schedule.max_iters=2", "schedule.checkpoint_interval=2", "schedule.eval_interval=2",
+         f"data.data_root={tmp_path / 'cs'}", "data.synthetic.train=2", "data.synthetic.val=1", *extra],
+        profile="smoke",
+    )
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path):
+    from benchmark.engine.train import train
+
+    train(_short_smoke(tmp_path), tmp_path / "work", device="cpu", log=lambda _m: None)
+    changed = _short_smoke(tmp_path, "schedule.lr=0.02", "schedule.max_iters=4")
+    with pytest.raises(NLBenchError, match="latest.pth: written by a different recipe"):
+        train(changed, tmp_path / "work", resume=True, device="cpu", log=lambda _m: None)
+
+
+def test_only_records_of_the_same_resolved_recipe_count_as_done(tmp_path):
+    from benchmark.launch.plan import record_kinds
+    from benchmark.report.records import provenance, write_record
+
+    recipe = _short_smoke(tmp_path)
+    write_record(tmp_path / "results", {
+        "kind": "bench", "recipe": recipe.name, "profile": recipe.profile, "seed": 0, "iterations": 2,
+        "wall_time_s": 1.0, "gpu_hours": None, "metrics": None, "mem_gb": 0.5, "fps": 3.0,
+        "provenance": provenance(recipe),
+    })
+    args = (tmp_path / "results", recipe.name, recipe.profile, 0)
+    assert record_kinds(*args) == {"bench"}
+    assert record_kinds(*args, recipe.hash) == {"bench"}
+    assert record_kinds(*args, _short_smoke(tmp_path, "schedule.lr=0.02").hash) == set()

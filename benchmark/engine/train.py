@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from benchmark import __version__
-from benchmark.checkpoint import atomic_torch_save, load_checkpoint
+from benchmark.checkpoint import atomic_torch_save, check_state_dict, load_checkpoint
 from benchmark.engine import distributed
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
 from benchmark.errors import NLBenchError
@@ -256,6 +256,12 @@ def train(
     start_iter = 0
     state = _resume_state(work_dir, log, info) if resume else None
     if state is not None:
+        latest = work_dir / LATEST
+        saved_hash = (state.get("meta") or {}).get("recipe_hash")
+        if saved_hash and saved_hash != recipe.hash:
+            raise NLBenchError(f"written by a different recipe (hash {saved_hash[:12]}, this run {recipe.hash[:12]}): "
+                               "resuming would mix two configurations; use another --work-dir", latest)
+        check_state_dict(model, state["state_dict"], latest)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and "scaler" in state:

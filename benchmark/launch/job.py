@@ -198,7 +198,7 @@ def run_job(job: Job) -> Dict[str, str]:
     work = Path(job.work_dir)
     log = JobLog(work, enabled=main)
     # Decided once, before any work, so that every rank runs the same stages.
-    done = record_kinds(job.results_dir, job.name, job.profile, job.seed)
+    done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash)
     pending: List[str] = [s for s in job.stages if s not in done]
     written: Dict[str, str] = {}
     if main:

@@ -209,10 +209,13 @@ def default_time_limit_min(gpu_hours: Optional[float], gpus: int) -> int:
     return int(math.ceil((wall_min * 1.5 + 30) / 30.0) * 30)
 
 
-def record_kinds(results_dir: os.PathLike | str, recipe: str, profile: str, seed: int) -> set:
+def record_kinds(results_dir: os.PathLike | str, recipe: str, profile: str, seed: int,
+                 recipe_hash: Optional[str] = None) -> set:
     """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
 
     Only that row's folder is read; a corrupt or foreign file counts for nothing (the stage runs again).
+    With ``recipe_hash``, only records made with exactly that resolved recipe count, so a changed
+    recipe or ``--set`` runs the stages again instead of reusing another configuration's results.
     """
     import json
 
@@ -227,8 +230,11 @@ def record_kinds(results_dir: os.PathLike | str, recipe: str, profile: str, seed
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not validate_record(record) and (record["recipe"], record["profile"], record["seed"]) == (recipe, profile, seed):
-            kinds.add(record["kind"])
+        if validate_record(record) or (record["recipe"], record["profile"], record["seed"]) != (recipe, profile, seed):
+            continue
+        if recipe_hash is not None and record["provenance"].get("recipe_hash") != recipe_hash:
+            continue
+        kinds.add(record["kind"])
     return kinds
 
 
@@ -271,7 +277,7 @@ def make_plan(
             seed = base.runtime.seed + k
             recipe = base if k == 0 else load_recipe(path, [*overrides, f"runtime.seed={seed}"], profile=profile)
             stages = stages_for(recipe)
-            if skip_complete and set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed):
+            if skip_complete and set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed, recipe.hash):
                 skipped.append(f"{recipe.profile}/{recipe.name}/seed{seed}")
                 continue
             res = resources_for(recipe)

@@ -147,7 +147,8 @@ def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[s
 def _records_complete(results_dir: Path, entry: Dict[str, Any]) -> bool:
     from benchmark.launch.plan import record_kinds
 
-    return set(entry["stages"]) <= record_kinds(results_dir, entry["recipe"], entry["profile"], entry["seed"])
+    return set(entry["stages"]) <= record_kinds(results_dir, entry["recipe"], entry["profile"], entry["seed"],
+                                                entry.get("recipe_hash"))
 
 
 def _pid_alive(state: Dict[str, Any]) -> bool:
