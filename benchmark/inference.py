@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
+from benchmark.data.transforms import MEAN_RGB, STD_RGB
 
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
+# One definition of MMSeg's RGB normalisation, shared with the training pipeline.
+MEAN, STD = MEAN_RGB, STD_RGB
 
 Device = Union[str, torch.device]
 

@@ -18,34 +18,13 @@ import torch
 
 from benchmark.checkpoint import atomic_write_bytes, load_weights
 from benchmark.data.classes import PALETTES
+from benchmark.data.datasets import read_image_file
+from benchmark.engine.distributed import resolve_device
+from benchmark.engine.evaluate import resolve_checkpoint
 from benchmark.errors import NLBenchError
 from benchmark.inference import keep_freed_memory_for_reuse, predict_logits
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import Recipe, load_recipe
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> first CUDA device if there is one, else CPU; otherwise as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise NLBenchError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto", key="--device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NLBenchError(f"device {name!r} requested but no CUDA device is available", key="--device")
-    return device
-
-
-def read_image_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, read as mmcv reads it (OpenCV, colour; alpha dropped, grey expanded)."""
-    if not path.is_file():
-        raise NLBenchError("image file not found", path)
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise NLBenchError("cannot decode the image (expected a PNG or JPEG file)", path)
-    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def colorize(pred: np.ndarray, dataset: str) -> np.ndarray:
@@ -69,22 +48,10 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def resolve_checkpoint(checkpoint: str, recipe: Recipe) -> Path:
-    """A checkpoint path, or ``released``: MMSeg's released file for the recipe (downloaded once)."""
-    if checkpoint != "released":
-        return Path(checkpoint)
-    try:
-        from benchmark.launch.download import fetch_released
-    except ImportError:
-        raise NLBenchError("--checkpoint released needs benchmark.launch.download, which is not available "
-                           "in this install; pass a checkpoint file instead", key="--checkpoint") from None
-    return Path(fetch_released(recipe))
-
-
 def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logits_out: Optional[Path] = None,
             device: torch.device = torch.device("cpu")) -> dict:
     """Run one prediction and write the outputs; returns a small summary."""
-    image = read_image_rgb(image_path)
+    image = read_image_file(image_path)
     model = build_segmentor(recipe.model)
     load_weights(model, checkpoint)
     model.to(device).eval()
@@ -104,7 +71,7 @@ def main(args) -> int:
     keep_freed_memory_for_reuse()  # a one-shot CLI process: faster big-tensor allocation
     recipe = load_recipe(args.recipe, args.overrides, getattr(args, "profile", "full"))
     device = resolve_device(args.device)
-    checkpoint = resolve_checkpoint(args.checkpoint, recipe)
+    checkpoint = resolve_checkpoint(recipe, args.checkpoint)
     out = Path(args.out)
     logits_out = Path(args.logits) if args.logits else None
     summary = predict(recipe, checkpoint, Path(args.image), out, logits_out, device)

@@ -106,8 +106,8 @@ def test_predict_uses_the_dataset_palette(tmp_path, capsys):
     np.testing.assert_array_equal(pred, np.array(PALETTES["ade20k"], dtype=np.uint8)[logits.argmax(0)])
 
 
-@pytest.mark.parametrize("content,needle", [(b"not an image at all", "cannot decode the image"),
-                                            (b"", "cannot decode the image"),
+@pytest.mark.parametrize("content,needle", [(b"not an image at all", "cannot decode image"),
+                                            (b"", "cannot decode image"),
                                             (None, "image file not found")])
 def test_bad_image_is_one_clear_error(setup, tmp_path, capsys, content, needle):
     _, _, _, ckpt, _, _ = setup

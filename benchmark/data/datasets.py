@@ -104,6 +104,8 @@ class SegDataset:
 def read_image_file(path: Path) -> np.ndarray:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise NLBenchError("image file not found", path) from None
     except OSError as exc:
         raise NLBenchError(f"cannot read image: {exc.strerror or exc}", path) from None
     # IMREAD_COLOR is mmcv's 'color' flag: 3 channels (grey images expanded), EXIF orientation applied.

@@ -56,9 +56,9 @@ def forward_gmac(depth: int, h: int, w: int) -> Optional[float]:
 
 def _test_size(recipe: Recipe, h: int, w: int, ratio: float = 1.0) -> Tuple[int, int]:
     """Keep-ratio test resize of an (h, w) image to img_scale x ratio (mmcv's rule)."""
-    long_side, short_side = (int(s * ratio) for s in recipe.data.img_scale)
-    f = min(long_side / max(h, w), short_side / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
+    from benchmark.data.resize import keep_ratio_size
+
+    return keep_ratio_size(h, w, tuple(int(s * ratio) for s in recipe.data.img_scale))
 
 
 def _view_gmac(recipe: Recipe, h: int, w: int) -> float:
