@@ -20,3 +20,12 @@ class NLBenchError(Exception):
         self.key = key
         parts = [p for p in (self.path, key) if p]
         super().__init__(": ".join(parts + [message]))
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped early on request (SLURM preemption or time limit) after saving a checkpoint
+    at ``iteration``; a resume continues from there. Not a failure."""
+
+    def __init__(self, iteration: int):
+        super().__init__(f"training interrupted at iteration {iteration}; checkpoint saved")
+        self.iteration = iteration

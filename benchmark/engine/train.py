@@ -37,7 +37,7 @@ from benchmark import __version__
 from benchmark.checkpoint import atomic_torch_save, check_state_dict, load_checkpoint
 from benchmark.engine import distributed
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
-from benchmark.errors import NLBenchError
+from benchmark.errors import NLBenchError, TrainingInterrupted
 from benchmark.recipe import Recipe, load_recipe
 
 LATEST = "latest.pth"
@@ -206,11 +206,14 @@ def train(
     data_root: Optional[str] = None,
     log: Log = print,
     step_callback: Optional[StepCallback] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Dict[str, Any]:
     """Train ``recipe`` into ``work_dir``; returns a summary (iterations, wall time, last metrics, ...).
 
     Runs as one rank of a torch.distributed job when the environment says so (see distributed.py).
     ``step_callback(iteration_done, model)`` is called on every rank after each optimizer step.
+    ``stop_requested()`` is asked after each step (any rank saying yes stops every rank at the same
+    iteration): the state is saved as ``iter_N.pth``/``latest.pth`` and TrainingInterrupted raised.
     """
     from benchmark.data.datasets import build_dataset
     from benchmark.data.loader import train_batches
@@ -347,11 +350,26 @@ def train(
                     f"{entry['peak_mem_gb']:.2f} GB {entry['mem_kind']}  eta {_hms(eta)}")
             window = {k: [] for k in window}
 
-        if done % sched.checkpoint_interval == 0 or done == sched.max_iters:
+        saved_now = done % sched.checkpoint_interval == 0 or done == sched.max_iters
+        if saved_now:
             if info.is_main:
                 checkpoint_path = save_training_checkpoint(work_dir, checkpoint_state(model, optimizer, scaler,
                                                                                        done, recipe))
             distributed.barrier()
+        # A preempted job saves here, at an iteration boundary, rather than losing everything since
+        # the last periodic checkpoint (up to a tenth of the run).
+        if (stop_requested is not None and done < sched.max_iters
+                and distributed.all_reduce_max(float(stop_requested()), dev) > 0):
+            if not saved_now:
+                if info.is_main:
+                    save_training_checkpoint(work_dir, checkpoint_state(model, optimizer, scaler, done, recipe))
+                distributed.barrier()
+            jlog.write({"event": "interrupted", "iteration": done, "time": time.time()})
+            if bar is not None:
+                bar.close()
+            if info.is_main:
+                log(f"stop requested: checkpoint saved at iteration {done}; a resume continues from here")
+            raise TrainingInterrupted(done)
 
         if done % sched.eval_interval == 0 or done == sched.max_iters:
             distributed.broadcast_buffers(model)

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from benchmark.errors import NLBenchError
+from benchmark.errors import NLBenchError, TrainingInterrupted
 from benchmark.launch.plan import Job, Resources, record_kinds
 from benchmark.recipe import load_recipe
 
@@ -138,13 +140,22 @@ def _metrics(result: Dict[str, Any]) -> Dict[str, Any]:
     return {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class") if k in result}
 
 
+# Set while the train stage runs, so a SLURM USR2 can be deferred to the next iteration boundary.
+_TRAINING = threading.Event()
+_STOP = threading.Event()
+
+
 def _stage_train(job: Job, log: JobLog) -> Dict[str, Any]:
     from benchmark.engine.train import LATEST, train
 
     resume = (Path(job.work_dir) / LATEST).exists()
     log(f"train: {'resuming from latest.pth' if resume else 'from scratch'}")
-    result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
-                   log=log if log.enabled else (lambda _msg: None))
+    _TRAINING.set()
+    try:
+        result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
+                       log=log if log.enabled else (lambda _msg: None), stop_requested=_STOP.is_set)
+    finally:
+        _TRAINING.clear()
     extra = {"mem_gb": result.get("peak_mem_gb"), "mem_kind": result.get("mem_kind"),
              "metrics": result.get("metrics"), "start_iteration": result.get("start_iteration")}
     return _record(job, "train", result, result.get("checkpoint"), **extra)
@@ -232,6 +243,8 @@ def run_job(job: Job) -> Dict[str, str]:
             write_state(work, "done", stage=None, key=job.key)
             log(f"job {job.key}: all stages done")
         return written
+    except TrainingInterrupted:
+        raise  # not a failure: the caller requeues the job, which resumes from the saved checkpoint
     except Exception as exc:  # a SystemExit from submitit's requeue is not a failure: not caught here
         if main:
             message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
@@ -281,7 +294,28 @@ class SlurmJob(_Checkpointable):
         # torchrun's variable names, which the engine's init_distributed reads (env://).
         submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=self.job.resources.gpus_per_node > 0, overwrite=True)
-        return run_job(self.job)
+        # submitit's USR2 handler (checkpoint() + requeue) would stop training mid-step; during
+        # training the signal only raises a flag, the train loop saves at the next iteration
+        # boundary, and then submitit's handler runs as usual.
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if not callable(submitit_handler):
+            return run_job(self.job)
+
+        def on_usr2(signum: int, frame: Any) -> None:
+            if _TRAINING.is_set():
+                _STOP.set()
+            else:
+                submitit_handler(signum, frame)
+
+        signal.signal(signal.SIGUSR2, on_usr2)
+        try:
+            return run_job(self.job)
+        except TrainingInterrupted:
+            submitit_handler(signal.SIGUSR2, None)  # rank 0: checkpoint() + requeue + exit
+            # Other ranks must not exit first (that could end the step before rank 0 requeues, as
+            # submitit warns); SLURM stops them when the job is requeued.
+            while True:
+                time.sleep(60)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         work = Path(self.job.work_dir)
