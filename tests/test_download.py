@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,54 +11,9 @@ import pytest
 from benchmark.errors import NLBenchError
 from benchmark.launch.download import fetch_released
 from benchmark.recipe import load_recipe
+from http_server import LoopbackServer
 
 RECIPE = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
-
-
-class _Server:
-    """Serves one in-memory file at any path; honours 'Range: bytes=N-'; can cut a response short."""
-
-    def __init__(self, body: bytes):
-        self.body = body
-        self.requests = []  # (path, Range header)
-        self.cut_after = None  # serve only this many bytes of the next full response, then drop
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                rng = self.headers.get("Range")
-                outer.requests.append((self.path, rng))
-                start = int(rng.split("=")[1].rstrip("-")) if rng else 0
-                data = outer.body[start:]
-                self.send_response(206 if rng else 200)
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(outer.body) - 1}/{len(outer.body)}")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if outer.cut_after is not None and not rng:
-                    self.wfile.write(data[: outer.cut_after])
-                    outer.cut_after = None
-                    return  # the client sees fewer bytes than Content-Length
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 def _recipe(base_url: str, body: bytes, prefix: str = None):
@@ -70,7 +23,7 @@ def _recipe(base_url: str, body: bytes, prefix: str = None):
 
 def test_download_verifies_and_caches(tmp_path):
     body = bytes(range(256)) * 4000  # ~1 MB, several chunks
-    with _Server(body) as server:
+    with LoopbackServer(body) as server:
         recipe = _recipe(server.url, body)
         path = fetch_released(recipe, cache_dir=tmp_path, progress=False)
         assert path.read_bytes() == body
@@ -84,7 +37,7 @@ def test_download_verifies_and_caches(tmp_path):
 
 def test_download_resumes_partial_file_with_range(tmp_path):
     body = b"nlbench" * 300_000
-    with _Server(body) as server:
+    with LoopbackServer(body) as server:
         recipe = _recipe(server.url, body)
         server.cut_after = 500_000  # the first attempt dies half-way
         with pytest.raises(NLBenchError, match="interrupted"):
@@ -101,7 +54,7 @@ def test_download_resumes_partial_file_with_range(tmp_path):
 
 def test_sha_mismatch_deletes_partial_and_names_stamp(tmp_path):
     body = b"not the released weights" * 1000
-    with _Server(body) as server:
+    with LoopbackServer(body) as server:
         recipe = _recipe(server.url, body, prefix="deadbeef")
         with pytest.raises(NLBenchError) as err:
             fetch_released(recipe, cache_dir=tmp_path, progress=False)
@@ -111,7 +64,7 @@ def test_sha_mismatch_deletes_partial_and_names_stamp(tmp_path):
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
-    with _Server(b"") as server:
+    with LoopbackServer(b"") as server:
         url = server.url
     recipe = _recipe(url, b"x")  # server is stopped: connection refused
     with pytest.raises(NLBenchError, match="download failed"):
@@ -121,7 +74,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
     body = b"weights" * 10
     monkeypatch.setenv("NLBENCH_CACHE", str(tmp_path / "cache"))
-    with _Server(body) as server:
+    with LoopbackServer(body) as server:
         path = fetch_released(_recipe(server.url, body), progress=False)
     assert path.parent == tmp_path / "cache"
     assert Path(path).read_bytes() == body
@@ -144,7 +97,7 @@ def test_eval_checkpoint_released_downloads_and_evaluates(tmp_path, monkeypatch,
     weights = save_checkpoint(tmp_path / "released.pth", model.state_dict(), meta={"note": "test"})
     body = weights.read_bytes()
     prefix = hashlib.sha256(body).hexdigest()[:8]
-    with _Server(body) as server:
+    with LoopbackServer(body) as server:
         args = ["eval", RECIPE, "--profile", "smoke", "--checkpoint", "released",
                 "--set", f"release.base_url={server.url}", "--set", f"release.stamp=20200617_222613-{prefix}",
                 *[a for s in small for a in ("--set", s)], "--json", str(tmp_path / "m.json"), "--device", "cpu"]

@@ -12,7 +12,7 @@ import torch
 from benchmark.errors import NLBenchError
 from benchmark.models.pretrained import load_backbone_weights, resolve_pretrained
 from benchmark.models.resnet import ResNetV1c
-from test_download import _Server  # the loopback HTTP server of the download tests
+from http_server import LoopbackServer
 
 
 def _imagenet_file(path: Path, depth: int = 18, prefix: str = "", seed: int = 1) -> dict:
@@ -54,7 +54,7 @@ def test_wrong_backbone_is_refused(tmp_path):
 def test_open_mmlab_names_download_and_check_the_hash(tmp_path, monkeypatch):
     _imagenet_file(tmp_path / "r18.pth")
     body = (tmp_path / "r18.pth").read_bytes()
-    with _Server(body) as server:
+    with LoopbackServer(body) as server:
         monkeypatch.setenv("NLBENCH_OPENMMLAB_BASE_URL", server.url)
         # The served bytes are not the real file, so the hash in its name (b5776b93) must not match.
         with pytest.raises(NLBenchError, match="sha256 mismatch"):
