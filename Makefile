@@ -22,7 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
+# The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check benchmark tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -1,105 +1,53 @@
-"""Checkpoints in MMSegmentation's format, and the atomic file writes every other module uses.
+"""Checkpoints in MMSegmentation's format: strict loading with clear errors, atomic saving, and
+MMSeg's released files.
 
 A checkpoint file is a dict ``{"meta": {...}, "state_dict": {...}, "optimizer": {...}?}`` (what
 MMSeg 0.x/1.x save) or a bare state dict. Files are always read with ``weights_only=True``: a
 checkpoint's pickle can run code, so only tensors and plain containers are accepted.
 
-Every write goes to a temporary file in the destination folder, is flushed and fsynced, and then
-``os.replace``-d over the target, so a reader never sees half a file and a crash leaves the old one.
+Saves are atomic (``benchmark.io.files.atomic_file``): a reader never sees half a checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
 from benchmark.errors import NLBenchError
+from benchmark.io.download import cached_download
+from benchmark.io.files import atomic_file
+from benchmark.recipe import Recipe
 
 PathLike = Union[str, Path]
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def _atomic_file(path: PathLike) -> Iterator[io.BufferedWriter]:
-    """Yield a binary file handle whose contents replace ``path`` only if the block succeeds."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
-            raise IsADirectoryError(21, "is a directory")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        # Every atomic write (checkpoints, records, --json/--out files) fails the same clear way.
-        raise NLBenchError(f"cannot write: {exc.strerror or exc}", path) from None
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus umask)
-        # so results and checkpoints stay readable by the group, as users of shared clusters expect.
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable (best effort: not every filesystem lets a folder be fsynced).
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
-    with _atomic_file(path) as fh:
-        fh.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically."""
-    with _atomic_file(path) as fh:
-        torch.save(obj, fh)
+    try:
+        with atomic_file(path) as fh:
+            torch.save(obj, fh)
+    except OSError as exc:  # e.g. ENOSPC: the previous file stays as it was
+        raise NLBenchError(f"cannot write checkpoint: {exc.strerror or exc}", path) from None
     return Path(path)
 
 
-def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def fetch_released(recipe: Recipe, cache_dir: Optional[PathLike] = None, progress: bool = True) -> Path:
+    """MMSeg's released checkpoint of ``recipe``'s row, downloaded once into the cache and verified
+    against the sha256 prefix in its release stamp."""
+    release = recipe.release
+    if release is None:
+        raise NLBenchError("this recipe names no released checkpoint", recipe.source or recipe.name, "release")
+    return cached_download(release.url, release.sha256_prefix, cache_dir, release.filename, progress)
+
+
+def resolve_checkpoint(recipe: Recipe, checkpoint: PathLike) -> Path:
+    """A checkpoint path, or the row's released file when ``checkpoint`` is 'released'."""
+    return fetch_released(recipe) if str(checkpoint) == "released" else Path(checkpoint)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -167,7 +115,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         head = fh.read(4)
     # torch.save writes a zip archive ("PK\x03\x04"); before PyTorch 1.6 a pickle (protocol 2: 0x80 0x02).
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
-        raise NLBenchError(f"not a PyTorch checkpoint (the file starts with {head!r}, not a zip or pickle header)", path)
+        raise NLBenchError(f"not a PyTorch checkpoint (the file starts with {head!r}, not a zip or pickle header)",
+                           path)
     try:
         obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
@@ -178,7 +127,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             raise NLBenchError(
                 f"refusing to load: the file's pickle needs types beyond tensors and plain data{what}; "
                 "only weights_only checkpoints are loaded", path) from None
-        raise NLBenchError(f"not a PyTorch checkpoint (cannot unpickle: {text.splitlines()[0] if text else exc!r})", path) from None
+        first = text.splitlines()[0] if text else repr(exc)
+        raise NLBenchError(f"not a PyTorch checkpoint (cannot unpickle: {first})", path) from None
     except Exception as exc:  # noqa: BLE001 - garbage input fails in many ways inside the unpickler
         first_line = (str(exc).splitlines() or [""])[0].split(". ")[0] or type(exc).__name__
         raise NLBenchError(f"not a readable PyTorch checkpoint (truncated or another kind of file?): {first_line}",

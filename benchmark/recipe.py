@@ -24,6 +24,9 @@ from benchmark.errors import NLBenchError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = Path(os.environ.get("NLBENCH_RECIPES", REPO_ROOT / "recipes"))
 
+# The label value that the loss and the metrics ignore (MMSeg's ignore_index; the pad value of labels).
+IGNORE_INDEX = 255
+
 # Keys that steer loading and are not part of the validated recipe.
 _BASE_KEY = "_base_"
 _PROFILES_KEY = "profiles"
@@ -157,6 +160,12 @@ class ReleaseConfig(_Strict):
     @property
     def url(self) -> str:
         return f"{self.base_url.rstrip('/')}/{self.mmseg0x_config}/{self.filename}"
+
+    @property
+    def log_url(self) -> str:
+        """The training log published beside the checkpoint: the stamp without its hash suffix."""
+        stamp = self.stamp.rsplit("-", 1)[0]
+        return f"{self.base_url.rstrip('/')}/{self.mmseg0x_config}/{self.mmseg0x_config}_{stamp}.log.json"
 
 
 class Recipe(_Strict):

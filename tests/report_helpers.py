@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from benchmark.recipe import list_recipe_paths
-from benchmark.report.records import write_record
+from benchmark.run.records import write_record
 
 ROWS = [p.stem for p in list_recipe_paths()]
 ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"

@@ -17,15 +17,13 @@ from torch import nn
 
 from benchmark.checkpoint import (
     atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_text,
-    file_sha256,
     load_checkpoint,
     load_weights,
     save_checkpoint,
 )
 from benchmark.cli import main as cli_main
 from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_bytes, atomic_write_text, file_sha256
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
 
@@ -174,7 +172,7 @@ def test_failed_save_keeps_the_old_file(tmp_path):
     target = tmp_path / "ckpt.pth"
     atomic_torch_save({"a": torch.ones(2)}, target)
     before = target.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises, the old file must survive
         atomic_torch_save({"a": lambda: None}, target)  # a lambda cannot be pickled
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["ckpt.pth"]

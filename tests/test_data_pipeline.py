@@ -14,7 +14,13 @@ from benchmark.data.loader import sample_index, train_batches, val_samples
 from benchmark.data.resize import keep_ratio_size
 from benchmark.data.synthetic import write_synthetic
 from benchmark.data.transforms import (
-    MEAN_RGB, STD_RGB, TrainPipeline, photometric_distortion, random_crop, random_flip, random_resize,
+    MEAN_RGB,
+    STD_RGB,
+    TrainPipeline,
+    photometric_distortion,
+    random_crop,
+    random_flip,
+    random_resize,
     resize_for_test,
 )
 from benchmark.recipe import load_recipe

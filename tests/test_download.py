@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from benchmark.errors import NLBenchError
-from benchmark.launch.download import fetch_released
-from benchmark.recipe import load_recipe
 from http_server import LoopbackServer
+
+from benchmark.checkpoint import fetch_released
+from benchmark.errors import NLBenchError
+from benchmark.recipe import load_recipe
 
 RECIPE = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.engine.metrics import SegMetric, areas_to_metrics, format_metrics, intersect_and_union, json_safe
+from benchmark.engine.metrics import SegMetric, areas_to_metrics, format_metrics, intersect_and_union
+from benchmark.io.files import json_safe
 
 
 def test_areas_of_one_image_with_ignored_pixels():

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
-from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.distributed import DistInfo
-from benchmark.inference import predict_ms_flip_probs, to_input_tensor
+from benchmark.engine.evaluate import evaluate_model
+from benchmark.engine.inference import predict_ms_flip_probs, to_input_tensor
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
 

@@ -157,7 +157,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 def test_resume_without_a_checkpoint_starts_from_zero(tmp_path):
-    from benchmark.engine.train import _resume_state
+    from benchmark.engine.checkpointer import read_resume_state as _resume_state
     from benchmark.engine.distributed import DistInfo
 
     said = []

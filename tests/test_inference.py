@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
-from benchmark.inference import (
+from benchmark.engine.inference import (
     MEAN,
     STD,
     ms_flip_scales,
@@ -195,6 +195,6 @@ def test_rejects_non_rgb_uint8():
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc allocator setting")
 def test_allocator_setting_applies_on_glibc():
-    from benchmark.inference import keep_freed_memory_for_reuse
+    from benchmark.engine.inference import keep_freed_memory_for_reuse
 
     assert keep_freed_memory_for_reuse() is True

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.catalog import load_published
 from benchmark.cli import main as cli
 from benchmark.errors import NLBenchError
 from benchmark.launch import slurm
-from benchmark.launch.plan import (Resources, default_time_limit_min, estimate_gpu_hours, forward_gmac,
-                                   image_test_gmac, make_plan, INFER_TMAC_PER_S)
+from benchmark.launch.cost import INFER_TMAC_PER_S, estimate_gpu_hours, forward_gmac, image_test_gmac
+from benchmark.launch.plan import Resources, default_time_limit_min, make_plan
 from benchmark.recipe import list_recipe_paths, load_recipe
-from benchmark.report.published import load_published
 
 ONE_CPU = lambda recipe: Resources()  # noqa: E731
 
@@ -48,7 +48,7 @@ def test_filter_matching_nothing_is_an_error(tmp_path):
 
 def _plant(results: Path, recipe: str, kinds, seed=0, profile="smoke"):
     """Records as write_record makes them (the real writer, real files)."""
-    from benchmark.report.records import provenance, write_record
+    from benchmark.run.records import provenance, write_record
 
     r = load_recipe(recipe, profile=profile)
     for kind in kinds:
@@ -158,7 +158,7 @@ def test_dry_run_full_prints_every_row_and_the_total(tmp_path, capsys):
 
 
 def test_job_dict_round_trip(tmp_path):
-    from benchmark.launch.job import job_from_dict
+    from benchmark.run.job import job_from_dict
 
     plan = make_plan(tmp_path, ONE_CPU, pattern="*r101*80k_ade20k*", profile="smoke", seeds=2,
                      overrides=["schedule.max_iters=8"])

@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_launch_plan import _plant
+
 from benchmark.cli import main as cli
-from benchmark.launch.job import JOB_LOG, STATE_FILE
 from benchmark.launch.plan import Resources, make_plan
 from benchmark.launch.run_all import write_run
-from benchmark.launch.status import _expand_array, collect_status, iteration_reached
-
-from test_launch_plan import _plant
+from benchmark.launch.sacct import _expand_array
+from benchmark.launch.status import collect_status, iteration_reached
+from benchmark.run.state import JOB_LOG, STATE_FILE
 
 
 def _write_state(work: Path, **body):

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,7 +215,7 @@ def _report(name: str, ours: np.ndarray, theirs: np.ndarray) -> float:
 
 def test_whole_logits_match_mmseg(mmseg_outputs):
     from benchmark.checkpoint import load_weights
-    from benchmark.inference import predict_logits
+    from benchmark.engine.inference import predict_logits
     from benchmark.recipe import load_recipe
 
     out, summary = mmseg_outputs
@@ -234,7 +232,7 @@ def test_whole_logits_match_mmseg(mmseg_outputs):
 
 def test_slide_logits_match_mmseg(mmseg_outputs):
     from benchmark.checkpoint import load_weights
-    from benchmark.inference import predict_logits
+    from benchmark.engine.inference import predict_logits
     from benchmark.recipe import load_recipe
 
     out, _ = mmseg_outputs
@@ -251,7 +249,7 @@ def test_slide_logits_match_mmseg(mmseg_outputs):
 
 def test_ms_flip_probs_match_mmseg(mmseg_outputs):
     from benchmark.checkpoint import load_weights
-    from benchmark.inference import predict_ms_flip_probs
+    from benchmark.engine.inference import predict_ms_flip_probs
     from benchmark.recipe import load_recipe
 
     out, _ = mmseg_outputs
@@ -268,7 +266,8 @@ def test_r101_state_dict_matches_mmseg(mmseg_outputs):
     from benchmark.recipe import load_recipe
 
     _, summary = mmseg_outputs
-    ours = {k: list(v.shape) for k, v in _model(load_recipe("nonlocal_r101-d8_4xb2-40k_cityscapes-512x1024")).state_dict().items()}
+    r101 = _model(load_recipe("nonlocal_r101-d8_4xb2-40k_cityscapes-512x1024"))
+    ours = {k: list(v.shape) for k, v in r101.state_dict().items()}
     theirs = summary["r101_shapes"]
     print(f"parity R-101 state dict: {len(theirs)} keys, {sum(int(np.prod(s)) for s in theirs.values())} elements")
     assert ours == theirs

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import pytest
 import torch
-
-from benchmark.errors import NLBenchError
-from benchmark.models.pretrained import load_backbone_weights, resolve_pretrained
-from benchmark.models.resnet import ResNetV1c
 from http_server import LoopbackServer
+
+from benchmark.engine.pretrained import load_backbone_weights, resolve_pretrained
+from benchmark.errors import NLBenchError
+from benchmark.models.resnet import ResNetV1c
 
 
 def _imagenet_file(path: Path, depth: int = 18, prefix: str = "", seed: int = 1) -> dict:

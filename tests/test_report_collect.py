@@ -4,11 +4,11 @@ import sys
 
 import pandas as pd
 import pytest
+from report_helpers import ROW, ROWS, make_record, write_row
 
 from benchmark.errors import NLBenchError
 from benchmark.report.collect import collect
-from benchmark.report.records import write_record
-from report_helpers import ROW, ROWS, make_record, write_row
+from benchmark.run.records import write_record
 
 
 def nlbench(*args, cwd=None):

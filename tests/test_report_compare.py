@@ -4,12 +4,12 @@ import xml.etree.ElementTree as ET
 
 import pandas as pd
 import pytest
+from report_helpers import ROW, ROWS, write_row
 
+from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
 from benchmark.report.collect import collect
-from benchmark.report.published import PUBLISHED_CSV
 from benchmark.report.compare import compare, device_class, load_reference, write_baseline
-from report_helpers import ROW, ROWS, write_row
 
 V100 = "Tesla V100-SXM2-32GB"
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # published 78.57 / 80.29, 12.8 GB, 1.05 fps

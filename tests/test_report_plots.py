@@ -1,8 +1,9 @@
 import json
 
+from report_helpers import ROW, ROWS, write_row
+
 from benchmark.cli import main as cli
 from benchmark.report.plots import read_train_log
-from report_helpers import ROW, ROWS, write_row
 
 
 def write_log(path, iterations=12):

@@ -4,12 +4,12 @@ import multiprocessing
 import re
 
 import pytest
+from report_helpers import ROW, ROWS, make_record
 
 from benchmark.errors import NLBenchError
 from benchmark.recipe import load_recipe
 from benchmark.report.collect import collect
-from benchmark.report.records import SCHEMA, load_records, provenance, write_record
-from report_helpers import ROW, ROWS, make_record
+from benchmark.run.records import SCHEMA, load_records, provenance, write_record
 
 
 def test_write_record_layout_schema_and_roundtrip(tmp_path):

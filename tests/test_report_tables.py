@@ -3,11 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from report_helpers import ROW, ROWS, write_row
+
+from benchmark.catalog import load_published
 from benchmark.cli import main as cli
 from benchmark.recipe import REPO_ROOT
-from benchmark.report.published import load_published
 from benchmark.report.tables import END, START, markdown_table, published_tables
-from report_helpers import ROW, ROWS, write_row
 
 SEED = Path(__file__).parent / "data" / "nonlocal_net_README.md"  # MMSeg's nonlocal_net README, as given
 SHARED_SEED = REPO_ROOT.parent / "shared" / "reference" / "nonlocal_net_README.md"

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from benchmark.checkpoint import atomic_write_text
 from benchmark.data.datasets import build_dataset
 from benchmark.data.loader import train_batches
 from benchmark.data.synthetic import write_synthetic
 from benchmark.data.transforms import build_train_pipeline
 from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_text
 from benchmark.launch.slurm import load_cluster_profile
 from benchmark.recipe import REPO_ROOT, load_recipe
 
@@ -84,8 +84,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path):
 
 
 def test_only_records_of_the_same_resolved_recipe_count_as_done(tmp_path):
-    from benchmark.launch.plan import record_kinds
-    from benchmark.report.records import provenance, write_record
+    from benchmark.run.records import provenance, record_kinds, write_record
 
     recipe = _short_smoke(tmp_path)
     write_record(tmp_path / "results", {

@@ -146,7 +146,8 @@ def test_array_with_preemption_requeues_and_resumes_to_the_same_result(cluster, 
     assert cli(["run-all", "--profile", "smoke", "--filter", INTERRUPTED, "--results", str(reference),
                 *_sets(TINY)]) == 0
     for kind in ("eval", "eval_ms_flip"):
-        assert _eval_record(results, INTERRUPTED, kind)["metrics"] == _eval_record(reference, INTERRUPTED, kind)["metrics"]
+        assert (_eval_record(results, INTERRUPTED, kind)["metrics"]
+                == _eval_record(reference, INTERRUPTED, kind)["metrics"])
 
 
 def test_failing_job_is_reported_failed(cluster, capsys):

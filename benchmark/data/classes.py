@@ -86,8 +86,6 @@ PALETTES: Dict[str, Tuple[RGB, ...]] = {
     ),
 }
 
-# Label value that every loss and metric ignores.
-IGNORE_INDEX = 255
 
 
 def num_classes(dataset: str) -> int:

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from benchmark.data.classes import CLASS_NAMES, IGNORE_INDEX, PALETTES
+from benchmark.data.classes import CLASS_NAMES, PALETTES
 from benchmark.errors import NLBenchError
-from benchmark.recipe import DataConfig
+from benchmark.recipe import IGNORE_INDEX, DataConfig
 
 Split = Literal["train", "val"]
 

@@ -117,7 +117,8 @@ def train_batches(dataset: SegDataset, pipeline: Pipeline, imgs_per_gpu: int, se
         yield int(iteration), images, labels
 
 
-def val_samples(dataset: SegDataset, rank: int = 0, world_size: int = 1) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+def val_samples(dataset: SegDataset, rank: int = 0,
+                world_size: int = 1) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
     """``(name, image uint8 RGB HxWx3, label uint8 HxW)`` in dataset order; with ``world_size`` > 1,
     rank r gets samples r, r + W, ... (each sample exactly once over all ranks)."""
     if not 0 <= rank < world_size:

@@ -14,7 +14,6 @@ Every file is written atomically.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 
 from benchmark.data.datasets import read_split_file
 from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_bytes, atomic_write_text
 
 POLYGONS_SUFFIX = "_gtFine_polygons.json"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -82,7 +82,6 @@ def prepare_cityscapes(src: Path, dst: Optional[Path] = None, log=print) -> Tupl
     sources = sorted(gt_dir.rglob(f"*{POLYGONS_SUFFIX}"))
     if not sources:
         raise NLBenchError(f"no *{POLYGONS_SUFFIX} files found", gt_dir)
-    from benchmark.checkpoint import atomic_write_bytes  # imports torch: only when writing
 
     written = skipped = 0
     for json_path in sources:
@@ -112,7 +111,8 @@ def read_sbd_mat(path: Path) -> np.ndarray:
     try:
         seg = data["GTcls"][0]["Segmentation"][0]  # the indexing MMSeg's voc_aug.py uses
     except (KeyError, IndexError, ValueError, TypeError):
-        raise NLBenchError("expected an SBD class struct with a Segmentation field", path, "GTcls.Segmentation") from None
+        raise NLBenchError("expected an SBD class struct with a Segmentation field", path,
+                           "GTcls.Segmentation") from None
     seg = np.asarray(seg)
     if seg.ndim != 2 or seg.size == 0:
         raise NLBenchError(f"expected a 2-D segmentation, got shape {seg.shape}", path, "GTcls.Segmentation")
@@ -126,10 +126,12 @@ def _sbd_dataset_dir(sbd: Path) -> Path:
     for candidate in (sbd, sbd / "dataset"):
         if (candidate / "cls").is_dir():
             return candidate
-    raise NLBenchError("no cls/ folder here or in dataset/; expected SBD's benchmark_RELEASE or its dataset folder", sbd)
+    raise NLBenchError("no cls/ folder here or in dataset/; expected SBD's benchmark_RELEASE or its dataset folder",
+                       sbd)
 
 
-def aug_lists(voc_train: List[str], voc_val: List[str], sbd_train: List[str], sbd_val: List[str]) -> Tuple[List[str], List[str]]:
+def aug_lists(voc_train: List[str], voc_val: List[str], sbd_train: List[str],
+              sbd_val: List[str]) -> Tuple[List[str], List[str]]:
     """(aug, trainaug) as MMSeg's voc_aug.py computes them, sorted."""
     sbd_all = set(sbd_train) | set(sbd_val)
     aug = sorted(sbd_all - set(voc_train) - set(voc_val))
@@ -148,7 +150,6 @@ def prepare_voc(voc: Path, sbd: Path, log=print) -> Tuple[int, int]:
     voc_train, voc_val = read_split_file(sets / "train.txt"), read_split_file(sets / "val.txt")
     sbd_train, sbd_val = read_split_file(sbd_dir / "train.txt"), read_split_file(sbd_dir / "val.txt")
 
-    from benchmark.checkpoint import atomic_write_bytes, atomic_write_text  # imports torch: only when writing
 
     out_dir = voc2012 / "SegmentationClassAug"
     written = skipped = 0
@@ -180,11 +181,13 @@ def prepare_voc(voc: Path, sbd: Path, log=print) -> Tuple[int, int]:
     return written, skipped
 
 
-def main(args: argparse.Namespace) -> int:
-    if args.dataset == "cityscapes":
-        prepare_cityscapes(Path(args.src), Path(args.dst) if args.dst else None)
-    elif args.dataset == "voc":
-        prepare_voc(Path(args.voc), Path(args.sbd))
-    else:  # pragma: no cover - argparse restricts the choices
-        raise NLBenchError(f"unknown dataset {args.dataset!r}")
+def prepare_cityscapes_command(src: str, dst: Optional[str] = None) -> int:
+    """`nlbench prepare cityscapes`."""
+    prepare_cityscapes(Path(src), Path(dst) if dst else None)
+    return 0
+
+
+def prepare_voc_command(voc: str, sbd: str) -> int:
+    """`nlbench prepare voc`."""
+    prepare_voc(Path(voc), Path(sbd))
     return 0

@@ -20,7 +20,6 @@ renamed into place, so a reader never sees half a dataset and two processes may 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -164,7 +163,8 @@ def _cityscapes(root: Path, counts: Dict[str, int], h: int, w: int, seed: int) -
             polygons.write_text(json.dumps(doc, indent=1))
             train_ids = polygons_to_train_ids(polygons)
             _write_png(gt / f"{stem}{TRAIN_IDS_SUFFIX}", train_ids)
-            _write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", render_image(train_ids, "cityscapes", rng))
+            image = render_image(train_ids, "cityscapes", rng)
+            _write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image)
 
 
 def _ade20k(root: Path, counts: Dict[str, int], h: int, w: int, seed: int) -> None:
@@ -274,9 +274,10 @@ def _parse_size(text: str) -> Tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def main(args: argparse.Namespace) -> int:
-    size = _parse_size(args.size)
-    out = write_synthetic(args.dataset, args.out, args.train, args.val, size, args.seed)
-    print(f"synth: wrote a {args.dataset} set ({args.train} train, {args.val} val, {size[0]}x{size[1]}, "
-          f"seed {args.seed}) to {out}")
+def synth_command(dataset: str, out: str, train: int = 8, val: int = 4, size: str = "64x128", seed: int = 0) -> int:
+    """`nlbench synth`."""
+    size_hw = _parse_size(size)
+    root = write_synthetic(dataset, out, train, val, size_hw, seed)
+    print(f"synth: wrote a {dataset} set ({train} train, {val} val, {size_hw[0]}x{size_hw[1]}, "
+          f"seed {seed}) to {root}")
     return 0

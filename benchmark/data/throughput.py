@@ -8,17 +8,12 @@ The first batch is not timed (worker start-up and the first file reads). To keep
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from typing import Dict, List
 
-from benchmark.data.datasets import SegDataset, build_dataset
+from benchmark.data.datasets import SegDataset
 from benchmark.data.loader import train_batches
-from benchmark.data.synthetic import ensure_dataset
 from benchmark.data.transforms import TrainPipeline
-from benchmark.errors import NLBenchError
-from benchmark.recipe import load_recipe
 
 
 def measure(dataset: SegDataset, pipeline: TrainPipeline, imgs_per_gpu: int, num_workers: int,
@@ -35,26 +30,3 @@ def measure(dataset: SegDataset, pipeline: TrainPipeline, imgs_per_gpu: int, num
     finally:
         batches.close()  # shuts the worker processes down
     return iterations * imgs_per_gpu / elapsed
-
-
-def main(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides, args.profile)
-    data = recipe.data
-    root = ensure_dataset(data, args.data_root)
-    dataset = build_dataset(data, "train", root)
-    pipeline = TrainPipeline.from_config(data)
-    counts: List[int] = args.workers or [0, data.workers_per_gpu]
-    if any(n < 0 for n in counts):
-        raise NLBenchError(f"--workers must be >= 0, got {counts}")
-    if args.images <= 0:
-        raise NLBenchError(f"--images must be positive, got {args.images}")
-    print(f"bench-data: {recipe.name} [{recipe.profile}] {data.dataset} train, {len(dataset)} images at {root}; "
-          f"crop {data.crop_size[0]}x{data.crop_size[1]}, {data.imgs_per_gpu} images per batch")
-    results: Dict[int, float] = {}
-    for n in dict.fromkeys(counts):  # unique, in the order given
-        results[n] = measure(dataset, pipeline, data.imgs_per_gpu, n, args.images, recipe.runtime.seed)
-        print(f"  workers={n:<3d} {results[n]:9.1f} images/s")
-    need = recipe.effective_batch
-    print(f"(the published run consumed {need} images per iteration over {recipe.runtime.gpus} GPUs; "
-          f"multiply by iterations/s to compare)")
-    return 0

@@ -17,9 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from benchmark.data.classes import IGNORE_INDEX
 from benchmark.data.resize import keep_ratio_size, resize_image, resize_label
-from benchmark.recipe import DataConfig
+from benchmark.recipe import IGNORE_INDEX, DataConfig
 
 # ImageNet statistics in RGB order (MMSeg's img_norm_cfg with to_rgb=True).
 MEAN_RGB = (123.675, 116.28, 103.53)

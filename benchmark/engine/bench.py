@@ -18,17 +18,20 @@ peak resident set size, labelled ``fps_device: cpu`` and ``mem_kind: peak_rss``.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from benchmark.checkpoint import load_weights, resolve_checkpoint
+from benchmark.data.datasets import build_dataset
 from benchmark.engine.distributed import PeakMemory, device_info, resolve_device
-from benchmark.engine.train import amp_autocast
+from benchmark.engine.steps import autocast, make_optimizer, make_scaler, train_step
 from benchmark.errors import NLBenchError
+from benchmark.io.files import write_json
+from benchmark.io.jobenv import job_environment
 from benchmark.recipe import Recipe, load_recipe
 
 # Aspect ratio (w / h) of a typical image of each dataset, for synthetic stand-ins: Cityscapes is
@@ -51,8 +54,6 @@ def synthetic_image_size(recipe: Recipe) -> Tuple[int, int]:
 
 def bench_images(recipe: Recipe, data_root: Optional[str], count: int) -> Tuple[str, Iterator[np.ndarray]]:
     """("val", the first ``count`` val images, cycled if the split is shorter) or ("synthetic", ...)."""
-    from benchmark.data.datasets import build_dataset
-
     root = Path(data_root if data_root is not None else recipe.data.data_root)
     if root.is_dir():
         try:
@@ -71,7 +72,7 @@ def measure_fps(model: torch.nn.Module, recipe: Recipe, device: torch.device, im
                 warmup: int) -> Dict[str, Any]:
     """Time forward + resize back + argmax per image (see the module docstring); model in eval mode."""
     from benchmark.data.resize import keep_ratio_size, resize_image
-    from benchmark.inference import infer, resize_logits, to_input_tensor
+    from benchmark.engine.inference import infer, resize_logits, to_input_tensor
 
     align_corners = bool(getattr(model, "align_corners", False))
     timed, seconds = 0, 0.0
@@ -82,7 +83,7 @@ def measure_fps(model: torch.nn.Module, recipe: Recipe, device: torch.device, im
         x = to_input_tensor(resize_image(image, size), "cpu", recipe.runtime.channels_last)  # the data loader's part
         _sync(device)
         start = time.perf_counter()
-        with amp_autocast(recipe, device):
+        with autocast(recipe.runtime.amp, device):
             logits = infer(model, x.to(device, non_blocking=False), recipe)
             pred = resize_logits(logits, (h, w), align_corners).argmax(dim=1).cpu()
         _sync(device)
@@ -107,10 +108,8 @@ def measure_train_memory(recipe: Recipe, device: torch.device, iters: int, seed:
     model = build_segmentor(recipe.model)
     fmt = torch.channels_last if recipe.runtime.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=fmt).train()
-    sched = recipe.schedule
-    optimizer = torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=sched.momentum,
-                                weight_decay=sched.weight_decay)
-    scaler = torch.amp.GradScaler(device.type) if recipe.runtime.amp == "fp16" else None
+    optimizer = make_optimizer(model, recipe.schedule)
+    scaler = make_scaler(recipe.runtime.amp, device)
     n, (ch, cw) = recipe.data.imgs_per_gpu, recipe.data.crop_size
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, ch, cw, generator=gen).to(device, memory_format=fmt)
@@ -118,19 +117,10 @@ def measure_train_memory(recipe: Recipe, device: torch.device, iters: int, seed:
     mem = PeakMemory(device)
     isolated = mem.reset()
     for _ in range(iters):
-        with amp_autocast(recipe, device):
-            loss = model.losses(images, labels)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        train_step(model.losses, images, labels, optimizer, scaler, recipe.runtime.amp, device)
     _sync(device)
     peak = mem.peak_gb()
-    del model, optimizer, images, labels, loss
+    del model, optimizer, images, labels
     return {"mem_gb": peak, "mem_kind": mem.kind, "mem_iters": iters, "mem_batch": n, "mem_crop_hw": [ch, cw],
             "mem_isolated": isolated}
 
@@ -138,13 +128,10 @@ def measure_train_memory(recipe: Recipe, device: torch.device, iters: int, seed:
 def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto", data_root: Optional[str] = None,
           skip_mem: bool = False) -> Dict[str, Any]:
     """fps (and Mem unless ``skip_mem``) of ``recipe``'s model; one process, this rank's device."""
-    import os
-
-    from benchmark.checkpoint import load_weights
     from benchmark.models.segmentor import build_segmentor
 
     started = time.perf_counter()
-    dev = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0") or 0))
+    dev = resolve_device(device, job_environment().local_rank)
     cfg = recipe.bench
     previous_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # as published, for both figures
@@ -207,19 +194,42 @@ def format_bench(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
-    from benchmark.checkpoint import atomic_write_text
-
-    recipe = load_recipe(args.recipe, args.overrides, args.profile)
-    checkpoint = args.checkpoint
-    if checkpoint == "released":
-        from benchmark.engine.evaluate import resolve_checkpoint
-
-        checkpoint = str(resolve_checkpoint(recipe, checkpoint))
-    result = bench(recipe, checkpoint=checkpoint, device=args.device, data_root=args.data_root,
-                   skip_mem=args.skip_mem)
+def bench_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", checkpoint: Optional[str] = None,
+                  data_root: Optional[str] = None, json_out: Optional[str] = None, device: str = "auto",
+                  skip_mem: bool = False) -> int:
+    """`nlbench bench`: print the figures; ``json_out`` (--json) also writes them to that file."""
+    resolved = load_recipe(recipe, overrides, profile)
+    path = str(resolve_checkpoint(resolved, checkpoint)) if checkpoint else None
+    result = bench(resolved, checkpoint=path, device=device, data_root=data_root, skip_mem=skip_mem)
     print(format_bench(result))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.json}")
+    if json_out:
+        write_json(json_out, result)
+        print(f"wrote {json_out}")
+    return 0
+
+
+def bench_data_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full",
+                       data_root: Optional[str] = None, workers: Optional[List[int]] = None, images: int = 64) -> int:
+    """`nlbench bench-data`: training-pipeline images/s for each loader worker count."""
+    from benchmark.data.throughput import measure
+    from benchmark.data.transforms import TrainPipeline
+    from benchmark.engine.datasets import data_root as resolve_root
+
+    resolved = load_recipe(recipe, overrides, profile)
+    data = resolved.data
+    counts: List[int] = workers or [0, data.workers_per_gpu]
+    if any(n < 0 for n in counts):
+        raise NLBenchError(f"--workers must be >= 0, got {counts}")
+    if images <= 0:
+        raise NLBenchError(f"--images must be positive, got {images}")
+    root = resolve_root(data, data_root)
+    dataset = build_dataset(data, "train", root)
+    pipeline = TrainPipeline.from_config(data)
+    print(f"bench-data: {resolved.name} [{resolved.profile}] {data.dataset} train, {len(dataset)} images at {root}; "
+          f"crop {data.crop_size[0]}x{data.crop_size[1]}, {data.imgs_per_gpu} images per batch")
+    for n in dict.fromkeys(counts):  # unique, in the order given
+        rate = measure(dataset, pipeline, data.imgs_per_gpu, n, images, resolved.runtime.seed)
+        print(f"  workers={n:<3d} {rate:9.1f} images/s")
+    print(f"(the published run consumed {resolved.effective_batch} images per iteration over "
+          f"{resolved.runtime.gpus} GPUs; multiply by iterations/s to compare)")
     return 0

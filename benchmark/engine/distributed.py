@@ -1,11 +1,9 @@
 """torch.distributed set-up from the environment, the few collective helpers the engine uses, and
 the device facts (name, versions, peak memory) that every figure is reported with.
 
-Whoever starts the processes exports torchrun's variables: RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT (torchrun does it itself; the SLURM launcher copies submitit's environment
-into the same names). With WORLD_SIZE > 1 the process group is created with ``init_method="env://"``:
-nccl when the device is CUDA, gloo on CPU. Without those variables everything runs as a single rank
-and every helper here is a no-op.
+The rank variables (torchrun's names) are read by ``benchmark.io.jobenv``. With WORLD_SIZE > 1 the
+process group is created with ``init_method="env://"``: nccl when the device is CUDA, gloo on CPU.
+Without those variables everything runs as a single rank and every helper here is a no-op.
 
 SyncBN: torch's SyncBatchNorm refuses CPU tensors in training (torch 2.13 raises "SyncBatchNorm
 expected input tensor to be on GPU ..."), so multi-process CPU runs keep plain BatchNorm (each rank
@@ -15,7 +13,6 @@ CUDA runs with world size > 1 always convert to SyncBatchNorm when the recipe as
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
@@ -25,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from benchmark.errors import NLBenchError
+from benchmark.io.jobenv import job_environment
 
 
 @dataclass(frozen=True)
@@ -38,16 +36,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise NLBenchError(f"expected an integer, got {raw!r}", key=f"environment variable {name}") from None
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
@@ -71,16 +59,15 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
 
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by the environment (idempotent) and pick this rank's device."""
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    env = job_environment()
+    world_size, rank, local_rank = env.world_size, env.rank, env.local_rank
     dev = resolve_device(device, local_rank)
     if world_size <= 1:
         return DistInfo(0, 1, 0, dev, None)
     if not 0 <= rank < world_size:
         raise NLBenchError(f"RANK={rank} is outside 0..{world_size - 1}", key="environment variable RANK")
-    for name in ("MASTER_ADDR", "MASTER_PORT"):
-        if not os.environ.get(name):
+    for name, value in (("MASTER_ADDR", env.master_addr), ("MASTER_PORT", env.master_port)):
+        if not value:
             raise NLBenchError(f"WORLD_SIZE={world_size} but {name} is not set (torchrun sets it)",
                                key=f"environment variable {name}")
     backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -163,16 +150,21 @@ def _cpu_name() -> str:
 
 
 def device_info(device: torch.device, amp: Optional[str] = None) -> Dict[str, Any]:
-    """What a figure was measured on: device name and count, dtype, torch/CUDA/cuDNN versions."""
+    """What a figure was measured on: device name and count, dtype, torch/CUDA/cuDNN versions.
+
+    ``device_name`` is the GPU's name, or "cpu" for every CPU (the device class that figures are
+    compared by); ``cpu_model`` names the processor either way."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = torch.cuda.get_device_name(index)
         count = torch.cuda.device_count()
     else:
-        name, count = _cpu_name(), 1
+        name, count = "cpu", 1
     return {
         "device": str(device),
         "device_type": device.type,
         "device_name": name,
+        "cpu_model": _cpu_name(),
         "device_count": count,
         "dtype": {None: "float32", "bf16": "bfloat16", "fp16": "float16"}[amp],
         "torch_version": str(torch.__version__),

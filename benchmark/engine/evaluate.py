@@ -1,6 +1,6 @@
 """Evaluation on the val split: the recipe's test pipeline and mode, MMSeg's metrics.
 
-Each image is predicted at its own size by ``benchmark.inference`` (single scale, or the published
+Each image is predicted at its own size by ``benchmark.engine.inference`` (single scale, or the published
 multi-scale + flip test), the argmax is scored against the original label (never resized), and the
 per-class areas are summed over the split. Under torch.distributed, rank r takes images r, r + W,
 r + 2W, ... and the areas are summed over ranks before the metrics are computed, so every rank gets
@@ -9,18 +9,19 @@ the same figures.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
+from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.engine import distributed
+from benchmark.engine.datasets import open_split
 from benchmark.engine.distributed import DistInfo, device_info
-from benchmark.engine.metrics import SegMetric, format_metrics, json_safe
+from benchmark.engine.metrics import SegMetric, format_metrics
+from benchmark.io.files import write_json
 from benchmark.recipe import Recipe, load_recipe
 
 
@@ -29,7 +30,7 @@ def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms
                    progress: bool = True) -> Dict[str, Any]:
     """Metrics of ``model`` (already on ``info.device``, in eval mode) over ``dataset``, in percent."""
     from benchmark.data.classes import CLASS_NAMES
-    from benchmark.inference import predict_logits, predict_ms_flip_probs
+    from benchmark.engine.inference import predict_logits, predict_ms_flip_probs
 
     metric = SegMetric(CLASS_NAMES[recipe.data.dataset])
     indices = range(info.rank, len(dataset), info.world_size)
@@ -56,15 +57,6 @@ def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms
     return out
 
 
-def resolve_checkpoint(recipe: Recipe, checkpoint: str) -> Path:
-    """A checkpoint path, or MMSeg's released file for this row when ``checkpoint`` is 'released'."""
-    if checkpoint == "released":
-        from benchmark.launch.download import fetch_released
-
-        return Path(fetch_released(recipe))
-    return Path(checkpoint)
-
-
 def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: Optional[str] = None,
              device: str = "auto", progress: bool = True) -> Dict[str, Any]:
     """Evaluate ``checkpoint`` on the val split.
@@ -72,9 +64,6 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
     Returns the metrics at the top level ({"aAcc", "mIoU", "mAcc", "per_class"}, percent, full
     precision) plus what a record needs: num_images, wall_time_s, ms_flip, checkpoint and the device facts.
     """
-    from benchmark.checkpoint import load_weights
-    from benchmark.data.datasets import build_dataset
-    from benchmark.data.synthetic import ensure_dataset
     from benchmark.models.segmentor import build_segmentor
 
     started = time.perf_counter()
@@ -82,10 +71,7 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
     path = resolve_checkpoint(recipe, checkpoint) if info.is_main else None
     distributed.barrier()  # a download happens once, on rank 0
     path = resolve_checkpoint(recipe, checkpoint) if path is None else path
-    root = ensure_dataset(recipe.data, data_root) if info.is_main else None
-    distributed.barrier()
-    root = ensure_dataset(recipe.data, data_root) if root is None else root
-    dataset = build_dataset(recipe.data, "val", root)
+    dataset = open_split(recipe.data, "val", data_root)
 
     model = build_segmentor(recipe.model)
     load_weights(model, path)
@@ -101,24 +87,23 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
     return metrics
 
 
-def main(args) -> int:
-    from benchmark.checkpoint import atomic_write_text
-
-    recipe = load_recipe(args.recipe, args.overrides, args.profile)
+def eval_command(recipe: str, checkpoint: str, overrides: Sequence[str] = (), profile: str = "full",
+                 ms_flip: bool = False, data_root: Optional[str] = None, json_out: Optional[str] = None,
+                 device: str = "auto") -> int:
+    """`nlbench eval`: print the metrics; ``json_out`` (--json) also writes them to that file."""
+    resolved = load_recipe(recipe, overrides, profile)
     try:
-        result = evaluate(recipe, args.checkpoint, ms_flip=args.ms_flip, data_root=args.data_root,
-                          device=args.device)
+        result = evaluate(resolved, checkpoint, ms_flip=ms_flip, data_root=data_root, device=device)
         is_main = distributed.get_rank() == 0
     finally:
         distributed.cleanup()
     if not is_main:
         return 0
-    mode = "ms+flip" if args.ms_flip else "single scale"
-    print(f"{recipe.name} [{recipe.profile}], {mode}, {result['num_images']} val images, "
+    mode = "ms+flip" if ms_flip else "single scale"
+    print(f"{resolved.name} [{resolved.profile}], {mode}, {result['num_images']} val images, "
           f"checkpoint {result['checkpoint']}")
     print(format_metrics(result))
-    if args.json:
-        body = {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class")}
-        atomic_write_text(args.json, json.dumps(json_safe(body), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.json}")
+    if json_out:
+        write_json(json_out, {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class")})
+        print(f"wrote {json_out}")
     return 0

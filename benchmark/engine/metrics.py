@@ -23,8 +23,9 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from benchmark.recipe import IGNORE_INDEX
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
-IGNORE_INDEX = 255
 
 
 def intersect_and_union(
@@ -124,14 +125,3 @@ def format_metrics(metrics: Dict[str, object]) -> str:
     lines.append("-" * (width + 16))
     lines.append(f"aAcc: {_fmt(metrics['aAcc'])}  mIoU: {_fmt(metrics['mIoU'])}  mAcc: {_fmt(metrics['mAcc'])}")
     return "\n".join(lines)
-
-
-def json_safe(node: object) -> object:
-    """NaN/inf -> None, recursively: JSON has no NaN."""
-    if isinstance(node, float) and not math.isfinite(node):
-        return None
-    if isinstance(node, dict):
-        return {k: json_safe(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [json_safe(v) for v in node]
-    return node

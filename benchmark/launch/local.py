@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Dict, List
 
 from benchmark.errors import NLBenchError
-from benchmark.launch.plan import Job, Resources
+from benchmark.io.files import atomic_write_text
 from benchmark.recipe import Recipe
+from benchmark.run.job import Job, Resources, run_job
+from benchmark.run.state import JOB_LOG
 
 
 def resources_for(recipe: Recipe) -> Resources:
@@ -34,24 +36,20 @@ def resources_for(recipe: Recipe) -> Resources:
 
 def _run_distributed(job: Job, job_file: Path) -> None:
     """One process per GPU through torchrun; the job's JSON tells each rank what to run."""
-    from benchmark.checkpoint import atomic_write_text
-
     atomic_write_text(job_file, json.dumps(job.to_dict(), indent=2) + "\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={job.resources.tasks_per_node}", "-m", "benchmark.launch.job", str(job_file)]
+           f"--nproc_per_node={job.resources.tasks_per_node}", "-m", "benchmark.run", str(job_file)]
     code = subprocess.call(cmd)
     if code != 0:
-        raise NLBenchError(f"torchrun exited with status {code}; see {Path(job.work_dir) / 'job.log'}")
+        raise NLBenchError(f"torchrun exited with status {code}; see {Path(job.work_dir) / JOB_LOG}")
 
 
 def run_local(jobs: List[Job], results_dir: Path, report=print) -> Dict[str, str]:
     """Run every job; returns {job key: "done" | "failed"}."""
-    from benchmark.launch.job import run_job
-
     outcome: Dict[str, str] = {}
     for i, job in enumerate(jobs, 1):
         started = time.perf_counter()
-        report(f"[{i}/{len(jobs)}] {job.key} on {job.resources.describe()} (log {Path(job.work_dir) / 'job.log'})")
+        report(f"[{i}/{len(jobs)}] {job.key} on {job.resources.describe()} (log {Path(job.work_dir) / JOB_LOG})")
         try:
             if job.resources.world_size > 1:
                 _run_distributed(job, results_dir / "jobs" / "local" / f"{job.key.replace('/', '__')}.json")

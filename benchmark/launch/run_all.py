@@ -16,17 +16,16 @@ import json
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_text
 from benchmark.launch import plan as planning
 from benchmark.launch.status import RUNS_SUBDIR, collect_status, format_status
 
 
 def check_writable(results: Path) -> None:
     """Create the results folder (and jobs/runs) and prove it takes a file, before anything runs."""
-    from benchmark.checkpoint import atomic_write_text
-
     probe = results / RUNS_SUBDIR / f".write-test-{secrets.token_hex(4)}"
     try:
         (results / RUNS_SUBDIR).mkdir(parents=True, exist_ok=True)
@@ -38,8 +37,6 @@ def check_writable(results: Path) -> None:
 
 def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra: Dict[str, Any]) -> Path:
     """RESULTS/jobs/runs/<UTC time>-<hex>.json: the jobs of one run-all (status reads these)."""
-    from benchmark.checkpoint import atomic_write_text
-
     now = datetime.now(timezone.utc)
     run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     body = {"run_id": run_id, "launcher": launcher, "created_at": now.isoformat(timespec="microseconds"),
@@ -49,64 +46,64 @@ def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra
     return path
 
 
-def _prepare_data(jobs: List[planning.Job]) -> None:
-    """Write synthetic sets (or check real ones) once, here, before jobs start side by side."""
-    from benchmark.data.synthetic import ensure_dataset
-
-    seen = set()
-    for job in jobs:
-        if job.data_root not in seen:
-            seen.add(job.data_root)
-            ensure_dataset(job.recipe.data, job.data_root)
-
-
-def main(args) -> int:
-    results = Path(args.results)
-    launcher = args.launcher
+def _launcher_rule(launcher: str, cluster: Optional[str]):
+    """(resources rule, time limit, cluster profile) of the chosen launcher; bad combinations are errors."""
     if launcher == "slurm":
         from benchmark.launch import slurm
 
-        if not args.cluster:
+        if not cluster:
             raise NLBenchError("--launcher slurm needs a cluster profile, e.g. --cluster slurm/example.yaml",
                                key="--cluster")
-        profile = slurm.load_cluster_profile(args.cluster)
-        rule = slurm.resources_for(profile)
-        time_limit = profile.timeout_min
-    else:
-        if args.cluster:
-            raise NLBenchError("--cluster is only used with --launcher slurm", key="--cluster")
-        from benchmark.launch import local
+        profile = slurm.load_cluster_profile(cluster)
+        return slurm.resources_for(profile), profile.timeout_min, profile
+    if cluster:
+        raise NLBenchError("--cluster is only used with --launcher slurm", key="--cluster")
+    from benchmark.launch import local
 
-        rule, time_limit = local.resources_for, None
+    return local.resources_for, None, None
 
-    plan = planning.make_plan(results, rule, pattern=args.filter, profile=args.profile,
-                              overrides=args.overrides, seeds=args.seeds, time_limit_min=time_limit)
-    if args.dry_run:
+
+def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,
+                    profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
+                    no_wait: bool = False, overrides: Sequence[str] = ()) -> int:
+    """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed."""
+    folder = Path(results)
+    rule, time_limit, cluster_profile = _launcher_rule(launcher, cluster)
+    plan = planning.make_plan(folder, rule, pattern=filter, profile=profile, overrides=overrides, seeds=seeds,
+                              time_limit_min=time_limit)
+    if dry_run:
         print(planning.format_plan(plan, launcher))
         return 0
-    check_writable(results)
+    check_writable(folder)
     if plan.skipped:
-        print(f"skipping {len(plan.skipped)} row(s) already complete in {results}")
+        print(f"skipping {len(plan.skipped)} row(s) already complete in {folder}")
     if not plan.jobs:
         print("nothing to run: every planned row is complete")
         return 0
-    _prepare_data(plan.jobs)
-
     if launcher == "local":
-        from benchmark.launch import local
+        return _run_locally(plan.jobs, folder)
+    return _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
 
-        run_file = write_run(results, "local", [j.to_dict() for j in plan.jobs], {})
-        print(f"running {len(plan.jobs)} job(s) locally; plan in {run_file}")
-        outcome = local.run_local(plan.jobs, results)
-        print(format_status([r for r in collect_status(results) if r["key"] in outcome]))
-        return 0 if all(v == "done" for v in outcome.values()) else 1
 
-    entries = slurm.submit(plan.jobs, profile, args.cluster, results)
-    run_file = write_run(results, "slurm", entries, {"cluster": str(Path(args.cluster).resolve())})
+def _run_locally(jobs: List[planning.Job], results: Path) -> int:
+    from benchmark.launch import local
+
+    run_file = write_run(results, "local", [j.to_dict() for j in jobs], {})
+    print(f"running {len(jobs)} job(s) locally; plan in {run_file}")
+    outcome = local.run_local(jobs, results)
+    print(format_status([r for r in collect_status(results) if r["key"] in outcome]))
+    return 0 if all(v == "done" for v in outcome.values()) else 1
+
+
+def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_wait: bool) -> int:
+    from benchmark.launch import slurm
+
+    entries = slurm.submit(jobs, profile, cluster, results)
+    run_file = write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())})
     ids = sorted({e["slurm_job_id"].split("_")[0] for e in entries})
     print(f"submitted {len(entries)} job(s) as SLURM array(s) {', '.join(ids)}; run file {run_file}")
-    if getattr(args, "no_wait", False):
-        print("not waiting (--no-wait); `nlbench status --results "f"{results}` shows progress")
+    if no_wait:
+        print(f"not waiting (--no-wait); `nlbench status --results {results}` shows progress")
         return 0
     slurm.wait(entries)
     keys = {e["key"] for e in entries}

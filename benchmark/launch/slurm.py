@@ -14,6 +14,7 @@ set of sbatch options. Job ids and log paths go to ``RESULTS/jobs/runs/<run id>.
 from __future__ import annotations
 
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -22,9 +23,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from benchmark.errors import NLBenchError
-from benchmark.launch.plan import Job, Resources
+from benchmark.errors import NLBenchError, TrainingInterrupted
+from benchmark.io.jobenv import job_environment
+from benchmark.launch.sacct import FINAL_STATES, slurm_states
 from benchmark.recipe import Recipe, read_yaml_mapping
+from benchmark.run.job import Job, Resources, StopFlag, run_job
+from benchmark.run.state import JobLog, read_state, write_state
 
 # sbatch refusals worth quoting verbatim (the rest of submitit's message is a Python traceback).
 _SUBMIT_HINT = "check the cluster profile against `sinfo` / `scontrol show partition`"
@@ -118,7 +122,8 @@ def _group_by_shape(jobs: List[Job]) -> List[List[Job]]:
     return list(groups.values())
 
 
-def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Path], results_dir: Path) -> List[Dict[str, Any]]:
+def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Path],
+           results_dir: Path) -> List[Dict[str, Any]]:
     """Submit ``jobs`` as job array(s); returns one entry per job: its dict plus SLURM id and log paths.
 
     sbatch's refusal (a GPU asked of a CPU cluster, an unknown partition or account, ...) becomes an
@@ -126,8 +131,6 @@ def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Pa
     """
     import submitit
     from submitit.core.utils import FailedJobError, FailedSubmissionError
-
-    from benchmark.launch.job import SlurmJob
 
     folder = results_dir / "jobs" / "slurm" / "%j"
     entries: List[Dict[str, Any]] = []
@@ -148,7 +151,8 @@ def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Pa
             raise NLBenchError(f"sbatch refused the job array: {message}{already}; {_SUBMIT_HINT}",
                                profile_path) from None
         except FileNotFoundError as exc:
-            raise NLBenchError(f"cannot run sbatch ({exc.strerror}): is this a SLURM login node?", key="--launcher") from None
+            raise NLBenchError(f"cannot run sbatch ({exc.strerror}): is this a SLURM login node?",
+                               key="--launcher") from None
         for job, sj in zip(group, submitted):
             entries.append({**job.to_dict(), "slurm_job_id": sj.job_id,
                             "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr)})
@@ -162,8 +166,6 @@ def wait(entries: List[Dict[str, Any]], poll_s: float = 5.0, timeout_s: Optional
     Reads states with sacct (what submitit itself uses); a requeued job shows PENDING/REQUEUED again
     and is waited for. Prints one line whenever a job's state changes.
     """
-    from benchmark.launch.status import slurm_states
-
     ids = [e["slurm_job_id"] for e in entries]
     seen: Dict[str, str] = {}
     started = time.monotonic()
@@ -187,5 +189,62 @@ def wait(entries: List[Dict[str, Any]], poll_s: float = 5.0, timeout_s: Optional
         time.sleep(poll_s)
 
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                "DEADLINE"}
+
+# ----------------------------------------------------------------------------- what runs on the node
+
+try:
+    from submitit.helpers import Checkpointable as _Checkpointable
+except ImportError:  # pragma: no cover - submitit is a dependency; keeps `import` of this module cheap to fail
+    _Checkpointable = object  # type: ignore[assignment,misc]
+
+
+class SlurmJob(_Checkpointable):
+    """What the SLURM launcher submits: one task of the array, one rank per SLURM task.
+
+    On preemption or time-out submitit calls ``checkpoint()``; returning a resubmission of ``self``
+    makes submitit requeue the same array task, which then skips the finished stages and resumes
+    training from the last ``latest.pth``.
+    """
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self) -> Dict[str, str]:
+        import submitit
+
+        # torchrun's variable names, which the engine's init_distributed reads (env://).
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=self.job.resources.gpus_per_node > 0, overwrite=True)
+        # submitit's USR2 handler (checkpoint() + requeue) would stop training mid-step; during
+        # training the signal only raises a flag, the train loop saves at the next iteration
+        # boundary, and then submitit's handler runs as usual.
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if not callable(submitit_handler):
+            return run_job(self.job)
+        stop = StopFlag()
+
+        def on_usr2(signum: int, frame: Any) -> None:
+            if stop.armed:
+                stop.request()
+            else:
+                submitit_handler(signum, frame)
+
+        signal.signal(signal.SIGUSR2, on_usr2)
+        try:
+            return run_job(self.job, stop)
+        except TrainingInterrupted:
+            submitit_handler(signal.SIGUSR2, None)  # rank 0: checkpoint() + requeue + exit
+            # Other ranks must not exit first (that could end the step before rank 0 requeues, as
+            # submitit warns); SLURM stops them when the job is requeued.
+            while True:
+                time.sleep(60)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        work = Path(self.job.work_dir)
+        env = job_environment()
+        if env.is_main:
+            JobLog(work)(f"interrupted by SLURM (preemption or time limit) during attempt {env.attempt}: "
+                         "requeueing; training resumes from latest.pth")
+            state = read_state(work) or {}
+            write_state(work, "requeued", stage=state.get("stage"), key=self.job.key)
+        return super().checkpoint(*args, **kwargs)  # type: ignore[misc]

@@ -12,63 +12,17 @@ import json
 import os
 import re
 import socket
-import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
+from benchmark.io.files import read_tail_lines
+from benchmark.launch.sacct import FAILED_STATES, PENDING_STATES, slurm_states
+from benchmark.run.records import record_kinds
+from benchmark.run.state import JOB_LOG, read_state
 
 RUNS_SUBDIR = Path("jobs") / "runs"
-FAILED_SLURM = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
-PENDING_SLURM = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "PREEMPTED"}
-
-
-# ----------------------------------------------------------------------------- SLURM accounting
-
-_ARRAY_RANGE = re.compile(r"^(\d+)_\[(.+)\]$")
-
-
-def _expand_array(job_id: str) -> List[str]:
-    """'12_[0-2,5%2]' -> ['12_0', '12_1', '12_2', '12_5']; anything else -> [job_id]."""
-    m = _ARRAY_RANGE.match(job_id)
-    if not m:
-        return [job_id]
-    base, spec = m.group(1), m.group(2).split("%")[0]
-    out = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def slurm_states(job_ids: Iterable[str]) -> Dict[str, Tuple[str, int]]:
-    """{job id: (current SLURM state, times requeued)} from sacct; {} when sacct is unavailable.
-
-    ``-D`` lists every earlier instance of a requeued job, oldest first, so the last line of an id is
-    its present state and the lines before it count its requeues.
-    """
-    ids = sorted({str(j) for j in job_ids if j})
-    if not ids:
-        return {}
-    bases = sorted({j.split("_")[0] for j in ids})
-    try:
-        out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-D", "--format=JobID,State", "-j", ",".join(bases)],
-            capture_output=True, text=True, timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if out.returncode != 0:
-        return {}
-    history: Dict[str, List[str]] = {}
-    for line in out.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 2 or not parts[0]:
-            continue
-        state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0" -> "CANCELLED"
-        for jid in _expand_array(parts[0]):
-            history.setdefault(jid, []).append(state)
-    return {jid: (states[-1], len(states) - 1) for jid, states in history.items()}
 
 
 # ----------------------------------------------------------------------------- planned rows
@@ -110,15 +64,7 @@ def iteration_reached(work_dir: Path) -> Optional[int]:
         m = re.fullmatch(r"iter_(\d+)\.pth", p.name)
         if m:
             best = max(best or 0, int(m.group(1)))
-    log = work_dir / "train.log.jsonl"
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(fh.tell() - 65536, 0))
-            tail = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        tail = []
-    for line in reversed(tail):
+    for line in reversed(read_tail_lines(work_dir / LOG_NAME)):
         try:
             it = json.loads(line).get("iteration")
         except (ValueError, AttributeError):
@@ -132,21 +78,13 @@ def iteration_reached(work_dir: Path) -> Optional[int]:
 def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[str]:
     if not path:
         return None
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(fh.tell() - 65536, 0))
-            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-    except OSError:
-        return None
+    lines = [ln.strip() for ln in read_tail_lines(path) if ln.strip()]
     if pattern:
         lines = [ln for ln in lines if pattern in ln] or lines
     return lines[-1] if lines else None
 
 
 def _records_complete(results_dir: Path, entry: Dict[str, Any]) -> bool:
-    from benchmark.launch.plan import record_kinds
-
     return set(entry["stages"]) <= record_kinds(results_dir, entry["recipe"], entry["profile"], entry["seed"],
                                                 entry.get("recipe_hash"))
 
@@ -163,8 +101,6 @@ def _pid_alive(state: Dict[str, Any]) -> bool:
 
 def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[str, int]]) -> Dict[str, Any]:
     """One row of the status table."""
-    from benchmark.launch.job import JOB_LOG, read_state
-
     work = Path(entry["work_dir"])
     state_file = read_state(work) or {}
     job_id = entry.get("slurm_job_id")
@@ -177,14 +113,14 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
         state = "done"
     elif own == "failed":
         state, message = "failed", state_file.get("error")
-    elif slurm_state in FAILED_SLURM:
+    elif slurm_state in FAILED_STATES:
         state = "failed"
         message = f"SLURM {slurm_state}: " + (_last_line(str(work / JOB_LOG)) or _last_line(entry.get("stderr")) or "")
     elif slurm_state == "COMPLETED":
         state, message = "failed", "SLURM COMPLETED but not every stage has a record"
     elif slurm_state == "RUNNING":
         state = "running"
-    elif slurm_state in PENDING_SLURM:
+    elif slurm_state in PENDING_STATES:
         state = "requeued" if (requeues or own == "requeued") else "pending"
     elif own == "requeued":
         state = "requeued"
@@ -238,15 +174,17 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "running", "requeued", "pending", "failed") if s in counts)
-    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) + f"\n\n{len(rows)} row(s): {summary}"
+    text = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+    return f"{text}\n\n{len(rows)} row(s): {summary}"
 
 
-def main(args) -> int:
-    results = Path(args.results)
-    if not (results / RUNS_SUBDIR).is_dir():
-        raise NLBenchError("no planned runs here (run `nlbench run-all` first)", results, "--results")
-    rows = collect_status(results)
+def status_command(results: str = "results") -> int:
+    """`nlbench status`."""
+    folder = Path(results)
+    if not (folder / RUNS_SUBDIR).is_dir():
+        raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
+    rows = collect_status(folder)
     if not rows:
-        raise NLBenchError("no planned rows in the run files", results / RUNS_SUBDIR)
+        raise NLBenchError("no planned rows in the run files", folder / RUNS_SUBDIR)
     print(format_status(rows))
     return 0

@@ -2,7 +2,7 @@
 
 ``model(img)`` returns the decode head's logits resized (bilinear, the model's align_corners) to the
 size of ``img``, which is what MMSeg's ``encode_decode`` returns; test-time resizing, sliding windows
-and augmentation live in ``benchmark.inference``.
+and augmentation live in ``benchmark.engine.inference``.
 
 ``model.losses(img, label)`` follows MMSeg's ``loss_by_feat``: each head's logits are resized
 (bilinear, align_corners) to the label's size, then cross-entropy with ignore_index=255 and MMSeg's
@@ -12,7 +12,7 @@ over *all* pixels), times the head's loss weight.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,7 @@ from torch import nn
 from benchmark.models.heads import FCNHead, NLHead
 from benchmark.models.layers import NormLayer
 from benchmark.models.resnet import ResNetV1c
-
-IGNORE_INDEX = 255
+from benchmark.recipe import IGNORE_INDEX
 
 
 def mmseg_cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

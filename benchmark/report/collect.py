@@ -16,7 +16,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.errors import NLBenchError
-from benchmark.report.records import RECORDS_SUBDIR, load_records
+from benchmark.io.files import atomic_write_text
+from benchmark.run.records import RECORDS_SUBDIR, load_records
 
 # Column name -> where it comes from: (record kind, path inside that record).
 METRIC_SOURCES = {
@@ -163,15 +164,11 @@ def format_stat(mean: float, std: float, n: int, digits: int) -> str:
     return text
 
 
-def main(args) -> int:
-    from benchmark.checkpoint import atomic_write_text
-
-    summary = collect_or_warn(args.results)
-    out = Path(args.out) if args.out else Path(args.results) / "summary.csv"
-    try:
-        atomic_write_text(out, summary.to_csv(index=False, float_format="%.6g"))
-    except OSError as exc:
-        raise NLBenchError(f"cannot write summary: {exc.strerror or exc}", out) from None
+def collect_command(results: str = "results", out: Optional[str] = None) -> int:
+    """`nlbench collect`: write the summary CSV and print it."""
+    summary = collect_or_warn(results)
+    target = Path(out) if out else Path(results) / "summary.csv"
+    atomic_write_text(target, summary.to_csv(index=False, float_format="%.6g"))
     rows = []
     for _, r in summary.iterrows():
         rows.append([
@@ -187,5 +184,5 @@ def main(args) -> int:
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     n_warn = len(summary.attrs["warnings"])
     skipped = f", {n_warn} skipped (warnings above)" if n_warn else ""
-    print(f"{summary.attrs['records']} records{skipped} -> {len(summary)} rows -> {out}")
+    print(f"{summary.attrs['records']} records{skipped} -> {len(summary)} rows -> {target}")
     return 0

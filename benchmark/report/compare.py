@@ -18,13 +18,14 @@ from typing import Dict, List, Optional
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark.catalog import PUBLISHED_CSV, load_published
 from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.recipe import REPO_ROOT
 from benchmark.report.collect import collect_or_warn
-from benchmark.report.published import PUBLISHED_CSV, load_published
 
 SMOKE_REFERENCE = REPO_ROOT / "results" / "reference" / "smoke.csv"
-PUBLISHED_DEVICE = "V100"  # mmseg_facts: fps and Mem of the published rows come from one V100 32G
+PUBLISHED_DEVICE = "V100"  # docs/FIDELITY.md: fps and Mem of the published rows come from one V100 32G
 # metric -> (label, higher is better, digits)
 METRICS = {
     "miou": ("mIoU", True, 2),
@@ -111,7 +112,6 @@ def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
     ``python -c "from benchmark.report.compare import write_baseline; write_baseline('results/demo',
     'results/reference/smoke.csv')"``. mIoU and mIoU(ms+flip) are kept to two decimals; Mem and fps
     are left empty, since on a CPU they describe the machine rather than the code."""
-    from benchmark.checkpoint import atomic_write_text
     from benchmark.report.collect import collect
 
     summary = collect(results_dir)
@@ -213,8 +213,6 @@ def _tally(checks: List[Check]) -> str:
 
 
 def write_junit(path: Path, checks: List[Check]) -> None:
-    from benchmark.checkpoint import atomic_write_bytes
-
     suite = ET.Element("testsuite", name="nlbench.compare", tests=str(len(checks)),
                        failures=str(sum(c.verdict == "regressed" for c in checks)),
                        skipped=str(sum(c.verdict in ("missing", "skipped") for c in checks)), errors="0")
@@ -231,21 +229,17 @@ def write_junit(path: Path, checks: List[Check]) -> None:
     atomic_write_bytes(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n")
 
 
-def main(args) -> int:
-    from benchmark.checkpoint import atomic_write_text
-
-    if args.tolerance < 0:
-        raise NLBenchError(f"expected a tolerance >= 0, got {args.tolerance}", key="--tolerance")
-    summary = collect_or_warn(args.results)
+def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,
+                    junit: Optional[str] = None, reference: Optional[str] = None) -> int:
+    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression."""
+    if tolerance < 0:
+        raise NLBenchError(f"expected a tolerance >= 0, got {tolerance}", key="--tolerance")
+    summary = collect_or_warn(results)
     profiles = sorted(summary["profile"].unique())
-    if getattr(args, "reference", None):
-        ref = load_reference(args.reference)
-        refs = {ref.profile: ref}
-    else:
-        refs = default_references(profiles)
+    refs = {ref.profile: ref for ref in [load_reference(reference)]} if reference else default_references(profiles)
     ignored = [p for p in profiles if p not in refs]
-    checks = [c for ref in refs.values() for c in compare(summary, ref, args.tolerance)]
-    header = _header_lines(refs, args.tolerance, ignored, profiles)
+    checks = [c for ref in refs.values() for c in compare(summary, ref, tolerance)]
+    header = _header_lines(refs, tolerance, ignored, profiles)
     table = tabulate(_rows(checks), headers=HEADERS, tablefmt="github", disable_numparse=True)
     regressed = [c for c in checks if c.verdict == "regressed"]
     outcome = (f"FAIL: {len(regressed)} regression(s) beyond the tolerance" if regressed
@@ -253,13 +247,10 @@ def main(args) -> int:
     print("\n".join(header))
     print(table)
     print(f"{_tally(checks)}\n{outcome}")
-    try:
-        if args.report:
-            body = "\n".join(["# nlbench compare", ""] + [f"- {line}" for line in header] + ["", table, "",
-                             f"{_tally(checks)}", "", f"**{outcome}**", ""])
-            atomic_write_text(Path(args.report), body)
-        if args.junit:
-            write_junit(Path(args.junit), checks)
-    except OSError as exc:
-        raise NLBenchError(f"cannot write report: {exc.strerror or exc}", exc.filename) from None
+    if report:
+        body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
+        body += ["", table, "", f"{_tally(checks)}", "", f"**{outcome}**", ""]
+        atomic_write_text(Path(report), "\n".join(body))
+    if junit:
+        write_junit(Path(junit), checks)
     return 1 if regressed else 0

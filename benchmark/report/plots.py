@@ -21,10 +21,11 @@ matplotlib.use("Agg")  # files only, never a window (CI and cluster nodes have n
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmark.catalog import load_published  # noqa: E402
 from benchmark.errors import NLBenchError  # noqa: E402
+from benchmark.io.files import atomic_write_bytes  # noqa: E402
 from benchmark.report.collect import collect_or_warn  # noqa: E402
 from benchmark.report.compare import Reference, default_references, device_class  # noqa: E402
-from benchmark.report.published import load_published  # noqa: E402
 
 DATASET_SHORT = {"Cityscapes": "CS", "ADE20K": "ADE", "Pascal VOC 2012 + Aug": "VOC"}
 
@@ -36,8 +37,6 @@ def row_label(p: pd.Series) -> str:
 
 
 def _save(fig, out_dir: Path, stem: str) -> List[Path]:
-    from benchmark.checkpoint import atomic_write_bytes
-
     paths = []
     for fmt in ("png", "svg"):
         buf = io.BytesIO()
@@ -219,10 +218,11 @@ def make_plots(results_dir, out_dir) -> List[Path]:
     return written
 
 
-def main(args) -> int:
-    out = Path(args.out) if args.out else Path(args.results) / "plots"
-    written = make_plots(args.results, out)
+def plots_command(results: str = "results", out: Optional[str] = None) -> int:
+    """`nlbench plots`."""
+    folder = Path(out) if out else Path(results) / "plots"
+    written = make_plots(results, folder)
     for path in written:
         print(path)
-    print(f"{len(written)} files in {out}")
+    print(f"{len(written)} files in {folder}")
     return 0

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import pandas as pd
 
+from benchmark.catalog import load_published, release_links
 from benchmark.errors import NLBenchError
-from benchmark.recipe import REPO_ROOT, RECIPES_DIR, load_recipe
+from benchmark.io.files import atomic_write_text
+from benchmark.recipe import RECIPES_DIR, REPO_ROOT
 from benchmark.report.collect import collect_or_warn, format_stat
-from benchmark.report.published import load_published
 
 HEADERS = ["Method", "Backbone", "Crop Size", "Lr schd", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)",
            "config", "download"]
@@ -60,14 +61,11 @@ def _links(recipe_name: str, link_from: Path) -> List[str]:
     recipe_file = RECIPES_DIR / f"{recipe_name}.yaml"
     rel = os.path.relpath(recipe_file, link_from).replace(os.sep, "/")
     config = f"[{recipe_name}]({rel})"
-    try:
-        release = load_recipe(recipe_file).release
-    except NLBenchError:
-        release = None
-    if release is None:
+    links = release_links(recipe_name)
+    if links is None:
         return [config, "-"]
-    log_url = release.url.rsplit("/", 1)[0] + f"/{release.mmseg0x_config}_{release.stamp.rsplit('-', 1)[0]}.log.json"
-    return [config, f"[model]({release.url}) &#124; [log]({log_url})"]
+    model_url, log_url = links
+    return [config, f"[model]({model_url}) &#124; [log]({log_url})"]
 
 
 def _text(value: str) -> str:
@@ -174,35 +172,31 @@ def splice(readme_text: str, block: str) -> str:
     return readme_text[:start] + wrapped + readme_text[end + len(END):]
 
 
-def main(args) -> int:
-    from benchmark.checkpoint import atomic_write_text
-
-    published = load_published()
-    if args.published:
-        blocks = [f"### {dataset}\n\n{table}\n" for dataset, table in published_tables(published).items()]
+def tables_command(results: str = "results", readme: str = "README.md", check: bool = False,
+                   published: bool = False) -> int:
+    """`nlbench tables`: write RESULTS/tables.md and the README's block; ``check`` only compares."""
+    table = load_published()
+    if published:
+        blocks = [f"### {dataset}\n\n{text}\n" for dataset, text in published_tables(table).items()]
         print("\n".join(blocks), end="")
         return 0
-    summary = collect_or_warn(args.results)
-    readme = Path(args.readme)
+    summary = collect_or_warn(results)
+    readme_path = Path(readme)
     try:
-        current = readme.read_text(encoding="utf-8") if readme.exists() else ""
+        current = readme_path.read_text(encoding="utf-8") if readme_path.exists() else ""
     except OSError as exc:
-        raise NLBenchError(f"cannot read: {exc.strerror or exc}", readme) from None
-    block = results_markdown(summary, published, str(args.results), readme.resolve().parent)
-    updated = splice(current, block)
-    if args.check:
+        raise NLBenchError(f"cannot read: {exc.strerror or exc}", readme_path) from None
+    updated = splice(current, results_markdown(summary, table, str(results), readme_path.resolve().parent))
+    if check:
         if updated != current:
-            print(f"{readme}: tables are stale; run `nlbench tables --results {args.results}`")
+            print(f"{readme_path}: tables are stale; run `nlbench tables --results {results}`")
             return 1
-        print(f"{readme}: tables are up to date")
+        print(f"{readme_path}: tables are up to date")
         return 0
-    tables_md = Path(args.results) / "tables.md"
-    standalone = results_markdown(summary, published, str(args.results), tables_md.resolve().parent)
-    try:
-        atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
-        if updated != current:
-            atomic_write_text(readme, updated)
-    except OSError as exc:
-        raise NLBenchError(f"cannot write tables: {exc.strerror or exc}", exc.filename) from None
-    print(f"tables: {tables_md}; README {'updated' if updated != current else 'already up to date'}: {readme}")
+    tables_md = Path(results) / "tables.md"
+    standalone = results_markdown(summary, table, str(results), tables_md.resolve().parent)
+    atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
+    if updated != current:
+        atomic_write_text(readme_path, updated)
+    print(f"tables: {tables_md}; README {'updated' if updated != current else 'already up to date'}: {readme_path}")
     return 0

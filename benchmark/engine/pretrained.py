@@ -22,6 +22,7 @@ from torch import nn
 
 from benchmark.checkpoint import load_checkpoint, state_dict_problems
 from benchmark.errors import NLBenchError
+from benchmark.io.download import cache_dir_default, download
 
 OPENMMLAB_BASE_URL = "https://download.openmmlab.com/pretrain/third_party"
 # name -> file name; the 8 hex digits are the first digits of the file's sha256.
@@ -37,8 +38,6 @@ _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 def resolve_pretrained(source: str, cache_dir: os.PathLike | str | None = None) -> Path:
     """A local path for ``source``, downloading (and hash-checking) remote sources into the cache."""
-    from benchmark.launch.download import cache_dir_default, download
-
     if source.startswith("open-mmlab://"):
         name = source[len("open-mmlab://"):]
         if name not in OPENMMLAB_FILES:

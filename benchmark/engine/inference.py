@@ -84,7 +84,8 @@ def whole_inference(model: nn.Module, img: torch.Tensor) -> torch.Tensor:
     return model(img)
 
 
-def slide_windows(h: int, w: int, crop_hw: Tuple[int, int], stride_hw: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
+def slide_windows(h: int, w: int, crop_hw: Tuple[int, int],
+                  stride_hw: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
     """MMSeg's window grid as (y1, y2, x1, x2): windows start every ``stride`` pixels, the last one
     is shifted back to end at the image border, and a window never exceeds the image."""
     h_crop, w_crop = crop_hw
@@ -153,7 +154,8 @@ def ms_flip_scales(img_scale: Sequence[int], ratios: Sequence[float]) -> List[Tu
     return [(int(img_scale[0] * r), int(img_scale[1] * r)) for r in ratios]
 
 
-def predict_ms_flip_probs(model: nn.Module, image_rgb_uint8: np.ndarray, recipe, device: Device = "cpu") -> torch.Tensor:
+def predict_ms_flip_probs(model: nn.Module, image_rgb_uint8: np.ndarray, recipe,
+                          device: Device = "cpu") -> torch.Tensor:
     """(C, H, W) softmax probabilities averaged over scales x {no flip, flip} (MMSeg 0.x aug_test)."""
     _check_image(image_rgb_uint8)
     h, w = image_rgb_uint8.shape[:2]

@@ -10,19 +10,19 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 import torch
 
-from benchmark.checkpoint import atomic_write_bytes, load_weights
+from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.data.classes import PALETTES
 from benchmark.data.datasets import read_image_file
 from benchmark.engine.distributed import resolve_device
-from benchmark.engine.evaluate import resolve_checkpoint
+from benchmark.engine.inference import keep_freed_memory_for_reuse, predict_logits
 from benchmark.errors import NLBenchError
-from benchmark.inference import keep_freed_memory_for_reuse, predict_logits
+from benchmark.io.files import atomic_write_bytes
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import Recipe, load_recipe
 
@@ -31,7 +31,8 @@ def colorize(pred: np.ndarray, dataset: str) -> np.ndarray:
     """HxW class indices -> HxWx3 uint8 RGB in the dataset's palette."""
     palette = np.asarray(PALETTES[dataset], dtype=np.uint8)
     if pred.max(initial=0) >= len(palette):
-        raise NLBenchError(f"prediction has class {int(pred.max())} but the {dataset} palette has {len(palette)} colours")
+        raise NLBenchError(f"prediction has class {int(pred.max())} but the {dataset} palette has "
+                           f"{len(palette)} colours")
     return palette[pred]
 
 
@@ -49,8 +50,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logits_out: Optional[Path] = None,
-            device: torch.device = torch.device("cpu")) -> dict:
+            device: Optional[torch.device] = None) -> dict:
     """Run one prediction and write the outputs; returns a small summary."""
+    device = device or torch.device("cpu")
     image = read_image_file(image_path)
     model = build_segmentor(recipe.model)
     load_weights(model, checkpoint)
@@ -67,15 +69,16 @@ def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logit
     return {"height": image.shape[0], "width": image.shape[1], "classes": int(logits.shape[0]), "seconds": seconds}
 
 
-def main(args) -> int:
+def predict_command(recipe: str, checkpoint: str, image: str, out: str, logits: Optional[str] = None,
+                    overrides: Sequence[str] = (), profile: str = "full", device: str = "auto") -> int:
+    """`nlbench predict`."""
     keep_freed_memory_for_reuse()  # a one-shot CLI process: faster big-tensor allocation
-    recipe = load_recipe(args.recipe, args.overrides, getattr(args, "profile", "full"))
-    device = resolve_device(args.device)
-    checkpoint = resolve_checkpoint(recipe, args.checkpoint)
-    out = Path(args.out)
-    logits_out = Path(args.logits) if args.logits else None
-    summary = predict(recipe, checkpoint, Path(args.image), out, logits_out, device)
-    extra = f", logits {summary['classes']}x{summary['height']}x{summary['width']} -> {logits_out}" if logits_out else ""
-    print(f"{args.image}: {summary['width']}x{summary['height']}, {recipe.test.mode} inference on {device} "
+    resolved = load_recipe(recipe, overrides, profile)
+    dev = resolve_device(device)
+    logits_out = Path(logits) if logits else None
+    summary = predict(resolved, resolve_checkpoint(resolved, checkpoint), Path(image), Path(out), logits_out, dev)
+    shape = f"{summary['classes']}x{summary['height']}x{summary['width']}"
+    extra = f", logits {shape} -> {logits_out}" if logits_out else ""
+    print(f"{image}: {summary['width']}x{summary['height']}, {resolved.test.mode} inference on {dev} "
           f"in {summary['seconds']:.2f} s -> {out}{extra}")
     return 0

@@ -1,15 +1,14 @@
-"""MMSegmentation's released checkpoints: download once into a cache, resumable, hash-checked.
+"""The download cache: files fetched once, resumable, checked against a sha256 prefix.
 
-``fetch_released(recipe)`` downloads ``recipe.release.url`` to
-``$NLBENCH_CACHE`` (default ``~/.cache/nlbench/checkpoints``)``/<file name>``. Bytes go to
-``<file name>.part``; an interrupted download continues from where it stopped (HTTP Range), and
-only a file whose sha256 starts with the 8 hex digits of the release stamp is renamed (atomically)
-to its final name. A mismatch deletes the partial file and says so.
+``download(url, target, sha256_prefix)`` writes the bytes to ``<target>.part``; an interrupted
+download continues from where it stopped (HTTP Range), and only a file whose sha256 starts with the
+expected prefix is renamed (atomically) to ``target``. A mismatch deletes the partial file and says
+so. The cache folder is ``$NLBENCH_CACHE`` (default ``~/.cache/nlbench/checkpoints``); on a cluster
+point it at a shared file system so that each file is downloaded once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.error
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from benchmark.errors import NLBenchError
-from benchmark.recipe import Recipe
+from benchmark.io.files import file_sha256
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -27,14 +26,6 @@ TIMEOUT_S = 60
 def cache_dir_default() -> Path:
     env = os.environ.get("NLBENCH_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "nlbench" / "checkpoints"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _open(url: str, offset: int):
@@ -87,7 +78,7 @@ def download(url: str, target: Path, sha256_prefix: str, progress: bool = True) 
                                            "the same command again to resume", url)
             finally:
                 bar.close()
-    got = _sha256(part)
+    got = file_sha256(part)
     if not got.startswith(sha256_prefix.lower()):
         part.unlink()
         raise NLBenchError(f"sha256 mismatch: the release stamp says {sha256_prefix}..., the downloaded file "
@@ -96,18 +87,17 @@ def download(url: str, target: Path, sha256_prefix: str, progress: bool = True) 
     return target
 
 
-def fetch_released(recipe: Recipe, cache_dir: Optional[Union[str, Path]] = None, progress: bool = True) -> Path:
-    """The released checkpoint of ``recipe``'s row, downloaded on first use and verified."""
-    release = recipe.release
-    if release is None:
-        raise NLBenchError("this recipe names no released checkpoint", recipe.source or recipe.name, "release")
+def cached_download(url: str, sha256_prefix: str, cache_dir: Optional[Union[str, Path]] = None,
+                    filename: Optional[str] = None, progress: bool = True) -> Path:
+    """``url`` from the cache, downloaded on first use; a cached file that no longer matches its
+    sha256 prefix is downloaded again."""
     cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
-    target = cache / release.filename
+    target = cache / (filename or url.rsplit("/", 1)[-1])
     if target.exists():
-        if _sha256(target).startswith(release.sha256_prefix):
+        if file_sha256(target).startswith(sha256_prefix.lower()):
             return target
-        target.unlink()  # a cached file that no longer matches its stamp is downloaded again
+        target.unlink()
     try:
-        return download(release.url, target, release.sha256_prefix, progress=progress)
+        return download(url, target, sha256_prefix, progress=progress)
     except OSError as exc:
-        raise NLBenchError(f"cannot write to the checkpoint cache: {exc.strerror or exc}", cache) from None
+        raise NLBenchError(f"cannot write to the download cache: {exc.strerror or exc}", cache) from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,9 +19,12 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from benchmark import __version__
 from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_text, file_sha256, json_safe
+from benchmark.io.jobenv import job_environment
 from benchmark.recipe import REPO_ROOT, list_recipe_paths
 
 SCHEMA = "nlbench.record/1"
+# The stages of a job, in the order they run; a record's kind is the stage that wrote it.
 KINDS = ("train", "eval", "eval_ms_flip", "bench")
 EVAL_KINDS = ("eval", "eval_ms_flip")
 RECORDS_SUBDIR = "records"
@@ -49,14 +51,12 @@ def _safe_component(value: Any) -> bool:
     )
 
 
-def validate_record(record: Any) -> List[str]:
-    """Problems with a record (empty list = valid). Each problem names the key and what was expected."""
-    if not isinstance(record, dict):
-        return [f"expected a JSON object, got {type(record).__name__}"]
-    problems: List[str] = []
-    if record.get("schema") != SCHEMA:
-        problems.append(f"schema: expected {SCHEMA!r}, got {record.get('schema')!r}")
-        return problems  # a foreign file: the rest of the checks would only add noise
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _identity_problems(record: Dict[str, Any]) -> List[str]:
+    problems = []
     kind = record.get("kind")
     if kind not in KINDS:
         problems.append(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -64,7 +64,7 @@ def validate_record(record: Any) -> List[str]:
         if not _safe_component(record.get(key)):
             problems.append(f"{key}: expected a non-empty name without '/', got {record.get(key)!r}")
     seed = record.get("seed")
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+    if not (_is_count(seed) and seed >= 0):
         problems.append(f"seed: expected an integer >= 0, got {seed!r}")
     created = record.get("created_at")
     try:
@@ -73,28 +73,47 @@ def validate_record(record: Any) -> List[str]:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         problems.append(f"created_at: expected an ISO-8601 time with a UTC offset, got {created!r}")
+    return problems
+
+
+def _figure_problems(record: Dict[str, Any]) -> List[str]:
+    problems = []
     iterations = record.get("iterations")
-    if iterations is not None and not (isinstance(iterations, int) and not isinstance(iterations, bool)):
+    if iterations is not None and not _is_count(iterations):
         problems.append(f"iterations: expected an integer or null, got {iterations!r}")
     for key in ("wall_time_s", "gpu_hours", "mem_gb", "fps"):
         value = record.get(key)
         if value is not None and not _is_number(value):
             problems.append(f"{key}: expected a number or null, got {value!r}")
-    metrics = record.get("metrics")
-    if metrics is not None and not isinstance(metrics, dict):
-        problems.append(f"metrics: expected an object or null, got {type(metrics).__name__}")
-    elif kind in EVAL_KINDS:
-        if metrics is None:
-            problems.append(f"metrics: required for a {kind} record")
-        else:
-            for key in ("aAcc", "mIoU", "mAcc"):
-                if not _is_number(metrics.get(key)):
-                    problems.append(f"metrics.{key}: expected a number (percent), got {metrics.get(key)!r}")
-            per_class = metrics.get("per_class")
-            if per_class is not None and not isinstance(per_class, dict):
-                problems.append("metrics.per_class: expected an object of class -> {IoU, Acc}")
-    if kind == "bench" and not _is_number(record.get("fps")):
+    if record.get("kind") == "bench" and not _is_number(record.get("fps")):
         problems.append(f"fps: required (a number) for a bench record, got {record.get('fps')!r}")
+    return problems
+
+
+def _metrics_problems(record: Dict[str, Any]) -> List[str]:
+    metrics, kind = record.get("metrics"), record.get("kind")
+    if metrics is not None and not isinstance(metrics, dict):
+        return [f"metrics: expected an object or null, got {type(metrics).__name__}"]
+    if kind not in EVAL_KINDS:
+        return []
+    if metrics is None:
+        return [f"metrics: required for a {kind} record"]
+    problems = [f"metrics.{key}: expected a number (percent), got {metrics.get(key)!r}"
+                for key in ("aAcc", "mIoU", "mAcc") if not _is_number(metrics.get(key))]
+    per_class = metrics.get("per_class")
+    if per_class is not None and not isinstance(per_class, dict):
+        problems.append("metrics.per_class: expected an object of class -> {IoU, Acc}")
+    return problems
+
+
+def validate_record(record: Any) -> List[str]:
+    """Problems with a record (empty list = valid). Each problem names the key and what was expected."""
+    if not isinstance(record, dict):
+        return [f"expected a JSON object, got {type(record).__name__}"]
+    if record.get("schema") != SCHEMA:
+        # A foreign file: the rest of the checks would only add noise.
+        return [f"schema: expected {SCHEMA!r}, got {record.get('schema')!r}"]
+    problems = _identity_problems(record) + _figure_problems(record) + _metrics_problems(record)
     if not isinstance(record.get("provenance"), dict):
         problems.append("provenance: expected an object (see records.provenance())")
     return problems
@@ -115,17 +134,13 @@ def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
     """
     if not isinstance(record, dict):
         raise NLBenchError(f"a record must be a dict, got {type(record).__name__}", results_dir)
-    # Both import torch; reading records must not, so the imports wait until a write.
-    from benchmark.checkpoint import atomic_write_text
-    from benchmark.engine.metrics import json_safe  # a class absent from the split has a NaN IoU: null
-
     now = datetime.now(timezone.utc)
     body = dict(record)
     if body.get("schema", SCHEMA) != SCHEMA:
         raise NLBenchError(f"expected {SCHEMA!r}, got {body['schema']!r}", key="schema")
     body["schema"] = SCHEMA
     body.setdefault("created_at", now.isoformat(timespec="microseconds"))
-    body = json_safe(body)
+    body = json_safe(body)  # a class absent from the split has a NaN IoU: null
     problems = validate_record(body)
     if problems:
         raise NLBenchError("invalid record: " + "; ".join(problems), results_dir)
@@ -158,14 +173,6 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout if out.returncode == 0 else None
 
 
-def _env_int(name: str) -> Optional[int]:
-    value = os.environ.get(name)
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional[PathLike] = None) -> Dict[str, Any]:
     """Where, how and from what a result was made.
 
@@ -175,18 +182,13 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
     """
     import torch  # here, not at module level: reading records must not pay for importing torch
 
-    from benchmark.checkpoint import file_sha256
+    from benchmark.engine.distributed import device_info
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and torch.cuda.is_available():
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        device_name = torch.cuda.get_device_name(index)
-        device_count = torch.cuda.device_count()
-    else:
-        device_name, device_count = dev.type, 1
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    facts = device_info(dev)
+    env = job_environment()
     checkpoint_sha = None
     if checkpoint is not None:
         try:
@@ -197,17 +199,17 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(status.strip()) if status is not None else None,
         "nlbench_version": __version__,
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
-        "cudnn_version": cudnn,
-        "device_name": device_name,
-        "device_count": device_count,
-        "world_size": _env_int("WORLD_SIZE") or 1,
+        "torch_version": facts["torch_version"],
+        "cuda_version": facts["cuda_version"],
+        "cudnn_version": facts["cudnn_version"],
+        "device_name": facts["device_name"],
+        "device_count": facts["device_count"],
+        "world_size": env.world_size,
         "dtype": dtype,
-        "hostname": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
-        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "hostname": env.hostname,
+        "slurm_job_id": env.slurm_job_id,
+        "slurm_array_job_id": env.slurm_array_job_id,
+        "slurm_array_task_id": env.slurm_array_task_id,
         "recipe_hash": recipe.hash,
         "checkpoint_sha256": checkpoint_sha,
     }
@@ -274,3 +276,28 @@ def load_records(
         record["_path"] = str(path)
         records.append(record)
     return records, warnings
+
+
+def record_kinds(results_dir: PathLike, recipe: str, profile: str, seed: int,
+                 recipe_hash: Optional[str] = None) -> set:
+    """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
+
+    Only that row's folder is read; a corrupt or foreign file counts for nothing (the stage runs again).
+    With ``recipe_hash``, only records made with exactly that resolved recipe count, so a changed
+    recipe or ``--set`` runs the stages again instead of reusing another configuration's results.
+    """
+    kinds = set()
+    folder = record_dir(results_dir, recipe, profile, seed)
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        if path.name.startswith("."):
+            continue  # a writer's temporary file
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if validate_record(record) or (record["recipe"], record["profile"], record["seed"]) != (recipe, profile, seed):
+            continue
+        if recipe_hash is not None and record["provenance"].get("recipe_hash") != recipe_hash:
+            continue
+        kinds.add(record["kind"])
+    return kinds

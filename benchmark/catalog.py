@@ -1,0 +1,90 @@
+"""The catalog of rows: the recipes folder, the published table (results/published.csv) and the
+links of each row's released checkpoint and training log. `nlbench list` and `nlbench show`.
+
+It sits just above ``recipe`` because every layer that names rows needs it (the plan selects rows
+with it, the report prints the published figures and links from it) and it needs nothing but
+recipes and one CSV file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from benchmark.errors import NLBenchError
+from benchmark.recipe import RECIPES_DIR, REPO_ROOT, list_recipe_paths, load_recipe
+
+PUBLISHED_CSV = REPO_ROOT / "results" / "published.csv"
+COLUMNS = ["recipe", "dataset", "method", "backbone", "crop_size", "lr_schd", "mem_gb", "fps", "miou", "miou_ms_flip"]
+NUMERIC = ["mem_gb", "fps", "miou", "miou_ms_flip"]
+
+
+def load_published(path: Optional[Path] = None) -> pd.DataFrame:
+    """Published rows keyed by recipe name. Figures are kept as printed strings ('' when absent) in
+    the ``*_text`` columns, and as floats (NaN when absent) in the plain columns."""
+    path = Path(path or PUBLISHED_CSV)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise NLBenchError(f"cannot read published table: {exc}", path) from None
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise NLBenchError(f"missing columns {missing}; expected {COLUMNS}", path)
+    df = raw[COLUMNS].copy()
+    for col in NUMERIC:
+        df[f"{col}_text"] = df[col]
+        df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce")
+    df["lr_schd"] = df["lr_schd"].astype(int)
+    return df.set_index("recipe", drop=False)
+
+
+def select_recipe_paths(pattern: Optional[str], key: str = "--filter") -> List[Path]:
+    """The recipes whose names match the glob ``pattern`` (all of them for None)."""
+    paths = list_recipe_paths()
+    if pattern:
+        paths = [p for p in paths if fnmatch.fnmatch(p.stem, pattern)]
+        if not paths:
+            raise NLBenchError(f"no recipe matches {pattern!r}; `nlbench list` shows the names", key=key)
+    if not paths:
+        raise NLBenchError("no recipes found", key="recipes")
+    return paths
+
+
+def release_links(recipe_name: str) -> Optional[Tuple[str, str]]:
+    """(checkpoint URL, training log URL) of a row's release; None when the recipe names none."""
+    try:
+        release = load_recipe(RECIPES_DIR / f"{recipe_name}.yaml").release
+    except NLBenchError:
+        return None
+    return None if release is None else (release.url, release.log_url)
+
+
+def list_command(filter: Optional[str] = None) -> int:
+    """`nlbench list`: every recipe with its published numbers."""
+    from tabulate import tabulate
+
+    published = load_published()
+    rows = [_list_row(path, published) for path in select_recipe_paths(filter)]
+    headers = ["recipe", "GPUs x imgs", "test", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)"]
+    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    return 0
+
+
+def _list_row(path: Path, published: pd.DataFrame) -> List[str]:
+    r = load_recipe(path)
+    pub = published.loc[r.name] if r.name in published.index else None
+    figures = ["mem_gb_text", "fps_text", "miou_text", "miou_ms_flip_text"]
+    return [r.name, f"{r.runtime.gpus}x{r.data.imgs_per_gpu}",
+            r.test.mode + ("+ms/flip" if r.test.ms_flip_published else ""),
+            *("" if pub is None else pub[f] for f in figures)]
+
+
+def show_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full") -> int:
+    """`nlbench show`: the fully resolved recipe as YAML."""
+    resolved = load_recipe(recipe, overrides, profile=profile)
+    print(f"# {resolved.source} (profile {resolved.profile}, hash {resolved.hash[:12]})")
+    print(resolved.to_yaml(), end="")
+    return 0

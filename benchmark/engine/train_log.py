@@ -1,0 +1,95 @@
+"""What training tells: ``train.log.jsonl`` (one JSON object per line, rank 0 only), the console
+line every ``schedule.log_interval`` iterations, and a progress bar when stderr is a terminal.
+
+Train lines hold the means over the interval of the loss terms, the step and data times, the lr
+and the peak memory so far; event lines (start, eval, interrupted, end) carry an ``event`` key.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from benchmark.io.files import append_json_line
+
+LOG_NAME = "train.log.jsonl"
+Log = Callable[[str], None]
+WINDOW_KEYS = ("loss", "loss_decode", "loss_aux", "time", "data_time")
+
+
+def hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class TrainLogger:
+    def __init__(self, work_dir: Path, fresh: bool, enabled: bool, max_iters: int, start_iter: int,
+                 log_interval: int, log: Log):
+        self.path, self.enabled = work_dir / LOG_NAME, enabled
+        self.max_iters, self.log_interval = max_iters, log_interval
+        if enabled:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            if fresh:
+                self.path.write_text("")
+        self.bar = self._progress(start_iter) if enabled else None
+        self.say: Log = self.bar.write if self.bar is not None else log
+        self.window: Dict[str, List[float]] = {k: [] for k in WINDOW_KEYS}
+
+    def _progress(self, start_iter: int):
+        if not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.max_iters, initial=start_iter, unit="it", dynamic_ncols=True, desc="train")
+
+    def write(self, entry: Dict[str, Any]) -> None:
+        if self.enabled:
+            append_json_line(self.path, entry)
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.write({"event": name, **fields, "time": time.time()})
+
+    def step(self, done: int, lr: float, losses: Dict[str, float], step_time: float, data_time: float,
+             peak_gb: float, mem_kind: str) -> None:
+        """One finished iteration; a log line when ``done`` ends a log interval or the run."""
+        for key, value in losses.items():
+            self.window[key].append(value)
+        self.window["time"].append(step_time)
+        self.window["data_time"].append(data_time)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
+        if done % self.log_interval == 0 or done == self.max_iters:
+            self._flush(done, lr, peak_gb, mem_kind)
+
+    def _flush(self, done: int, lr: float, peak_gb: float, mem_kind: str) -> None:
+        entry: Dict[str, Any] = {"iteration": done, "lr": lr}
+        entry.update({k: float(np.mean(v)) for k, v in self.window.items() if v})
+        entry.update({"peak_mem_gb": peak_gb, "mem_kind": mem_kind})
+        self.write(entry)
+        if self.bar is None and self.enabled:
+            eta = (self.max_iters - done) * entry["time"]
+            self.say(f"iter {done}/{self.max_iters}  loss {entry['loss']:.4f}  lr {lr:.3e}  "
+                     f"{entry['time']:.3f} s/it (data {entry['data_time']:.3f})  "
+                     f"{peak_gb:.2f} GB {mem_kind}  eta {hms(eta)}")
+        self.window = {k: [] for k in WINDOW_KEYS}
+
+    def evaluation(self, done: int, metrics: Dict[str, Any]) -> None:
+        self.write({"event": "eval", "iteration": done, "aAcc": metrics["aAcc"], "mIoU": metrics["mIoU"],
+                    "mAcc": metrics["mAcc"]})
+        if self.enabled:
+            self.say(f"eval at iter {done}: aAcc {metrics['aAcc']:.2f}  mIoU {metrics['mIoU']:.2f}  "
+                     f"mAcc {metrics['mAcc']:.2f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def note(self, message: Optional[str]) -> None:
+        if self.enabled and message:
+            self.say(message)

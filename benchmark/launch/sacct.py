@@ -1,0 +1,60 @@
+"""SLURM's accounting as nlbench reads it: ``sacct`` states of job-array tasks, with requeue counts,
+and the one set of state names each launcher and ``status`` agree on."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Dict, Iterable, List, Tuple
+
+# A job in one of these has left the queue for good; FAILED_STATES are those that did not succeed.
+FAILED_STATES = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"})
+FINAL_STATES = FAILED_STATES | {"COMPLETED"}
+# Waiting to (re)start: a requeued job passes through these.
+PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+                            "PREEMPTED"})
+
+_ARRAY_RANGE = re.compile(r"^(\d+)_\[(.+)\]$")
+
+
+def _expand_array(job_id: str) -> List[str]:
+    """'12_[0-2,5%2]' -> ['12_0', '12_1', '12_2', '12_5']; anything else -> [job_id]."""
+    m = _ARRAY_RANGE.match(job_id)
+    if not m:
+        return [job_id]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    out = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def slurm_states(job_ids: Iterable[str]) -> Dict[str, Tuple[str, int]]:
+    """{job id: (current SLURM state, times requeued)} from sacct; {} when sacct is unavailable.
+
+    ``-D`` lists every earlier instance of a requeued job, oldest first, so the last line of an id is
+    its present state and the lines before it count its requeues.
+    """
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        return {}
+    bases = sorted({j.split("_")[0] for j in ids})
+    try:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-D", "--format=JobID,State", "-j", ",".join(bases)],
+            capture_output=True, text=True, timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if out.returncode != 0:
+        return {}
+    history: Dict[str, List[str]] = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0]:
+            continue
+        state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0" -> "CANCELLED"
+        for jid in _expand_array(parts[0]):
+            history.setdefault(jid, []).append(state)
+    return {jid: (states[-1], len(states) - 1) for jid, states in history.items()}

@@ -1,0 +1,280 @@
+"""One job: train -> eval -> eval ms+flip -> bench for one row and seed, restartable at any point.
+
+Each stage ends by writing its result record; a stage whose record already exists is skipped, so a
+job that was requeued (SLURM preemption or time limit) or simply started again continues where it
+stopped, and training resumes from ``latest.pth``. The same function runs in every rank of a
+multi-process job; only rank 0 writes records, the state file and the job log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from benchmark.errors import NLBenchError, TrainingInterrupted
+from benchmark.io.jobenv import job_environment, single_process_env
+from benchmark.recipe import Recipe, load_recipe
+from benchmark.run.records import provenance, record_kinds, write_record
+from benchmark.run.state import JobLog, write_state
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks for: ``nodes`` x ``tasks_per_node`` ranks, one GPU per rank (0 = CPU)."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def describe(self) -> str:
+        if self.gpus_per_node == 0:
+            return f"cpu x{self.world_size}"
+        return f"{self.nodes}n x {self.gpus_per_node} GPU"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row and seed: everything a worker needs, picklable (submitit sends it to the node)."""
+
+    recipe: Recipe  # resolved, with runtime.seed set to ``seed``
+    seed: int
+    stages: Tuple[str, ...]
+    results_dir: str  # absolute
+    work_dir: str  # absolute: RESULTS/work/<profile>/<recipe>/seed<k>
+    data_root: str  # absolute, resolved where the plan was made (jobs may start elsewhere)
+    resources: Resources
+    time_limit_min: int
+    gpu_hours: Optional[float]  # estimate (V100), None for smoke-size models
+    overrides: Tuple[str, ...] = ()
+    device: str = "auto"
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def profile(self) -> str:
+        return self.recipe.profile
+
+    @property
+    def key(self) -> str:
+        """Stable identity of a job across runs: <profile>/<recipe>/seed<k>."""
+        return f"{self.profile}/{self.name}/seed{self.seed}"
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-able summary kept under RESULTS/jobs/ (status reads it; the recipe is named, not copied)."""
+        return {
+            "key": self.key, "recipe": self.name, "recipe_source": self.recipe.source,
+            "recipe_hash": self.recipe.hash, "profile": self.profile, "seed": self.seed,
+            "stages": list(self.stages), "max_iters": self.recipe.schedule.max_iters,
+            "results_dir": self.results_dir, "work_dir": self.work_dir, "data_root": self.data_root,
+            "nodes": self.resources.nodes, "tasks_per_node": self.resources.tasks_per_node,
+            "gpus_per_node": self.resources.gpus_per_node, "time_limit_min": self.time_limit_min,
+            "gpu_hours_estimate": self.gpu_hours, "overrides": list(self.overrides), "device": self.device,
+        }
+
+
+def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
+    """Rebuild a Job from ``Job.to_dict()`` (the recipe is loaded again from its file)."""
+    overrides = list(d.get("overrides", []))
+    recipe = load_recipe(d["recipe_source"], [*overrides, f"runtime.seed={d['seed']}"], profile=d["profile"])
+    return Job(
+        recipe=recipe,
+        seed=int(d["seed"]),
+        stages=tuple(d["stages"]),
+        results_dir=results_dir or d["results_dir"],
+        work_dir=d["work_dir"],
+        data_root=d["data_root"],
+        resources=Resources(int(d["nodes"]), int(d["tasks_per_node"]), int(d["gpus_per_node"])),
+        time_limit_min=int(d["time_limit_min"]),
+        gpu_hours=d.get("gpu_hours_estimate"),
+        overrides=tuple(overrides),
+        device=d.get("device", "auto"),
+    )
+
+
+class StopFlag:
+    """A stop request for the train stage (a SLURM USR2): ``armed`` while training runs, so the signal
+    can be deferred to the next iteration boundary; ``requested`` once it came."""
+
+    def __init__(self) -> None:
+        self._armed = threading.Event()
+        self._requested = threading.Event()
+
+    @property
+    def armed(self) -> bool:
+        return self._armed.is_set()
+
+    def request(self) -> None:
+        self._requested.set()
+
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+    @contextlib.contextmanager
+    def arming(self) -> Iterator[None]:
+        self._armed.set()
+        try:
+            yield
+        finally:
+            self._armed.clear()
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _gpu_hours(wall_s: float, result: Dict[str, Any]) -> Optional[float]:
+    if result.get("device_type") != "cuda":
+        return None
+    return wall_s * int(result.get("world_size") or 1) / 3600.0
+
+
+def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[str], **fields: Any) -> Dict[str, Any]:
+    wall = float(result.get("wall_time_s") or 0.0)
+    body = {
+        "kind": kind,
+        "recipe": job.name,
+        "profile": job.profile,
+        "seed": job.seed,
+        "iterations": job.recipe.schedule.max_iters,
+        "wall_time_s": wall,
+        "gpu_hours": _gpu_hours(wall, result),
+        "metrics": None,
+        "mem_gb": None,
+        "fps": None,
+        "provenance": provenance(job.recipe, device=result.get("device"), dtype=result.get("dtype", "float32"),
+                                 checkpoint=checkpoint),
+    }
+    body.update(fields)
+    return body
+
+
+def _metrics(result: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class") if k in result}
+
+
+def _stage_train(job: Job, log: JobLog, stop: StopFlag) -> Dict[str, Any]:
+    from benchmark.engine.train import LATEST, train
+
+    resume = (Path(job.work_dir) / LATEST).exists()
+    log(f"train: {'resuming from latest.pth' if resume else 'from scratch'}")
+    with stop.arming():
+        result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
+                       log=log if log.enabled else (lambda _msg: None), stop_requested=stop.requested)
+    extra = {"mem_gb": result.get("peak_mem_gb"), "mem_kind": result.get("mem_kind"),
+             "metrics": result.get("metrics"), "start_iteration": result.get("start_iteration")}
+    return _record(job, "train", result, result.get("checkpoint"), **extra)
+
+
+def _checkpoint_path(job: Job) -> str:
+    from benchmark.engine.train import LATEST
+
+    path = Path(job.work_dir) / LATEST
+    if not path.exists():
+        raise NLBenchError("no trained checkpoint to evaluate (did the train stage run?)", path)
+    return str(path)
+
+
+def _stage_eval(job: Job, log: JobLog, ms_flip: bool) -> Dict[str, Any]:
+    from benchmark.engine.evaluate import evaluate
+
+    checkpoint = _checkpoint_path(job)
+    result = evaluate(job.recipe, checkpoint, ms_flip=ms_flip, data_root=job.data_root, device=job.device,
+                      progress=False)
+    log(f"{'eval ms+flip' if ms_flip else 'eval'}: aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  "
+        f"mAcc {result['mAcc']:.2f}")
+    return _record(job, "eval_ms_flip" if ms_flip else "eval", result, checkpoint, metrics=_metrics(result))
+
+
+def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
+    from benchmark.engine.bench import bench
+
+    checkpoint = _checkpoint_path(job)
+    result = bench(job.recipe, checkpoint=checkpoint, device=job.device, data_root=job.data_root)
+    log(f"bench: {result.get('fps', float('nan')):.2f} fps, mem {result.get('mem_gb')} GB")
+    return _record(job, "bench", result, checkpoint, fps=result.get("fps"), mem_gb=result.get("mem_gb"),
+                   mem_kind=result.get("mem_kind"))
+
+
+def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Dict[str, Any]]:
+    """The stage's record (None on ranks that write none)."""
+    from benchmark.engine import distributed
+
+    if stage == "train":
+        return _stage_train(job, log, stop)
+    if stage in ("eval", "eval_ms_flip"):
+        return _stage_eval(job, log, ms_flip=stage == "eval_ms_flip")
+    # Bench measures one device, as published: rank 0 alone, after every rank has left the process group.
+    distributed.barrier()
+    distributed.cleanup()
+    if not log.enabled:
+        return None
+    with single_process_env():
+        return _stage_bench(job, log)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
+    """Run the job's pending stages in order; returns {kind: record path} of the records written."""
+    from benchmark.engine import distributed
+
+    stop = stop or StopFlag()
+    env = job_environment()
+    work = Path(job.work_dir)
+    log = JobLog(work, enabled=env.is_main)
+    # Decided once, before any work, so that every rank runs the same stages.
+    done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash)
+    pending: List[str] = [s for s in job.stages if s not in done]
+    written: Dict[str, str] = {}
+    if env.is_main:
+        log(f"job {job.key} attempt {env.attempt} on {env.hostname} (slurm job {env.job_id or '-'}, "
+            f"world size {env.world_size}); stages to run: {', '.join(pending) or 'none'}")
+        write_state(work, "running", stage=pending[0] if pending else None, key=job.key)
+    stage = None
+    try:
+        for stage in pending:
+            _run_one(job, stage, log, stop, written)
+        if env.is_main:
+            write_state(work, "done", stage=None, key=job.key)
+            log(f"job {job.key}: all stages done")
+        return written
+    except TrainingInterrupted:
+        raise  # not a failure: the caller requeues the job, which resumes from the saved checkpoint
+    except Exception as exc:  # a SystemExit from submitit's requeue is not a failure: not caught here
+        if env.is_main:
+            _note_failure(work, job, stage, exc, log)
+        raise
+    finally:
+        distributed.cleanup()
+
+
+def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[str, str]) -> None:
+    if log.enabled:
+        write_state(Path(job.work_dir), "running", stage=stage, key=job.key)
+    started = time.perf_counter()
+    record = _run_stage(job, stage, log, stop)
+    if log.enabled and record is not None:
+        written[stage] = str(write_record(job.results_dir, record))
+        log(f"{stage}: done in {time.perf_counter() - started:.1f} s; record {written[stage]}")
+
+
+def _note_failure(work: Path, job: Job, stage: Optional[str], exc: BaseException, log: Callable[[str], None]) -> None:
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    log(f"FAILED in stage {stage}: {message}")
+    log(traceback.format_exc().rstrip())
+    write_state(work, "failed", stage=stage, key=job.key, error=message)
