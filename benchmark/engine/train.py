@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from benchmark.engine.datasets import open_split
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
 from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.steps import make_optimizer, make_scaler, train_step
-from benchmark.engine.train_log import TrainLogger
+from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger
 from benchmark.errors import NLBenchError, TrainingInterrupted
 from benchmark.recipe import Recipe, load_recipe
 
@@ -299,10 +299,16 @@ def train(
     }
 
 
+def log_sinks(recipe: Recipe, work_dir: Path, resume: bool) -> List[LogSink]:
+    """Where rank 0's training log goes: ``train.log.jsonl``."""
+    return [JsonLinesSink(work_dir / LOG_NAME, fresh=not resume)]
+
+
 def _start_log(recipe: Recipe, run: Training, info: DistInfo, work_dir: Path, resume: bool, log: Log) -> TrainLogger:
     sched = recipe.schedule
-    logger = TrainLogger(work_dir, fresh=not resume, enabled=info.is_main, max_iters=sched.max_iters,
-                         start_iter=run.start_iter, log_interval=sched.log_interval, log=log)
+    sinks = log_sinks(recipe, work_dir, resume) if info.is_main else []
+    logger = TrainLogger(sinks, enabled=info.is_main, max_iters=sched.max_iters, start_iter=run.start_iter,
+                         log_interval=sched.log_interval, log=log)
     logger.event("start", iteration=run.start_iter, max_iters=sched.max_iters, recipe=recipe.name,
                  profile=recipe.profile, world_size=info.world_size, effective_batch=run.effective_batch,
                  device=str(info.device), resumed=bool(resume and run.start_iter > 0))

@@ -3,6 +3,8 @@ line every ``schedule.log_interval`` iterations, and a progress bar when stderr 
 
 Train lines hold the means over the interval of the loss terms, the step and data times, the lr
 and the peak memory so far; event lines (start, eval, interrupted, end) carry an ``event`` key.
+Every line goes to each of the logger's sinks (``LogSink``): the JSON-lines file is one; other
+formats of the same lines are others.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -21,20 +23,45 @@ Log = Callable[[str], None]
 WINDOW_KEYS = ("loss", "loss_decode", "loss_aux", "time", "data_time")
 
 
+class LogSink(Protocol):
+    """Somewhere the lines of a training log go (rank 0 only)."""
+
+    def write(self, entry: Dict[str, Any]) -> None:
+        """One line: a train line (``iteration``, ``lr``, loss terms, times, memory) or an event
+        line (``event``: start, eval, interrupted, end)."""
+
+    def close(self) -> None:
+        """Training stopped (finished or interrupted); flush what is buffered."""
+
+
+class JsonLinesSink:
+    """``train.log.jsonl``: each line in one O_APPEND write, so a kill never tears a line."""
+
+    def __init__(self, path: Path, fresh: bool):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            path.write_text("")
+
+    def write(self, entry: Dict[str, Any]) -> None:
+        append_json_line(self.path, entry)
+
+    def close(self) -> None:
+        pass
+
+
 def hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class TrainLogger:
-    def __init__(self, work_dir: Path, fresh: bool, enabled: bool, max_iters: int, start_iter: int,
+    """``sinks`` receive every line; with ``enabled`` False (ranks other than 0) nothing is written."""
+
+    def __init__(self, sinks: Sequence[LogSink], enabled: bool, max_iters: int, start_iter: int,
                  log_interval: int, log: Log):
-        self.path, self.enabled = work_dir / LOG_NAME, enabled
+        self.sinks, self.enabled = list(sinks) if enabled else [], enabled
         self.max_iters, self.log_interval = max_iters, log_interval
-        if enabled:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            if fresh:
-                self.path.write_text("")
         self.bar = self._progress(start_iter) if enabled else None
         self.say: Log = self.bar.write if self.bar is not None else log
         self.window: Dict[str, List[float]] = {k: [] for k in WINDOW_KEYS}
@@ -47,8 +74,8 @@ class TrainLogger:
         return tqdm(total=self.max_iters, initial=start_iter, unit="it", dynamic_ncols=True, desc="train")
 
     def write(self, entry: Dict[str, Any]) -> None:
-        if self.enabled:
-            append_json_line(self.path, entry)
+        for sink in self.sinks:
+            sink.write(entry)
 
     def event(self, name: str, **fields: Any) -> None:
         self.write({"event": name, **fields, "time": time.time()})
@@ -89,6 +116,8 @@ class TrainLogger:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        for sink in self.sinks:
+            sink.close()
 
     def note(self, message: Optional[str]) -> None:
         if self.enabled and message:
