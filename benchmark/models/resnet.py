@@ -13,7 +13,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
-from benchmark.models.layers import NormLayer, constant_norm_init_, kaiming_init_
+from benchmark.models.layers import NormLayer, constant_norm_init_, kaiming_init_, norm_fresh
+
+
+def _shortcut(downsample: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The residual branch: ``x`` itself, or ``downsample`` = (1x1 conv, norm) of it."""
+    if downsample is None:
+        return x
+    return norm_fresh(downsample[1], downsample[0](x))
 
 
 class BasicBlock(nn.Module):
@@ -36,10 +43,12 @@ class BasicBlock(nn.Module):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = self.relu(norm_fresh(self.bn1, self.conv1(x)))
+        out = norm_fresh(self.bn2, self.conv2(out))
+        # In place (a norm's backward does not read its output: one activation-sized buffer fewer), and
+        # after the main branch, whose buffers are freed by then. The same arithmetic either way.
+        out += _shortcut(self.downsample, x)
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -64,11 +73,12 @@ class Bottleneck(nn.Module):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = self.relu(norm_fresh(self.bn1, self.conv1(x)))
+        out = self.relu(norm_fresh(self.bn2, self.conv2(out)))
+        out = norm_fresh(self.bn3, self.conv3(out))
+        # As in BasicBlock: in place, after the main branch.
+        out += _shortcut(self.downsample, x)
+        return self.relu(out)
 
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
@@ -151,10 +161,13 @@ class ResNetV1c(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     constant_norm_init_(m.last_norm, 0.0)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, keep: Optional[Sequence[int]] = None) -> Tuple[Optional[torch.Tensor], ...]:
+        """The four stage outputs; with ``keep``, only those stages' (the others are None), so that an
+        output no head reads is freed as soon as the next stage has consumed it (at a 1024x2048 input
+        stages 1-3 hold 320 MB in fp32 while stage 4 and the decode head run)."""
         x = self.maxpool(self.stem(x))
-        outs = []
+        outs: List[Optional[torch.Tensor]] = []
         for i in range(len(self.out_channels)):
             x = getattr(self, f"layer{i + 1}")(x)
-            outs.append(x)
+            outs.append(x if keep is None or i in keep else None)
         return tuple(outs)
