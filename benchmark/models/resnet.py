@@ -8,7 +8,7 @@ Module names (stem.0..8, layerN.i.convK/bnK, downsample.0/1) match MMSeg's check
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -21,6 +21,22 @@ def _shortcut(downsample: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
     if downsample is None:
         return x
     return norm_fresh(downsample[1], downsample[0](x))
+
+
+def residual(main: Callable[[torch.Tensor], torch.Tensor], downsample: Optional[nn.Module], relu: nn.Module,
+             x: torch.Tensor) -> torch.Tensor:
+    """``relu(main(x) + shortcut(x))``.
+
+    Recording gradients (training), the shortcut is built first, as it always was: autograd then sums
+    the two gradients of ``x`` in the same order, and training stays bit-identical. Without (eval,
+    predict) the shortcut is added in place after the main branch, whose buffers are freed by then:
+    one activation-sized buffer fewer. The same forward arithmetic either way."""
+    if torch.is_grad_enabled():
+        identity = _shortcut(downsample, x)
+        return relu(main(x) + identity)
+    out = main(x)
+    out += _shortcut(downsample, x)
+    return relu(out)
 
 
 class BasicBlock(nn.Module):
@@ -42,13 +58,12 @@ class BasicBlock(nn.Module):
     def last_norm(self) -> nn.Module:
         return self.bn2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def main(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(norm_fresh(self.bn1, self.conv1(x)))
-        out = norm_fresh(self.bn2, self.conv2(out))
-        # In place (a norm's backward does not read its output: one activation-sized buffer fewer), and
-        # after the main branch, whose buffers are freed by then. The same arithmetic either way.
-        out += _shortcut(self.downsample, x)
-        return self.relu(out)
+        return norm_fresh(self.bn2, self.conv2(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return residual(self.main, self.downsample, self.relu, x)
 
 
 class Bottleneck(nn.Module):
@@ -72,13 +87,13 @@ class Bottleneck(nn.Module):
     def last_norm(self) -> nn.Module:
         return self.bn3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def main(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(norm_fresh(self.bn1, self.conv1(x)))
         out = self.relu(norm_fresh(self.bn2, self.conv2(out)))
-        out = norm_fresh(self.bn3, self.conv3(out))
-        # As in BasicBlock: in place, after the main branch.
-        out += _shortcut(self.downsample, x)
-        return self.relu(out)
+        return norm_fresh(self.bn3, self.conv3(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return residual(self.main, self.downsample, self.relu, x)
 
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
