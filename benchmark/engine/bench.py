@@ -133,7 +133,7 @@ def measure_fps(model: torch.nn.Module, recipe: Recipe, device: torch.device, im
             "image_hw": list(image_hw), "input_hw": list(input_hw)}
 
 
-def _timed(step: Callable[[], Any], count: int, device: torch.device) -> List[float]:
+def time_calls(step: Callable[[], Any], count: int, device: torch.device) -> List[float]:
     """Seconds of each of ``count`` calls of ``step``, each ended by a device synchronisation."""
     seconds = []
     for _ in range(count):
@@ -191,14 +191,14 @@ def measure_train_memory(recipe: Recipe, device: torch.device, iters: int, seed:
                                  set_to_none=chosen.grad_set_to_none)
 
         isolated = mem.reset()
-        _timed(step, iters, device)  # Mem: from a fresh model, as published (iters 0: --skip-mem with --train-step)
+        time_calls(step, iters, device)  # Mem: from a fresh model, as published (iters 0: --skip-mem with --train-step)
         out = {"mem_gb": mem.peak_gb() if iters else None, "mem_kind": mem.kind if iters else None,
                "mem_iters": iters, "mem_batch": n, "mem_crop_hw": [ch, cw], "mem_isolated": isolated,
                **_what_ran(model, losses)}
         if timed:  # then the steady state: the iterations after the warm-up ones (autotuning, compilation)
-            _timed(step, max(0, warmup - iters), device)
+            time_calls(step, max(0, warmup - iters), device)
             mem.reset()
-            out.update({"train_step_s": statistics.median(_timed(step, timed, device)),
+            out.update({"train_step_s": statistics.median(time_calls(step, timed, device)),
                         "train_step_mem_gb": mem.peak_gb(), "train_step_iters": timed, "train_step_warmup": warmup})
         del losses, step  # the process group goes next: nothing may hold the DDP reducer then
     return out

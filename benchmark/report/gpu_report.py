@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.engine.bench import bench
+from benchmark.engine.bench import bench, time_calls
 from benchmark.engine.distributed import device_info, resolve_device
 from benchmark.engine.settings import PUBLISHED, SETTING_NAMES, backend_flags
 from benchmark.io.files import atomic_write_text, json_safe
@@ -133,26 +133,14 @@ def _kernel(run: Callable[[], Any]) -> str:
     return "none found"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_and_peak(run: Callable[[], Any], device: torch.device, repeats: int) -> Tuple[float, Optional[float]]:
     """Median seconds of ``run`` (after 2 warm-up calls) and its peak memory above what was allocated
     before, in GiB (CUDA only)."""
-    for _ in range(2):
-        run()
-    _sync(device)
+    time_calls(run, 2, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
+    seconds = time_calls(run, repeats, device)
     peak = (torch.cuda.max_memory_allocated(device) - base) / 1024**3 if device.type == "cuda" else None
     return float(np.median(seconds)), peak
 
