@@ -2,7 +2,8 @@
 # `make demo`: the whole pipeline on its embedded defaults, on one machine, in a few minutes of CPU.
 #   run-all --profile smoke   all 16 rows: train -> eval -> eval ms+flip -> bench (synthetic datasets
 #                             in each dataset's real layout are written on first use)
-#   collect -> tables (README.md) -> plots -> compare (against the committed smoke baseline)
+#   collect -> tables (README.md, and metafile.yaml in MMSeg's model-index layout) -> plots -> compare
+#   (against the committed smoke baseline) -> report (static HTML: RESULTS/report/index.html)
 # Environment: NLBENCH_DEMO_RESULTS (default results/demo), NLBENCH_DEMO_README (default README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +23,18 @@ nlbench collect --results "$results"
 step "tables -> $readme and $results/tables.md"
 nlbench tables --results "$results" --readme "$readme"
 
+step "tables --metafile -> $results/metafile.yaml (MMSegmentation's model-index layout)"
+nlbench tables --results "$results" --metafile "$results/metafile.yaml"
+
 step "plots -> $results/plots"
 nlbench plots --results "$results"
 
 step "compare against results/reference/smoke.csv (smoke results are never compared with the published numbers)"
 status=0
 nlbench compare --results "$results" --report "$results/compare.md" --junit "$results/compare.xml" || status=$?
+
+step "report -> $results/report (static HTML, no server)"
+nlbench report --results "$results" --out "$results/report"
 
 elapsed=$(( $(date +%s) - start ))
 cat <<EOF
@@ -36,5 +43,7 @@ cat <<EOF
 tables:  $readme (between the nlbench:tables markers) and $results/tables.md
 plots:   $results/plots/ (PNG and SVG; the README shows miou_smoke.png)
 compare: $results/compare.md, $results/compare.xml (exit status $status)
+metafile: $results/metafile.yaml
+report:  $(cd "$results/report" && pwd)/index.html (open it in a browser)
 EOF
 exit "$status"
