@@ -45,7 +45,7 @@ def test_deep_merge_replaces_lists_and_merges_maps():
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("model.depth=34", "model.depth"),
+        ("model.depth=152", "model.depth"),
         ("model.nonsense=1", "model.nonsense: unknown key"),
         ("schedule.lr=fast", "schedule.lr"),
         ("data.crop_size=[1]", "data.crop_size"),
