@@ -197,7 +197,8 @@ VERBS: Tuple[Verb, ...] = (
     Verb("list", "benchmark.catalog:list_command", "list every recipe with its published numbers", _list_args),
     Verb("show", "benchmark.catalog:show_command", "print a fully resolved recipe", _recipe),
     Verb("run-all", "benchmark.launch.run_all:run_all_command",
-         "plan and run every row (train -> eval -> eval ms+flip -> bench)", _run_all_args),
+         "plan and run every row (train -> eval -> eval ms+flip -> bench; --checkpoint released: no training)",
+         _run_all_args),
     Verb("status", "benchmark.launch.status:status_command",
          "state of every planned row: pending/running/done/failed/requeued", _results),
     Verb("collect", "benchmark.report.collect:collect_command",
@@ -207,7 +208,8 @@ VERBS: Tuple[Verb, ...] = (
     Verb("plots", "benchmark.report.plots:plots_command",
          "plots: reproduced vs published mIoU, mIoU vs fps, memory, training curves", _plots_args),
     Verb("compare", "benchmark.report.compare:compare_command",
-         "compare reproduced with published numbers; exit 1 on a regression", _compare_args),
+         "compare reproduced with published numbers (--method tolerance|ci); exit 1 on a regression",
+         _compare_args),
 )
 
 

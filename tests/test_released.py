@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from http_server import LoopbackServer
 from report_helpers import ROW, make_record, write_row
+from slurm_cluster import cluster_fixture
 
 from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
@@ -23,9 +24,11 @@ from benchmark.launch.plan import Resources, make_plan, stages_for
 from benchmark.launch.status import collect_status
 from benchmark.recipe import load_recipe
 from benchmark.report.collect import collect
+from benchmark.run.job import job_from_dict
 from benchmark.run.records import record_kinds, write_record
 
 ONE_CPU = lambda recipe: Resources()  # noqa: E731
+SLURM_PROFILE = Path(__file__).resolve().parent.parent / "slurm" / "test-cluster.yaml"
 VOC_20K = "nonlocal_r*-d8_4xb4-20k_voc12aug-512x512"  # R-50 and R-101: one smoke model (VOC, 21 classes)
 TINY = ["data.synthetic.train=2", "data.synthetic.val=2", "test.ms_flip_ratios=[0.75,1.25]",
         "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
@@ -45,6 +48,9 @@ def test_dry_run_over_the_16_rows_shows_plan_and_gpu_hours(tmp_path, capsys):
         training = estimate_gpu_hours(job.recipe, stages_for(job.recipe))
         assert plan.training_gpu_hours[job.key] == pytest.approx(training)
         assert 0 < job.gpu_hours < training / 10
+    again = job_from_dict(plan.jobs[0].to_dict())  # how a job travels to torchrun's ranks
+    assert (again.key, again.checkpoint_source, again.cache_dir) == (plan.jobs[0].key, "released",
+                                                                     plan.jobs[0].cache_dir)
     assert cli(["run-all", "--checkpoint", "released", "--dry-run", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count("| eval ") == 16 and "| train" not in out and "GPU-h full training (est.)" in out
@@ -129,6 +135,58 @@ def _reference_csv(path: Path, summary: pd.DataFrame, offsets) -> Path:
     return path
 
 
+def _check_released_records(results: Path, names, sha: str, kinds=("bench", "eval", "eval_ms_flip")) -> None:
+    for name in names:
+        folder = results / "records" / name / "smoke" / "seed0"
+        records = {p.name.split("-")[0]: json.loads(p.read_text()) for p in folder.glob("*.json")}
+        assert sorted(records) == list(kinds)  # no training
+        for record in records.values():
+            assert record["checkpoint_source"] == "released"
+            assert record["provenance"]["checkpoint_sha256"] == sha
+            assert record["checkpoint_release"]["url"].startswith("http://127.0.0.1:")
+        assert (results / "work" / "smoke" / name / "released" / "seed0" / "job.log").is_file()
+
+
+def _check_tables(results: Path, readme: Path, names, sha: str) -> None:
+    readme.write_text("# x\n")
+    assert cli(["tables", "--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "### Published vs released checkpoints" in text and "### Published vs reproduced" not in text
+    summary = collect(results).set_index("recipe")
+    rows = {cells[1]: cells for cells in ([c.strip() for c in ln.strip("|").split("|")]
+                                          for ln in text.splitlines() if ln.startswith("| Pascal VOC"))}
+    assert sorted(rows) == ["R-101-D8", "R-50-D8"]
+    for name in names:
+        got = summary.loc[name]
+        cells = rows["R-101-D8" if "r101" in name else "R-50-D8"]
+        assert got["miou_mean"] > 0 and cells[6] == f"{got['miou_mean']:.2f}" and cells[7] == "1"
+        assert cells[10] == f"{got['miou_ms_flip_mean']:.2f}" and cells[15] == sha[:12]
+
+
+def _mious(out: str, names):
+    return {n: [ln for ln in out.splitlines() if n in ln and "| mIoU " in ln][0] for n in names}
+
+
+def _check_compare(results: Path, tmp_path: Path, names, capsys) -> None:
+    """Row 0 has its own result as reference, row 1 a reference 2 points above its result."""
+    ref = _reference_csv(tmp_path / "ref.csv", collect(results), {names[0]: 0.0, names[1]: 2.0})
+    report = tmp_path / "compare.md"
+    code = cli(["compare", "--results", str(results), "--reference", str(ref), "--report", str(report)])
+    out = capsys.readouterr().out
+    assert code == 1 and "Released checkpoints" in out and "FAIL: 1 regression(s)" in out
+    assert "## Released checkpoints" in report.read_text()
+    lines = _mious(out, names)
+    assert "| reproduced" in lines[names[0]] and "| regressed" in lines[names[1]]
+    assert cli(["compare", "--results", str(results), "--reference", str(ref), "--method", "ci"]) == 1
+    lines = _mious(capsys.readouterr().out, names)
+    assert "| reproduced" in lines[names[0]] and "no seed spread" in lines[names[0]]
+    assert "| below" in lines[names[1]]
+
+
+def _release_sets(url: str, sha: str):
+    return [f"release.base_url={url}", f"release.stamp=20200617_222613-{sha[:8]}"]
+
+
 @pytest.mark.slow
 def test_run_all_released_end_to_end_through_tables_and_compare(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the smoke recipes' synthetic data roots land here
@@ -137,7 +195,7 @@ def test_run_all_released_end_to_end_through_tables_and_compare(tmp_path, monkey
     sha = hashlib.sha256(body).hexdigest()
     results = tmp_path / "results"
     with LoopbackServer(body) as server:
-        release = [f"release.base_url={server.url}", f"release.stamp=20200617_222613-{sha[:8]}"]
+        release = _release_sets(server.url, sha)
         args = ["run-all", "--checkpoint", "released", "--profile", "smoke", "--filter", VOC_20K,
                 "--results", str(results), *_sets(TINY + release)]
         assert cli(args) == 0
@@ -147,44 +205,39 @@ def test_run_all_released_end_to_end_through_tables_and_compare(tmp_path, monkey
         assert cli(args) == 0 and "nothing to run" in capsys.readouterr().out
         assert len(server.requests) == 2
     names = sorted(r["recipe"] for r in collect_status(results))
-    for name in names:
-        folder = results / "records" / name / "smoke" / "seed0"
-        records = {p.name.split("-")[0]: json.loads(p.read_text()) for p in folder.glob("*.json")}
-        assert sorted(records) == ["bench", "eval", "eval_ms_flip"]  # no training
-        for record in records.values():
-            assert record["checkpoint_source"] == "released"
-            assert record["provenance"]["checkpoint_sha256"] == sha
-            assert record["checkpoint_release"]["url"].startswith("http://127.0.0.1:")
-        assert (results / "work" / "smoke" / name / "released" / "seed0" / "job.log").is_file()
+    _check_released_records(results, names, sha)
     # The trained rows are still to do: a released checkpoint's results do not count for them.
     assert len(make_plan(results, ONE_CPU, pattern=VOC_20K, profile="smoke", overrides=TINY + release).jobs) == 2
+    _check_tables(results, tmp_path / "README.md", names, sha)
+    _check_compare(results, tmp_path, names, capsys)
 
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n")
-    assert cli(["tables", "--results", str(results), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert "### Published vs released checkpoints" in text and "### Published vs reproduced" not in text
-    summary = collect(results)
-    rows = {cells[1]: cells for cells in ([c.strip() for c in ln.strip("|").split("|")]
-                                          for ln in text.splitlines() if ln.startswith("| Pascal VOC"))}
-    assert sorted(rows) == ["R-101-D8", "R-50-D8"]
-    for name in names:
-        got = summary.set_index("recipe").loc[name]
-        cells = rows["R-101-D8" if "r101" in name else "R-50-D8"]
-        assert got["miou_mean"] > 0 and cells[6] == f"{got['miou_mean']:.2f}" and cells[7] == "1"
-        assert cells[10] == f"{got['miou_ms_flip_mean']:.2f}" and cells[15] == sha[:12]
 
-    # compare: row 0 matches its reference, row 1 sits 2 points under it.
-    ref = _reference_csv(tmp_path / "ref.csv", summary, {names[0]: 0.0, names[1]: 2.0})
-    report = tmp_path / "compare.md"
-    code = cli(["compare", "--results", str(results), "--reference", str(ref), "--report", str(report)])
-    out = capsys.readouterr().out
-    assert code == 1 and "Released checkpoints" in out and "FAIL: 1 regression(s)" in out
-    assert "## Released checkpoints" in report.read_text()
-    lines = {n: [ln for ln in out.splitlines() if n in ln and "| mIoU " in ln] for n in names}
-    assert "| reproduced" in lines[names[0]][0] and "| regressed" in lines[names[1]][0]
-    assert cli(["compare", "--results", str(results), "--reference", str(ref), "--method", "ci"]) == 1
-    out = capsys.readouterr().out
-    lines = {n: [ln for ln in out.splitlines() if n in ln and "| mIoU " in ln][0] for n in names}
-    assert "| reproduced" in lines[names[0]] and "no seed spread" in lines[names[0]]
-    assert "| below" in lines[names[1]]
+cluster = cluster_fixture()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_run_all_released_on_slurm_downloads_once_before_submission(cluster, monkeypatch, capsys):
+    monkeypatch.setenv("NLBENCH_CACHE", str(cluster / "cache"))
+    body = _serve_smoke_checkpoint(cluster)
+    sha = hashlib.sha256(body).hexdigest()
+    results = cluster / "results-released"
+    with LoopbackServer(body) as server:
+        args = ["run-all", "--checkpoint", "released", "--launcher", "slurm", "--cluster", str(SLURM_PROFILE),
+                "--profile", "smoke", "--filter", VOC_20K, "--results", str(results),
+                *_sets(TINY + ["test.ms_flip_published=false"] + _release_sets(server.url, sha))]
+        assert cli(args) == 0  # submits one array and waits for it
+        out = capsys.readouterr().out
+        # Both files were fetched here, before sbatch; the array tasks read them from the cache.
+        assert len(server.requests) == 2 and out.index("released checkpoint of") < out.index("submitted 2 job(s)")
+    (run_file,) = (results / "jobs" / "runs").glob("*.json")
+    entries = json.loads(run_file.read_text())["jobs"]
+    assert len({e["slurm_job_id"].split("_")[0] for e in entries}) == 1
+    assert all(e["key"].endswith("/released/seed0") and e["checkpoint_source"] == "released" for e in entries)
+    rows = collect_status(results)
+    assert [r["state"] for r in rows] == ["done", "done"]
+    names = sorted(r["recipe"] for r in rows)
+    _check_released_records(results, names, sha, kinds=("bench", "eval"))  # ms+flip left out: time
+    eval_record = json.loads(next((results / "records" / names[0] / "smoke" / "seed0").glob("eval-*.json"))
+                             .read_text())
+    assert eval_record["provenance"]["slurm_array_job_id"] == entries[0]["slurm_job_id"].split("_")[0]
