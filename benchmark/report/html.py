@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -35,11 +35,12 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.launch.cost import estimate_gpu_hours
 from benchmark.recipe import load_recipe, resolve_recipe_path
-from benchmark.report.collect import collect_or_warn, format_stat, newest_by_kind
-from benchmark.report.compare import METRICS, Check, compare, default_references
+from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, newest_by_kind, of_source
+from benchmark.report.compare import HARDWARE_METRICS, METRICS, Check, apply_ci, compare, default_references
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
-from benchmark.report.tables import PROFILE_NOTES
+from benchmark.report.tables import PROFILE_NOTES, RELEASED_NOTE
 from benchmark.run.records import KINDS, load_records
+from benchmark.stats import SEED_STD_MIOU
 
 # The figure columns of the published tables, in their order: (summary metric, header, digits).
 COLUMNS = [("mem_gb", "Mem (GB)", 1), ("fps", "Inf time (fps)", 2), ("miou", "mIoU", 2),
@@ -52,13 +53,18 @@ PROVENANCE_FIELDS = ["git_commit", "git_dirty", "nlbench_version", "device_name"
 # ----------------------------------------------------------------------------- what the pages show
 
 
+Key = Tuple[str, str, str, str]  # (recipe, profile, checkpoint source, metric)
+
+
 @dataclass(frozen=True)
 class VerdictSource:
-    """One way of judging the reproduced figures: a label and a Check per (recipe, profile, metric)."""
+    """One way of judging the reproduced figures: a Check per (recipe, profile, checkpoint source,
+    metric), and how to say what decided each one."""
 
-    name: str  # a CSS-safe identifier
-    label: str  # for people: how the verdict was reached
-    checks: Dict[Tuple[str, str, str], Check]
+    name: str  # a CSS-safe identifier, also the short tag printed before each verdict
+    label: str  # for people: how the verdicts were reached
+    checks: Dict[Key, Check]
+    detail: Callable[[Check], str]  # e.g. "ref 78.24 · Δ +0.10" or "95% [77.9, 78.6]"
     notes: List[str] = field(default_factory=list)  # lines shown above the tables
 
 
@@ -72,32 +78,58 @@ class Section:
     context: Dict[str, Any]
 
 
-def verdict_sources(summary: pd.DataFrame, tolerance: float) -> List[VerdictSource]:
-    """The verdicts the tables show; each profile is judged against its own reference (as `compare`)."""
-    checks: Dict[Tuple[str, str, str], Check] = {}
-    notes = []
+def _fmt(value: Optional[float], digits: int, sign: bool = False) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _tolerance_detail(c: Check) -> str:
+    digits = METRICS[c.metric][2]
+    parts = [f"ref {_fmt(c.reference, digits)}"] if c.reference == c.reference else []
+    if c.delta == c.delta:
+        parts.append(f"Δ {_fmt(c.delta, digits, sign=True)}")
+    return " · ".join(parts)
+
+
+def _ci_detail(c: Check) -> str:
+    if c.metric in HARDWARE_METRICS:
+        return "10% band"
+    if c.low == c.low:
+        digits = METRICS[c.metric][2]
+        return f"95% [{_fmt(c.low, digits)}, {_fmt(c.high, digits)}]"
+    return "no interval (one seed)" if c.n == 1 else ""
+
+
+def verdict_sources(summary: pd.DataFrame, tolerance: float, assumed_std: float = SEED_STD_MIOU) -> List[VerdictSource]:
+    """The verdicts the tables show, as `nlbench compare` gives them: each profile against its own
+    reference, by the tolerance method and by the ci method (benchmark/stats.py)."""
+    notes: List[str] = []
     profiles = sorted(summary["profile"].unique(), key=_profile_order)
     try:
         refs = default_references(profiles)
     except NLBenchError as exc:
         refs, notes = {}, [f"no verdicts: {exc}"]
-    for ref in refs.values():
-        notes.append(f"profile {ref.profile}: against {ref.label}")
-        for check in compare(summary, ref, tolerance):
-            checks[(check.recipe, check.profile, check.metric)] = check
-    label = f"tolerance: {tolerance} mIoU points, Mem and fps 10% (nlbench compare)"
-    return [VerdictSource("tolerance", label, checks, notes)]
+    notes += [f"profile {ref.profile}: against {ref.label}" for ref in refs.values()]
+    present = set(summary["checkpoint_source"])
+    checks = [c for ref in refs.values() for source in (TRAINED, RELEASED) if source in present
+              for c in compare(summary, ref, tolerance, source)]
+
+    def keyed(found: List[Check]) -> Dict[Key, Check]:
+        return {(c.recipe, c.profile, c.source, c.metric): c for c in found}
+
+    return [
+        VerdictSource("tolerance", f"tolerance: reference ± {tolerance} mIoU points, Mem and fps ± 10%",
+                      keyed(checks), _tolerance_detail, notes),
+        VerdictSource("ci", "ci: the 95% interval of the mean over seeds against the same band (mIoU; "
+                      f"one seed gives none, an assumed std of {assumed_std} says how many would decide)",
+                      keyed(apply_ci(checks, tolerance, assumed_std)), _ci_detail),
+    ]
 
 
 def _profile_order(profile: str) -> Tuple[int, str]:
     """full first, then smoke, then any other profile by name (as the markdown tables order them)."""
     return ({"full": 0, "smoke": 1}.get(profile, 2), profile)
-
-
-def _fmt(value: float, digits: int, sign: bool = False) -> str:
-    if value is None or value != value:
-        return "-"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def _cells(row: pd.Series, sources: List[VerdictSource]) -> List[Dict[str, Any]]:
@@ -106,11 +138,10 @@ def _cells(row: pd.Series, sources: List[VerdictSource]) -> List[Dict[str, Any]]
     for metric, header, digits in COLUMNS:
         verdicts = []
         for source in sources:
-            check = source.checks.get((row["recipe"], row["profile"], metric))
+            check = source.checks.get((row["recipe"], row["profile"], row["checkpoint_source"], metric))
             if check is not None:
                 verdicts.append({"source": source.name, "verdict": check.verdict, "note": check.note,
-                                 "reference": _fmt(check.reference, METRICS[metric][2]),
-                                 "delta": _fmt(check.delta, METRICS[metric][2], sign=True)})
+                                 "detail": source.detail(check)})
         value = format_stat(row[f"{metric}_mean"], row[f"{metric}_std"], int(row[f"{metric}_n"]), digits)
         cells.append({"metric": metric, "header": header, "value": value, "verdicts": verdicts})
     return cells
@@ -130,7 +161,9 @@ def _row_view(row: pd.Series, p: pd.Series, sources: List[VerdictSource], out_di
     return {
         "recipe": row["recipe"], "profile": row["profile"], "method": method, "backbone": p["backbone"],
         "crop_size": p["crop_size"], "lr_schd": str(p["lr_schd"]), "seeds": int(row["n_seeds"]),
-        "href": _href(row_page(out_dir, row["profile"], row["recipe"]), page_dir),
+        # Rows nlbench trained have a page; results on released checkpoints are shown in the index only.
+        "href": _href(row_page(out_dir, row["profile"], row["recipe"]), page_dir)
+        if row["checkpoint_source"] == TRAINED else None,
         "config_href": _href(resolve_recipe_path(row["recipe"]), page_dir),
         "model_url": links[0] if links else None, "log_url": links[1] if links else None,
         "cells": _cells(row, sources),
@@ -148,10 +181,10 @@ def dataset_tables(summary: pd.DataFrame, published: pd.DataFrame, sources: List
     return tables
 
 
-def _tally(summary: pd.DataFrame, source: VerdictSource, profile: str) -> Dict[str, int]:
+def _tally(source: VerdictSource, profile: str, checkpoint_source: str) -> Dict[str, int]:
     counts: Dict[str, int] = {}
-    for (_, check_profile, _), check in source.checks.items():
-        if check_profile == profile:
+    for (_, check_profile, check_source, _), check in source.checks.items():
+        if (check_profile, check_source) == (profile, checkpoint_source):
             counts[check.verdict] = counts.get(check.verdict, 0) + 1
     return counts
 
@@ -281,29 +314,39 @@ def environment() -> Environment:
     return env
 
 
+def _profile_view(summary: pd.DataFrame, published: pd.DataFrame, sources: List[VerdictSource], profile: str,
+                  checkpoint_source: str, out_dir: Path) -> Dict[str, Any]:
+    rows = summary[summary["profile"] == profile]
+    devices = sorted({str(d) for d in rows["device_name"].dropna()})
+    return {"name": profile, "note": PROFILE_NOTES.get(profile, "a custom recipe profile."),
+            "devices": ", ".join(devices) or "unknown", "rows": len(rows),
+            "tables": dataset_tables(summary, published, sources, profile, out_dir, out_dir),
+            "tallies": [(s, _tally(s, profile, checkpoint_source)) for s in sources]}
+
+
 def _index_context(summary: pd.DataFrame, published: pd.DataFrame, sources: List[VerdictSource], results_dir: Path,
                    out_dir: Path, warnings: List[str]) -> Dict[str, Any]:
+    trained, released = of_source(summary, TRAINED), of_source(summary, RELEASED)
+    per_seed = of_source(summary.attrs["runs"], TRAINED)
     profiles = []
-    for profile in sorted(summary["profile"].unique(), key=_profile_order):
-        figures = [{"id": f"{kind}-{profile}", "title": FIGURE_TITLES[kind],
-                    "svg": inline_svg(fig, f"{kind}-{profile}")}
-                   for kind, fig in profile_figures(summary, results_dir, published, profile)]
-        devices = sorted({str(d) for d in summary.loc[summary["profile"] == profile, "device_name"].dropna()})
-        profiles.append({
-            "name": profile, "note": PROFILE_NOTES.get(profile, "a custom recipe profile."),
-            "devices": ", ".join(devices) or "unknown", "rows": int((summary["profile"] == profile).sum()),
-            "tables": dataset_tables(summary, published, sources, profile, out_dir, out_dir),
-            "tallies": [(s, _tally(summary, s, profile)) for s in sources], "figures": figures,
-        })
+    for profile in sorted(trained["profile"].unique(), key=_profile_order):
+        view = _profile_view(trained, published, sources, profile, TRAINED, out_dir)
+        view["figures"] = [{"id": f"{kind}-{profile}", "title": FIGURE_TITLES[kind],
+                            "svg": inline_svg(fig, f"{kind}-{profile}")}
+                           for kind, fig in profile_figures(trained, per_seed, results_dir, published, profile)]
+        profiles.append(view)
+    released_views = [_profile_view(released, published, sources, profile, RELEASED, out_dir)
+                      for profile in sorted(released["profile"].unique(), key=_profile_order)]
     commits = sorted({str(c) for c in summary["git_commit"].dropna()})
     return {"results": str(results_dir), "records": summary.attrs.get("records", 0), "profiles": profiles,
-            "sources": sources, "columns": COLUMNS, "warnings": warnings, "commits": commits,
-            "newest": str(summary["created_at"].max())}
+            "released": released_views, "released_note": RELEASED_NOTE, "sources": sources, "columns": COLUMNS,
+            "warnings": warnings, "commits": commits, "newest": str(summary["created_at"].max())}
 
 
 def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[tuple, Dict[str, Dict[str, Any]]],
                  sources: List[VerdictSource], results_dir: Path, out_dir: Path, path: Path) -> Dict[str, Any]:
-    seeds = {s: kinds for (r, prof, s), kinds in by_seed.items() if (r, prof) == (row["recipe"], row["profile"])}
+    key = (row["recipe"], row["profile"], TRAINED)
+    seeds = {s: kinds for (r, prof, source, s), kinds in by_seed.items() if (r, prof, source) == key}
     return {"results": str(results_dir), "row": _row_view(row, p, sources, out_dir, path.parent),
             "title": f"{row_label(p)} ({row['profile']})", "columns": COLUMNS, "sources": sources,
             "index_href": _href(out_dir / "index.html", path.parent), "published": p,
@@ -311,7 +354,7 @@ def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[tuple, Dict[str, Di
 
 
 def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> List[Path]:
-    """Write index.html and one page per (recipe, profile) row; returns the pages written."""
+    """Write index.html and one page per (recipe, profile) row nlbench trained; returns the pages written."""
     summary = collect_or_warn(results_dir)
     records, warnings = load_records(results_dir)
     by_seed = newest_by_kind(records)
@@ -321,7 +364,7 @@ def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> Li
     pages: List[Tuple[Path, str]] = []
     index = _index_context(summary, published, sources, results_dir, out_dir, warnings)
     pages.append((out_dir / "index.html", env.get_template("index.html.j2").render(**index)))
-    for _, row in summary.iterrows():
+    for _, row in of_source(summary, TRAINED).iterrows():
         if row["recipe"] in published.index:
             path = row_page(out_dir, row["profile"], row["recipe"])
             context = _row_context(row, published.loc[row["recipe"]], by_seed, sources, results_dir, out_dir, path)

@@ -2,7 +2,8 @@
 (its model index), so that tools reading MMSeg's model index read nlbench's results.
 
 The layout follows MMSeg 1.x's ``configs/<algorithm>/metafile.yaml``: one ``Collections`` entry for the
-method and one ``Models`` entry per reproduced row (recipe and profile):
+method and one ``Models`` entry per row nlbench trained (recipe and profile; results on MMSeg's released
+checkpoints are not reproductions and are left out):
 
     Name, In Collection, Config, Weights, Training log,
     Results: {Task, Dataset, Metrics: {mIoU, mIoU(ms+flip)}},
@@ -30,6 +31,7 @@ import yaml
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import REPO_ROOT, Recipe, load_recipe, resolve_recipe_path
+from benchmark.report.collect import TRAINED, of_source
 from benchmark.report.compare import device_class
 
 COLLECTION = "NonLocalNet"
@@ -110,15 +112,16 @@ def metafile(summary: pd.DataFrame, published: pd.DataFrame, by_seed: Dict[tuple
     """The whole document: one collection, one model per summary row in the published order."""
     models = []
     order = {name: i for i, name in enumerate(published.index)}
-    rows = sorted(summary.iterrows(), key=lambda item: (item[1]["profile"] != "full", item[1]["profile"],
+    trained = of_source(summary, TRAINED)  # results on MMSeg's released checkpoints are not reproductions
+    rows = sorted(trained.iterrows(), key=lambda item: (item[1]["profile"] != "full", item[1]["profile"],
                                                         order.get(item[1]["recipe"], len(order))))
     for _, row in rows:
         if row["recipe"] not in published.index:
             continue
-        seeds = sorted(s for (r, p, s) in by_seed if (r, p) == (row["recipe"], row["profile"]))
-        seed = seeds[0] if seeds else 0
-        models.append(model_entry(row, published.loc[row["recipe"]], by_seed.get((row["recipe"], row["profile"], seed),
-                                                                                   {}), results_dir, seed))
+        key = (row["recipe"], row["profile"], TRAINED)
+        seed = min((s for (r, p, source, s) in by_seed if (r, p, source) == key), default=0)
+        models.append(model_entry(row, published.loc[row["recipe"]], by_seed.get((*key, seed), {}), results_dir,
+                                  seed))
     datasets = list(dict.fromkeys(m["Results"]["Dataset"] for m in models))
     collection = {"Name": COLLECTION, "License": "Apache License 2.0", "Metadata": {"Training Data": datasets},
                   "Paper": dict(PAPER), "README": "README.md", "Frameworks": ["PyTorch"]}

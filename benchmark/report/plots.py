@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from benchmark.catalog import load_published  # noqa: E402
 from benchmark.errors import NLBenchError  # noqa: E402
 from benchmark.io.files import atomic_write_bytes  # noqa: E402
-from benchmark.report.collect import collect_or_warn  # noqa: E402
+from benchmark.report.collect import TRAINED, collect_or_warn, of_source  # noqa: E402
 from benchmark.report.compare import Reference, default_references, device_class  # noqa: E402
 
 DATASET_SHORT = {"Cityscapes": "CS", "ADE20K": "ADE", "Pascal VOC 2012 + Aug": "VOC"}
@@ -274,11 +274,11 @@ FIGURE_TITLES = {
 }
 
 
-def profile_figures(summary: pd.DataFrame, results_dir: Path, published: pd.DataFrame,
+def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: Path, published: pd.DataFrame,
                     profile: str) -> Iterator[Tuple[str, Any]]:
     """(kind, figure) for each figure of one profile, kinds as in FIGURE_TITLES (curves only with logs).
     The caller closes each figure (``_save`` does)."""
-    yield "miou", plot_miou(summary, summary.attrs["runs"], published, profile, _reference_for(profile))
+    yield "miou", plot_miou(summary, per_seed, published, profile, _reference_for(profile))
     yield "miou_vs_fps", plot_miou_vs_fps(summary, published, profile)
     yield "memory", plot_memory(summary, published, profile)
     curves = plot_training_curves(results_dir, published, profile)
@@ -289,12 +289,15 @@ def profile_figures(summary: pd.DataFrame, results_dir: Path, published: pd.Data
 def make_plots(results_dir, out_dir) -> List[Path]:
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     summary = collect_or_warn(results_dir)
+    # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
+    per_seed = of_source(summary.attrs["runs"], TRAINED)
+    summary = of_source(summary, TRAINED)
     published = load_published()
     written: List[Path] = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for profile in sorted(summary["profile"].unique()):
-            for kind, fig in profile_figures(summary, results_dir, published, profile):
+            for kind, fig in profile_figures(summary, per_seed, results_dir, published, profile):
                 written += _save(fig, out_dir, f"{kind}_{profile}")
     except OSError as exc:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None
