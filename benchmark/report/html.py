@@ -9,9 +9,10 @@ and the only links that leave the folder are the published checkpoints and logs.
 The HTML comes from Jinja2 templates (``benchmark/report/templates``); this module only gathers what
 they show. Two lists make the report grow without restructuring it:
 
-- ``verdict_sources`` gives the verdicts shown under every figure of the tables (today: one source,
-  ``compare``'s tolerance verdicts). Another method (e.g. confidence intervals) is one more
-  ``VerdictSource`` in that list; the templates loop over them.
+- ``verdict_sources`` gives the verdicts shown under every figure of the tables: today `compare`'s two
+  methods, ``tolerance`` and ``ci`` (the confidence interval over seeds). Another method is one more
+  ``VerdictSource`` in that list (a Check per row and metric, and how to word what decided it); the
+  templates loop over them and the style sheet colours its verdict names.
 - ``row_sections`` gives the sections of a row page, each a template under ``templates/sections/``
   with its own context; another section (e.g. curves overlaid on the published log) is one more
   ``Section`` and one more template.
@@ -61,7 +62,8 @@ class VerdictSource:
     """One way of judging the reproduced figures: a Check per (recipe, profile, checkpoint source,
     metric), and how to say what decided each one."""
 
-    name: str  # a CSS-safe identifier, also the short tag printed before each verdict
+    name: str  # a CSS-safe identifier
+    tag: str  # the short name printed before each of its verdicts
     label: str  # for people: how the verdicts were reached
     checks: Dict[Key, Check]
     detail: Callable[[Check], str]  # e.g. "ref 78.24 · Δ +0.10" or "95% [77.9, 78.6]"
@@ -81,7 +83,10 @@ class Section:
 def _fmt(value: Optional[float], digits: int, sign: bool = False) -> str:
     if value is None or value != value:
         return "-"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+    if sign:
+        text = f"{value:+.{digits}f}"
+        return text.replace("-", "+") if float(text) == 0 else text  # no "-0.00"
+    return f"{value:.{digits}f}"
 
 
 def _tolerance_detail(c: Check) -> str:
@@ -119,10 +124,10 @@ def verdict_sources(summary: pd.DataFrame, tolerance: float, assumed_std: float 
         return {(c.recipe, c.profile, c.source, c.metric): c for c in found}
 
     return [
-        VerdictSource("tolerance", f"tolerance: reference ± {tolerance} mIoU points, Mem and fps ± 10%",
-                      keyed(checks), _tolerance_detail, notes),
-        VerdictSource("ci", "ci: the 95% interval of the mean over seeds against the same band (mIoU; "
-                      f"one seed gives none, an assumed std of {assumed_std} says how many would decide)",
+        VerdictSource("tolerance", "tol", f"tol: the tolerance method, reference ± {tolerance} mIoU points, "
+                      "Mem and fps ± 10%", keyed(checks), _tolerance_detail, notes),
+        VerdictSource("ci", "ci", "ci: the 95% interval of the mean over seeds against the same band (mIoU; "
+                      f"one seed gives none, and an assumed std of {assumed_std} says how many would decide)",
                       keyed(apply_ci(checks, tolerance, assumed_std)), _ci_detail),
     ]
 
@@ -140,10 +145,13 @@ def _cells(row: pd.Series, sources: List[VerdictSource]) -> List[Dict[str, Any]]
         for source in sources:
             check = source.checks.get((row["recipe"], row["profile"], row["checkpoint_source"], metric))
             if check is not None:
-                verdicts.append({"source": source.name, "verdict": check.verdict, "note": check.note,
-                                 "detail": source.detail(check)})
+                verdicts.append({"source": source.name, "tag": source.tag, "verdict": check.verdict,
+                                 "note": check.note, "detail": source.detail(check)})
         value = format_stat(row[f"{metric}_mean"], row[f"{metric}_std"], int(row[f"{metric}_n"]), digits)
-        cells.append({"metric": metric, "header": header, "value": value, "verdicts": verdicts})
+        # A figure that no method compares (no reference value, another device) says so once.
+        skipped = bool(verdicts) and all(v["verdict"] == "skipped" for v in verdicts)
+        cells.append({"metric": metric, "header": header, "value": value, "verdicts": [] if skipped else verdicts,
+                      "not_compared": verdicts[0]["note"] if skipped else None})
     return cells
 
 
