@@ -8,10 +8,11 @@ from urllib.parse import urlparse
 
 import pytest
 from browser import chromium, load
-from report_helpers import ROWS, write_row
+from report_helpers import ROW, ROWS, make_record, write_row
 
 from benchmark.cli import main as cli
 from benchmark.report.html import inline_svg
+from benchmark.run.records import write_record
 
 PLOTS = ("miou-smoke", "miou_vs_fps-smoke", "memory-smoke", "training_curves-smoke")
 
@@ -98,6 +99,23 @@ def test_row_page_holds_stages_provenance_cost_and_curves(report):
     assert "git_commit" in page and "0" * 40 in page and "recipe_hash" in page
     assert "V100 GPU-hours estimated for the published recipe" in page
     assert '<figure class="plot" id="row-curves">' in page and "<svg" in page
+
+
+def test_released_checkpoints_get_their_own_table_and_no_row_page(tmp_path):
+    results = tmp_path / "results"
+    write_row(results, miou=78.0, device="Tesla V100-SXM2-32GB")  # trained, full profile
+    for kind in ("eval", "bench"):
+        record = make_record(kind, miou=78.3, device="Tesla V100-SXM2-32GB")
+        record.update(checkpoint_source="released", checkpoint_release={"url": "http://x/y.pth", "stamp": "s-00"})
+        write_record(results, record)
+    out = tmp_path / "report"
+    assert cli(["report", "--results", str(results), "--out", str(out)]) == 0
+    index = (out / "index.html").read_text(encoding="utf-8")
+    trained, released = index.split('<section class="released" id="released">')
+    assert trained.count('<tr class="result-row"') == released.count('<tr class="result-row"') == 1
+    assert f'href="rows/full/{ROW}.html"' in trained and "rows/full" not in released
+    assert "published (MMSegmentation model zoo)" in index  # full rows are judged against the published table
+    assert sorted(p.name for p in (out / "rows" / "full").iterdir()) == [f"{ROW}.html"]
 
 
 def test_inline_svg_prefixes_every_id_and_reference():
