@@ -164,6 +164,8 @@ def choose_resume_checkpoint(work_dir: Path, log: Log, is_main: bool = True) -> 
             raise NLBenchError("expected a checkpoint file, found a folder", latest)
         return None
     manifest = read_manifest(work_dir)
+    if not manifest and (work_dir / MANIFEST).exists() and is_main:
+        log(f"warning: resume: {work_dir / MANIFEST} holds no hashes; {LATEST} is loaded unverified")
     problems: List[str] = []
     for path in [latest, *_newest_first(work_dir)]:
         problem = _hash_problem(path, manifest)
