@@ -104,6 +104,12 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _voc_with(kit: Kit, tmp: Path, folder: str, name: str) -> Tuple[Path, Path]:
+    """A copy of the VOC set, and the path of one of its files (to break)."""
+    voc = _copy(kit.voc, tmp / "voc")
+    return voc, voc / folder / name
+
+
 def _write(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, bytes):
@@ -377,63 +383,42 @@ def prediction_logits_under_a_file__predict(kit, tmp):
     return Case(argv, str(tmp / "afile" / "logits.npy"), [tmp / "pred.png"])
 
 
-def val_image_corrupt__eval(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    bad = _write(voc / "JPEGImages" / f"{VAL}.jpg", b"garbage")
-    return Case(_eval(kit, tmp, data_root=voc), str(bad), _eval_outputs(tmp))
+def _broken_voc_file(folder: str, name: str, breaks: Callable[[Path], None], command: str, *extra: str):
+    """A case: one file of a copy of the VOC set broken by ``breaks``, read by ``command``."""
+    build, outputs = {"eval": (_eval, _eval_outputs), "bench": (_bench, lambda tmp: [tmp / "bench.json"]),
+                      "train": (_train, _train_outputs)}[command]
+
+    def case(kit, tmp):
+        voc, path = _voc_with(kit, tmp, folder, name)
+        breaks(path)
+        return Case(build(kit, tmp, *extra, data_root=voc), str(path), outputs(tmp))
+    return case
 
 
-def val_image_corrupt__bench(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    bad = _write(voc / "JPEGImages" / f"{VAL}.jpg", b"garbage")
-    return Case(_bench(kit, tmp, data_root=voc), str(bad), [tmp / "bench.json"])
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n broken" if path.suffix == ".png" else b"garbage")
 
 
-def train_image_corrupt__train(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    bad = _write(voc / "JPEGImages" / f"{TRAIN}.jpg", b"garbage")
-    return Case(_train(kit, tmp, data_root=voc), str(bad), _train_outputs(tmp))
+def _resized_to(size_wh: Tuple[int, int]) -> Callable[[Path], None]:
+    return lambda path: _resize_label(path, size_wh)
 
 
-def label_size_differs__eval(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    label = voc / "SegmentationClass" / f"{VAL}.png"
-    _resize_label(label, (20, 16))
-    return Case(_eval(kit, tmp, data_root=voc), str(label), _eval_outputs(tmp))
+def _filled_with(array: np.ndarray) -> Callable[[Path], None]:
+    return lambda path: Image.fromarray(array).save(path)
 
 
-def label_size_differs__eval_ms_flip(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    label = voc / "SegmentationClass" / f"{VAL}.png"
-    _resize_label(label, (40, 33))
-    return Case(_eval(kit, tmp, "--ms-flip", data_root=voc), str(label), _eval_outputs(tmp))
-
-
-def label_size_differs__train(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    label = voc / "SegmentationClass" / f"{TRAIN}.png"
-    _resize_label(label, (41, 32))
-    return Case(_train(kit, tmp, data_root=voc), str(label), _train_outputs(tmp))
-
-
-def label_corrupt__eval(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    bad = _write(voc / "SegmentationClass" / f"{VAL}.png", b"\x89PNG\r\n\x1a\n broken")
-    return Case(_eval(kit, tmp, data_root=voc), str(bad), _eval_outputs(tmp))
-
-
-def label_values_out_of_range__eval_ms_flip(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    label = voc / "SegmentationClass" / f"{VAL}.png"
-    Image.fromarray(np.full((32, 40), 50, np.uint8)).save(label)
-    return Case(_eval(kit, tmp, "--ms-flip", data_root=voc), str(label), _eval_outputs(tmp))
-
-
-def label_in_colour__eval(kit, tmp):
-    voc = _copy(kit.voc, tmp / "voc")
-    label = voc / "SegmentationClass" / f"{VAL}.png"
-    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(label)
-    return Case(_eval(kit, tmp, data_root=voc), str(label), _eval_outputs(tmp))
+val_image_corrupt__eval = _broken_voc_file("JPEGImages", f"{VAL}.jpg", _garbage, "eval")
+val_image_corrupt__bench = _broken_voc_file("JPEGImages", f"{VAL}.jpg", _garbage, "bench")
+train_image_corrupt__train = _broken_voc_file("JPEGImages", f"{TRAIN}.jpg", _garbage, "train")
+label_size_differs__eval = _broken_voc_file("SegmentationClass", f"{VAL}.png", _resized_to((20, 16)), "eval")
+label_size_differs__eval_ms_flip = _broken_voc_file("SegmentationClass", f"{VAL}.png", _resized_to((40, 33)), "eval",
+                                                    "--ms-flip")
+label_size_differs__train = _broken_voc_file("SegmentationClass", f"{TRAIN}.png", _resized_to((41, 32)), "train")
+label_corrupt__eval = _broken_voc_file("SegmentationClass", f"{VAL}.png", _garbage, "eval")
+label_values_out_of_range__eval_ms_flip = _broken_voc_file(  # 50: beyond VOC's 21 classes, not 255
+    "SegmentationClass", f"{VAL}.png", _filled_with(np.full((32, 40), 50, np.uint8)), "eval", "--ms-flip")
+label_in_colour__eval = _broken_voc_file("SegmentationClass", f"{VAL}.png",
+                                         _filled_with(np.zeros((32, 40, 3), np.uint8)), "eval")
 
 
 def data_root_missing__train(kit, tmp):

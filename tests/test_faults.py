@@ -190,6 +190,25 @@ def test_a_corrupt_latest_falls_back_to_the_newest_intact_checkpoint(reference, 
     assert _same_weights(load_checkpoint(latest)["state_dict"], final)
 
 
+def test_the_eval_stage_refuses_a_latest_that_is_not_what_training_wrote(tmp_path):
+    from benchmark.run.job import Job, Resources, run_job
+    from benchmark.run.state import read_state
+
+    recipe = _recipe(tmp_path / "voc")
+    work = tmp_path / "results" / "work"
+    work.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, work / "iter_2.pth")
+    os.link(work / "iter_2.pth", work / "latest.pth")
+    (work / "checkpoints.sha256").write_text(f"{file_sha256(work / 'iter_2.pth')}  iter_2.pth\n")
+    with open(work / "latest.pth", "r+b") as fh:  # damaged on disk after training
+        fh.seek(40)
+        fh.write(b"\xff" * 8)
+    job = Job(recipe, 0, ("eval",), str(tmp_path / "results"), str(work), str(tmp_path / "voc"), Resources(), 10, None)
+    with pytest.raises(NLBenchError, match="latest.pth matches no sha256 recorded in checkpoints.sha256"):
+        run_job(job)
+    assert read_state(work)["state"] == "failed"
+
+
 # ----------------------------------------------------------------------------- attempts
 
 

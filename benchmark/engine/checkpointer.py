@@ -181,6 +181,16 @@ def choose_resume_checkpoint(work_dir: Path, log: Log, is_main: bool = True) -> 
     raise NLBenchError(f"cannot resume: {LATEST} {problems[0]}{older}", latest)
 
 
+def verify_checkpoint(path: Path) -> Path:
+    """``path`` (in a work dir), checked against the work dir's recorded hashes: the evaluation and
+    bench stages score a trained ``latest.pth`` only when it is the file training wrote."""
+    problem = _hash_problem(path, read_manifest(path.parent))
+    if problem is not None:
+        raise NLBenchError(f"{path.name} {problem}; train again with --resume, which continues from the newest "
+                           "intact checkpoint", path)
+    return path
+
+
 def read_resume_state(work_dir: Path, log: Log, info: DistInfo) -> Optional[ResumePoint]:
     """Where a resume continues from (see ``choose_resume_checkpoint``), or None (with a note) when
     there is nothing to resume. Rank 0 verifies and chooses; every rank loads what it chose."""

@@ -193,12 +193,13 @@ def _stage_train(job: Job, log: JobLog, stop: StopFlag) -> Dict[str, Any]:
 
 
 def _checkpoint_path(job: Job) -> str:
+    from benchmark.engine.checkpointer import verify_checkpoint
     from benchmark.engine.train import LATEST
 
     path = Path(job.work_dir) / LATEST
     if not path.exists():
         raise NLBenchError("no trained checkpoint to evaluate (did the train stage run?)", path)
-    return str(path)
+    return str(verify_checkpoint(path))
 
 
 def _stage_eval(job: Job, log: JobLog, ms_flip: bool) -> Dict[str, Any]:
