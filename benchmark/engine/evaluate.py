@@ -40,7 +40,9 @@ def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms
 
         bar = tqdm(total=len(indices), unit="img", desc="eval ms+flip" if ms_flip else "eval", dynamic_ncols=True)
     for i in indices:
-        image, label = dataset.read_sample(i)  # checked to be the same size, as training checks it
+        image, label = dataset.read_image(i), dataset.read_label(i)
+        if image.shape[:2] != label.shape:  # as training checks it (read_sample): one clear error
+            raise dataset.size_error(i, image, label)
         if ms_flip:
             scores = predict_ms_flip_probs(model, image, recipe, info.device)
         else:
