@@ -73,7 +73,7 @@ def _train(tmp_path: Path, *extra: str):
     return [sys.executable, "-m", "benchmark", "train", ROW, "--profile", "smoke", "--device", "cpu",
             "--work-dir", str(tmp_path / "work"), "--data-root", str(tmp_path / "voc"),
             "--set", "data.synthetic.train=4", "--set", "data.synthetic.val=1", "--set", "data.crop_size=[32,32]",
-            "--set", "schedule.log_interval=1", *extra]
+            "--set", "data.imgs_per_gpu=1", "--set", "schedule.log_interval=1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +85,16 @@ def voc(tmp_path_factory) -> Path:
 
 def test_rank_0_failing_in_its_checkpoint_write_stops_rank_1(tmp_path, voc):
     os.symlink(voc, tmp_path / "voc")
-    (tmp_path / "work" / "iter_2.pth").mkdir(parents=True)  # only rank 0 writes it; rank 1 waits at a barrier
-    r0, r1 = _start(_train(tmp_path, "--set", "schedule.max_iters=4", "--set", "schedule.checkpoint_interval=2"),
+    (tmp_path / "work" / "iter_1.pth").mkdir(parents=True)  # only rank 0 writes it; rank 1 waits at a barrier
+    r0, r1 = _start(_train(tmp_path, "--set", "schedule.max_iters=2", "--set", "schedule.checkpoint_interval=1"),
                     tmp_path)
     assert r0.wait(timeout=600) == 2
     err = _stderr(tmp_path, 0)
     assert "Traceback" not in err
-    assert f"nlbench train: error: {tmp_path / 'work' / 'iter_2.pth'}: cannot write: is a directory" in err.splitlines()
+    assert f"nlbench train: error: {tmp_path / 'work' / 'iter_1.pth'}: cannot write: is a directory" in err.splitlines()
     assert _exits_within(r1, WITHIN_S) == 1
     line = _stop_line(_stderr(tmp_path, 1))
-    assert line == f"nlbench: rank 1 stops: rank 0 failed: {tmp_path / 'work' / 'iter_2.pth'}: cannot write: " \
+    assert line == f"nlbench: rank 1 stops: rank 0 failed: {tmp_path / 'work' / 'iter_1.pth'}: cannot write: " \
                    "is a directory"
 
 
@@ -103,7 +103,7 @@ def test_a_killed_rank_1_stops_rank_0(tmp_path, voc):
     r0, r1 = _start(_train(tmp_path, "--set", "schedule.max_iters=1000"), tmp_path)
     log = tmp_path / "work" / "train.log.jsonl"
     try:
-        _wait_for(lambda: log.exists() and '"iteration": 2' in log.read_text(), [r0, r1])
+        _wait_for(lambda: log.exists() and '"iteration": 1' in log.read_text(), [r0, r1])
         r1.send_signal(signal.SIGKILL)
         assert _exits_within(r0, WITHIN_S) == 1
     finally:

@@ -32,7 +32,8 @@ QUIET = lambda _msg: None  # noqa: E731
 def _recipe(data_root: Path, max_iters: int = 4):
     return load_recipe(ROW, [f"schedule.max_iters={max_iters}", "schedule.checkpoint_interval=2",
                              f"schedule.eval_interval={max_iters}", f"data.data_root={data_root}",
-                             "data.synthetic.train=4", "data.synthetic.val=1", "data.crop_size=[32,32]"],
+                             "data.synthetic.train=4", "data.synthetic.val=1", "data.crop_size=[32,32]",
+                             "data.imgs_per_gpu=1"],
                        profile="smoke")
 
 
