@@ -71,7 +71,8 @@ def _run_one(job: Job, lock: JobLock, results_dir: Path, tag: str, report) -> st
 
 
 def _complete(job: Job) -> bool:
-    return set(job.stages) <= record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash)
+    return set(job.stages) <= record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash,
+                                           job.checkpoint_source)
 
 
 def run_local(jobs: List[Job], results_dir: Path, report=print) -> Dict[str, str]:

@@ -13,6 +13,9 @@ finds the job held and skips it (the local launcher waits for it instead). When 
 The train record covers every attempt of the run (engine/attempts.py): ``wall_time_s`` and
 ``gpu_hours`` are summed over the attempts, ``mem_gb`` is the largest peak of any attempt, and
 ``attempts`` counts them.
+
+A job on a released checkpoint (``checkpoint_source="released"``) has no train stage: it evaluates
+and benchmarks MMSeg's released file of the row, and its records say so.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class Job:
     gpu_hours: Optional[float]  # estimate (V100), None for smoke-size models
     overrides: Tuple[str, ...] = ()
     device: str = "auto"
+    # "trained": the job's own train stage makes the checkpoint; "released": MMSeg's released file
+    # of the row is evaluated (no train stage), fetched from ``cache_dir`` (absolute; None: the default).
+    checkpoint_source: str = "trained"
+    cache_dir: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -81,8 +88,9 @@ class Job:
 
     @property
     def key(self) -> str:
-        """Stable identity of a job across runs: <profile>/<recipe>/seed<k>."""
-        return f"{self.profile}/{self.name}/seed{self.seed}"
+        """Stable identity of a job across runs: <profile>/<recipe>/seed<k>, and
+        <profile>/<recipe>/released/seed<k> for a released checkpoint's."""
+        return f"{self.profile}/{self.name}/{source_part(self.checkpoint_source)}seed{self.seed}"
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-able summary kept under RESULTS/jobs/ (status reads it; the recipe is named, not copied)."""
@@ -94,6 +102,7 @@ class Job:
             "nodes": self.resources.nodes, "tasks_per_node": self.resources.tasks_per_node,
             "gpus_per_node": self.resources.gpus_per_node, "time_limit_min": self.time_limit_min,
             "gpu_hours_estimate": self.gpu_hours, "overrides": list(self.overrides), "device": self.device,
+            "checkpoint_source": self.checkpoint_source, "cache_dir": self.cache_dir,
         }
 
 
@@ -113,7 +122,15 @@ def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
         gpu_hours=d.get("gpu_hours_estimate"),
         overrides=tuple(overrides),
         device=d.get("device", "auto"),
+        checkpoint_source=d.get("checkpoint_source") or "trained",
+        cache_dir=d.get("cache_dir"),
     )
+
+
+def source_part(checkpoint_source: str) -> str:
+    """The key/work-dir component of a checkpoint source: '' for trained (the layout as it was),
+    'released/' for released, so the two never share a work dir or a job key."""
+    return "" if checkpoint_source == "trained" else f"{checkpoint_source}/"
 
 
 class StopFlag:
@@ -172,6 +189,15 @@ def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[st
     return body
 
 
+def _source_fields(job: Job) -> Dict[str, Any]:
+    """What eval and bench records say about where their checkpoint came from."""
+    fields: Dict[str, Any] = {"checkpoint_source": job.checkpoint_source}
+    release = job.recipe.release
+    if job.checkpoint_source == "released" and release is not None:
+        fields["checkpoint_release"] = {"url": release.url, "stamp": release.stamp}
+    return fields
+
+
 def _metrics(result: Dict[str, Any]) -> Dict[str, Any]:
     return {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class") if k in result}
 
@@ -196,6 +222,11 @@ def _checkpoint_path(job: Job) -> str:
     from benchmark.engine.checkpointer import verify_checkpoint
     from benchmark.engine.train import LATEST
 
+    if job.checkpoint_source == "released":
+        from benchmark.checkpoint import fetch_released
+
+        # run-all fetched it before the job started; this finds it in the cache (hash-checked).
+        return str(fetch_released(job.recipe, cache_dir=job.cache_dir, progress=False))
     path = Path(job.work_dir) / LATEST
     if not path.exists():
         raise NLBenchError("no trained checkpoint to evaluate (did the train stage run?)", path)
@@ -210,7 +241,8 @@ def _stage_eval(job: Job, log: JobLog, ms_flip: bool) -> Dict[str, Any]:
                       progress=False)
     log(f"{'eval ms+flip' if ms_flip else 'eval'}: aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  "
         f"mAcc {result['mAcc']:.2f}")
-    return _record(job, "eval_ms_flip" if ms_flip else "eval", result, checkpoint, metrics=_metrics(result))
+    return _record(job, "eval_ms_flip" if ms_flip else "eval", result, checkpoint, metrics=_metrics(result),
+                   **_source_fields(job))
 
 
 def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
@@ -220,7 +252,7 @@ def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
     result = bench(job.recipe, checkpoint=checkpoint, device=job.device, data_root=job.data_root)
     log(f"bench: {result.get('fps', float('nan')):.2f} fps, mem {result.get('mem_gb')} GB")
     return _record(job, "bench", result, checkpoint, fps=result.get("fps"), mem_gb=result.get("mem_gb"),
-                   mem_kind=result.get("mem_kind"))
+                   mem_kind=result.get("mem_kind"), **_source_fields(job))
 
 
 def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Dict[str, Any]]:
@@ -228,6 +260,8 @@ def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Di
     from benchmark.engine import distributed
 
     if stage == "train":
+        if job.checkpoint_source != "trained":
+            raise NLBenchError(f"a job on the {job.checkpoint_source} checkpoint has no train stage", key="stages")
         return _stage_train(job, log, stop)
     if stage in ("eval", "eval_ms_flip"):
         return _stage_eval(job, log, ms_flip=stage == "eval_ms_flip")
@@ -300,7 +334,8 @@ def _claim(job: Job, env: JobEnvironment, lock: JobLock, log: JobLog) -> Optiona
             if lock.took_over is not None:
                 log(f"job {job.key}: took over a stale lock ({lock.took_over}, which ended without releasing it)")
             # Decided while holding the lock: what another run finished meanwhile counts as done.
-            done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash)
+            done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash,
+                                job.checkpoint_source)
             pending = [s for s in job.stages if s not in done]
     if env.world_size > 1:
         distributed.init_distributed(job.device)
