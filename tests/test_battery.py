@@ -332,6 +332,16 @@ def checkpoint_wrong_shapes__predict(kit, tmp):
     return Case(_predict(kit, tmp, checkpoint=bad), str(bad), _predict_outputs(tmp))
 
 
+def checkpoint_pretrained_missing__train(kit, tmp):
+    return Case(_train(kit, tmp, "--set", f"model.pretrained={tmp / 'resnet18.pth'}"), str(tmp / "resnet18.pth"),
+                _train_outputs(tmp))
+
+
+def checkpoint_pretrained_of_another_network__train(kit, tmp):
+    bad = save_checkpoint(tmp / "not_a_resnet.pth", {"features.0.weight": torch.zeros(4, 3, 3, 3)})
+    return Case(_train(kit, tmp, "--set", f"model.pretrained={bad}"), str(bad), _train_outputs(tmp))
+
+
 def resume_latest_unreadable__train(kit, tmp):
     _write(tmp / "work" / "latest.pth", b"PK\x03\x04" + b"\x00" * 64)
     return Case(_train(kit, tmp, "--resume"), str(tmp / "work" / "latest.pth"), _train_outputs(tmp))

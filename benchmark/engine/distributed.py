@@ -15,9 +15,10 @@ next collective until the NCCL (10 min) or gloo (30 min) timeout, or the SLURM t
 rank therefore runs a watch thread with its own connection to the job's c10d store (the TCPStore at
 MASTER_ADDR:MASTER_PORT that env:// rendezvous uses: rank 0's under srun, torchrun's agent's under
 torchrun). Once a second it bumps its heartbeat counter, reads a shared failure flag, and checks
-one peer (rank r checks rank r + 1, round the ring): on the same host, whether its pid still runs;
-anywhere, whether its heartbeat moved within ``NLBENCH_RANK_TIMEOUT_S`` (default 30 s; long, since
-a main thread holding the GIL in a long C call cannot starve the watch, but a suspended host can).
+one peer (rank r + 1 round the ring, or the next one that has not finished): on the same host,
+whether its pid still runs; anywhere, whether its heartbeat moved within ``NLBENCH_RANK_TIMEOUT_S``
+(default 30 s: generous, because a main thread that holds the GIL for long, e.g. pickling a large
+checkpoint, also holds up its watch thread's heartbeat).
 A rank that raises sets the flag (``report_failure``), naming itself and the error; a watcher that
 finds its peer dead or silent sets it naming that peer; a watcher that cannot reach the store any
 more names rank 0 (whose process, or agent, hosts it). Every rank that sees the flag prints one line
@@ -213,19 +214,21 @@ class RankWatch:
 
     # -- the thread
     def _run(self) -> None:
-        peer = (self.rank + 1) % self.world_size
-        seen, since = -1, time.monotonic()
+        peer, seen, since = None, -1, time.monotonic()
         while not self._stop.wait(POLL_S):
             flag = self.failure()
             if flag is not None:
                 return None if self._stop.is_set() else self.abort(flag)
             try:
                 self.store.add(f"hb/{self.rank}", 1)
-                if self.store.check([f"done/{peer}"]):
+                # The next rank round the ring that has not finished (one that has is not watched).
+                ring = [(self.rank + k) % self.world_size for k in range(1, self.world_size)]
+                live = next((r for r in ring if not self.store.check([f"done/{r}"])), None)
+                if live is None:
                     continue
-                beats = self.store.add(f"hb/{peer}", 0)
-                if beats != seen:
-                    seen, since = beats, time.monotonic()
+                beats = self.store.add(f"hb/{live}", 0)
+                if (live, beats) != (peer, seen):
+                    peer, seen, since = live, beats, time.monotonic()
                 why = self._peer_problem(peer, time.monotonic() - since)
                 if why is not None:
                     self.fail(peer, why)
