@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from benchmark.errors import NLBenchError
 
@@ -105,7 +114,7 @@ class TestConfig(_Strict):
     mode: Literal["whole", "slide"]
     crop_size: Optional[PairInt] = None  # (h, w) of a sliding window
     stride: Optional[PairInt] = None  # (h, w)
-    ms_flip_ratios: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    ms_flip_ratios: Tuple[PositiveFloat, ...] = Field((0.5, 0.75, 1.0, 1.25, 1.5, 1.75), min_length=1)
     ms_flip_published: bool = False
 
     @model_validator(mode="after")
@@ -313,7 +322,7 @@ def _format_validation_error(exc: ValidationError, path: Path) -> NLBenchError:
         got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{key}: {msg}{got_text}")
     first, rest = lines[0], lines[1:]
-    more = "".join(f"\n  also {line}" for line in rest)
+    more = "".join(f"; also {line}" for line in rest)  # one line: the CLI prints errors on one line
     return NLBenchError(f"invalid recipe: {first}{more}", path)
 
 

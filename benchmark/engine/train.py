@@ -18,7 +18,8 @@ The loop below reads top to bottom over named parts: building (``build_training`
 evaluation (``evaluate.evaluate_model``).
 
 Work dir layout: ``iter_{N}.pth`` (MMSeg format: meta, state_dict, optimizer, + iteration and
-scaler), ``latest.pth`` (the newest complete one), ``train.log.jsonl``.
+scaler), ``latest.pth`` (the newest complete one), ``checkpoints.sha256`` (their hashes, checked on
+resume), ``attempts.json`` (wall time, GPU-hours and peak memory of each attempt), ``train.log.jsonl``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from benchmark.data.datasets import SegDataset
 from benchmark.engine import distributed
+from benchmark.engine.attempts import AttemptLedger
 from benchmark.engine.checkpointer import LATEST, Checkpointer, read_resume_state, restore
 from benchmark.engine.datasets import open_split
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
@@ -126,9 +128,9 @@ def _build_model(recipe: Recipe, info: DistInfo, resuming: bool, log: Log) -> Tu
 
 def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Optional[str], info: DistInfo,
                    log: Log) -> Training:
-    """Data, model, optimizer and scaler, restored from ``latest.pth`` when resuming."""
-    if info.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
+    """Data, model, optimizer and scaler, restored from ``latest.pth`` (verified; see checkpointer)
+    when resuming."""
+    _make_work_dir(work_dir, info)
     train_set = open_split(recipe.data, "train", data_root)
     val_set = open_split(recipe.data, "val", data_root)
     effective = _announce(recipe, info, log)
@@ -136,12 +138,12 @@ def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Opti
     optimizer = make_optimizer(model, recipe.schedule)
     scaler = make_scaler(recipe.runtime.amp, info.device)
     start_iter = 0
-    state = read_resume_state(work_dir, log, info) if resume else None
-    if state is not None:
-        start_iter = restore(state, recipe, model, optimizer, scaler, work_dir / LATEST)
+    point = read_resume_state(work_dir, log, info) if resume else None
+    if point is not None:
+        start_iter = restore(point.state, recipe, model, optimizer, scaler, point.path)
         if info.is_main:
-            log(f"resume: continuing from {work_dir / LATEST} at iteration {start_iter}")
-    del state
+            log(f"resume: continuing from {point.path} at iteration {start_iter}")
+    del point
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = recipe.runtime.cudnn_benchmark
     loss_model: nn.Module = _LossModel(model)
@@ -149,6 +151,22 @@ def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Opti
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         loss_model = DistributedDataParallel(loss_model, device_ids=device_ids)
     return Training(model, loss_model, optimizer, scaler, train_set, val_set, start_iter, memory_format, effective)
+
+
+def _make_work_dir(work_dir: Path, info: DistInfo) -> None:
+    if work_dir.exists() and not work_dir.is_dir():
+        raise NLBenchError("expected a folder for checkpoints and logs (the work dir), found a file", work_dir)
+    if info.is_main:
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NLBenchError(f"cannot create the work dir: {exc.strerror or exc}", work_dir) from None
+
+
+def _attempt_ledger(work_dir: Path, run: Training, info: DistInfo, started: float, peak: TrainingPeak) -> AttemptLedger:
+    """This attempt's entry in ``attempts.json`` (see engine/attempts.py)."""
+    return AttemptLedger(work_dir, run.start_iter, started, peak.gb, peak.kind, info.world_size, info.device.type,
+                         writer=info.is_main)
 
 
 def _announce(recipe: Recipe, info: DistInfo, log: Log) -> int:
@@ -261,7 +279,8 @@ def train(
     work_dir, sched = Path(work_dir), recipe.schedule
     run = build_training(recipe, work_dir, resume, data_root, info, log)
     logger = _start_log(recipe, run, info, work_dir, resume, log)
-    checkpoints, peak = Checkpointer(work_dir, recipe, info), TrainingPeak(info.device)
+    peak = TrainingPeak(info.device)
+    checkpoints = Checkpointer(work_dir, recipe, info, _attempt_ledger(work_dir, run, info, started, peak))
     metrics: Optional[Dict[str, Any]] = None
     loss: Optional[float] = None
     batches = _batches(recipe, run, info)
@@ -294,8 +313,8 @@ def train(
         "iterations": sched.max_iters, "start_iteration": run.start_iter, "wall_time_s": wall,
         "final_loss": loss, "metrics": metrics, "checkpoint": checkpoints.final_path(),
         "work_dir": str(work_dir), "world_size": info.world_size, "effective_batch": run.effective_batch,
-        "peak_mem_gb": distributed.all_reduce_max(peak.gb(), info.device), "mem_kind": peak.kind,
-        **device_info(info.device, amp=recipe.runtime.amp),
+        "peak_mem_gb": (mem := distributed.all_reduce_max(peak.gb(), info.device)), "mem_kind": peak.kind,
+        **device_info(info.device, amp=recipe.runtime.amp), **checkpoints.ended(sched.max_iters, "done", mem),
     }
 
 
@@ -320,6 +339,7 @@ def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer,
     """Save the state where training stands (unless just saved) and raise TrainingInterrupted."""
     if not saved:
         checkpoints.save(done, run.model, run.optimizer, run.scaler)
+    checkpoints.ended(done, "interrupted")
     logger.event("interrupted", iteration=done)
     logger.close()
     if log is not None:
@@ -335,6 +355,9 @@ def train_command(recipe: str, overrides: Sequence[str] = (), profile: str = "fu
     try:
         summary = train(resolved, work, resume=resume, device=device, data_root=data_root)
         is_main = distributed.get_rank() == 0
+    except (Exception, KeyboardInterrupt) as exc:
+        distributed.report_failure(exc)  # the other ranks stop within seconds, not at a timeout
+        raise
     finally:
         distributed.cleanup()
     if is_main:

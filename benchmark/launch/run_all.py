@@ -13,6 +13,10 @@ for the array and prints the status table at the end; ``--no-wait`` returns righ
 training one. Every file is downloaded here, once, into the download cache before anything runs or
 is submitted (a wrong URL or hash stops the command before any job); the jobs then read it from that
 cache (on a cluster, ``$NLBENCH_CACHE`` on a file system the nodes share).
+
+Two run-alls into one results folder share the work through per-job locks (benchmark/run/lock.py):
+locally, a job the other run holds is run last, after waiting for it; with SLURM, it is not
+submitted (and a job that finds its lock taken on the node skips itself). Either way it is said.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.launch import plan as planning
 from benchmark.launch.status import RUNS_SUBDIR, collect_status, format_status
+from benchmark.run.lock import holder_of
 
 
 def check_writable(results: Path) -> None:
@@ -119,6 +124,13 @@ def _run_locally(jobs: List[planning.Job], results: Path) -> int:
 def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_wait: bool) -> int:
     from benchmark.launch import slurm
 
+    held = {job.key: holder for job in jobs if (holder := holder_of(results, job.key)) is not None}
+    for key, holder in held.items():
+        print(f"skipping {key}: {holder} (another run); not submitted")
+    jobs = [job for job in jobs if job.key not in held]
+    if not jobs:
+        print("nothing to submit: every pending job is held by another run")
+        return 0
     entries = slurm.submit(jobs, profile, cluster, results)
     run_file = write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())})
     ids = sorted({e["slurm_job_id"].split("_")[0] for e in entries})

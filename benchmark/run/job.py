@@ -4,6 +4,16 @@ Each stage ends by writing its result record; a stage whose record already exist
 job that was requeued (SLURM preemption or time limit) or simply started again continues where it
 stopped, and training resumes from ``latest.pth``. The same function runs in every rank of a
 multi-process job; only rank 0 writes records, the state file and the job log.
+
+Rank 0 holds the job's lock (``benchmark.run.lock``) from before it lists the missing stages until
+the job ends, so two run-alls into one results folder never run the same stage twice: the second
+finds the job held and skips it (the local launcher waits for it instead). When any rank fails,
+``engine.distributed`` stops the others within seconds; rank 0 notes it in the state file.
+
+The train record covers every attempt of the run (engine/attempts.py): ``wall_time_s`` and
+``gpu_hours`` are summed over the attempts, ``mem_gb`` is the largest peak of any attempt, and
+``attempts`` counts them.
+
 A job on a released checkpoint (``checkpoint_source="released"``) has no train stage: it evaluates
 and benchmarks MMSeg's released file of the row, and its records say so.
 """
@@ -19,10 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from benchmark.errors import NLBenchError, TrainingInterrupted
-from benchmark.io.jobenv import job_environment, single_process_env
+from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_env
 from benchmark.recipe import Recipe, load_recipe
+from benchmark.run.lock import JobHeld, JobLock, lock_path
 from benchmark.run.records import provenance, record_kinds, write_record
-from benchmark.run.state import JobLog, write_state
+from benchmark.run.state import JobLog, read_state, write_state
 
 
 @dataclass(frozen=True)
@@ -153,9 +164,9 @@ class StopFlag:
 
 
 def _gpu_hours(wall_s: float, result: Dict[str, Any]) -> Optional[float]:
-    if result.get("device_type") != "cuda":
-        return None
-    return wall_s * int(result.get("world_size") or 1) / 3600.0
+    from benchmark.engine.attempts import gpu_hours
+
+    return gpu_hours(wall_s, result.get("device_type"), int(result.get("world_size") or 1))
 
 
 def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[str], **fields: Any) -> Dict[str, Any]:
@@ -199,12 +210,16 @@ def _stage_train(job: Job, log: JobLog, stop: StopFlag) -> Dict[str, Any]:
     with stop.arming():
         result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
                        log=log if log.enabled else (lambda _msg: None), stop_requested=stop.requested)
-    extra = {"mem_gb": result.get("peak_mem_gb"), "mem_kind": result.get("mem_kind"),
+    # Every attempt of the run counts: time and GPU-hours summed, memory the largest peak.
+    extra = {"wall_time_s": result.get("total_wall_time_s", result.get("wall_time_s")),
+             "gpu_hours": result.get("total_gpu_hours"), "attempts": result.get("attempts", 1),
+             "mem_gb": result.get("max_peak_mem_gb", result.get("peak_mem_gb")), "mem_kind": result.get("mem_kind"),
              "metrics": result.get("metrics"), "start_iteration": result.get("start_iteration")}
     return _record(job, "train", result, result.get("checkpoint"), **extra)
 
 
 def _checkpoint_path(job: Job) -> str:
+    from benchmark.engine.checkpointer import verify_checkpoint
     from benchmark.engine.train import LATEST
 
     if job.checkpoint_source == "released":
@@ -215,7 +230,7 @@ def _checkpoint_path(job: Job) -> str:
     path = Path(job.work_dir) / LATEST
     if not path.exists():
         raise NLBenchError("no trained checkpoint to evaluate (did the train stage run?)", path)
-    return str(path)
+    return str(verify_checkpoint(path))
 
 
 def _stage_eval(job: Job, log: JobLog, ms_flip: bool) -> Dict[str, Any]:
@@ -263,23 +278,28 @@ def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Di
 
 
 def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
-    """Run the job's pending stages in order; returns {kind: record path} of the records written."""
+    """Run the job's pending stages in order; returns {kind: record path} of the records written.
+
+    Rank 0 holds the job's lock (run/lock.py) while it runs; when another run holds it, the job is
+    skipped (that run does its stages) and {} is returned."""
     from benchmark.engine import distributed
 
     stop = stop or StopFlag()
     env = job_environment()
     work = Path(job.work_dir)
     log = JobLog(work, enabled=env.is_main)
-    # Decided once, before any work, so that every rank runs the same stages.
-    done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash, job.checkpoint_source)
-    pending: List[str] = [s for s in job.stages if s not in done]
+    lock = JobLock(lock_path(job.results_dir, job.key), what=f"slurm job {env.job_id}" if env.job_id else "nlbench job")
     written: Dict[str, str] = {}
-    if env.is_main:
-        log(f"job {job.key} attempt {env.attempt} on {env.hostname} (slurm job {env.job_id or '-'}, "
-            f"world size {env.world_size}); stages to run: {', '.join(pending) or 'none'}")
-        write_state(work, "running", stage=pending[0] if pending else None, key=job.key)
     stage = None
     try:
+        pending = _claim(job, env, lock, log)
+        if pending is None:
+            return written
+        if env.is_main:
+            log(f"job {job.key} attempt {env.attempt} on {env.hostname} (slurm job {env.job_id or '-'}, "
+                f"world size {env.world_size}); stages to run: {', '.join(pending) or 'none'}")
+            write_state(work, "running", stage=pending[0] if pending else None, key=job.key)
+            distributed.on_abort(lambda text: _note_stopped(work, job, text, log))
         for stage in pending:
             _run_one(job, stage, log, stop, written)
         if env.is_main:
@@ -288,12 +308,39 @@ def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
         return written
     except TrainingInterrupted:
         raise  # not a failure: the caller requeues the job, which resumes from the saved checkpoint
-    except Exception as exc:  # a SystemExit from submitit's requeue is not a failure: not caught here
-        if env.is_main:
+    except (Exception, KeyboardInterrupt) as exc:  # a SystemExit from submitit's requeue is not a failure
+        distributed.report_failure(exc)  # the other ranks stop within seconds, not at a timeout
+        if env.is_main and isinstance(exc, Exception):
             _note_failure(work, job, stage, exc, log)
         raise
     finally:
         distributed.cleanup()
+        if env.is_main:
+            lock.release()
+
+
+def _claim(job: Job, env: JobEnvironment, lock: JobLock, log: JobLog) -> Optional[List[str]]:
+    """Rank 0 takes the job's lock and lists the stages that have no record yet; every rank gets
+    that list, so all run the same stages. None: another run holds the job."""
+    from benchmark.engine import distributed
+
+    pending = None
+    if env.is_main:
+        try:
+            lock.acquire()
+        except JobHeld as held:
+            log(f"job {job.key}: {held}; skipped here: that run does its stages")
+        else:
+            if lock.took_over is not None:
+                log(f"job {job.key}: took over a stale lock ({lock.took_over}, which ended without releasing it)")
+            # Decided while holding the lock: what another run finished meanwhile counts as done.
+            done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash,
+                                job.checkpoint_source)
+            pending = [s for s in job.stages if s not in done]
+    if env.world_size > 1:
+        distributed.init_distributed(job.device)
+        pending = distributed.broadcast_object(pending)
+    return pending
 
 
 def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[str, str]) -> None:
@@ -308,6 +355,17 @@ def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[st
 
 def _note_failure(work: Path, job: Job, stage: Optional[str], exc: BaseException, log: Callable[[str], None]) -> None:
     message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-    log(f"FAILED in stage {stage}: {message}")
-    log(traceback.format_exc().rstrip())
-    write_state(work, "failed", stage=stage, key=job.key, error=message)
+    # Best effort: on a full disk the job log and state file may fail too, and the original error
+    # is the one to report.
+    with contextlib.suppress(NLBenchError):
+        log(f"FAILED in stage {stage}: {message}")
+        log(traceback.format_exc().rstrip())
+    with contextlib.suppress(NLBenchError):
+        write_state(work, "failed", stage=stage, key=job.key, error=message)
+
+
+def _note_stopped(work: Path, job: Job, text: str, log: Callable[[str], None]) -> None:
+    """Rank 0 stops because another rank failed (called from the rank watch, just before exiting)."""
+    stage = (read_state(work) or {}).get("stage")
+    log(f"FAILED in stage {stage}: stopped because {text}")
+    write_state(work, "failed", stage=stage, key=job.key, error=text)

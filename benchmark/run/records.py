@@ -89,6 +89,9 @@ def _figure_problems(record: Dict[str, Any]) -> List[str]:
         value = record.get(key)
         if value is not None and not _is_number(value):
             problems.append(f"{key}: expected a number or null, got {value!r}")
+    attempts = record.get("attempts")
+    if attempts is not None and not (_is_count(attempts) and attempts >= 1):
+        problems.append(f"attempts: expected an integer >= 1 or null, got {attempts!r}")
     if record.get("kind") == "bench" and not _is_number(record.get("fps")):
         problems.append(f"fps: required (a number) for a bench record, got {record.get('fps')!r}")
     return problems
