@@ -2,7 +2,8 @@
 
 A job uses the GPUs the published run used, as far as this machine has them: with 2+ GPUs it runs
 under ``torch.distributed.run`` (one process per GPU, env:// initialisation); with one GPU, or on
-the CPU, it runs inside this process. A failing job is reported and the next one starts.
+the CPU, it runs inside this process. A failing job, or one the training guard stopped, is reported
+and the next one starts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import Recipe
 from benchmark.run.job import Job, Resources, run_job
-from benchmark.run.state import JOB_LOG
+from benchmark.run.state import JOB_LOG, read_state
 
 
 def resources_for(recipe: Recipe) -> Resources:
@@ -45,7 +46,7 @@ def _run_distributed(job: Job, job_file: Path) -> None:
 
 
 def run_local(jobs: List[Job], results_dir: Path, report=print) -> Dict[str, str]:
-    """Run every job; returns {job key: "done" | "failed"}."""
+    """Run every job; returns {job key: "done" | "diverged" | "failed"} (diverged: the guard stopped it)."""
     outcome: Dict[str, str] = {}
     for i, job in enumerate(jobs, 1):
         started = time.perf_counter()
@@ -55,8 +56,10 @@ def run_local(jobs: List[Job], results_dir: Path, report=print) -> Dict[str, str
                 _run_distributed(job, results_dir / "jobs" / "local" / f"{job.key.replace('/', '__')}.json")
             else:
                 run_job(job)
-            outcome[job.key] = "done"
-            report(f"[{i}/{len(jobs)}] {job.key}: done in {time.perf_counter() - started:.1f} s")
+            state = read_state(job.work_dir) or {}
+            outcome[job.key] = "diverged" if state.get("state") == "diverged" else "done"
+            what = f"diverged ({state.get('message')})" if outcome[job.key] == "diverged" else "done"
+            report(f"[{i}/{len(jobs)}] {job.key}: {what} in {time.perf_counter() - started:.1f} s")
         except Exception as exc:  # one failing row must not stop the others
             outcome[job.key] = "failed"
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

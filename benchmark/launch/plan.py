@@ -18,7 +18,7 @@ from benchmark.errors import NLBenchError
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe
 from benchmark.run.job import Job, Resources
-from benchmark.run.records import KINDS, record_kinds
+from benchmark.run.records import KINDS, diverged_record, record_kinds
 
 STAGES_ALL = KINDS  # train -> eval -> eval ms+flip -> bench
 
@@ -29,6 +29,7 @@ STAGES_ALL = KINDS  # train -> eval -> eval ms+flip -> bench
 class Plan:
     jobs: List[Job]
     skipped: List[str] = field(default_factory=list)  # keys of rows already complete
+    diverged: List[str] = field(default_factory=list)  # keys of rows the guard stopped (guard.action stop)
 
     @property
     def total_gpu_hours(self) -> Optional[float]:
@@ -75,6 +76,7 @@ def make_plan(
     results = Path(results_dir).resolve()
     jobs: List[Job] = []
     skipped: List[str] = []
+    diverged: List[str] = []
     for path in select_recipe_paths(pattern):
         base = load_recipe(path, overrides, profile=profile)
         for k in range(seeds):
@@ -83,6 +85,12 @@ def make_plan(
             stages = stages_for(recipe)
             if skip_complete and set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed, recipe.hash):
                 skipped.append(f"{recipe.profile}/{recipe.name}/seed{seed}")
+                continue
+            # A row the guard stopped stays stopped while the guard would stop it again; with
+            # guard.action warn (--set) it is planned and resumes from its saved state.
+            if skip_complete and recipe.guard.action == "stop" and diverged_record(
+                    results, recipe.name, recipe.profile, seed, recipe.hash) is not None:
+                diverged.append(f"{recipe.profile}/{recipe.name}/seed{seed}")
                 continue
             res = resources_for(recipe)
             hours = estimate_gpu_hours(recipe, stages)
@@ -99,7 +107,7 @@ def make_plan(
                 overrides=tuple(overrides),
                 device=device,
             ))
-    return Plan(jobs, skipped)
+    return Plan(jobs, skipped, diverged)
 
 
 def format_plan(plan: Plan, launcher: str) -> str:
@@ -120,7 +128,8 @@ def format_plan(plan: Plan, launcher: str) -> str:
     out.append("")
     out.append(f"{len(plan.jobs)} job(s); estimated total: "
                + ("- (no estimate for smoke-size models)" if total is None else f"{total:.0f} GPU-hours")
-               + (f"; skipped {len(plan.skipped)} complete row(s)" if plan.skipped else ""))
+               + (f"; skipped {len(plan.skipped)} complete row(s)" if plan.skipped else "")
+               + (f"; skipped {len(plan.diverged)} diverged row(s)" if plan.diverged else ""))
     if total is not None:
         out.append(f"GPU-hours are an estimate for V100s ({TRAIN_TMAC_PER_S} TMac/s training, "
                    f"{INFER_TMAC_PER_S} TMac/s inference, from the models' GMac cost); see benchmark/launch/cost.py.")

@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 from tabulate import tabulate
@@ -212,7 +212,8 @@ def _tally(checks: List[Check]) -> str:
     return ", ".join(f"{n} {v}" for v, n in counts.items())
 
 
-def write_junit(path: Path, checks: List[Check]) -> None:
+def write_junit(path: Path, checks: List[Check], curves: Sequence = ()) -> None:
+    """``curves``: rows of ``report.curves`` (compare --curves), one testcase each, failed when diverged."""
     suite = ET.Element("testsuite", name="nlbench.compare", tests=str(len(checks)),
                        failures=str(sum(c.verdict == "regressed" for c in checks)),
                        skipped=str(sum(c.verdict in ("missing", "skipped") for c in checks)), errors="0")
@@ -225,13 +226,18 @@ def write_junit(path: Path, checks: List[Check]) -> None:
             ET.SubElement(case, "skipped", message=f"{c.verdict}: {c.note}")
         else:
             ET.SubElement(case, "system-out").text = text
+    if curves:
+        from benchmark.report.curves import add_junit_cases
+
+        add_junit_cases(suite, curves)
     ET.indent(suite)
     atomic_write_bytes(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n")
 
 
 def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,
-                    junit: Optional[str] = None, reference: Optional[str] = None) -> int:
-    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression."""
+                    junit: Optional[str] = None, reference: Optional[str] = None, curves: bool = False) -> int:
+    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
+    ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py)."""
     if tolerance < 0:
         raise NLBenchError(f"expected a tolerance >= 0, got {tolerance}", key="--tolerance")
     summary = collect_or_warn(results)
@@ -242,15 +248,31 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     header = _header_lines(refs, tolerance, ignored, profiles)
     table = tabulate(_rows(checks), headers=HEADERS, tablefmt="github", disable_numparse=True)
     regressed = [c for c in checks if c.verdict == "regressed"]
+    curve_rows, curve_text, diverged = _curves_section(results, profiles, tolerance) if curves else ([], "", 0)
     outcome = (f"FAIL: {len(regressed)} regression(s) beyond the tolerance" if regressed
                else "PASS: no regression beyond the tolerance")
+    outcome += f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else ""
     print("\n".join(header))
     print(table)
-    print(f"{_tally(checks)}\n{outcome}")
+    print(f"{_tally(checks)}\n{curve_text}{outcome}")
     if report:
         body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
-        body += ["", table, "", f"{_tally(checks)}", "", f"**{outcome}**", ""]
+        body += ["", table, "", f"{_tally(checks)}", ""]
+        body += ["## Curves", "", curve_text] if curves else []
+        body += [f"**{outcome}**", ""]
         atomic_write_text(Path(report), "\n".join(body))
     if junit:
-        write_junit(Path(junit), checks)
-    return 1 if regressed else 0
+        write_junit(Path(junit), checks, curve_rows)
+    return 1 if regressed or diverged else 0
+
+
+def _curves_section(results: str, profiles: List[str], tolerance: float):
+    """compare --curves: (rows, text for the output, number diverged); the margin at a row's last eval
+    point is the compare tolerance."""
+    from benchmark.report.curves import curve_lines, curve_rows
+
+    rows = curve_rows(Path(results), profiles, tolerance)
+    if not rows:
+        return [], "curves: no training logs under the results folder's work/ to check\n", 0
+    diverged = sum(r.verdict == "diverged" for r in rows)
+    return rows, f"curves against each row's reference curve (docs/CURVES.md):\n\n{curve_lines(rows)}\n\n", diverged
