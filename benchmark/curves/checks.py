@@ -87,7 +87,8 @@ class LossCheck:
         if not self.compared:
             return "not checked: no common window after the warm-up"
         it, got, want = self.worst or (0, 0.0, 0.0)
-        worst = f"largest deviation {relative(got, want):+.1%} at iteration {it} ({got:.4f} vs {want:.4f})"
+        deviation = round(relative(got, want), 3) + 0.0  # no "-0.0%"
+        worst = f"largest deviation {deviation:+.1%} at iteration {it} ({got:.4f} vs {want:.4f})"
         if self.failed_at is not None:
             return (f"OUT OF BAND from iteration {self.failed_at}: {len(self.outside)} of {self.compared} windows "
                     f"beyond ±{self.band:.0%}; {worst}")

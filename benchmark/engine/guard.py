@@ -70,6 +70,8 @@ class Guard:
         self.say(f"guard: against {self.label} ({ref.format}, {len(ref.train)} train and {len(ref.evals)} eval "
                  f"lines); action {self.config.action}, margin {self.config.margin} -> {self.config.final_margin} "
                  f"mIoU, patience {self.config.patience}")
+        for line in ref.warnings:
+            self.say(f"guard: warning: {line}")
         if ref.max_iters is not None and ref.max_iters != sched.max_iters:
             self.say(f"guard: WARNING: the reference log is of a {ref.max_iters}-iteration schedule, this run has "
                      f"{sched.max_iters}: the lr and mIoU checks compare different schedules")

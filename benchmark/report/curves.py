@@ -99,6 +99,7 @@ def select_recipes(recipe: str, profile: str, overrides: Sequence[str] = ()) -> 
 def _fmt(value: Optional[float], digits: int = 2, sign: bool = False) -> str:
     if value is None or value != value:
         return "-"
+    value = round(value, digits) + 0.0  # no "-0.00"
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
@@ -157,35 +158,41 @@ def _band(ax, runs: Sequence[Curve], key: str) -> None:
     if len(runs) > 1 and common:
         ax.fill_between(common, [min(s[i] for s in series) for i in common],
                         [max(s[i] for s in series) for i in common], color="tab:blue", alpha=0.15,
-                        label="seeds: min-max band" if key == "loss" else None)
+                        label="seeds: min-max band")
 
 
 def plot_overlay(row: RowCurves):
+    """Loss, lr and mIoU against iteration: the reference thick in black under each seed in colour,
+    the seeds' band shaded, the mIoU margin dashed; one legend under the panels."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     panels = [("loss", "training loss (total)"), ("lr", "learning rate"), ("mIoU", "validation mIoU (%)")]
     colors = plt.get_cmap("tab10")
     for ax, (key, title) in zip(axes, panels):
         ref = _series(row.reference, key)
-        ax.plot([p[0] for p in ref], [p[1] for p in ref], color="black", linewidth=2.2,
-                marker="o" if key == "mIoU" else None, label=f"reference: {row.reference_label}")
+        ax.plot([p[0] for p in ref], [p[1] for p in ref], color="black", linewidth=3.0, alpha=0.8,
+                marker="o" if key == "mIoU" else None, markersize=7, label="reference curve")
         _band(ax, list(row.runs.values()), key)
         for i, (seed, curve) in enumerate(row.runs.items()):
             points = _series(curve, key)
-            ax.plot([p[0] for p in points], [p[1] for p in points], color=colors(i % 10), linewidth=1.0,
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=colors(i % 10), linewidth=1.2,
                     marker="o" if key == "mIoU" else None, markersize=4, label=seed)
         if key == "mIoU" and row.assessment is not None and row.assessment.evals:
             evals = row.assessment.evals
             ax.plot([r.iteration for r in evals], [r.published - r.margin for r in evals], color="grey",
-                    linestyle="--", linewidth=1, label="reference - margin")
+                    linestyle="--", linewidth=1, label="reference - margin (the mIoU check)")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+    handles, labels = axes[2].get_legend_handles_labels()
+    more = [(h, lab) for h, lab in zip(*axes[0].get_legend_handles_labels()) if lab not in labels]
+    fig.legend(handles + [h for h, _ in more], labels + [lab for _, lab in more], loc="lower center",
+               ncol=min(6, len(labels) + len(more)), fontsize=8, frameon=False)
     summary = row.assessment.summary() if row.assessment is not None else row.note
-    fig.suptitle(f"{row.recipe.name} ({row.recipe.profile}): {summary}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"{row.recipe.name} ({row.recipe.profile} profile): {summary}\nreference: {row.reference_label}",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
