@@ -136,7 +136,11 @@ def _run_all_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
     p.add_argument("--cluster", help="SLURM profile, e.g. slurm/example.yaml")
     p.add_argument("--profile", default="full", help="full (default) or smoke")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per row (default 1)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds per row (default 1); the dry run says what interval N seeds give")
+    p.add_argument("--checkpoint", choices=["trained", "released"], default="trained",
+                   help="trained (default): train each row, then evaluate it; released: evaluate and benchmark "
+                        "each row's released MMSeg checkpoint, no training (downloaded once into $NLBENCH_CACHE)")
     _results(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and GPU-hour estimate, run nothing")
     p.add_argument("--no-wait", action="store_true",
@@ -190,6 +194,12 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", default=None, metavar="published|PATH.csv",
                    help="numbers to compare with (default: published for full-profile records, "
                         "results/reference/smoke.csv for smoke records)")
+    p.add_argument("--method", choices=["tolerance", "ci"], default="tolerance",
+                   help="tolerance (default): the mean over seeds within reference ± tolerance; ci: the 95%% "
+                        "Student-t interval over seeds against that band (reproduced/below/above/inconclusive)")
+    p.add_argument("--assumed-std", type=float, default=0.5,
+                   help="ci: the seed std (mIoU) assumed for a row with one seed, to say how many seeds would "
+                        "decide (default 0.5)")
     p.add_argument("--curves", action="store_true",
                    help="also check every row's training curves against its reference curve (as `nlbench curves "
                         "--reference released`); a diverged row fails")
@@ -211,7 +221,8 @@ VERBS: Tuple[Verb, ...] = (
     Verb("list", "benchmark.catalog:list_command", "list every recipe with its published numbers", _list_args),
     Verb("show", "benchmark.catalog:show_command", "print a fully resolved recipe", _recipe),
     Verb("run-all", "benchmark.launch.run_all:run_all_command",
-         "plan and run every row (train -> eval -> eval ms+flip -> bench)", _run_all_args),
+         "plan and run every row (train -> eval -> eval ms+flip -> bench; --checkpoint released: no training)",
+         _run_all_args),
     Verb("status", "benchmark.launch.status:status_command",
          "state of every planned row: pending/running/done/failed/requeued", _results),
     Verb("collect", "benchmark.report.collect:collect_command",
@@ -221,7 +232,8 @@ VERBS: Tuple[Verb, ...] = (
     Verb("plots", "benchmark.report.plots:plots_command",
          "plots: reproduced vs published mIoU, mIoU vs fps, memory, training curves", _plots_args),
     Verb("compare", "benchmark.report.compare:compare_command",
-         "compare reproduced with published numbers; exit 1 on a regression", _compare_args),
+         "compare reproduced with published numbers (--method tolerance|ci); exit 1 on a regression",
+         _compare_args),
     Verb("curves", "benchmark.report.curves:curves_command",
          "training curves against the row's published log: schedule, batch, loss and mIoU checks, overlay; "
          "exit 1 when a row diverged", _curves_args),

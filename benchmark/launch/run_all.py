@@ -2,12 +2,17 @@
 
     nlbench run-all [--filter GLOB] [--launcher local|slurm] [--cluster slurm/NAME.yaml]
                     [--profile full|smoke] [--seeds N] [--results DIR] [--dry-run] [--no-wait]
-                    [--set KEY=VALUE ...]
+                    [--checkpoint trained|released] [--set KEY=VALUE ...]
 
 Rows whose every stage already has a record in the results folder are skipped, so running the same
 command again after a failure runs only what is missing. With ``--launcher slurm`` the command waits
 for the array and prints the status table at the end; ``--no-wait`` returns right after submission
 (``nlbench status`` shows progress). Nothing is submitted or run when any input is wrong.
+
+``--checkpoint released`` evaluates and benchmarks each row's released MMSeg checkpoint instead of
+training one. Every file is downloaded here, once, into the download cache before anything runs or
+is submitted (a wrong URL or hash stops the command before any job); the jobs then read it from that
+cache (on a cluster, ``$NLBENCH_CACHE`` on a file system the nodes share).
 """
 
 from __future__ import annotations
@@ -67,12 +72,12 @@ def _launcher_rule(launcher: str, cluster: Optional[str]):
 
 def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,
                     profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
-                    no_wait: bool = False, overrides: Sequence[str] = ()) -> int:
+                    no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained") -> int:
     """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed or diverged."""
     folder = Path(results)
     rule, time_limit, cluster_profile = _launcher_rule(launcher, cluster)
     plan = planning.make_plan(folder, rule, pattern=filter, profile=profile, overrides=overrides, seeds=seeds,
-                              time_limit_min=time_limit)
+                              time_limit_min=time_limit, checkpoint=checkpoint)
     if dry_run:
         print(planning.format_plan(plan, launcher))
         return 0
@@ -86,9 +91,25 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
         print("nothing to run: every planned row is complete" + (" or was stopped by the guard" if plan.diverged
                                                                   else ""))
         return 1 if plan.diverged else 0
+    if checkpoint == "released":
+        fetch_released_once(plan.jobs)
     if launcher == "local":
         return _run_locally(plan.jobs, folder)
     return _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
+
+
+def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
+    """Download every released checkpoint the jobs need, once each, into their cache (hash-checked)."""
+    from benchmark.checkpoint import fetch_released
+
+    done = set()
+    for job in jobs:
+        release = job.recipe.release
+        if release is None or release.url in done:
+            continue
+        path = fetch_released(job.recipe, cache_dir=job.cache_dir)
+        done.add(release.url)
+        report(f"released checkpoint of {job.name}: {path}")
 
 
 def _run_locally(jobs: List[planning.Job], results: Path) -> int:
@@ -125,6 +146,8 @@ def guard_summary(jobs: List[planning.Job], results: Path) -> Optional[str]:
     iterations and stages on V100s, benchmark/launch/cost.py); None when it stopped none."""
     stopped, hours, unestimated = [], 0.0, 0
     for job in jobs:
+        if job.checkpoint_source != "trained":
+            continue
         record = diverged_record(results, job.name, job.profile, job.seed, job.recipe.hash)
         if record is None:
             continue

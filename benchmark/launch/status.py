@@ -87,7 +87,12 @@ def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[s
 
 def _records_complete(results_dir: Path, entry: Dict[str, Any]) -> bool:
     return set(entry["stages"]) <= record_kinds(results_dir, entry["recipe"], entry["profile"], entry["seed"],
-                                                entry.get("recipe_hash"))
+                                                entry.get("recipe_hash"), _source(entry))
+
+
+def _source(entry: Dict[str, Any]) -> str:
+    """The job's checkpoint source (run files written before there was one: trained)."""
+    return entry.get("checkpoint_source") or "trained"
 
 
 def _pid_alive(state: Dict[str, Any]) -> bool:
@@ -104,6 +109,8 @@ def _diverged(results_dir: Path, entry: Dict[str, Any], own: Optional[str], slur
               state_file: Dict[str, Any]) -> Optional[str]:
     """"diverged at iter k: mIoU x, published y" when the guard stopped this row and it is not running
     again (a resume with guard.action warn); None otherwise."""
+    if (entry.get("checkpoint_source") or "trained") != "trained":
+        return None  # a released checkpoint's job has no training to stop
     record = diverged_record(results_dir, entry["recipe"], entry["profile"], entry["seed"], entry.get("recipe_hash"))
     if record is None:
         return None
@@ -168,7 +175,8 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
         "job_id": job_id or "-",
         "requeues": requeues,
         "iteration": iteration_reached(work),
-        "max_iters": entry.get("max_iters"),
+        "max_iters": entry.get("max_iters") if _source(entry) == "trained" else None,  # released: no training
+        "checkpoint_source": _source(entry),
         "message": message,
         "log": log_path,
     }
@@ -191,7 +199,9 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
         message = (r["message"] or "")
         if len(message) > 100:
             message = message[:97] + "..."
-        table.append([r["recipe"], r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
+        recipe = r["recipe"] + ("" if r.get("checkpoint_source", "trained") == "trained"
+                                else f" ({r['checkpoint_source']} checkpoint)")
+        table.append([recipe, r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
                       r["job_id"], r["requeues"], it, message, r["log"]])
     headers = ["recipe", "seed", "state", "job id", "requeues", "iteration", "failure (last log line)", "log"]
     counts: Dict[str, int] = {}

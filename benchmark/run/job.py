@@ -4,6 +4,8 @@ Each stage ends by writing its result record; a stage whose record already exist
 job that was requeued (SLURM preemption or time limit) or simply started again continues where it
 stopped, and training resumes from ``latest.pth``. The same function runs in every rank of a
 multi-process job; only rank 0 writes records, the state file and the job log.
+A job on a released checkpoint (``checkpoint_source="released"``) has no train stage: it evaluates
+and benchmarks MMSeg's released file of the row, and its records say so.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class Job:
     gpu_hours: Optional[float]  # estimate (V100), None for smoke-size models
     overrides: Tuple[str, ...] = ()
     device: str = "auto"
+    # "trained": the job's own train stage makes the checkpoint; "released": MMSeg's released file
+    # of the row is evaluated (no train stage), fetched from ``cache_dir`` (absolute; None: the default).
+    checkpoint_source: str = "trained"
+    cache_dir: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -71,8 +77,9 @@ class Job:
 
     @property
     def key(self) -> str:
-        """Stable identity of a job across runs: <profile>/<recipe>/seed<k>."""
-        return f"{self.profile}/{self.name}/seed{self.seed}"
+        """Stable identity of a job across runs: <profile>/<recipe>/seed<k>, and
+        <profile>/<recipe>/released/seed<k> for a released checkpoint's."""
+        return f"{self.profile}/{self.name}/{source_part(self.checkpoint_source)}seed{self.seed}"
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-able summary kept under RESULTS/jobs/ (status reads it; the recipe is named, not copied)."""
@@ -84,6 +91,7 @@ class Job:
             "nodes": self.resources.nodes, "tasks_per_node": self.resources.tasks_per_node,
             "gpus_per_node": self.resources.gpus_per_node, "time_limit_min": self.time_limit_min,
             "gpu_hours_estimate": self.gpu_hours, "overrides": list(self.overrides), "device": self.device,
+            "checkpoint_source": self.checkpoint_source, "cache_dir": self.cache_dir,
         }
 
 
@@ -103,7 +111,15 @@ def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
         gpu_hours=d.get("gpu_hours_estimate"),
         overrides=tuple(overrides),
         device=d.get("device", "auto"),
+        checkpoint_source=d.get("checkpoint_source") or "trained",
+        cache_dir=d.get("cache_dir"),
     )
+
+
+def source_part(checkpoint_source: str) -> str:
+    """The key/work-dir component of a checkpoint source: '' for trained (the layout as it was),
+    'released/' for released, so the two never share a work dir or a job key."""
+    return "" if checkpoint_source == "trained" else f"{checkpoint_source}/"
 
 
 class StopFlag:
@@ -162,6 +178,15 @@ def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[st
     return body
 
 
+def _source_fields(job: Job) -> Dict[str, Any]:
+    """What eval and bench records say about where their checkpoint came from."""
+    fields: Dict[str, Any] = {"checkpoint_source": job.checkpoint_source}
+    release = job.recipe.release
+    if job.checkpoint_source == "released" and release is not None:
+        fields["checkpoint_release"] = {"url": release.url, "stamp": release.stamp}
+    return fields
+
+
 def _metrics(result: Dict[str, Any]) -> Dict[str, Any]:
     return {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class") if k in result}
 
@@ -200,6 +225,11 @@ def _diverged_record(job: Job, exc: RunDiverged, wall_s: float) -> Dict[str, Any
 def _checkpoint_path(job: Job) -> str:
     from benchmark.engine.train import LATEST
 
+    if job.checkpoint_source == "released":
+        from benchmark.checkpoint import fetch_released
+
+        # run-all fetched it before the job started; this finds it in the cache (hash-checked).
+        return str(fetch_released(job.recipe, cache_dir=job.cache_dir, progress=False))
     path = Path(job.work_dir) / LATEST
     if not path.exists():
         raise NLBenchError("no trained checkpoint to evaluate (did the train stage run?)", path)
@@ -214,7 +244,8 @@ def _stage_eval(job: Job, log: JobLog, ms_flip: bool) -> Dict[str, Any]:
                       progress=False)
     log(f"{'eval ms+flip' if ms_flip else 'eval'}: aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  "
         f"mAcc {result['mAcc']:.2f}")
-    return _record(job, "eval_ms_flip" if ms_flip else "eval", result, checkpoint, metrics=_metrics(result))
+    return _record(job, "eval_ms_flip" if ms_flip else "eval", result, checkpoint, metrics=_metrics(result),
+                   **_source_fields(job))
 
 
 def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
@@ -224,7 +255,7 @@ def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
     result = bench(job.recipe, checkpoint=checkpoint, device=job.device, data_root=job.data_root)
     log(f"bench: {result.get('fps', float('nan')):.2f} fps, mem {result.get('mem_gb')} GB")
     return _record(job, "bench", result, checkpoint, fps=result.get("fps"), mem_gb=result.get("mem_gb"),
-                   mem_kind=result.get("mem_kind"))
+                   mem_kind=result.get("mem_kind"), **_source_fields(job))
 
 
 def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Dict[str, Any]]:
@@ -232,6 +263,8 @@ def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Di
     from benchmark.engine import distributed
 
     if stage == "train":
+        if job.checkpoint_source != "trained":
+            raise NLBenchError(f"a job on the {job.checkpoint_source} checkpoint has no train stage", key="stages")
         return _stage_train(job, log, stop)
     if stage in ("eval", "eval_ms_flip"):
         return _stage_eval(job, log, ms_flip=stage == "eval_ms_flip")
@@ -256,7 +289,7 @@ def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
     work = Path(job.work_dir)
     log = JobLog(work, enabled=env.is_main)
     # Decided once, before any work, so that every rank runs the same stages.
-    done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash)
+    done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash, job.checkpoint_source)
     pending: List[str] = [s for s in job.stages if s not in done]
     written: Dict[str, str] = {}
     if env.is_main:

@@ -27,6 +27,10 @@ SCHEMA = "nlbench.record/1"
 # The stages of a job, in the order they run; a record's kind is the stage that wrote it.
 KINDS = ("train", "eval", "eval_ms_flip", "bench")
 EVAL_KINDS = ("eval", "eval_ms_flip")
+# Where the evaluated weights came from: trained by nlbench (the job's own train stage) or MMSeg's
+# released file. Eval, ms+flip and bench records say so in ``checkpoint_source``; a record without
+# the field (older ones, train records) is "trained". Results of the two are never mixed.
+CHECKPOINT_SOURCES = ("trained", "released")
 RECORDS_SUBDIR = "records"
 
 PathLike = Union[str, Path]
@@ -136,7 +140,17 @@ def validate_record(record: Any) -> List[str]:
                 + _guard_problems(record))
     if not isinstance(record.get("provenance"), dict):
         problems.append("provenance: expected an object (see records.provenance())")
+    source = record.get("checkpoint_source")
+    if source is not None and source not in CHECKPOINT_SOURCES:
+        problems.append(f"checkpoint_source: expected one of {', '.join(CHECKPOINT_SOURCES)}, got {source!r}")
+    elif source == "released" and record.get("kind") == "train":
+        problems.append("checkpoint_source: a train record makes its own checkpoint, it cannot be 'released'")
     return problems
+
+
+def checkpoint_source(record: Dict[str, Any]) -> str:
+    """"trained" or "released" (a record without the field is "trained")."""
+    return record.get("checkpoint_source") or "trained"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -299,9 +313,10 @@ def load_records(
 
 
 def row_records(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                recipe_hash: Optional[str] = None) -> List[Dict[str, Any]]:
-    """The valid records of one (recipe, profile, seed), oldest first; with ``recipe_hash``, only those
-    made with exactly that resolved recipe. A corrupt or foreign file counts for nothing."""
+                recipe_hash: Optional[str] = None, source: str = "trained") -> List[Dict[str, Any]]:
+    """The valid records of one (recipe, profile, seed) and checkpoint ``source``, oldest first; with
+    ``recipe_hash``, only those made with exactly that resolved recipe. A corrupt or foreign file
+    counts for nothing."""
     records = []
     folder = record_dir(results_dir, recipe, profile, seed)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -315,20 +330,24 @@ def row_records(results_dir: PathLike, recipe: str, profile: str, seed: int,
             continue
         if recipe_hash is not None and record["provenance"].get("recipe_hash") != recipe_hash:
             continue
+        if checkpoint_source(record) != source:
+            continue
         records.append(record)
     return sorted(records, key=lambda r: r["created_at"])
 
 
 def record_kinds(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                 recipe_hash: Optional[str] = None) -> set:
+                 recipe_hash: Optional[str] = None, source: str = "trained") -> set:
     """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
 
     Only that row's folder is read; a corrupt or foreign file counts for nothing (the stage runs again).
     With ``recipe_hash``, only records made with exactly that resolved recipe count, so a changed
     recipe or ``--set`` runs the stages again instead of reusing another configuration's results.
-    A train record of a run the guard stopped (``status: diverged``) does not make training done.
+    Only records of checkpoint ``source`` count: a released checkpoint's eval never makes a trained
+    row look done, nor the other way round. A train record of a run the guard stopped
+    (``status: diverged``) does not make training done.
     """
-    return {r["kind"] for r in row_records(results_dir, recipe, profile, seed, recipe_hash)
+    return {r["kind"] for r in row_records(results_dir, recipe, profile, seed, recipe_hash, source)
             if r.get("status") != "diverged"}
 
 
