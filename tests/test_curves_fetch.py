@@ -84,3 +84,17 @@ def test_logs_fetch_command_and_the_released_reference_of_a_full_row(tmp_path, m
     assert resolve_reference(recipe, str(local)) == local / f"{ROW}.log.json"
     with pytest.raises(NLBenchError, match="reference log not found"):
         resolve_reference(recipe, str(tmp_path / "absent.log.json"))
+
+
+def test_run_all_fetches_each_guard_reference_once_before_the_jobs(tmp_path, monkeypatch):
+    from benchmark.launch.plan import Resources, make_plan
+    from benchmark.launch.run_all import fetch_reference_logs_once
+
+    monkeypatch.setenv("NLBENCH_CACHE", str(tmp_path / "cache"))
+    with LoopbackServer(_published_log()) as server:
+        plan = make_plan(tmp_path / "results", lambda _r: Resources(), pattern=ROW, seeds=2,
+                         overrides=[f"release.base_url={server.url}", "guard.reference=released"])
+        said = []
+        fetch_reference_logs_once(plan.jobs, report=said.append)
+        assert len(plan.jobs) == 2 and len(server.requests) == 1 and len(said) == 1
+        assert (log_cache_dir() / LOG_NAME).is_file()

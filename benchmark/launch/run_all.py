@@ -93,6 +93,7 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
         return 1 if plan.diverged else 0
     if checkpoint == "released":
         fetch_released_once(plan.jobs)
+    fetch_reference_logs_once(plan.jobs)
     if launcher == "local":
         return _run_locally(plan.jobs, folder)
     return _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
@@ -110,6 +111,22 @@ def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
         path = fetch_released(job.recipe, cache_dir=job.cache_dir)
         done.add(release.url)
         report(f"released checkpoint of {job.name}: {path}")
+
+
+def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
+    """Every published training log a job's guard reads (``guard.reference: released``, full
+    profile), downloaded once each before any job runs, so that seeds and array tasks of one row
+    never fetch the same file at once."""
+    from benchmark.curves.reference import RELEASED, fetch_log
+
+    done = set()
+    for job in jobs:
+        recipe = job.recipe
+        if (job.checkpoint_source != "trained" or recipe.guard.reference != RELEASED or recipe.profile != "full"
+                or recipe.release is None or recipe.release.log_url in done):
+            continue
+        done.add(recipe.release.log_url)
+        report(f"published training log of {job.name} (the guard's reference): {fetch_log(recipe)}")
 
 
 def _run_locally(jobs: List[planning.Job], results: Path) -> int:
