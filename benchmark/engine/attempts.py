@@ -4,7 +4,8 @@ A run that is preempted, requeued, killed or simply started again with ``--resum
 several attempts. What the run cost is the sum over them, so the work dir keeps one entry per
 attempt (rank 0 writes it, atomically): when it started, the iterations it covered, its wall time,
 its GPU-hours and its peak memory, and how it ended (``running`` while it runs, ``done``,
-``interrupted`` on a stop request, ``lost`` for one that was killed or failed, noticed by the next).
+``interrupted`` on a stop request, ``diverged`` when the guard stopped it, ``lost`` for one that
+was killed or failed, noticed by the next).
 
 An entry is written when the attempt starts and updated at every checkpoint and at the end, so a
 killed attempt counts up to its last checkpoint. A run that starts from iteration 0 starts a new

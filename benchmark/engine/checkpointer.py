@@ -258,7 +258,7 @@ class Checkpointer:
         distributed.barrier()
 
     def ended(self, done: int, outcome: str, peak_mem_gb: Optional[float] = None) -> Dict[str, Any]:
-        """Close this attempt's ledger entry (``done`` or ``interrupted``); returns the run's totals."""
+        """Close this attempt's ledger entry (``done``, ``interrupted`` or ``diverged``); returns the run's totals."""
         if self.ledger is None:
             return {}
         self.ledger.update(done, outcome, peak_mem_gb)

@@ -2,7 +2,8 @@
 
 A job uses the GPUs the published run used, as far as this machine has them: with 2+ GPUs it runs
 under ``torch.distributed.run`` (one process per GPU, env:// initialisation); with one GPU, or on
-the CPU, it runs inside this process. A failing job is reported and the next one starts.
+the CPU, it runs inside this process. A failing job, or one the training guard stopped, is reported
+and the next one starts.
 
 Each job runs under its lock (``benchmark.run.lock``). A job that another run-all holds is put off:
 the others run first, then this launcher waits for the holder to finish and runs whatever stages it
@@ -25,8 +26,8 @@ from benchmark.io.files import atomic_write_text
 from benchmark.recipe import Recipe
 from benchmark.run.job import Job, Resources, run_job
 from benchmark.run.lock import JobHeld, JobLock, held_for_children, lock_path
-from benchmark.run.records import record_kinds
-from benchmark.run.state import JOB_LOG
+from benchmark.run.records import diverged_record, record_kinds
+from benchmark.run.state import JOB_LOG, read_state
 
 
 def resources_for(recipe: Recipe) -> Resources:
@@ -52,7 +53,7 @@ def _run_distributed(job: Job, job_file: Path, lock: JobLock) -> None:
 
 
 def _run_one(job: Job, lock: JobLock, results_dir: Path, tag: str, report) -> str:
-    """Run one job under its lock (held); returns "done" or "failed"."""
+    """Run one job under its lock (held); returns "done", "diverged" (the guard stopped it) or "failed"."""
     started = time.perf_counter()
     report(f"{tag} {job.key} on {job.resources.describe()} (log {Path(job.work_dir) / JOB_LOG})")
     try:
@@ -60,8 +61,11 @@ def _run_one(job: Job, lock: JobLock, results_dir: Path, tag: str, report) -> st
             _run_distributed(job, results_dir / "jobs" / "local" / f"{job.key.replace('/', '__')}.json", lock)
         else:
             run_job(job)
-        report(f"{tag} {job.key}: done in {time.perf_counter() - started:.1f} s")
-        return "done"
+        state = read_state(job.work_dir) or {}
+        outcome = "diverged" if state.get("state") == "diverged" else "done"
+        what = f"diverged ({state.get('message')})" if outcome == "diverged" else "done"
+        report(f"{tag} {job.key}: {what} in {time.perf_counter() - started:.1f} s")
+        return outcome
     except Exception as exc:  # one failing row must not stop the others
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         report(f"{tag} {job.key}: FAILED after {time.perf_counter() - started:.1f} s: {message}")
@@ -76,8 +80,8 @@ def _complete(job: Job) -> bool:
 
 
 def run_local(jobs: List[Job], results_dir: Path, report=print) -> Dict[str, str]:
-    """Run every job; returns {job key: "done" | "failed"}. Jobs held by another run-all come last,
-    after waiting for their holder."""
+    """Run every job; returns {job key: "done" | "diverged" | "failed"} (diverged: the guard stopped
+    it). Jobs held by another run-all come last, after waiting for their holder."""
     outcome: Dict[str, str] = {}
     put_off: List[Tuple[str, Job, JobLock]] = []
     for i, job in enumerate(jobs, 1):
@@ -98,6 +102,9 @@ def run_local(jobs: List[Job], results_dir: Path, report=print) -> Dict[str, str
             if _complete(job):
                 report(f"{tag} {job.key}: done by the other run; nothing left to run here")
                 outcome[job.key] = "done"
+            elif diverged_record(results_dir, job.name, job.profile, job.seed, job.recipe.hash) is not None:
+                report(f"{tag} {job.key}: the other run's guard stopped it (diverged); not run again here")
+                outcome[job.key] = "diverged"
             else:
                 outcome[job.key] = _run_one(job, lock, results_dir, tag, report)
     return outcome

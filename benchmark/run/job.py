@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from benchmark.errors import NLBenchError, TrainingInterrupted
+from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
 from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_env
 from benchmark.recipe import Recipe, load_recipe
 from benchmark.run.lock import JobHeld, JobLock, lock_path
@@ -207,15 +207,37 @@ def _stage_train(job: Job, log: JobLog, stop: StopFlag) -> Dict[str, Any]:
 
     resume = (Path(job.work_dir) / LATEST).exists()
     log(f"train: {'resuming from latest.pth' if resume else 'from scratch'}")
-    with stop.arming():
-        result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
-                       log=log if log.enabled else (lambda _msg: None), stop_requested=stop.requested)
+    started = time.perf_counter()
+    try:
+        with stop.arming():
+            result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
+                           log=log if log.enabled else (lambda _msg: None), stop_requested=stop.requested)
+    except RunDiverged as exc:
+        return _diverged_record(job, exc, time.perf_counter() - started)
     # Every attempt of the run counts: time and GPU-hours summed, memory the largest peak.
     extra = {"wall_time_s": result.get("total_wall_time_s", result.get("wall_time_s")),
              "gpu_hours": result.get("total_gpu_hours"), "attempts": result.get("attempts", 1),
              "mem_gb": result.get("max_peak_mem_gb", result.get("peak_mem_gb")), "mem_kind": result.get("mem_kind"),
-             "metrics": result.get("metrics"), "start_iteration": result.get("start_iteration")}
+             "metrics": result.get("metrics"), "start_iteration": result.get("start_iteration"),
+             "status": "completed", "guard": result.get("guard")}
     return _record(job, "train", result, result.get("checkpoint"), **extra)
+
+
+def _diverged_record(job: Job, exc: RunDiverged, wall_s: float) -> Dict[str, Any]:
+    """The train record of a run the guard stopped: its evidence, where it stopped, its checkpoint,
+    and what its attempts cost (``attempts.json``; this attempt's wall time when there is none)."""
+    from benchmark.engine.attempts import read_attempts, totals
+    from benchmark.engine.distributed import resolve_device
+    from benchmark.engine.train import LATEST
+
+    device = resolve_device(job.device, job_environment().local_rank)
+    latest = Path(job.work_dir) / LATEST
+    spent = totals(read_attempts(Path(job.work_dir)))
+    result = {"wall_time_s": spent.get("total_wall_time_s") or wall_s, "device": str(device),
+              "device_type": device.type, "world_size": job.resources.world_size}
+    return _record(job, "train", result, str(latest) if latest.exists() else None, status="diverged",
+                   guard=exc.evidence, stopped_at_iteration=exc.iteration, gpu_hours=spent.get("total_gpu_hours"),
+                   attempts=spent.get("attempts", 1), mem_gb=spent.get("max_peak_mem_gb"))
 
 
 def _checkpoint_path(job: Job) -> str:
@@ -301,7 +323,9 @@ def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
             write_state(work, "running", stage=pending[0] if pending else None, key=job.key)
             distributed.on_abort(lambda text: _note_stopped(work, job, text, log))
         for stage in pending:
-            _run_one(job, stage, log, stop, written)
+            if _run_one(job, stage, log, stop, written) == "diverged":
+                _note_diverged(work, job, log if env.is_main else None)
+                return written
         if env.is_main:
             write_state(work, "done", stage=None, key=job.key)
             log(f"job {job.key}: all stages done")
@@ -343,7 +367,8 @@ def _claim(job: Job, env: JobEnvironment, lock: JobLock, log: JobLog) -> Optiona
     return pending
 
 
-def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[str, str]) -> None:
+def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[str, str]) -> Optional[str]:
+    """Run one stage and write its record; returns the record's ``status`` (train: completed | diverged)."""
     if log.enabled:
         write_state(Path(job.work_dir), "running", stage=stage, key=job.key)
     started = time.perf_counter()
@@ -351,6 +376,21 @@ def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[st
     if log.enabled and record is not None:
         written[stage] = str(write_record(job.results_dir, record))
         log(f"{stage}: done in {time.perf_counter() - started:.1f} s; record {written[stage]}")
+    return None if record is None else record.get("status")
+
+
+def _note_diverged(work: Path, job: Job, log: Optional[Callable[[str], None]]) -> None:
+    """The guard stopped training: the later stages are not run (their GPU time is saved)."""
+    if log is None:
+        return
+    from benchmark.run.records import diverged_record
+
+    record = diverged_record(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash) or {}
+    message = (record.get("guard") or {}).get("message") or "diverged"
+    log(f"job {job.key}: {message}; the guard stopped it (guard.action stop), later stages not run. "
+        "`run-all --set guard.action=warn` (or `nlbench train --resume`) continues it")
+    write_state(work, "diverged", stage="train", key=job.key, message=message,
+                stopped_at=record.get("stopped_at_iteration"))
 
 
 def _note_failure(work: Path, job: Job, stage: Optional[str], exc: BaseException, log: Callable[[str], None]) -> None:
