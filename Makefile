@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-all clean
+.PHONY: install browser demo reference-logs test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ browser:
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
+# The smoke reference logs (results/reference/logs/smoke/<recipe>.log.json, docs/CURVES.md): a smoke
+# run-all of every row into REFERENCE_RUN (rows already done there are not run again), then each row's
+# train.log.json frozen. The default folder is written by this target alone.
+REFERENCE_RUN ?= results/reference-run
+reference-logs: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local --results $(REFERENCE_RUN)
+	$(BIN)/python -c "from benchmark.report.curves import write_reference_logs; write_reference_logs('$(REFERENCE_RUN)')"
+
 # The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP) browser
 	$(BIN)/lint-imports
@@ -41,4 +49,4 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) results/work results/jobs results/records results/demo/records results/demo/work results/demo/jobs data/synthetic
+	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/demo/records results/demo/work results/demo/jobs data/synthetic

@@ -175,6 +175,27 @@ def _report_args(p: argparse.ArgumentParser) -> None:
                    help="mIoU points a row may fall short before its verdict is 'regressed' (default 0.5, as compare)")
 
 
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="_action", metavar="ACTION", required=True)
+    fetch = sub.add_parser("fetch", help="download each row's published training log into the cache (resumable; "
+                                         "pinned by sha256 at the first download)")
+    fetch.set_defaults(_target="benchmark.curves.reference:logs_fetch_command")
+    fetch.add_argument("--filter", help="glob on recipe names (default: all)")
+    _overrides(fetch, "override a value in every recipe, e.g. release.base_url for a mirror (repeatable)")
+
+
+def _curves_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe name, recipe YAML, or a glob on recipe names ('*': every row with runs)")
+    _overrides(p, "override a recipe value, e.g. --set guard.margin=2.0 (YAML-typed; repeatable)")
+    p.add_argument("--profile", default="full", help="profile of the runs: full (default) or smoke")
+    _results(p)
+    p.add_argument("--reference", default="released", metavar="released|PATH",
+                   help="reference curve: released (the row's published log, downloaded once; in the smoke profile "
+                        "results/reference/logs/smoke/<recipe>.log.json) or a log file / folder")
+    p.add_argument("--out", default=None, help="folder for the overlay figures (default RESULTS/plots)")
+    p.add_argument("--json", dest="json_out", help="write the checks and eval tables as JSON")
+
+
 def _compare_args(p: argparse.ArgumentParser) -> None:
     _results(p)
     p.add_argument("--tolerance", type=float, default=0.5, help="mIoU points a row may fall short (default 0.5)")
@@ -189,6 +210,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assumed-std", type=float, default=0.5,
                    help="ci: the seed std (mIoU) assumed for a row with one seed, to say how many seeds would "
                         "decide (default 0.5)")
+    p.add_argument("--curves", action="store_true",
+                   help="also check every row's training curves against its reference curve (as `nlbench curves "
+                        "--reference released`); a diverged row fails")
 
 
 VERBS: Tuple[Verb, ...] = (
@@ -223,6 +247,10 @@ VERBS: Tuple[Verb, ...] = (
     Verb("report", "benchmark.report.html:report_command",
          "a static HTML report: the tables with verdicts, the plots, one page per row (no server, no JavaScript)",
          _report_args),
+    Verb("curves", "benchmark.report.curves:curves_command",
+         "training curves against the row's published log: schedule, batch, loss and mIoU checks, overlay; "
+         "exit 1 when a row diverged", _curves_args),
+    Verb("logs", "", "published training logs: `logs fetch` downloads them into the cache", _logs_args),
 )
 
 

@@ -92,13 +92,16 @@ def test_report_is_static_self_contained_and_links_resolve(report):
 def test_row_page_holds_stages_provenance_cost_and_curves(report):
     row = ROWS[0]
     page = (report / "rows" / "smoke" / f"{row}.html").read_text(encoding="utf-8")
-    for section in ('id="cost"', 'id="stages"', 'id="provenance"', 'id="curves"', 'id="recipe"'):
+    for section in ('id="cost"', 'id="stages"', 'id="provenance"', 'id="curves"', 'id="reference"', 'id="recipe"'):
         assert section in page
     for stage in ("train", "eval", "bench"):
         assert f"<td>{stage}</td>" in page
     assert "git_commit" in page and "0" * 40 in page and "recipe_hash" in page
     assert "V100 GPU-hours estimated for the published recipe" in page
     assert '<figure class="plot" id="row-curves">' in page and "<svg" in page
+    # The runs against the row's smoke reference log (results/reference/logs/smoke/), with the verdict.
+    assert '<figure class="plot" id="row-overlay">' in page
+    assert re.search(r"Curve verdict: <strong>(on track|drifting|diverged)</strong>", page)
 
 
 def test_released_checkpoints_get_their_own_table_and_no_row_page(tmp_path):

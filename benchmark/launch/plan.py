@@ -19,7 +19,7 @@ from benchmark.io.download import cache_dir_default
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe
 from benchmark.run.job import Job, Resources, source_part
-from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, record_kinds
+from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, diverged_record, record_kinds
 from benchmark.stats import DEFAULT_TOLERANCE, SEED_STD_MIOU, half_width, seeds_for_half_width
 
 STAGES_ALL = KINDS  # train -> eval -> eval ms+flip -> bench
@@ -31,6 +31,7 @@ STAGES_ALL = KINDS  # train -> eval -> eval ms+flip -> bench
 class Plan:
     jobs: List[Job]
     skipped: List[str] = field(default_factory=list)  # keys of rows already complete
+    diverged: List[str] = field(default_factory=list)  # keys of rows the guard stopped (guard.action stop)
     checkpoint: str = "trained"  # "trained" (train, then evaluate) or "released" (evaluate MMSeg's file)
     seeds: int = 1
     # Released plans: job key -> estimated GPU-hours of training that row instead (train + every stage).
@@ -103,9 +104,7 @@ def make_plan(
             seed = base.runtime.seed + k
             recipe = base if k == 0 else load_recipe(path, [*overrides, f"runtime.seed={seed}"], profile=profile)
             stages = stages_for(recipe, checkpoint)
-            if skip_complete and set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed, recipe.hash,
-                                                             checkpoint):
-                plan.skipped.append(f"{recipe.profile}/{recipe.name}/{source_part(checkpoint)}seed{seed}")
+            if skip_complete and _skipped(plan, results, recipe, seed, stages):
                 continue
             hours = estimate_gpu_hours(recipe, stages)
             job = Job(
@@ -127,6 +126,21 @@ def make_plan(
             if checkpoint == "released":
                 plan.training_gpu_hours[job.key] = estimate_gpu_hours(recipe, stages_for(recipe))
     return plan
+
+
+def _skipped(plan: Plan, results: Path, recipe: Recipe, seed: int, stages: Tuple[str, ...]) -> bool:
+    """Whether the row is not planned, noted in ``plan``: complete (every stage has a record of this
+    recipe and checkpoint source), or stopped by the guard. A stopped row stays stopped while its
+    guard would stop it again; with guard.action warn (--set) it is planned and resumes."""
+    key = f"{recipe.profile}/{recipe.name}/{source_part(plan.checkpoint)}seed{seed}"
+    if set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed, recipe.hash, plan.checkpoint):
+        plan.skipped.append(key)
+        return True
+    if plan.checkpoint == "trained" and recipe.guard.action == "stop" and diverged_record(
+            results, recipe.name, recipe.profile, seed, recipe.hash) is not None:
+        plan.diverged.append(key)
+        return True
+    return False
 
 
 def _hours(value: Optional[float]) -> str:
@@ -157,7 +171,8 @@ def format_plan(plan: Plan, launcher: str) -> str:
     else:
         out.append(f"{len(plan.jobs)} job(s); estimated total: "
                    + ("- (no estimate for smoke-size models)" if total is None else f"{total:.0f} GPU-hours")
-                   + (f"; skipped {len(plan.skipped)} complete row(s)" if plan.skipped else ""))
+                   + (f"; skipped {len(plan.skipped)} complete row(s)" if plan.skipped else "")
+                   + (f"; skipped {len(plan.diverged)} diverged row(s)" if plan.diverged else ""))
     if total is not None:
         out.append(f"GPU-hours are an estimate for V100s ({TRAIN_TMAC_PER_S} TMac/s training, "
                    f"{INFER_TMAC_PER_S} TMac/s inference, from the models' GMac cost); see benchmark/launch/cost.py.")

@@ -141,10 +141,10 @@ def collect(results_dir, known_recipes: Optional[Iterable[str]] = None) -> pd.Da
     records, warnings = load_records(results_dir, known_recipes)
     if not records:
         where = Path(results_dir) / RECORDS_SUBDIR
-        why = f"{len(warnings)} file(s) there were skipped, see the warnings" if warnings else "the folder has none"
-        err = NLBenchError(f"no result records to collect ({why}); run `nlbench run-all` first", where)
-        err.warnings = warnings  # the CLI prints them before the error
-        raise err
+        if warnings:  # one line still: the first skipped file and why
+            raise NLBenchError(f"no result records to collect: {len(warnings)} file(s) there were skipped, the "
+                               f"first: {warnings[0]}", where)
+        raise NLBenchError("no result records to collect (the folder has none); run `nlbench run-all` first", where)
     per_seed = runs(records)
     summary = summarize(per_seed)
     summary.attrs["warnings"] = warnings
@@ -155,11 +155,7 @@ def collect(results_dir, known_recipes: Optional[Iterable[str]] = None) -> pd.Da
 
 def collect_or_warn(results_dir) -> pd.DataFrame:
     """``collect`` for the CLI verbs: skipped-record warnings go to stderr, one line each."""
-    try:
-        summary = collect(results_dir)
-    except NLBenchError as exc:
-        print_warnings(getattr(exc, "warnings", []))
-        raise
+    summary = collect(results_dir)
     print_warnings(summary.attrs["warnings"])
     return summary
 

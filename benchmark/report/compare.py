@@ -20,7 +20,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 from tabulate import tabulate
@@ -308,7 +308,9 @@ def _case_text(c: Check, method: str, tolerance: float) -> str:
     return f"reference {row[3]}, reproduced {row[4]} (n={c.n}), delta {row[6]}: {c.verdict}"
 
 
-def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tolerance: float = 0.5) -> None:
+def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tolerance: float = 0.5,
+                curves: Sequence = ()) -> None:
+    """``curves``: rows of ``report.curves`` (compare --curves), one testcase each, failed when diverged."""
     suite = ET.Element("testsuite", name="nlbench.compare", tests=str(len(checks)),
                        failures=str(sum(c.verdict in FAILING for c in checks)),
                        skipped=str(sum(c.verdict in ("missing", "skipped", "inconclusive") for c in checks)),
@@ -323,6 +325,10 @@ def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tole
             ET.SubElement(case, "skipped", message=f"{c.verdict}: {c.note}")
         else:
             ET.SubElement(case, "system-out").text = text
+    if curves:
+        from benchmark.report.curves import add_junit_cases
+
+        add_junit_cases(suite, curves)
     ET.indent(suite)
     atomic_write_bytes(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n")
 
@@ -361,8 +367,9 @@ def _check_options(tolerance: float, method: str, assumed_std: float) -> None:
 
 def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,
                     junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
-                    assumed_std: float = SEED_STD_MIOU) -> int:
-    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression."""
+                    assumed_std: float = SEED_STD_MIOU, curves: bool = False) -> int:
+    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
+    ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py)."""
     _check_options(tolerance, method, assumed_std)
     summary = collect_or_warn(results)
     profiles = sorted(summary["profile"].unique())
@@ -371,7 +378,8 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     header = _header_lines(refs, tolerance, ignored, profiles) + ([_ci_header(assumed_std)] if method == "ci" else [])
     sections = _sections(summary, refs, tolerance, method, assumed_std)
     every = [c for _, checks in sections for c in checks]
-    outcome = _outcome(every, method)
+    curve_rows, curve_text, diverged = _curves_section(results, profiles, tolerance) if curves else ([], "", 0)
+    outcome = _outcome(every, method) + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else "")
     verdicts = CI_TALLY if method == "ci" else VERDICTS
     print("\n".join(header))
     body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
@@ -382,9 +390,24 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
             body += ["", "## Released checkpoints", "", RELEASED_TITLE]
         print(f"{table}\n{tally}")
         body += ["", table, "", tally]
+    if curves:
+        print(f"\n{curve_text}")
+        body += ["", "## Curves", "", curve_text]
     print(outcome)
     if report:
         atomic_write_text(Path(report), "\n".join(body + ["", f"**{outcome}**", ""]))
     if junit:
-        write_junit(Path(junit), every, method, tolerance)
-    return 1 if any(c.verdict in FAILING for c in every) else 0
+        write_junit(Path(junit), every, method, tolerance, curve_rows)
+    return 1 if any(c.verdict in FAILING for c in every) or diverged else 0
+
+
+def _curves_section(results: str, profiles: List[str], tolerance: float):
+    """compare --curves: (rows, text, number diverged); the margin at a row's last eval point is the
+    compare tolerance."""
+    from benchmark.report.curves import curve_lines, curve_rows
+
+    rows = curve_rows(Path(results), profiles, tolerance)
+    if not rows:
+        return [], "curves: no training logs under the results folder's work/ to check", 0
+    diverged = sum(r.verdict == "diverged" for r in rows)
+    return rows, f"curves against each row's reference curve (docs/CURVES.md):\n\n{curve_lines(rows)}", diverged

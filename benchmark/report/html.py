@@ -2,7 +2,8 @@
 
 ``OUT/index.html`` holds the published tables filled with the reproduced values and their verdicts, and
 the plots; ``OUT/rows/<profile>/<recipe>.html`` holds one row: its figures and verdicts, GPU-hours spent
-against the estimate, each stage's record, provenance, training curves and the resolved recipe. The
+against the estimate, each stage's record, provenance, training curves, those curves overlaid on the
+row's reference log with the curve verdict of ``nlbench curves``, and the resolved recipe. The
 pages need no server, no network and no JavaScript: plots are inline SVG, the style sheet is inline,
 and the only links that leave the folder are the published checkpoints and logs.
 
@@ -14,8 +15,7 @@ they show. Two lists make the report grow without restructuring it:
   ``VerdictSource`` in that list (a Check per row and metric, and how to word what decided it); the
   templates loop over them and the style sheet colours its verdict names.
 - ``row_sections`` gives the sections of a row page, each a template under ``templates/sections/``
-  with its own context; another section (e.g. curves overlaid on the published log) is one more
-  ``Section`` and one more template.
+  with its own context; another section is one more ``Section`` and one more template.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from benchmark.catalog import load_published, release_links
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.launch.cost import estimate_gpu_hours
-from benchmark.recipe import load_recipe, resolve_recipe_path
+from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
 from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, newest_by_kind, of_source
 from benchmark.report.compare import HARDWARE_METRICS, METRICS, Check, apply_ci, compare, default_references
+from benchmark.report.curves import assess_row, plot_overlay
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
 from benchmark.report.tables import PROFILE_NOTES, RELEASED_NOTE
 from benchmark.run.records import KINDS, load_records
@@ -280,6 +281,16 @@ def _cost(recipe_name: str, profile: str, seeds: Dict[int, Dict[str, Dict[str, A
     }
 
 
+def _reference_view(recipe: Recipe, results_dir: Path) -> Dict[str, Any]:
+    """The row's runs overlaid on its reference log (the published one from the cache, or the smoke
+    reference) with the curve verdict, as ``nlbench curves`` gives them; nothing is downloaded."""
+    row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False)
+    if row.assessment is None:
+        return {"svg": None, "note": row.note}
+    return {"svg": inline_svg(plot_overlay(row), "overlay"), "reference": row.reference_label,
+            "verdict": row.verdict, "summary": row.assessment.summary()}
+
+
 def row_sections(row: pd.Series, seeds: Dict[int, Dict[str, Dict[str, Any]]], results_dir: Path,
                  page_dir: Path) -> List[Section]:
     """The sections of one row page, in order (see the module docstring to add one)."""
@@ -296,6 +307,8 @@ def row_sections(row: pd.Series, seeds: Dict[int, Dict[str, Dict[str, Any]]], re
         Section("curves", "Training curves", "curves.html.j2",
                 {"svg": inline_svg(curves, "curves") if curves is not None else None,
                  "logs": [_href(p, page_dir) for p in logs]}),
+        Section("reference", "Against the published curve", "reference.html.j2", _reference_view(resolved, results_dir)
+                if logs else {"svg": None, "note": "no training log"}),
         Section("recipe", "Resolved recipe", "recipe.html.j2",
                 {"yaml": resolved.to_yaml(), "hash": resolved.hash, "profile": profile}),
     ]

@@ -5,6 +5,7 @@ One set of figures per recipe profile (full-size and smoke results never share a
   miou_vs_fps_<profile>     mIoU against inference speed, one panel per dataset
   memory_<profile>          training memory per row
   training_curves_<profile> loss, learning rate and validation mIoU per iteration (train.log.jsonl)
+  overlay_<profile>_<recipe> each row's seeds against its reference curve (report/curves.py)
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _save(fig, out_dir: Path, stem: str) -> List[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+save_figure = _save  # report/curves.py draws the overlays through it
 
 
 def _reference_for(profile: str) -> Optional[Reference]:
@@ -287,6 +291,8 @@ def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: 
 
 
 def make_plots(results_dir, out_dir) -> List[Path]:
+    from benchmark.report.curves import overlay_plots
+
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     summary = collect_or_warn(results_dir)
     # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
@@ -299,6 +305,7 @@ def make_plots(results_dir, out_dir) -> List[Path]:
         for profile in sorted(summary["profile"].unique()):
             for kind, fig in profile_figures(summary, per_seed, results_dir, published, profile):
                 written += _save(fig, out_dir, f"{kind}_{profile}")
+            written += overlay_plots(results_dir, profile, out_dir)
     except OSError as exc:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None
     return written
