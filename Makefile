@@ -7,16 +7,28 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo reference-logs test test-all clean
+.PHONY: install browser demo reference-logs test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# A headless browser for the HTML report's test (tests/test_report_html.py): Debian's chromium, where
+# apt is there and we are root; anywhere else this says so and the browser test skips. Never fails.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "browser: $$(command -v chromium || command -v chromium-browser)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+			>/dev/null) || echo "browser: apt-get could not install chromium; the browser test will skip"; \
+	else \
+		echo "browser: no chromium and no apt-get as root; the browser test will skip"; \
+	fi
 
 # Runs the main job on the embedded defaults: synthetic datasets, smoke profile, local launcher.
 demo: $(STAMP)
@@ -31,7 +43,7 @@ reference-logs: $(STAMP)
 	$(BIN)/python -c "from benchmark.report.curves import write_reference_logs; write_reference_logs('$(REFERENCE_RUN)')"
 
 # The code's own checks first (import layers, lint), then the suite.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/lint-imports
 	$(BIN)/ruff check benchmark tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -158,11 +158,21 @@ def _tables_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readme", default="README.md", help="README to update between its marker comments")
     p.add_argument("--check", action="store_true", help="exit 1 if the README's tables are stale; write nothing")
     p.add_argument("--published", action="store_true", help="print the published tables alone")
+    p.add_argument("--metafile", metavar="FILE",
+                   help="write the reproduced results to FILE in MMSegmentation 1.x's metafile.yaml (model-index) "
+                        "layout, one entry per row, instead of the markdown tables")
 
 
 def _plots_args(p: argparse.ArgumentParser) -> None:
     _results(p)
     p.add_argument("--out", default=None, help="output folder (default RESULTS/plots)")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    _results(p)
+    p.add_argument("--out", default=None, help="output folder (default RESULTS/report): index.html and rows/")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="mIoU points a row may fall short before its verdict is 'regressed' (default 0.5, as compare)")
 
 
 def _logs_args(p: argparse.ArgumentParser) -> None:
@@ -234,6 +244,9 @@ VERBS: Tuple[Verb, ...] = (
     Verb("compare", "benchmark.report.compare:compare_command",
          "compare reproduced with published numbers (--method tolerance|ci); exit 1 on a regression",
          _compare_args),
+    Verb("report", "benchmark.report.html:report_command",
+         "a static HTML report: the tables with verdicts, the plots, one page per row (no server, no JavaScript)",
+         _report_args),
     Verb("curves", "benchmark.report.curves:curves_command",
          "training curves against the row's published log: schedule, batch, loss and mIoU checks, overlay; "
          "exit 1 when a row diverged", _curves_args),

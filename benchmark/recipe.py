@@ -67,7 +67,7 @@ class HeadConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    depth: Literal[18, 50, 101]
+    depth: Literal[18, 34, 50, 101]  # 18 and 34: the smoke profile's small trunks
     num_classes: int = Field(gt=0)
     align_corners: bool = False
     decode_head: HeadConfig

@@ -47,7 +47,8 @@ from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.guard import Guard
 from benchmark.engine.mmseg_log import MMSEG_LOG_NAME, MMSeg0xLogSink
 from benchmark.engine.steps import make_optimizer, make_scaler, train_step
-from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger
+from benchmark.engine.tensorboard_sink import tensorboard_sink
+from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
 from benchmark.errors import DIVERGED_EXIT_CODE, NLBenchError, RunDiverged, TrainingInterrupted
 from benchmark.recipe import Recipe, load_recipe
 
@@ -156,6 +157,12 @@ def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Opti
     return Training(model, loss_model, optimizer, scaler, train_set, val_set, start_iter, memory_format, effective)
 
 
+def published_recipe(recipe: Recipe) -> Recipe:
+    """The row as published: its recipe file in the full profile, without the profile's overlay or
+    ``--set`` overrides (a recipe built in code, without a file, stands for itself)."""
+    return load_recipe(recipe.source) if recipe.source else recipe
+
+
 def _make_work_dir(work_dir: Path, info: DistInfo) -> None:
     if work_dir.exists() and not work_dir.is_dir():
         raise NLBenchError("expected a folder for checkpoints and logs (the work dir), found a file", work_dir)
@@ -180,9 +187,10 @@ def _announce(recipe: Recipe, info: DistInfo, log: Log) -> int:
         log(f"train {recipe.name} [{recipe.profile}] on {info.world_size} x {info.device} "
             f"({info.backend or 'single process'}); effective batch {effective} = {info.world_size} x "
             f"{data.imgs_per_gpu} images per rank")
-        if effective != recipe.effective_batch:
-            log(f"warning: the published run used {recipe.runtime.gpus} GPUs x {data.imgs_per_gpu} = "
-                f"{recipe.effective_batch} images per iteration; this run uses {effective}")
+        published = published_recipe(recipe)
+        if effective != published.effective_batch:
+            log(f"warning: the published run used {published.runtime.gpus} GPUs x {published.data.imgs_per_gpu} "
+                f"= {published.effective_batch} images per iteration; this run uses {effective}")
     return effective
 
 
@@ -313,17 +321,24 @@ def train(
     logger.event("end", iteration=sched.max_iters, wall_time_s=wall)
     return {
         "iterations": sched.max_iters, "start_iteration": run.start_iter, "wall_time_s": wall,
-        "final_loss": loss, "metrics": metrics, "checkpoint": checkpoints.final_path(), "guard": guard.evidence(),
+        "final_loss": loss, "metrics": metrics or last_evaluation(work_dir / LOG_NAME),
+        "checkpoint": checkpoints.final_path(), "guard": guard.evidence(),
         "work_dir": str(work_dir), "world_size": info.world_size, "effective_batch": run.effective_batch,
         "peak_mem_gb": (mem := distributed.all_reduce_max(peak.gb(), info.device)), "mem_kind": peak.kind,
         **device_info(info.device, amp=recipe.runtime.amp), **checkpoints.ended(sched.max_iters, "done", mem),
     }
 
 
-def log_sinks(recipe: Recipe, work_dir: Path, resume: bool) -> List[LogSink]:
-    """Where rank 0's training log goes: ``train.log.jsonl`` and its MMSeg 0.x form ``train.log.json``."""
-    return [JsonLinesSink(work_dir / LOG_NAME, fresh=not resume),
-            MMSeg0xLogSink(work_dir / MMSEG_LOG_NAME, recipe, fresh=not resume)]
+def log_sinks(recipe: Recipe, work_dir: Path, resume: bool, log: Log = print) -> List[LogSink]:
+    """Where rank 0's training log goes: ``train.log.jsonl``, its MMSeg 0.x form ``train.log.json``, and
+    TensorBoard event files in the work dir when the tensorboard package is installed (``log`` says
+    once when it is not)."""
+    sinks: List[LogSink] = [JsonLinesSink(work_dir / LOG_NAME, fresh=not resume),
+                            MMSeg0xLogSink(work_dir / MMSEG_LOG_NAME, recipe, fresh=not resume)]
+    tensorboard = tensorboard_sink(work_dir, log)
+    if tensorboard is not None:
+        sinks.append(tensorboard)
+    return sinks
 
 
 def _start_log(recipe: Recipe, run: Training, info: DistInfo, work_dir: Path, resume: bool,
@@ -331,7 +346,7 @@ def _start_log(recipe: Recipe, run: Training, info: DistInfo, work_dir: Path, re
     """The logger (rank 0 writes) and the guard, which reads the same lines as one more sink."""
     sched = recipe.schedule
     guard = Guard(recipe, work_dir, info, log, resume)
-    sinks = log_sinks(recipe, work_dir, resume) if info.is_main else []
+    sinks = log_sinks(recipe, work_dir, resume, log) if info.is_main else []
     sinks += [guard.sink] if guard.sink is not None else []
     logger = TrainLogger(sinks, enabled=info.is_main, max_iters=sched.max_iters, start_iter=run.start_iter,
                          log_interval=sched.log_interval, log=log)
@@ -394,7 +409,18 @@ def train_command(recipe: str, overrides: Sequence[str] = (), profile: str = "fu
     finally:
         distributed.cleanup()
     if is_main:
-        metrics = summary.get("metrics") or {}
-        print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s; "
-              f"mIoU {metrics.get('mIoU', float('nan')):.2f}; checkpoint {summary['checkpoint']}")
+        print(_outcome(summary))
     return 0
+
+
+def _outcome(summary: Dict[str, Any]) -> str:
+    """The closing line of `nlbench train`."""
+    metrics = summary.get("metrics")
+    scores = "no evaluation logged" if not metrics else (
+        f"mIoU {metrics['mIoU']:.2f}, aAcc {metrics['aAcc']:.2f}, mAcc {metrics['mAcc']:.2f}")
+    if summary["start_iteration"] >= summary["iterations"]:
+        at = f" (iteration {metrics['iteration']})" if metrics and "iteration" in metrics else ""
+        return (f"nothing left to do: {summary['checkpoint']} already holds all {summary['iterations']} "
+                f"iterations; the last evaluation{at} gave {scores}")
+    return (f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s; {scores}; "
+            f"checkpoint {summary['checkpoint']}")

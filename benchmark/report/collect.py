@@ -58,8 +58,9 @@ def _created_ts(record: Dict[str, Any]) -> float:
     return datetime.fromisoformat(record["created_at"]).timestamp()
 
 
-def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
-    """One row per (recipe, profile, checkpoint source, seed): the newest record of each kind, joined."""
+def newest_by_kind(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, Dict[str, Any]]]:
+    """(recipe, profile, checkpoint source, seed) -> {kind: the newest record of that kind} (by
+    created_at, then path)."""
     newest: Dict[tuple, Dict[str, Any]] = {}
     for rec in records:
         key = (rec["recipe"], rec["profile"], checkpoint_source(rec), rec["seed"], rec["kind"])
@@ -70,8 +71,13 @@ def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
     by_seed: Dict[tuple, Dict[str, Dict[str, Any]]] = {}
     for (recipe, profile, source, seed, kind), (_, rec) in newest.items():
         by_seed.setdefault((recipe, profile, source, seed), {})[kind] = rec
+    return by_seed
+
+
+def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
+    """One row per (recipe, profile, checkpoint source, seed): the newest record of each kind, joined."""
     rows = []
-    for (recipe, profile, source, seed), kinds in by_seed.items():
+    for (recipe, profile, source, seed), kinds in newest_by_kind(records).items():
         row: Dict[str, Any] = {"recipe": recipe, "profile": profile, "checkpoint_source": source, "seed": seed}
         for column, (kind, path) in METRIC_SOURCES.items():
             value = _dig(kinds[kind], path) if kind in kinds else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -34,11 +34,12 @@ END = "<!-- nlbench:tables:end -->"
 PROFILE_ORDER = {"full": 0, "smoke": 1}
 PROFILE_NOTES = {
     "full": "the recipes as published (full size, real datasets).",
-    "smoke": "ResNet-18 trunk, thin heads, synthetic data in each dataset's layout, tiny crops and a short "
-             "schedule (Backbone, Crop Size and Lr schd below name the published row, not the smoke "
-             "settings). It checks that every stage of every row runs; its numbers are **not** "
-             "comparable with the published full-size results (rows say `NonLocal (smoke)`; `nlbench compare` "
-             "gates them against `results/reference/smoke.csv`).",
+    "smoke": "ResNet-18 trunk for the R-50 rows and ResNet-34 for the R-101 rows, thin heads, synthetic data "
+             "in each dataset's layout, tiny crops and short schedules that grow with the published ones "
+             "(20k/40k/80k/160k -> 40/60/90/130 iterations; Backbone, Crop Size and Lr schd below name the "
+             "published row, not the smoke settings). It checks that every stage of every row runs; its "
+             "numbers are **not** comparable with the published full-size results (rows say `NonLocal (smoke)`; "
+             "`nlbench compare` gates them against `results/reference/smoke.csv`).",
 }
 
 
@@ -216,9 +217,12 @@ def splice(readme_text: str, block: str) -> str:
 
 
 def tables_command(results: str = "results", readme: str = "README.md", check: bool = False,
-                   published: bool = False) -> int:
-    """`nlbench tables`: write RESULTS/tables.md and the README's block; ``check`` only compares."""
+                   published: bool = False, metafile: Optional[str] = None) -> int:
+    """`nlbench tables`: write RESULTS/tables.md and the README's block; ``check`` only compares;
+    ``metafile`` writes the results as MMSeg's metafile.yaml instead (see report/metafile.py)."""
     table = load_published()
+    if metafile is not None:
+        return _metafile_command(results, table, Path(metafile), check or published)
     if published:
         blocks = [f"### {dataset}\n\n{text}\n" for dataset, text in published_tables(table).items()]
         print("\n".join(blocks), end="")
@@ -242,4 +246,20 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
     if updated != current:
         atomic_write_text(readme_path, updated)
     print(f"tables: {tables_md}; README {'updated' if updated != current else 'already up to date'}: {readme_path}")
+    return 0
+
+
+def _metafile_command(results: str, published: pd.DataFrame, target: Path, other_mode: bool) -> int:
+    from benchmark.report.collect import newest_by_kind
+    from benchmark.report.metafile import metafile, write_metafile
+    from benchmark.run.records import load_records
+
+    if other_mode:
+        raise NLBenchError("--metafile writes the reproduced results; it does not combine with --check or "
+                           "--published", key="--metafile")
+    summary = collect_or_warn(results)
+    records, _ = load_records(results)  # the warnings were printed by collect
+    document = metafile(summary, published, newest_by_kind(records), Path(results))
+    write_metafile(target, document)
+    print(f"metafile: {target} ({len(document['Models'])} models, MMSegmentation 1.x model-index layout)")
     return 0

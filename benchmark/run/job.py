@@ -272,9 +272,18 @@ def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
 
     checkpoint = _checkpoint_path(job)
     result = bench(job.recipe, checkpoint=checkpoint, device=job.device, data_root=job.data_root)
-    log(f"bench: {result.get('fps', float('nan')):.2f} fps, mem {result.get('mem_gb')} GB")
+    log(f"bench: {_bench_figures(result)}")
     return _record(job, "bench", result, checkpoint, fps=result.get("fps"), mem_gb=result.get("mem_gb"),
                    mem_kind=result.get("mem_kind"), **_source_fields(job))
+
+
+def _bench_figures(result: Dict[str, Any]) -> str:
+    """'76.74 fps, Mem 0.7 GB (peak_rss)': rounded as the tables print them."""
+    fps, mem = result.get("fps"), result.get("mem_gb")
+    fps_text = f"{fps:.2f} fps" if fps is not None else "fps not measured"
+    kind = result.get("mem_kind") or "unknown kind"
+    mem_text = f"Mem {mem:.1f} GB ({kind})" if mem is not None else "Mem not measured"
+    return f"{fps_text}, {mem_text}"
 
 
 def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Dict[str, Any]]:
