@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from benchmark.engine import tensorboard_sink
+from benchmark.engine.mmseg_log import MMSeg0xLogSink
 from benchmark.engine.train import log_sinks, train, train_command
 from benchmark.engine.train_log import JsonLinesSink
 from benchmark.recipe import load_recipe
@@ -80,7 +81,7 @@ def test_without_tensorboard_training_logs_as_before_and_says_so_once(tmp_path, 
     said = []
     first = log_sinks(recipe, tmp_path / "a", resume=False, log=said.append)
     second = log_sinks(recipe, tmp_path / "b", resume=False, log=said.append)
-    assert [type(s) for s in first] == [type(s) for s in second] == [JsonLinesSink]
+    assert [type(s) for s in first] == [type(s) for s in second] == [JsonLinesSink, MMSeg0xLogSink]
     assert len(said) == 1 and "pip install 'nlbench[tensorboard]'" in said[0]
 
 
