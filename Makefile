@@ -7,26 +7,46 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install browser demo reference-logs test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# A headless browser for the HTML report's test (tests/test_report_html.py): Debian's chromium, where
+# apt is there and we are root; anywhere else this says so and the browser test skips. Never fails.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "browser: $$(command -v chromium || command -v chromium-browser)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+			>/dev/null) || echo "browser: apt-get could not install chromium; the browser test will skip"; \
+	else \
+		echo "browser: no chromium and no apt-get as root; the browser test will skip"; \
+	fi
 
 # Runs the main job on the embedded defaults: synthetic datasets, smoke profile, local launcher.
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
+# The smoke reference logs (results/reference/logs/smoke/<recipe>.log.json, docs/CURVES.md): a smoke
+# run-all of every row into REFERENCE_RUN (rows already done there are not run again), then each row's
+# train.log.json frozen. The default folder is written by this target alone.
+REFERENCE_RUN ?= results/reference-run
+reference-logs: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local --results $(REFERENCE_RUN)
+	$(BIN)/python -c "from benchmark.report.curves import write_reference_logs; write_reference_logs('$(REFERENCE_RUN)')"
+
 # The code's own checks first (import layers, lint), then the suite.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/lint-imports
 	$(BIN)/ruff check benchmark tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) results/work results/jobs results/records results/demo/records results/demo/work results/demo/jobs data/synthetic
+	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/demo/records results/demo/work results/demo/jobs data/synthetic

@@ -37,8 +37,17 @@ def load_published(path: Optional[Path] = None) -> pd.DataFrame:
     for col in NUMERIC:
         df[f"{col}_text"] = df[col]
         df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce")
-    df["lr_schd"] = df["lr_schd"].astype(int)
+        _refuse_non_numbers(path, raw, col, df[col].isna() & (raw[col] != ""), "a number or empty")
+    ints = pd.to_numeric(raw["lr_schd"], errors="coerce")
+    _refuse_non_numbers(path, raw, "lr_schd", ints.isna() | (ints != ints.round()), "an iteration count")
+    df["lr_schd"] = ints.astype(int)
     return df.set_index("recipe", drop=False)
+
+
+def _refuse_non_numbers(path: Path, raw: pd.DataFrame, column: str, bad: pd.Series, expected: str) -> None:
+    if bad.any():
+        row = raw[bad].iloc[0]
+        raise NLBenchError(f"row {row['recipe']!r}: expected {expected}, got {row[column]!r}", path, column)
 
 
 def select_recipe_paths(pattern: Optional[str], key: str = "--filter") -> List[Path]:

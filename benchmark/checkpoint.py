@@ -10,6 +10,7 @@ Saves are atomic (``benchmark.io.files.atomic_file``): a reader never sees half 
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 from collections import OrderedDict
@@ -26,13 +27,48 @@ from benchmark.recipe import Recipe
 PathLike = Union[str, Path]
 
 
-def atomic_torch_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically."""
+class _HashingWriter:
+    """The file torch.save writes to: hashes the bytes on their way to disk, and keeps the OSError
+    of a failed write (torch reports a full disk as "unexpected pos ..." from its zip writer)."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.digest, self.error = fh, hashlib.sha256(), None
+
+    def write(self, data: Any) -> int:
+        try:
+            written = self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.digest.update(memoryview(data)[:written])
+        return written
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def torch_save_sha256(obj: Any, path: PathLike) -> str:
+    """``torch.save(obj)`` to ``path`` atomically; returns the sha256 of the bytes written.
+
+    A write that fails (ENOSPC, EIO, ...) is an NLBenchError naming ``path``; the previous file,
+    if any, stays as it was and no temporary file is left behind."""
+    writer = None
     try:
         with atomic_file(path) as fh:
-            torch.save(obj, fh)
-    except OSError as exc:  # e.g. ENOSPC: the previous file stays as it was
+            writer = _HashingWriter(fh)
+            torch.save(obj, writer)
+    except OSError as exc:  # e.g. ENOSPC at the fsync: the previous file stays as it was
         raise NLBenchError(f"cannot write checkpoint: {exc.strerror or exc}", path) from None
+    except RuntimeError:
+        if writer is None or writer.error is None:
+            raise
+        raise NLBenchError(f"cannot write checkpoint: {writer.error.strerror or writer.error}", path) from None
+    return writer.digest.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    torch_save_sha256(obj, path)
     return Path(path)
 
 

@@ -143,7 +143,11 @@ def _run_all_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
     p.add_argument("--cluster", help="SLURM profile, e.g. slurm/example.yaml")
     p.add_argument("--profile", default="full", help="full (default) or smoke")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per row (default 1)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds per row (default 1); the dry run says what interval N seeds give")
+    p.add_argument("--checkpoint", choices=["trained", "released"], default="trained",
+                   help="trained (default): train each row, then evaluate it; released: evaluate and benchmark "
+                        "each row's released MMSeg checkpoint, no training (downloaded once into $NLBENCH_CACHE)")
     _results(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and GPU-hour estimate, run nothing")
     p.add_argument("--no-wait", action="store_true",
@@ -161,11 +165,42 @@ def _tables_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readme", default="README.md", help="README to update between its marker comments")
     p.add_argument("--check", action="store_true", help="exit 1 if the README's tables are stale; write nothing")
     p.add_argument("--published", action="store_true", help="print the published tables alone")
+    p.add_argument("--metafile", metavar="FILE",
+                   help="write the reproduced results to FILE in MMSegmentation 1.x's metafile.yaml (model-index) "
+                        "layout, one entry per row, instead of the markdown tables")
 
 
 def _plots_args(p: argparse.ArgumentParser) -> None:
     _results(p)
     p.add_argument("--out", default=None, help="output folder (default RESULTS/plots)")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    _results(p)
+    p.add_argument("--out", default=None, help="output folder (default RESULTS/report): index.html and rows/")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="mIoU points a row may fall short before its verdict is 'regressed' (default 0.5, as compare)")
+
+
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="_action", metavar="ACTION", required=True)
+    fetch = sub.add_parser("fetch", help="download each row's published training log into the cache (resumable; "
+                                         "pinned by sha256 at the first download)")
+    fetch.set_defaults(_target="benchmark.curves.reference:logs_fetch_command")
+    fetch.add_argument("--filter", help="glob on recipe names (default: all)")
+    _overrides(fetch, "override a value in every recipe, e.g. release.base_url for a mirror (repeatable)")
+
+
+def _curves_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe name, recipe YAML, or a glob on recipe names ('*': every row with runs)")
+    _overrides(p, "override a recipe value, e.g. --set guard.margin=2.0 (YAML-typed; repeatable)")
+    p.add_argument("--profile", default="full", help="profile of the runs: full (default) or smoke")
+    _results(p)
+    p.add_argument("--reference", default="released", metavar="released|PATH",
+                   help="reference curve: released (the row's published log, downloaded once; in the smoke profile "
+                        "results/reference/logs/smoke/<recipe>.log.json) or a log file / folder")
+    p.add_argument("--out", default=None, help="folder for the overlay figures (default RESULTS/plots)")
+    p.add_argument("--json", dest="json_out", help="write the checks and eval tables as JSON")
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -176,6 +211,15 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", default=None, metavar="published|PATH.csv",
                    help="numbers to compare with (default: published for full-profile records, "
                         "results/reference/smoke.csv for smoke records)")
+    p.add_argument("--method", choices=["tolerance", "ci"], default="tolerance",
+                   help="tolerance (default): the mean over seeds within reference ± tolerance; ci: the 95%% "
+                        "Student-t interval over seeds against that band (reproduced/below/above/inconclusive)")
+    p.add_argument("--assumed-std", type=float, default=0.5,
+                   help="ci: the seed std (mIoU) assumed for a row with one seed, to say how many seeds would "
+                        "decide (default 0.5)")
+    p.add_argument("--curves", action="store_true",
+                   help="also check every row's training curves against its reference curve (as `nlbench curves "
+                        "--reference released`); a diverged row fails")
 
 
 def _gpu_report_args(p: argparse.ArgumentParser) -> None:
@@ -207,7 +251,8 @@ VERBS: Tuple[Verb, ...] = (
     Verb("list", "benchmark.catalog:list_command", "list every recipe with its published numbers", _list_args),
     Verb("show", "benchmark.catalog:show_command", "print a fully resolved recipe", _recipe),
     Verb("run-all", "benchmark.launch.run_all:run_all_command",
-         "plan and run every row (train -> eval -> eval ms+flip -> bench)", _run_all_args),
+         "plan and run every row (train -> eval -> eval ms+flip -> bench; --checkpoint released: no training)",
+         _run_all_args),
     Verb("status", "benchmark.launch.status:status_command",
          "state of every planned row: pending/running/done/failed/requeued", _results),
     Verb("collect", "benchmark.report.collect:collect_command",
@@ -217,7 +262,15 @@ VERBS: Tuple[Verb, ...] = (
     Verb("plots", "benchmark.report.plots:plots_command",
          "plots: reproduced vs published mIoU, mIoU vs fps, memory, training curves", _plots_args),
     Verb("compare", "benchmark.report.compare:compare_command",
-         "compare reproduced with published numbers; exit 1 on a regression", _compare_args),
+         "compare reproduced with published numbers (--method tolerance|ci); exit 1 on a regression",
+         _compare_args),
+    Verb("report", "benchmark.report.html:report_command",
+         "a static HTML report: the tables with verdicts, the plots, one page per row (no server, no JavaScript)",
+         _report_args),
+    Verb("curves", "benchmark.report.curves:curves_command",
+         "training curves against the row's published log: schedule, batch, loss and mIoU checks, overlay; "
+         "exit 1 when a row diverged", _curves_args),
+    Verb("logs", "", "published training logs: `logs fetch` downloads them into the cache", _logs_args),
 )
 
 

@@ -29,3 +29,19 @@ class TrainingInterrupted(Exception):
     def __init__(self, iteration: int):
         super().__init__(f"training interrupted at iteration {iteration}; checkpoint saved")
         self.iteration = iteration
+
+
+# `nlbench train` exits with this when the guard stopped a diverged run (0 done, 1 a failed check
+# elsewhere, 2 bad input); docs/CURVES.md.
+DIVERGED_EXIT_CODE = 3
+
+
+class RunDiverged(Exception):
+    """The training guard (``guard.action: stop``) stopped the run at the evaluation after
+    ``iteration`` that made it diverged; the state was saved there, so a resume continues it.
+    ``evidence`` is the guard's assessment (JSON-safe)."""
+
+    def __init__(self, iteration: int, message: str, evidence: dict):
+        super().__init__(message)
+        self.iteration = iteration
+        self.evidence = evidence

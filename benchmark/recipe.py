@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from benchmark.errors import NLBenchError
 
@@ -58,7 +67,7 @@ class HeadConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    depth: Literal[18, 50, 101]
+    depth: Literal[18, 34, 50, 101]  # 18 and 34: the smoke profile's small trunks
     num_classes: int = Field(gt=0)
     align_corners: bool = False
     decode_head: HeadConfig
@@ -105,7 +114,7 @@ class TestConfig(_Strict):
     mode: Literal["whole", "slide"]
     crop_size: Optional[PairInt] = None  # (h, w) of a sliding window
     stride: Optional[PairInt] = None  # (h, w)
-    ms_flip_ratios: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    ms_flip_ratios: Tuple[PositiveFloat, ...] = Field((0.5, 0.75, 1.0, 1.25, 1.5, 1.75), min_length=1)
     ms_flip_published: bool = False
 
     @model_validator(mode="after")
@@ -173,6 +182,22 @@ class ReleaseConfig(_Strict):
         return f"{self.base_url.rstrip('/')}/{self.mmseg0x_config}/{self.mmseg0x_config}_{stamp}.log.json"
 
 
+class GuardConfig(_Strict):
+    """The training guard: the run's curves against its row's reference curve at every evaluation
+    (benchmark/curves/checks.py, docs/CURVES.md). Not part of ``Recipe.hash``: it watches a run and
+    never changes what it computes, so a run can be resumed with another guard setting."""
+
+    # "released" (the row's published log; the committed smoke reference log in the smoke profile),
+    # a path to a log file or folder, or null (no guard).
+    reference: Optional[str] = None
+    margin: float = Field(3.0, ge=0.0)  # mIoU points allowed below the reference at the first eval point
+    final_margin: float = Field(0.5, ge=0.0)  # ... at the last one (compare's default tolerance)
+    patience: int = Field(2, ge=1)  # consecutive eval points below the margin that make a run diverged
+    action: Literal["warn", "stop"] = "warn"
+    loss_band: float = Field(0.15, gt=0.0)  # relative band of the loss check
+    warmup: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of max_iters before the loss is compared
+
+
 class Recipe(_Strict):
     name: str
     profile: str = "full"
@@ -183,6 +208,7 @@ class Recipe(_Strict):
     runtime: RuntimeConfig
     bench: BenchConfig = BenchConfig()
     release: Optional[ReleaseConfig] = None
+    guard: GuardConfig = GuardConfig()
     # Where the recipe came from; filled by load_recipe, not by the YAML.
     source: str = ""
 
@@ -198,8 +224,9 @@ class Recipe(_Strict):
 
     @property
     def hash(self) -> str:
-        """sha256 of the resolved recipe minus where it was read from (provenance of a run)."""
-        body = {k: v for k, v in self.to_dict().items() if k != "source"}
+        """sha256 of the resolved recipe minus where it was read from and the guard, which watches a
+        run without changing it (provenance of a run)."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -318,7 +345,7 @@ def _format_validation_error(exc: ValidationError, path: Path) -> NLBenchError:
         got_text = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{key}: {msg}{got_text}")
     first, rest = lines[0], lines[1:]
-    more = "".join(f"\n  also {line}" for line in rest)
+    more = "".join(f"; also {line}" for line in rest)  # one line: the CLI prints errors on one line
     return NLBenchError(f"invalid recipe: {first}{more}", path)
 
 

@@ -12,7 +12,7 @@ from benchmark.cli import main as cli
 from benchmark.errors import NLBenchError
 from benchmark.launch import slurm
 from benchmark.launch.cost import INFER_TMAC_PER_S, estimate_gpu_hours, forward_gmac, image_test_gmac
-from benchmark.launch.plan import Resources, default_time_limit_min, make_plan
+from benchmark.launch.plan import Resources, default_time_limit_min, format_plan, make_plan
 from benchmark.recipe import list_recipe_paths, load_recipe
 
 ONE_CPU = lambda recipe: Resources()  # noqa: E731
@@ -165,3 +165,33 @@ def test_job_dict_round_trip(tmp_path):
     for job in plan.jobs:
         again = job_from_dict(json.loads(json.dumps(job.to_dict())))
         assert again == job
+
+
+def test_saved_gpu_hours_of_a_stopped_job_are_the_rest_of_it():
+    from benchmark.launch.cost import estimate_saved_gpu_hours
+    from benchmark.launch.plan import stages_for
+
+    row = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
+    recipe = load_recipe(row)
+    stages = stages_for(recipe)
+    total, train = estimate_gpu_hours(recipe, stages), estimate_gpu_hours(recipe, ("train",))
+    assert estimate_saved_gpu_hours(recipe, stages, 0) == pytest.approx(total)
+    assert estimate_saved_gpu_hours(recipe, stages, 8000) == pytest.approx(total - 0.2 * train)
+    assert estimate_saved_gpu_hours(recipe, stages, 40000) == pytest.approx(total - train)  # the later stages
+    assert estimate_saved_gpu_hours(load_recipe(row, profile="smoke"), stages, 50) is None
+
+
+def test_a_row_the_guard_stopped_is_planned_again_only_with_guard_action_warn(tmp_path):
+    from benchmark.run.records import provenance, write_record
+
+    row = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
+    r = load_recipe(row, profile="smoke")
+    write_record(tmp_path, {"kind": "train", "recipe": row, "profile": "smoke", "seed": 0, "iterations": 100,
+                            "wall_time_s": 1.0, "gpu_hours": None, "metrics": None, "mem_gb": None, "fps": None,
+                            "provenance": provenance(r, device="cpu"), "status": "diverged",
+                            "stopped_at_iteration": 50, "guard": {"message": "diverged at iter 50"}})
+    stop = make_plan(tmp_path, ONE_CPU, pattern=row, profile="smoke", overrides=["guard.action=stop"])
+    assert stop.jobs == [] and stop.diverged == [f"smoke/{row}/seed0"]
+    assert "skipped 1 diverged row(s)" in format_plan(stop, "local")
+    warn = make_plan(tmp_path, ONE_CPU, pattern=row, profile="smoke", overrides=["guard.action=warn"])
+    assert [j.name for j in warn.jobs] == [row] and warn.jobs[0].stages[0] == "train"

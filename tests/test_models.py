@@ -231,3 +231,17 @@ def test_losses_backpropagate_to_every_parameter(smoke_model):
 def test_sync_bn_conversion_keeps_keys(smoke_model):
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(smoke_model))
     assert list(converted.state_dict()) == list(smoke_model.state_dict())
+
+
+def test_resnet34_d8_is_the_deeper_basic_block_trunk():
+    small, deeper = ResNetV1c(18).eval(), ResNetV1c(34).eval()
+    assert [len(getattr(deeper, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert [len(getattr(small, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    assert deeper.out_channels == small.out_channels == (64, 128, 256, 512)
+    with torch.no_grad():
+        outs = deeper(torch.zeros(1, 3, 64, 96))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(16, 24), (8, 12), (8, 12), (8, 12)]  # D8 as the others
+    # As in MMSeg, a basic block dilates only its first conv; contract_dilation halves the first block's.
+    assert [b.conv1.dilation[0] for b in deeper.layer3] == [1, 2, 2, 2, 2, 2]
+    assert [b.conv1.dilation[0] for b in deeper.layer4] == [2, 4, 4]
+    assert all(b.conv2.dilation[0] == 1 for b in deeper.layer4)

@@ -45,7 +45,7 @@ def test_deep_merge_replaces_lists_and_merges_maps():
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("model.depth=34", "model.depth"),
+        ("model.depth=152", "model.depth"),
         ("model.nonsense=1", "model.nonsense: unknown key"),
         ("schedule.lr=fast", "schedule.lr"),
         ("data.crop_size=[1]", "data.crop_size"),
@@ -87,3 +87,18 @@ def test_cli_error_is_one_line_not_a_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "model.depth" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_smoke_profile_keeps_backbones_and_schedules_apart():
+    # The R-101 rows train a deeper smoke trunk than the R-50 rows; longer schedules more iterations.
+    iterations = {}
+    for path in list_recipe_paths():
+        full, smoke = load_recipe(path), load_recipe(path, profile="smoke")
+        assert smoke.model.depth == {50: 18, 101: 34}[full.model.depth], path.stem
+        assert smoke.model.pretrained is None
+        iterations.setdefault(full.schedule.max_iters, set()).add(smoke.schedule.max_iters)
+        assert smoke.schedule.eval_interval * 2 == smoke.schedule.max_iters
+    assert {k: sorted(v) for k, v in iterations.items()} == {20000: [40], 40000: [60], 80000: [90], 160000: [130]}
+    # The full recipes of the R-101 rows are unchanged by their new base file: MMSeg's R-101 model.
+    r101 = load_recipe("nonlocal_r101-d8_4xb4-80k_ade20k-512x512")
+    assert r101.model.depth == 101 and r101.model.pretrained == "open-mmlab://resnet101_v1c"

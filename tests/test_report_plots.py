@@ -48,3 +48,72 @@ def test_plots_write_nonempty_png_and_svg(tmp_path, capsys):
         else:
             assert b"<svg" in data[:2000] and data.rstrip().endswith(b"</svg>")
     assert str(out / "miou_full.png") in capsys.readouterr().out
+
+
+def _drawn_ticklabels(axis, limits):
+    lo, hi = sorted(limits)
+    return [label for loc, label in zip(axis.get_ticklocs(), axis.get_ticklabels()) if lo <= loc <= hi]
+
+
+def _texts(fig):
+    """Window extents of every text a drawn figure shows: titles, axis and tick labels, legends."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = list(fig.texts) + ([fig._suptitle] if fig._suptitle is not None else [])
+    legends = list(fig.legends)
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        texts += _drawn_ticklabels(ax.xaxis, ax.get_xlim()) + _drawn_ticklabels(ax.yaxis, ax.get_ylim())
+        legends += [ax.get_legend()] if ax.get_legend() is not None else []
+    for legend in legends:
+        texts += list(legend.get_texts()) + [legend.get_title()]
+    unique = {id(t): t for t in texts}.values()  # the suptitle is one of fig.texts too
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in unique if t.get_visible() and t.get_text().strip()]
+
+
+def _overlaps(fig):
+    boxes = _texts(fig)
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+            if box_a.overlaps(box_b) and box_a.width > 0 and box_b.width > 0]
+
+
+def _same_figures_everywhere(tmp_path):
+    """Every row in the smoke profile with the same numbers and logs, as the old smoke profile gave."""
+    results = tmp_path / "results"
+    for row in ROWS:
+        write_row(results, recipe=row, profile="smoke", miou=58.43, fps=80.0, mem_gb=0.7)
+        write_log(results / "work" / "smoke" / row / "seed0" / "train.log.jsonl")
+    return results
+
+
+def test_miou_vs_fps_labels_never_overlap_even_when_rows_coincide(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from benchmark.catalog import load_published
+    from benchmark.report.collect import collect
+    from benchmark.report.plots import plot_miou_vs_fps
+
+    summary = collect(_same_figures_everywhere(tmp_path))
+    fig = plot_miou_vs_fps(summary, load_published(), "smoke")
+    assert _overlaps(fig) == []
+    # Every row is named once, in a legend of its dataset setting's panel.
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert len(labels) == 16 and len(fig.axes) == 4
+    plt.close(fig)
+
+
+def test_training_curves_can_be_told_apart_in_every_panel(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from benchmark.catalog import load_published
+    from benchmark.report.plots import plot_training_curves
+
+    fig = plot_training_curves(_same_figures_everywhere(tmp_path), load_published(), "smoke")
+    assert len(fig.axes) == 12  # 4 dataset settings x (loss, lr, mIoU)
+    for ax in fig.axes:
+        styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+        assert len(styles) == 4 and len(set(styles)) == 4, ax.get_title()
+    assert _overlaps(fig) == []
+    plt.close(fig)

@@ -7,12 +7,12 @@ SLURM_CONF, or the env file in $NLBENCH_SLURM_DIR (default /tmp/nlbench-slurm), 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from slurm_cluster import cluster_fixture
 
 from benchmark.cli import main as cli
 from benchmark.launch.status import collect_status
@@ -28,49 +28,11 @@ TINY = ["schedule.max_iters=20", "schedule.checkpoint_interval=5", "schedule.eva
         "test.ms_flip_ratios=[0.75,1.25]", "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
 THREE_ROWS = "nonlocal_r50-d8_4xb4-[248]0k_*"  # VOC 20k, VOC 40k, ADE20K 80k
 INTERRUPTED = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
+cluster = cluster_fixture()
 
 
 def _sets(items):
     return [arg for item in items for arg in ("--set", item)]
-
-
-def _cluster_env():
-    """SLURM_CONF of a running test cluster, or None."""
-    conf = os.environ.get("SLURM_CONF")
-    if not conf:
-        env_file = Path(os.environ.get("NLBENCH_SLURM_DIR", "/tmp/nlbench-slurm")) / "env"
-        if env_file.is_file():
-            for line in env_file.read_text().splitlines():
-                if line.startswith("export SLURM_CONF="):
-                    conf = line.split("=", 1)[1].strip()
-    if not conf or not Path(conf).is_file():
-        return None
-    env = {**os.environ, "SLURM_CONF": conf}
-    for cmd in (["sinfo", "-h"], ["sacct", "-n", "-X", "-S", "now-1minute"]):
-        try:
-            if subprocess.run(cmd, env=env, capture_output=True, timeout=15).returncode != 0:
-                return None
-        except (OSError, subprocess.SubprocessError):
-            return None
-    return conf
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A running test cluster, and a scratch working dir (relative data roots resolve there)."""
-    conf = _cluster_env()
-    if conf is None:
-        pytest.skip("no SLURM test cluster is up (slurm/test-cluster.sh start)")
-    work = tmp_path_factory.mktemp("slurm")
-    saved_conf, saved_cwd = os.environ.get("SLURM_CONF"), os.getcwd()
-    os.environ["SLURM_CONF"] = conf
-    os.chdir(work)
-    yield work
-    os.chdir(saved_cwd)
-    if saved_conf is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = saved_conf
 
 
 def _rows(results: Path):

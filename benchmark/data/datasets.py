@@ -85,11 +85,14 @@ class SegDataset:
         """(image, label) of sample i, checked to be the same size."""
         image, label = self.read_image(i), self.read_label(i)
         if image.shape[:2] != label.shape:
-            s = self.samples[i]
-            raise NLBenchError(
-                f"label is {label.shape[0]}x{label.shape[1]} but its image {s.image} is "
-                f"{image.shape[0]}x{image.shape[1]} (HxW); expected the same size", s.label)
+            raise self.size_error(i, image, label)
         return image, label
+
+    def size_error(self, i: int, image: np.ndarray, label: np.ndarray) -> NLBenchError:
+        """The error for sample i whose label and image differ in size."""
+        s = self.samples[i]
+        return NLBenchError(f"label is {label.shape[0]}x{label.shape[1]} but its image {s.image} is "
+                            f"{image.shape[0]}x{image.shape[1]} (HxW); expected the same size", s.label)
 
     def check(self) -> int:
         """Decode and validate every sample; raise on the first bad one. Returns the sample count."""

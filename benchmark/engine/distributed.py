@@ -9,20 +9,48 @@ SyncBN: torch's SyncBatchNorm refuses CPU tensors in training (torch 2.13 raises
 expected input tensor to be on GPU ..."), so multi-process CPU runs keep plain BatchNorm (each rank
 normalises with its own batch statistics; DDP broadcasts rank 0's running statistics) and say so.
 CUDA runs with world size > 1 always convert to SyncBatchNorm when the recipe asks for it.
+
+A failing rank (``RankWatch``). A rank that raises, or dies, would leave the others waiting in their
+next collective until the NCCL (10 min) or gloo (30 min) timeout, or the SLURM time limit. Every
+rank therefore runs a watch thread with its own connection to the job's c10d store (the TCPStore at
+MASTER_ADDR:MASTER_PORT that env:// rendezvous uses: rank 0's under srun, torchrun's agent's under
+torchrun). Once a second it bumps its heartbeat counter, reads a shared failure flag, and checks
+one peer (rank r + 1 round the ring, or the next one that has not finished): on the same host,
+whether its pid still runs; anywhere, whether its heartbeat moved within ``NLBENCH_RANK_TIMEOUT_S``
+(default 30 s: generous, because a main thread that holds the GIL for long, e.g. pickling a large
+checkpoint, also holds up its watch thread's heartbeat).
+A rank that raises sets the flag (``report_failure``), naming itself and the error; a watcher that
+finds its peer dead or silent sets it naming that peer; a watcher that cannot reach the store any
+more names rank 0 (whose process, or agent, hosts it). Every rank that sees the flag prints one line
+(``nlbench: rank R stops: rank K failed: ...``), runs the callbacks registered with ``on_abort``
+(the job notes the failure in its state file) and exits with status 1 at once, from the watch
+thread, whatever the main thread is blocked in. Nothing here depends on torchrun's agent, which
+also kills the siblings of a failed rank; under srun each rank is started alone and this is what
+stops them. A normal exit (``cleanup``) first marks the rank done, so its silence is not a failure,
+and rank 0 waits a moment for the others' marks before its store goes away.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import platform
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from datetime import timedelta
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from benchmark.errors import NLBenchError
-from benchmark.io.jobenv import job_environment
+from benchmark.io.jobenv import env_int, job_environment
 
 
 @dataclass(frozen=True)
@@ -75,10 +103,19 @@ def init_distributed(device: str = "auto") -> DistInfo:
         # Binding the device up front lets nccl set up its communicator eagerly (torch >= 2.3).
         extra = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **extra)
+        _start_watch(env.master_addr, int(env.master_port), rank, world_size)
     return DistInfo(rank, world_size, local_rank, dev, dist.get_backend())
 
 
 def cleanup() -> None:
+    """Leave the process group: mark this rank done (see RankWatch), then destroy the group. After a
+    failure this rank reported, the group is left as it is (a collective may still hang in it)."""
+    global _WATCH
+    watch, _WATCH = _WATCH, None
+    if watch is not None:
+        watch.finish()
+        if watch.failed_here:
+            return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -112,6 +149,15 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``value`` (picklable) on every rank (``value`` itself when single-process)."""
+    if get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Give every rank rank ``src``'s buffers (BN running statistics).
 
@@ -133,6 +179,209 @@ def convert_sync_bn(model: nn.Module, info: DistInfo, enabled: bool, log: Callab
         log(f"note: SyncBatchNorm needs CUDA in torch {torch.__version__}; the {info.world_size} CPU ranks "
             "train with plain BatchNorm (per-rank batch statistics)")
     return model
+
+
+# ----------------------------------------------------------------------------- a failing rank
+
+TIMEOUT_ENV = "NLBENCH_RANK_TIMEOUT_S"
+POLL_S = 1.0
+_WATCH: Optional["RankWatch"] = None
+
+
+def _process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs on this host (a zombie, killed and not yet reaped, counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+class RankWatch:
+    """The watch thread of one rank (see the module docstring)."""
+
+    def __init__(self, store: Any, rank: int, world_size: int, timeout_s: float):
+        self.store, self.rank, self.world_size, self.timeout_s = store, rank, world_size, timeout_s
+        self.host = socket.gethostname()
+        self.failed_here = False
+        self.callbacks: List[Callable[[str], None]] = []
+        self._stop = threading.Event()
+        store.set(f"who/{rank}", f"{self.host} {os.getpid()}")
+        self._thread = threading.Thread(target=self._run, name="nlbench-rank-watch", daemon=True)
+        self._thread.start()
+
+    # -- the thread
+    def _run(self) -> None:
+        peer, seen, since = None, -1, time.monotonic()
+        while not self._stop.wait(POLL_S):
+            flag = self.failure()
+            if flag is not None:
+                return None if self._stop.is_set() else self.abort(flag)
+            try:
+                self.store.add(f"hb/{self.rank}", 1)
+                # The next rank round the ring that has not finished (one that has is not watched).
+                ring = [(self.rank + k) % self.world_size for k in range(1, self.world_size)]
+                live = next((r for r in ring if not self.store.check([f"done/{r}"])), None)
+                if live is None:
+                    continue
+                beats = self.store.add(f"hb/{live}", 0)
+                if (live, beats) != (peer, seen):
+                    peer, seen, since = live, beats, time.monotonic()
+                why = self._peer_problem(peer, time.monotonic() - since)
+                if why is not None:
+                    self.fail(peer, why)
+            except Exception:  # noqa: BLE001 - the store went away: the next failure() says so
+                continue
+        return None
+
+    def _peer_problem(self, peer: int, silent_s: float) -> Optional[str]:
+        if self.store.check([f"who/{peer}"]):
+            host, _, pid = self.store.get(f"who/{peer}").decode().partition(" ")
+            if host == self.host and pid.isdigit() and _process_gone(int(pid)):
+                return f"its process (pid {pid} on {host}) is gone (killed?)"
+        if silent_s > self.timeout_s:
+            return f"no heartbeat for {silent_s:.0f} s (killed, or its host is down)"
+        return None
+
+    # -- the flag
+    def failure(self) -> Optional[str]:
+        """The failure flag's text, unless this rank set it itself (a rank declared dead while it
+        still runs stops too); when the store cannot be reached, that its host (rank 0, or the
+        launcher's agent) is gone."""
+        try:
+            if not self.store.check(["failed"]):
+                return None
+            return None if self.failed_here else self.store.get("failed").decode()
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises, the store is gone
+            if self.failed_here:
+                return None
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return f"rank 0 failed: the job's store (on rank 0, or its launcher) cannot be reached: {first}"
+
+    def fail(self, rank: int, why: str) -> None:
+        """Set the flag naming ``rank`` (the first failure reported wins)."""
+        self.store.compare_set("failed", "", f"rank {rank} failed: {why}")
+
+    def abort(self, text: str) -> None:
+        """Stop this process now: one line, the callbacks, exit status 1."""
+        print(f"nlbench: rank {self.rank} stops: {text}", file=sys.stderr, flush=True)
+        for callback in self.callbacks:
+            try:
+                callback(text)
+            except Exception:  # noqa: BLE001 - exiting is what matters now
+                pass
+        try:
+            self.store.add("stopped", 1)
+        except Exception:  # noqa: BLE001
+            pass
+        os._exit(1)
+
+    def wait_for(self, seconds: float, what: Callable[[], bool]) -> bool:
+        """Poll ``what`` until it is true (True) or ``seconds`` pass, or the store is gone (False)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if what():
+                    return True
+            except Exception:  # noqa: BLE001 - the store went away: nobody is left to wait for
+                return False
+            time.sleep(0.1)
+        return False
+
+    def finish(self) -> None:
+        """A normal exit: stop watching, mark this rank done; rank 0 keeps its store up a little
+        longer, until the others have marked themselves done too."""
+        self._stop.set()
+        self._thread.join(timeout=2 * POLL_S)
+        if self.failed_here:
+            return
+        try:
+            self.store.set(f"done/{self.rank}", "1")
+        except Exception:  # noqa: BLE001 - rank 0 has already left
+            return
+        if self.rank == 0:
+            keys = [f"done/{r}" for r in range(self.world_size)]
+            self.wait_for(30.0, lambda: self.store.check(keys))
+
+
+def _start_watch(host: Optional[str], port: int, rank: int, world_size: int) -> None:
+    global _WATCH
+    if _WATCH is not None:
+        return
+    # A fresh namespace per process group: keys of an earlier group on the same store do not count.
+    token = broadcast_object(secrets.token_hex(6) if rank == 0 else None)
+    client = dist.TCPStore(host or "127.0.0.1", port, is_master=False, timeout=timedelta(seconds=30))
+    store = dist.PrefixStore(f"nlbench/watch/{token}/", client)
+    timeout_s = float(env_int(TIMEOUT_ENV, 30))
+    _WATCH = RankWatch(store, rank, world_size, timeout_s)
+    if not _HOOKED:
+        _hook_exit()
+
+
+_HOOKED = False
+
+
+def _hook_exit() -> None:
+    """A program that calls the engine directly and ends without ``cleanup`` still tells the others:
+    an uncaught exception is reported as this rank's failure, and a normal exit stops the watch
+    before the interpreter tears down the store client under it."""
+    global _HOOKED
+    _HOOKED = True
+    previous = sys.excepthook
+
+    def report_uncaught(kind, value, tb) -> None:
+        if isinstance(value, Exception):
+            report_failure(value)
+        previous(kind, value, tb)
+
+    def stop_watch() -> None:
+        watch = _WATCH
+        if watch is not None:
+            watch.finish()
+
+    sys.excepthook = report_uncaught
+    atexit.register(stop_watch)
+
+
+def on_abort(callback: Callable[[str], None]) -> None:
+    """Call ``callback(text)`` (text: which rank failed and why) before this rank stops because
+    another rank failed. No-op outside a multi-process job."""
+    if _WATCH is not None:
+        _WATCH.callbacks.append(callback)
+
+
+_LOST_PEER = re.compile(r"gloo|NCCL|Connection (reset|closed) by peer|Broken pipe|Socket Timeout", re.IGNORECASE)
+
+
+def _looks_like_a_lost_peer(exc: BaseException) -> bool:
+    """A collective that failed because a peer went away (gloo: "Connection reset by peer")."""
+    return isinstance(exc, getattr(dist, "DistError", ())) or bool(_LOST_PEER.search(str(exc)))
+
+
+def report_failure(exc: BaseException) -> None:
+    """Tell the other ranks that this one fails with ``exc``, so that they stop within seconds.
+
+    When ``exc`` is a collective that lost a peer, the peer is the culprit: wait for the watchers
+    to name it (up to the heartbeat timeout) and stop as they do. No-op outside a multi-process job."""
+    watch = _WATCH
+    if watch is None or watch.failed_here:
+        return
+    if _looks_like_a_lost_peer(exc) and watch.wait_for(watch.timeout_s + 3 * POLL_S,
+                                                       lambda: watch.failure() is not None):
+        watch.abort(watch.failure() or "another rank failed")
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if not isinstance(exc, NLBenchError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    watch.failed_here = True
+    try:
+        watch.fail(watch.rank, text)
+        # The flag must be read before this process (perhaps the store's host) exits.
+        others = watch.world_size - 1
+        watch.wait_for(5.0, lambda: watch.store.add("stopped", 0) >= others)
+    except Exception:  # noqa: BLE001 - the store is gone too: the others find out from that
+        pass
 
 
 # ----------------------------------------------------------------------------- device facts

@@ -40,8 +40,9 @@ def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms
 
         bar = tqdm(total=len(indices), unit="img", desc="eval ms+flip" if ms_flip else "eval", dynamic_ncols=True)
     for i in indices:
-        image = dataset.read_image(i)
-        label = dataset.read_label(i)
+        image, label = dataset.read_image(i), dataset.read_label(i)
+        if image.shape[:2] != label.shape:  # as training checks it (read_sample): one clear error
+            raise dataset.size_error(i, image, label)
         if ms_flip:
             scores = predict_ms_flip_probs(model, image, recipe, info.device)
         else:
@@ -96,6 +97,9 @@ def eval_command(recipe: str, checkpoint: str, overrides: Sequence[str] = (), pr
     try:
         result = evaluate(resolved, checkpoint, ms_flip=ms_flip, data_root=data_root, device=device)
         is_main = distributed.get_rank() == 0
+    except (Exception, KeyboardInterrupt) as exc:
+        distributed.report_failure(exc)
+        raise
     finally:
         distributed.cleanup()
     if not is_main:

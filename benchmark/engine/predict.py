@@ -69,12 +69,25 @@ def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logit
     return {"height": image.shape[0], "width": image.shape[1], "classes": int(logits.shape[0]), "seconds": seconds}
 
 
+def check_target(path: Path, flag: str) -> None:
+    """Refuse an output that cannot be written before the model runs, so that a failed prediction
+    leaves neither output behind (the second one failing would leave the first)."""
+    if path.is_dir():
+        raise NLBenchError("cannot write: is a directory", path, flag)
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NLBenchError(f"cannot write: {existing} is a file, not a folder", path, flag)
+
+
 def predict_command(recipe: str, checkpoint: str, image: str, out: str, logits: Optional[str] = None,
                     overrides: Sequence[str] = (), profile: str = "full", device: str = "auto") -> int:
     """`nlbench predict`."""
     resolved = load_recipe(recipe, overrides, profile)
     dev = resolve_device(device)
     logits_out = Path(logits) if logits else None
+    check_target(Path(out), "--out")
+    if logits_out is not None:
+        check_target(logits_out, "--logits")
     summary = predict(resolved, resolve_checkpoint(resolved, checkpoint), Path(image), Path(out), logits_out, dev)
     shape = f"{summary['classes']}x{summary['height']}x{summary['width']}"
     extra = f", logits {shape} -> {logits_out}" if logits_out else ""

@@ -18,7 +18,9 @@ The loop below reads top to bottom over named parts: building (``build_training`
 evaluation (``evaluate.evaluate_model``).
 
 Work dir layout: ``iter_{N}.pth`` (MMSeg format: meta, state_dict, optimizer, + iteration and
-scaler), ``latest.pth`` (the newest complete one), ``train.log.jsonl``.
+scaler), ``latest.pth`` (the newest complete one), ``checkpoints.sha256`` (their hashes, checked on
+resume), ``attempts.json`` (wall time, GPU-hours and peak memory of each attempt), ``train.log.jsonl``
+and its MMSeg 0.x form ``train.log.json`` (``mmseg_log.py``).
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ from torch import nn
 
 from benchmark.data.datasets import SegDataset
 from benchmark.engine import distributed
+from benchmark.engine.attempts import AttemptLedger
 from benchmark.engine.checkpointer import LATEST, Checkpointer, read_resume_state, restore
 from benchmark.engine.datasets import open_split
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
 from benchmark.engine.evaluate import evaluate_model
+from benchmark.engine.guard import Guard
+from benchmark.engine.mmseg_log import MMSEG_LOG_NAME, MMSeg0xLogSink
 from benchmark.engine.steps import build_loss_model, make_optimizer, make_scaler, train_step
-from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger
-from benchmark.errors import TrainingInterrupted
+from benchmark.engine.tensorboard_sink import tensorboard_sink
+from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
+from benchmark.errors import DIVERGED_EXIT_CODE, NLBenchError, RunDiverged, TrainingInterrupted
 from benchmark.recipe import Recipe, load_recipe
 
 __all__ = ["LATEST", "iteration_seed", "poly_lr", "train", "train_command"]
@@ -114,9 +120,9 @@ def _build_model(recipe: Recipe, info: DistInfo, resuming: bool, log: Log) -> Tu
 
 def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Optional[str], info: DistInfo,
                    log: Log) -> Training:
-    """Data, model, optimizer and scaler, restored from ``latest.pth`` when resuming."""
-    if info.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
+    """Data, model, optimizer and scaler, restored from ``latest.pth`` (verified; see checkpointer)
+    when resuming."""
+    _make_work_dir(work_dir, info)
     train_set = open_split(recipe.data, "train", data_root)
     val_set = open_split(recipe.data, "val", data_root)
     effective = _announce(recipe, info, log)
@@ -124,16 +130,38 @@ def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Opti
     optimizer = make_optimizer(model, recipe.schedule)
     scaler = make_scaler(recipe.runtime.amp, info.device)
     start_iter = 0
-    state = read_resume_state(work_dir, log, info) if resume else None
-    if state is not None:
-        start_iter = restore(state, recipe, model, optimizer, scaler, work_dir / LATEST)
+    point = read_resume_state(work_dir, log, info) if resume else None
+    if point is not None:
+        start_iter = restore(point.state, recipe, model, optimizer, scaler, point.path)
         if info.is_main:
-            log(f"resume: continuing from {work_dir / LATEST} at iteration {start_iter}")
-    del state
+            log(f"resume: continuing from {point.path} at iteration {start_iter}")
+    del point
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = recipe.runtime.cudnn_benchmark
     losses = build_loss_model(model, info.device, ddp=info.world_size > 1, compile=recipe.runtime.compile)
     return Training(model, losses, optimizer, scaler, train_set, val_set, start_iter, memory_format, effective)
+
+
+def published_recipe(recipe: Recipe) -> Recipe:
+    """The row as published: its recipe file in the full profile, without the profile's overlay or
+    ``--set`` overrides (a recipe built in code, without a file, stands for itself)."""
+    return load_recipe(recipe.source) if recipe.source else recipe
+
+
+def _make_work_dir(work_dir: Path, info: DistInfo) -> None:
+    if work_dir.exists() and not work_dir.is_dir():
+        raise NLBenchError("expected a folder for checkpoints and logs (the work dir), found a file", work_dir)
+    if info.is_main:
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NLBenchError(f"cannot create the work dir: {exc.strerror or exc}", work_dir) from None
+
+
+def _attempt_ledger(work_dir: Path, run: Training, info: DistInfo, started: float, peak: TrainingPeak) -> AttemptLedger:
+    """This attempt's entry in ``attempts.json`` (see engine/attempts.py)."""
+    return AttemptLedger(work_dir, run.start_iter, started, peak.gb, peak.kind, info.world_size, info.device.type,
+                         writer=info.is_main)
 
 
 def _announce(recipe: Recipe, info: DistInfo, log: Log) -> int:
@@ -144,9 +172,10 @@ def _announce(recipe: Recipe, info: DistInfo, log: Log) -> int:
         log(f"train {recipe.name} [{recipe.profile}] on {info.world_size} x {info.device} "
             f"({info.backend or 'single process'}); effective batch {effective} = {info.world_size} x "
             f"{data.imgs_per_gpu} images per rank")
-        if effective != recipe.effective_batch:
-            log(f"warning: the published run used {recipe.runtime.gpus} GPUs x {data.imgs_per_gpu} = "
-                f"{recipe.effective_batch} images per iteration; this run uses {effective}")
+        published = published_recipe(recipe)
+        if effective != published.effective_batch:
+            log(f"warning: the published run used {published.runtime.gpus} GPUs x {published.data.imgs_per_gpu} "
+                f"= {published.effective_batch} images per iteration; this run uses {effective}")
     return effective
 
 
@@ -240,15 +269,17 @@ def train(
     ``step_callback(iteration_done, model)`` is called on every rank after each optimizer step.
     ``stop_requested()`` is asked after each step (any rank saying yes stops every rank at the same
     iteration): the state is saved as ``iter_N.pth``/``latest.pth`` and TrainingInterrupted raised.
+    The guard (recipe ``guard``) may stop a diverged run at an evaluation: saved, RunDiverged raised.
     """
     started = time.perf_counter()
     info = distributed.init_distributed(device)
     work_dir, sched = Path(work_dir), recipe.schedule
     run = build_training(recipe, work_dir, resume, data_root, info, log)
-    logger = _start_log(recipe, run, info, work_dir, resume, log)
-    checkpoints, peak = Checkpointer(work_dir, recipe, info), TrainingPeak(info.device)
+    logger, guard = _start_log(recipe, run, info, work_dir, resume, log)
+    peak = TrainingPeak(info.device)
+    checkpoints = Checkpointer(work_dir, recipe, info, _attempt_ledger(work_dir, run, info, started, peak))
     metrics: Optional[Dict[str, Any]] = None
-    loss: Optional[float] = None
+    loss: Optional[torch.Tensor] = None  # on the device; read once, at the end
     batches = _batches(recipe, run, info)
     run.model.train()
     tick = time.perf_counter()
@@ -268,37 +299,68 @@ def train(
         if _stop_now(stop_requested, done, sched.max_iters, info.device):
             _interrupt(done, saved, run, checkpoints, logger, log if info.is_main else None)
         if done % sched.eval_interval == 0 or done == sched.max_iters:
-            with peak.excluded():
-                metrics = _evaluate(recipe, run, info)
-            logger.evaluation(done, metrics)
+            metrics = _periodic_eval(recipe, run, info, peak, logger, guard, checkpoints, done, saved)
         tick = time.perf_counter()
     logger.close()
     wall = time.perf_counter() - started
     logger.event("end", iteration=sched.max_iters, wall_time_s=wall)
     return {
         "iterations": sched.max_iters, "start_iteration": run.start_iter, "wall_time_s": wall,
-        "final_loss": None if loss is None else float(loss), "metrics": metrics, "checkpoint": checkpoints.final_path(),
+        "final_loss": None if loss is None else float(loss), "metrics": metrics or last_evaluation(work_dir / LOG_NAME),
+        "checkpoint": checkpoints.final_path(), "guard": guard.evidence(),
         "work_dir": str(work_dir), "world_size": info.world_size, "effective_batch": run.effective_batch,
-        "peak_mem_gb": distributed.all_reduce_max(peak.gb(), info.device), "mem_kind": peak.kind,
-        **device_info(info.device, amp=recipe.runtime.amp),
+        "peak_mem_gb": (mem := distributed.all_reduce_max(peak.gb(), info.device)), "mem_kind": peak.kind,
+        **device_info(info.device, amp=recipe.runtime.amp), **checkpoints.ended(sched.max_iters, "done", mem),
     }
 
 
-def log_sinks(recipe: Recipe, work_dir: Path, resume: bool) -> List[LogSink]:
-    """Where rank 0's training log goes: ``train.log.jsonl``."""
-    return [JsonLinesSink(work_dir / LOG_NAME, fresh=not resume)]
+def log_sinks(recipe: Recipe, work_dir: Path, resume: bool, log: Log = print) -> List[LogSink]:
+    """Where rank 0's training log goes: ``train.log.jsonl``, its MMSeg 0.x form ``train.log.json``, and
+    TensorBoard event files in the work dir when the tensorboard package is installed (``log`` says
+    once when it is not)."""
+    sinks: List[LogSink] = [JsonLinesSink(work_dir / LOG_NAME, fresh=not resume),
+                            MMSeg0xLogSink(work_dir / MMSEG_LOG_NAME, recipe, fresh=not resume)]
+    tensorboard = tensorboard_sink(work_dir, log)
+    if tensorboard is not None:
+        sinks.append(tensorboard)
+    return sinks
 
 
-def _start_log(recipe: Recipe, run: Training, info: DistInfo, work_dir: Path, resume: bool, log: Log) -> TrainLogger:
+def _start_log(recipe: Recipe, run: Training, info: DistInfo, work_dir: Path, resume: bool,
+               log: Log) -> Tuple[TrainLogger, Guard]:
+    """The logger (rank 0 writes) and the guard, which reads the same lines as one more sink."""
     sched = recipe.schedule
-    sinks = log_sinks(recipe, work_dir, resume) if info.is_main else []
+    guard = Guard(recipe, work_dir, info, log, resume)
+    sinks = log_sinks(recipe, work_dir, resume, log) if info.is_main else []
+    sinks += [guard.sink] if guard.sink is not None else []
     logger = TrainLogger(sinks, enabled=info.is_main, max_iters=sched.max_iters, start_iter=run.start_iter,
                          log_interval=sched.log_interval, log=log,
                          read_every=(sched.checkpoint_interval, sched.eval_interval), source=recipe.source)
+    guard.say = logger.note
     logger.event("start", iteration=run.start_iter, max_iters=sched.max_iters, recipe=recipe.name,
                  profile=recipe.profile, world_size=info.world_size, effective_batch=run.effective_batch,
-                 device=str(info.device), resumed=bool(resume and run.start_iter > 0))
-    return logger
+                 device=str(info.device), resumed=bool(resume and run.start_iter > 0),
+                 train_images=len(run.train_set), val_images=len(run.val_set))
+    return logger, guard
+
+
+def _periodic_eval(recipe: Recipe, run: Training, info: DistInfo, peak: TrainingPeak, logger: TrainLogger,
+                   guard: Guard, checkpoints: Checkpointer, done: int, saved: bool) -> Dict[str, Any]:
+    """The evaluation every ``eval_interval`` (its memory kept out of the training peak); then the
+    guard, which may stop a diverged run here: state saved (a resume continues), RunDiverged raised."""
+    with peak.excluded():
+        metrics = _evaluate(recipe, run, info)
+    logger.evaluation(done, metrics)
+    if guard.should_stop(done, info.device):
+        if not saved:
+            checkpoints.save(done, run.model, run.optimizer, run.scaler)
+        evidence = guard.evidence(stopped_at=done)
+        logger.event("diverged", iteration=done, **(evidence or {}))
+        logger.note(f"guard: stopped at iteration {done} (guard.action stop); state saved, --resume continues")
+        checkpoints.ended(done, "diverged")
+        logger.close()
+        raise RunDiverged(done, guard.message(), evidence or {})
+    return metrics
 
 
 def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer, logger: TrainLogger,
@@ -307,6 +369,7 @@ def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer,
     logger.read_losses()  # a non-finite loss since the last read fails the run here, before the save
     if not saved:
         checkpoints.save(done, run.model, run.optimizer, run.scaler)
+    checkpoints.ended(done, "interrupted")
     logger.event("interrupted", iteration=done)
     logger.close()
     if log is not None:
@@ -316,16 +379,35 @@ def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer,
 
 def train_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", work_dir: Optional[str] = None,
                   data_root: Optional[str] = None, resume: bool = False, device: str = "auto") -> int:
-    """`nlbench train`."""
+    """`nlbench train`; exit status 3 (``DIVERGED_EXIT_CODE``) when the guard stopped a diverged run."""
     resolved = load_recipe(recipe, overrides, profile)
     work = work_dir or os.path.join("work_dirs", resolved.name)
     try:
         summary = train(resolved, work, resume=resume, device=device, data_root=data_root)
         is_main = distributed.get_rank() == 0
+    except RunDiverged as exc:  # every rank stops at the same evaluation: not a failure to report
+        if distributed.get_rank() == 0:
+            print(f"stopped: {exc} (guard.action stop); state saved in {work}; --resume continues it "
+                  f"(add --set guard.action=warn to run it to the end); exit status {DIVERGED_EXIT_CODE}")
+        return DIVERGED_EXIT_CODE
+    except (Exception, KeyboardInterrupt) as exc:
+        distributed.report_failure(exc)  # the other ranks stop within seconds, not at a timeout
+        raise
     finally:
         distributed.cleanup()
     if is_main:
-        metrics = summary.get("metrics") or {}
-        print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s; "
-              f"mIoU {metrics.get('mIoU', float('nan')):.2f}; checkpoint {summary['checkpoint']}")
+        print(_outcome(summary))
     return 0
+
+
+def _outcome(summary: Dict[str, Any]) -> str:
+    """The closing line of `nlbench train`."""
+    metrics = summary.get("metrics")
+    scores = "no evaluation logged" if not metrics else (
+        f"mIoU {metrics['mIoU']:.2f}, aAcc {metrics['aAcc']:.2f}, mAcc {metrics['mAcc']:.2f}")
+    if summary["start_iteration"] >= summary["iterations"]:
+        at = f" (iteration {metrics['iteration']})" if metrics and "iteration" in metrics else ""
+        return (f"nothing left to do: {summary['checkpoint']} already holds all {summary['iterations']} "
+                f"iterations; the last evaluation{at} gave {scores}")
+    return (f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s; {scores}; "
+            f"checkpoint {summary['checkpoint']}")

@@ -14,6 +14,7 @@ formats of the same lines are others.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -165,3 +166,21 @@ class TrainLogger:
     def note(self, message: Optional[str]) -> None:
         if self.enabled and message:
             self.say(message)
+
+
+def last_evaluation(path: Path) -> Optional[Dict[str, Any]]:
+    """The newest eval line of a ``train.log.jsonl`` ({iteration, aAcc, mIoU, mAcc}), or None.
+
+    A resumed run that had nothing left to do evaluates nothing; this is what it last gave."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == "eval":
+            return {k: entry.get(k) for k in ("iteration", "aAcc", "mIoU", "mAcc")}
+    return None

@@ -4,17 +4,21 @@
 download continues from where it stopped (HTTP Range), and only a file whose sha256 starts with the
 expected prefix is renamed (atomically) to ``target``. A mismatch deletes the partial file and says
 so. The cache folder is ``$NLBENCH_CACHE`` (default ``~/.cache/nlbench/checkpoints``); on a cluster
-point it at a shared file system so that each file is downloaded once.
+point it at a shared file system so that each file is downloaded once. Processes that want the same
+file at the same time (array tasks, ranks) take turns on ``<file>.lock`` (an flock): one downloads,
+the others then find the finished file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import file_sha256
@@ -87,17 +91,44 @@ def download(url: str, target: Path, sha256_prefix: str, progress: bool = True) 
     return target
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_path`` for the duration; the file is removed afterwards.
+
+    A waiter may wake up holding the lock of a file its predecessor already removed; it then
+    checks that the path still names the file it locked, and otherwise starts over.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fh = open(lock_path, "a")
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock_path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        fh.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()
+        fh.close()
+
+
 def cached_download(url: str, sha256_prefix: str, cache_dir: Optional[Union[str, Path]] = None,
                     filename: Optional[str] = None, progress: bool = True) -> Path:
     """``url`` from the cache, downloaded on first use; a cached file that no longer matches its
-    sha256 prefix is downloaded again."""
+    sha256 prefix is downloaded again. Concurrent callers for one file download it once."""
     cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     target = cache / (filename or url.rsplit("/", 1)[-1])
-    if target.exists():
-        if file_sha256(target).startswith(sha256_prefix.lower()):
-            return target
-        target.unlink()
     try:
-        return download(url, target, sha256_prefix, progress=progress)
+        with _exclusive(target.with_name(target.name + ".lock")):
+            if target.exists():
+                if file_sha256(target).startswith(sha256_prefix.lower()):
+                    return target
+                target.unlink()
+            return download(url, target, sha256_prefix, progress=progress)
     except OSError as exc:
         raise NLBenchError(f"cannot write to the download cache: {exc.strerror or exc}", cache) from None

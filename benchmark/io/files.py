@@ -7,6 +7,7 @@ Every write goes to a temporary file in the destination folder, is flushed and f
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -95,10 +96,25 @@ def file_sha256(path: PathLike) -> str:
 
 
 def append_line(path: PathLike, text: str) -> None:
-    """Append one line with a single O_APPEND write(), so a killed writer never tears a line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """Append one line with a single O_APPEND write(), so a killed writer never tears a line.
+
+    A write the disk cannot take (ENOSPC, or a short write) is cut back to where the file ended, so
+    no half line stays behind, and becomes an NLBenchError naming the file. The cut assumes one
+    writer per file, which is how nlbench appends (rank 0 of one job)."""
+    data = (text.rstrip("\n") + "\n").encode()
     try:
-        os.write(fd, (text.rstrip("\n") + "\n").encode())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise NLBenchError(f"cannot append: {exc.strerror or exc}", path) from None
+    try:
+        size = os.fstat(fd).st_size
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes; is the disk full?)")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise NLBenchError(f"cannot append: {exc.strerror or exc}", path) from None
     finally:
         os.close(fd)
 

@@ -90,3 +90,13 @@ def estimate_gpu_hours(recipe: Recipe, stages: Sequence[str] = KINDS) -> Optiona
         eval_gmac += recipe.bench.total_images * single
     seconds = train_gmac / (TRAIN_TMAC_PER_S * 1e3) + eval_gmac / (INFER_TMAC_PER_S * 1e3)
     return seconds / 3600.0
+
+
+def estimate_saved_gpu_hours(recipe: Recipe, stages: Sequence[str], stopped_at: int) -> Optional[float]:
+    """What a job stopped after ``stopped_at`` training iterations did not spend: the rest of its
+    training (and the evaluations in it) and its later stages. None for smoke-size models."""
+    total, train = estimate_gpu_hours(recipe, stages), estimate_gpu_hours(recipe, ("train",))
+    if total is None or train is None:
+        return None
+    done = min(max(stopped_at, 0), recipe.schedule.max_iters) / recipe.schedule.max_iters
+    return total - train * done

@@ -11,14 +11,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmark.catalog import select_recipe_paths
 from benchmark.errors import NLBenchError
+from benchmark.io.download import cache_dir_default
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe
-from benchmark.run.job import Job, Resources
-from benchmark.run.records import KINDS, record_kinds
+from benchmark.run.job import Job, Resources, source_part
+from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, diverged_record, record_kinds
+from benchmark.stats import DEFAULT_TOLERANCE, SEED_STD_MIOU, half_width, seeds_for_half_width
 
 STAGES_ALL = KINDS  # train -> eval -> eval ms+flip -> bench
 
@@ -29,20 +31,34 @@ STAGES_ALL = KINDS  # train -> eval -> eval ms+flip -> bench
 class Plan:
     jobs: List[Job]
     skipped: List[str] = field(default_factory=list)  # keys of rows already complete
+    diverged: List[str] = field(default_factory=list)  # keys of rows the guard stopped (guard.action stop)
+    checkpoint: str = "trained"  # "trained" (train, then evaluate) or "released" (evaluate MMSeg's file)
+    seeds: int = 1
+    # Released plans: job key -> estimated GPU-hours of training that row instead (train + every stage).
+    training_gpu_hours: Dict[str, Optional[float]] = field(default_factory=dict)
 
     @property
     def total_gpu_hours(self) -> Optional[float]:
         hours = [j.gpu_hours for j in self.jobs]
         return None if not hours or any(h is None for h in hours) else sum(hours)
 
+    @property
+    def total_training_gpu_hours(self) -> Optional[float]:
+        hours = [self.training_gpu_hours.get(j.key) for j in self.jobs]
+        return None if not hours or any(h is None for h in hours) else sum(hours)
 
-def stages_for(recipe: Recipe) -> Tuple[str, ...]:
-    """train -> eval -> eval ms+flip (only where the table publishes it) -> bench."""
-    return tuple(s for s in STAGES_ALL if s != "eval_ms_flip" or recipe.test.ms_flip_published)
+
+def stages_for(recipe: Recipe, checkpoint: str = "trained") -> Tuple[str, ...]:
+    """train -> eval -> eval ms+flip (only where the table publishes it) -> bench; no train stage on a
+    released checkpoint."""
+    return tuple(s for s in STAGES_ALL
+                 if (s != "eval_ms_flip" or recipe.test.ms_flip_published)
+                 and (s != "train" or checkpoint == "trained"))
 
 
-def work_dir_for(results_dir: Path, profile: str, recipe: str, seed: int) -> Path:
-    return results_dir / "work" / profile / recipe / f"seed{seed}"
+def work_dir_for(results_dir: Path, profile: str, recipe: str, seed: int, checkpoint: str = "trained") -> Path:
+    """RESULTS/work/<profile>/<recipe>/seed<k>; .../<recipe>/released/seed<k> for a released checkpoint."""
+    return results_dir / "work" / profile / recipe / f"{source_part(checkpoint)}seed{seed}"
 
 
 def default_time_limit_min(gpu_hours: Optional[float], gpus: int) -> int:
@@ -63,65 +79,133 @@ def make_plan(
     time_limit_min: Optional[int] = None,
     device: str = "auto",
     skip_complete: bool = True,
+    checkpoint: str = "trained",
 ) -> Plan:
     """One job per matching recipe and seed; rows whose every stage has a record are skipped.
 
     ``resources_for(recipe)`` is the launcher's rule for turning the recipe's GPU count into what a
     job asks for; ``time_limit_min`` (a cluster profile's) replaces the estimate-based limit.
     Seeds are ``runtime.seed``, ``runtime.seed + 1``, ...: seed k overrides the recipe's runtime.seed.
+    ``checkpoint="released"`` plans eval, ms+flip and bench of each row's released checkpoint (no
+    training); only records of the same checkpoint source count as done.
     """
     if seeds < 1:
         raise NLBenchError(f"expected a count >= 1, got {seeds}", key="--seeds")
+    if checkpoint not in CHECKPOINT_SOURCES:
+        raise NLBenchError(f"expected one of {', '.join(CHECKPOINT_SOURCES)}, got {checkpoint!r}", key="--checkpoint")
     results = Path(results_dir).resolve()
-    jobs: List[Job] = []
-    skipped: List[str] = []
+    plan = Plan([], checkpoint=checkpoint, seeds=seeds)
+    cache = str(cache_dir_default().resolve()) if checkpoint == "released" else None
     for path in select_recipe_paths(pattern):
         base = load_recipe(path, overrides, profile=profile)
+        if checkpoint == "released" and base.release is None:
+            raise NLBenchError("this recipe names no released checkpoint", base.source, "release")
         for k in range(seeds):
             seed = base.runtime.seed + k
             recipe = base if k == 0 else load_recipe(path, [*overrides, f"runtime.seed={seed}"], profile=profile)
-            stages = stages_for(recipe)
-            if skip_complete and set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed, recipe.hash):
-                skipped.append(f"{recipe.profile}/{recipe.name}/seed{seed}")
+            stages = stages_for(recipe, checkpoint)
+            if skip_complete and _skipped(plan, results, recipe, seed, stages):
                 continue
-            res = resources_for(recipe)
             hours = estimate_gpu_hours(recipe, stages)
-            jobs.append(Job(
+            job = Job(
                 recipe=recipe,
                 seed=seed,
                 stages=stages,
                 results_dir=str(results),
-                work_dir=str(work_dir_for(results, recipe.profile, recipe.name, seed)),
+                work_dir=str(work_dir_for(results, recipe.profile, recipe.name, seed, checkpoint)),
                 data_root=str(Path(recipe.data.data_root).resolve()),
-                resources=res,
+                resources=resources_for(recipe),
                 time_limit_min=time_limit_min or default_time_limit_min(hours, recipe.runtime.gpus),
                 gpu_hours=hours,
                 overrides=tuple(overrides),
                 device=device,
-            ))
-    return Plan(jobs, skipped)
+                checkpoint_source=checkpoint,
+                cache_dir=cache,
+            )
+            plan.jobs.append(job)
+            if checkpoint == "released":
+                plan.training_gpu_hours[job.key] = estimate_gpu_hours(recipe, stages_for(recipe))
+    return plan
+
+
+def _skipped(plan: Plan, results: Path, recipe: Recipe, seed: int, stages: Tuple[str, ...]) -> bool:
+    """Whether the row is not planned, noted in ``plan``: complete (every stage has a record of this
+    recipe and checkpoint source), or stopped by the guard. A stopped row stays stopped while its
+    guard would stop it again; with guard.action warn (--set) it is planned and resumes."""
+    key = f"{recipe.profile}/{recipe.name}/{source_part(plan.checkpoint)}seed{seed}"
+    if set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed, recipe.hash, plan.checkpoint):
+        plan.skipped.append(key)
+        return True
+    if plan.checkpoint == "trained" and recipe.guard.action == "stop" and diverged_record(
+            results, recipe.name, recipe.profile, seed, recipe.hash) is not None:
+        plan.diverged.append(key)
+        return True
+    return False
+
+
+def _hours(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def format_plan(plan: Plan, launcher: str) -> str:
-    """The dry-run table: one line per job, and the total."""
+    """The dry-run table: one line per job, the total, and what the seeds buy."""
     from tabulate import tabulate
 
+    released = plan.checkpoint == "released"
     rows = []
     for j in plan.jobs:
         rows.append([
             j.name, j.seed, f"{j.recipe.runtime.gpus}x{j.recipe.data.imgs_per_gpu}", j.resources.describe(),
             " ".join(s.replace("eval_ms_flip", "ms+flip") for s in j.stages),
-            f"{j.time_limit_min // 60}:{j.time_limit_min % 60:02d}",
-            "-" if j.gpu_hours is None else f"{j.gpu_hours:.1f}",
+            f"{j.time_limit_min // 60}:{j.time_limit_min % 60:02d}", _hours(j.gpu_hours),
+            *([_hours(plan.training_gpu_hours.get(j.key))] if released else []),
         ])
     headers = ["recipe", "seed", "GPUs x imgs", f"{launcher} resources", "stages", "time limit", "GPU-h (est.)"]
+    if released:
+        headers.append("GPU-h full training (est.)")
     out = [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
     total = plan.total_gpu_hours
     out.append("")
-    out.append(f"{len(plan.jobs)} job(s); estimated total: "
-               + ("- (no estimate for smoke-size models)" if total is None else f"{total:.0f} GPU-hours")
-               + (f"; skipped {len(plan.skipped)} complete row(s)" if plan.skipped else ""))
+    if released:
+        out.append(_released_total(plan))
+    else:
+        out.append(f"{len(plan.jobs)} job(s); estimated total: "
+                   + ("- (no estimate for smoke-size models)" if total is None else f"{total:.0f} GPU-hours")
+                   + (f"; skipped {len(plan.skipped)} complete row(s)" if plan.skipped else "")
+                   + (f"; skipped {len(plan.diverged)} diverged row(s)" if plan.diverged else ""))
     if total is not None:
         out.append(f"GPU-hours are an estimate for V100s ({TRAIN_TMAC_PER_S} TMac/s training, "
                    f"{INFER_TMAC_PER_S} TMac/s inference, from the models' GMac cost); see benchmark/launch/cost.py.")
+    out.append(seed_budget(plan.seeds, released))
     return "\n".join(out)
+
+
+def _released_total(plan: Plan) -> str:
+    total, training = plan.total_gpu_hours, plan.total_training_gpu_hours
+    text = f"{len(plan.jobs)} job(s) on released checkpoints (no training); estimated total: "
+    if total is None:
+        text += "- (no estimate for smoke-size models)"
+    else:
+        text += f"{total:.1f} GPU-hours"
+        if training:
+            text += f", against {training:.0f} GPU-hours to train the same rows ({total / training:.1%} of it)"
+    return text + (f"; skipped {len(plan.skipped)} complete row(s)" if plan.skipped else "")
+
+
+def seed_budget(seeds: int, released: bool = False, std: float = SEED_STD_MIOU,
+                tolerance: float = DEFAULT_TOLERANCE) -> str:
+    """What ``seeds`` per row can decide: the 95% half-width at a typical seed std (docs: README)."""
+    if released:
+        return (f"seeds: {seeds} per row; a released checkpoint is one fixed set of weights, so its mIoU does not "
+                "vary with the seed and one seed per row is enough (more only repeat the measurements; fps and Mem "
+                "vary a little)")
+    ladder = ", ".join(f"{n}: ±{half_width(std, n):.2f}" for n in (2, 3, 5, 7, 10))
+    least = seeds_for_half_width(std, tolerance)
+    if seeds < 2:
+        head = (f"seeds: 1 per row gives no confidence interval (one run has no spread); at a seed std of about "
+                f"{std} mIoU the 95% interval (Student t) is mean ± h with h by seeds {ladder}")
+    else:
+        head = (f"seeds: {seeds} per row give a 95% interval (Student t) of mean ± "
+                f"{half_width(std, seeds):.2f} mIoU at a seed std of about {std} mIoU (seeds {ladder})")
+    return (head + f"; `nlbench compare --method ci` calls a row reproduced only when the interval lies within "
+            f"published ± {tolerance}, which takes at least {least} seeds")

@@ -2,12 +2,21 @@
 
     nlbench run-all [--filter GLOB] [--launcher local|slurm] [--cluster slurm/NAME.yaml]
                     [--profile full|smoke] [--seeds N] [--results DIR] [--dry-run] [--no-wait]
-                    [--set KEY=VALUE ...]
+                    [--checkpoint trained|released] [--set KEY=VALUE ...]
 
 Rows whose every stage already has a record in the results folder are skipped, so running the same
 command again after a failure runs only what is missing. With ``--launcher slurm`` the command waits
 for the array and prints the status table at the end; ``--no-wait`` returns right after submission
 (``nlbench status`` shows progress). Nothing is submitted or run when any input is wrong.
+
+``--checkpoint released`` evaluates and benchmarks each row's released MMSeg checkpoint instead of
+training one. Every file is downloaded here, once, into the download cache before anything runs or
+is submitted (a wrong URL or hash stops the command before any job); the jobs then read it from that
+cache (on a cluster, ``$NLBENCH_CACHE`` on a file system the nodes share).
+
+Two run-alls into one results folder share the work through per-job locks (benchmark/run/lock.py):
+locally, a job the other run holds is run last, after waiting for it; with SLURM, it is not
+submitted (and a job that finds its lock taken on the node skips itself). Either way it is said.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.launch import plan as planning
+from benchmark.launch.cost import estimate_saved_gpu_hours
 from benchmark.launch.status import RUNS_SUBDIR, collect_status, format_status
+from benchmark.run.lock import holder_of
+from benchmark.run.records import diverged_record
 
 
 def check_writable(results: Path) -> None:
@@ -65,24 +77,61 @@ def _launcher_rule(launcher: str, cluster: Optional[str]):
 
 def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,
                     profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
-                    no_wait: bool = False, overrides: Sequence[str] = ()) -> int:
-    """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed."""
+                    no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained") -> int:
+    """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed or diverged."""
     folder = Path(results)
     rule, time_limit, cluster_profile = _launcher_rule(launcher, cluster)
     plan = planning.make_plan(folder, rule, pattern=filter, profile=profile, overrides=overrides, seeds=seeds,
-                              time_limit_min=time_limit)
+                              time_limit_min=time_limit, checkpoint=checkpoint)
     if dry_run:
         print(planning.format_plan(plan, launcher))
         return 0
     check_writable(folder)
     if plan.skipped:
         print(f"skipping {len(plan.skipped)} row(s) already complete in {folder}")
+    if plan.diverged:
+        print(f"skipping {len(plan.diverged)} row(s) the training guard stopped as diverged "
+              f"({', '.join(plan.diverged)}); --set guard.action=warn resumes them")
     if not plan.jobs:
-        print("nothing to run: every planned row is complete")
-        return 0
+        print("nothing to run: every planned row is complete" + (" or was stopped by the guard" if plan.diverged
+                                                                  else ""))
+        return 1 if plan.diverged else 0
+    if checkpoint == "released":
+        fetch_released_once(plan.jobs)
+    fetch_reference_logs_once(plan.jobs)
     if launcher == "local":
         return _run_locally(plan.jobs, folder)
     return _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
+
+
+def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
+    """Download every released checkpoint the jobs need, once each, into their cache (hash-checked)."""
+    from benchmark.checkpoint import fetch_released
+
+    done = set()
+    for job in jobs:
+        release = job.recipe.release
+        if release is None or release.url in done:
+            continue
+        path = fetch_released(job.recipe, cache_dir=job.cache_dir)
+        done.add(release.url)
+        report(f"released checkpoint of {job.name}: {path}")
+
+
+def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
+    """Every published training log a job's guard reads (``guard.reference: released``, full
+    profile), downloaded once each before any job runs, so that seeds and array tasks of one row
+    never fetch the same file at once."""
+    from benchmark.curves.reference import RELEASED, fetch_log
+
+    done = set()
+    for job in jobs:
+        recipe = job.recipe
+        if (job.checkpoint_source != "trained" or recipe.guard.reference != RELEASED or recipe.profile != "full"
+                or recipe.release is None or recipe.release.log_url in done):
+            continue
+        done.add(recipe.release.log_url)
+        report(f"published training log of {job.name} (the guard's reference): {fetch_log(recipe)}")
 
 
 def _run_locally(jobs: List[planning.Job], results: Path) -> int:
@@ -92,12 +141,20 @@ def _run_locally(jobs: List[planning.Job], results: Path) -> int:
     print(f"running {len(jobs)} job(s) locally; plan in {run_file}")
     outcome = local.run_local(jobs, results)
     print(format_status([r for r in collect_status(results) if r["key"] in outcome]))
+    _print_guard_summary(jobs, results)
     return 0 if all(v == "done" for v in outcome.values()) else 1
 
 
 def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_wait: bool) -> int:
     from benchmark.launch import slurm
 
+    held = {job.key: holder for job in jobs if (holder := holder_of(results, job.key)) is not None}
+    for key, holder in held.items():
+        print(f"skipping {key}: {holder} (another run); not submitted")
+    jobs = [job for job in jobs if job.key not in held]
+    if not jobs:
+        print("nothing to submit: every pending job is held by another run")
+        return 0
     entries = slurm.submit(jobs, profile, cluster, results)
     run_file = write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())})
     ids = sorted({e["slurm_job_id"].split("_")[0] for e in entries})
@@ -109,4 +166,38 @@ def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_w
     keys = {e["key"] for e in entries}
     rows = [r for r in collect_status(results) if r["key"] in keys]
     print(format_status(rows))
+    _print_guard_summary(jobs, results)
     return 0 if all(r["state"] == "done" for r in rows) else 1
+
+
+def guard_summary(jobs: List[planning.Job], results: Path) -> Optional[str]:
+    """How many rows the guard stopped, and the GPU-hours that saved (an estimate: the remaining
+    iterations and stages on V100s, benchmark/launch/cost.py); None when it stopped none."""
+    stopped, hours, unestimated = [], 0.0, 0
+    for job in jobs:
+        if job.checkpoint_source != "trained":
+            continue
+        record = diverged_record(results, job.name, job.profile, job.seed, job.recipe.hash)
+        if record is None:
+            continue
+        at = int(record["stopped_at_iteration"])
+        stopped.append(f"{job.key} at iter {at}")
+        saved = estimate_saved_gpu_hours(job.recipe, job.stages, at)
+        if saved is None:
+            unestimated += job.recipe.schedule.max_iters - at
+        else:
+            hours += saved
+    if not stopped:
+        return None
+    text = (f"guard: {len(stopped)} row(s) diverged and were stopped ({'; '.join(stopped)}); "
+            f"the stops saved an estimated {hours:.1f} GPU-hours (V100 estimate of the remaining iterations "
+            "and stages, benchmark/launch/cost.py)")
+    if unestimated:
+        text += f"; {unestimated} smoke-size iteration(s) not run have no GPU-hour estimate"
+    return text
+
+
+def _print_guard_summary(jobs: List[planning.Job], results: Path) -> None:
+    text = guard_summary(jobs, results)
+    if text:
+        print(text)

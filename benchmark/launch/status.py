@@ -1,4 +1,5 @@
-"""`nlbench status`: where every planned row stands.
+"""`nlbench status`: where every planned row stands (pending, running, requeued, done, failed, or
+diverged: stopped by the training guard, "diverged at iter k: mIoU x, published y").
 
 Sources, most authoritative first: the result records (a row with every stage's record is done),
 SLURM's accounting (``sacct``: pending, running, requeued, failed, cancelled, timed out), and the job's
@@ -19,7 +20,7 @@ from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
 from benchmark.io.files import read_tail_lines
 from benchmark.launch.sacct import FAILED_STATES, PENDING_STATES, slurm_states
-from benchmark.run.records import record_kinds
+from benchmark.run.records import diverged_record, record_kinds
 from benchmark.run.state import JOB_LOG, read_state
 
 RUNS_SUBDIR = Path("jobs") / "runs"
@@ -86,7 +87,12 @@ def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[s
 
 def _records_complete(results_dir: Path, entry: Dict[str, Any]) -> bool:
     return set(entry["stages"]) <= record_kinds(results_dir, entry["recipe"], entry["profile"], entry["seed"],
-                                                entry.get("recipe_hash"))
+                                                entry.get("recipe_hash"), _source(entry))
+
+
+def _source(entry: Dict[str, Any]) -> str:
+    """The job's checkpoint source (run files written before there was one: trained)."""
+    return entry.get("checkpoint_source") or "trained"
 
 
 def _pid_alive(state: Dict[str, Any]) -> bool:
@@ -99,6 +105,29 @@ def _pid_alive(state: Dict[str, Any]) -> bool:
         return False
 
 
+def _diverged(results_dir: Path, entry: Dict[str, Any], own: Optional[str], slurm_state: Optional[str],
+              state_file: Dict[str, Any]) -> Optional[str]:
+    """"diverged at iter k: mIoU x, published y" when the guard stopped this row and it is not running
+    again (a resume with guard.action warn); None otherwise."""
+    if (entry.get("checkpoint_source") or "trained") != "trained":
+        return None  # a released checkpoint's job has no training to stop
+    record = diverged_record(results_dir, entry["recipe"], entry["profile"], entry["seed"], entry.get("recipe_hash"))
+    if record is None:
+        return None
+    if slurm_state == "RUNNING" or slurm_state in PENDING_STATES or (own == "running" and _pid_alive(state_file)):
+        return None
+    return (record.get("guard") or {}).get("message") or f"diverged at iter {record.get('stopped_at_iteration')}"
+
+
+def _finished(results_dir: Path, entry: Dict[str, Any], own: Optional[str], slurm_state: Optional[str],
+              state_file: Dict[str, Any]) -> Optional[Tuple[str, Optional[str]]]:
+    """("done", None) when every stage has a record, ("diverged", message) when the guard stopped it."""
+    if _records_complete(results_dir, entry):
+        return "done", None
+    diverged = _diverged(results_dir, entry, own, slurm_state, state_file)
+    return ("diverged", diverged) if diverged is not None else None
+
+
 def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[str, int]]) -> Dict[str, Any]:
     """One row of the status table."""
     work = Path(entry["work_dir"])
@@ -109,8 +138,9 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
     own = state_file.get("state")
     log_path = entry.get("stdout") or str(work / JOB_LOG)
     message = None
-    if _records_complete(results_dir, entry):
-        state = "done"
+    finished = _finished(results_dir, entry, own, slurm_state, state_file)
+    if finished is not None:
+        state, message = finished
     elif own == "failed":
         state, message = "failed", state_file.get("error")
     elif slurm_state in FAILED_STATES:
@@ -141,10 +171,12 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
         "profile": entry["profile"],
         "state": state,
         "stage": state_file.get("stage") if state in ("running", "requeued", "failed") else None,
+        "stopped_at": state_file.get("stopped_at") if state == "diverged" else None,
         "job_id": job_id or "-",
         "requeues": requeues,
         "iteration": iteration_reached(work),
-        "max_iters": entry.get("max_iters"),
+        "max_iters": entry.get("max_iters") if _source(entry) == "trained" else None,  # released: no training
+        "checkpoint_source": _source(entry),
         "message": message,
         "log": log_path,
     }
@@ -167,13 +199,16 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
         message = (r["message"] or "")
         if len(message) > 100:
             message = message[:97] + "..."
-        table.append([r["recipe"], r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
+        recipe = r["recipe"] + ("" if r.get("checkpoint_source", "trained") == "trained"
+                                else f" ({r['checkpoint_source']} checkpoint)")
+        table.append([recipe, r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
                       r["job_id"], r["requeues"], it, message, r["log"]])
     headers = ["recipe", "seed", "state", "job id", "requeues", "iteration", "failure (last log line)", "log"]
     counts: Dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "running", "requeued", "pending", "failed") if s in counts)
+    summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "running", "requeued", "pending", "failed", "diverged")
+                        if s in counts)
     text = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
     return f"{text}\n\n{len(rows)} row(s): {summary}"
 

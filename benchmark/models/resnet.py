@@ -101,6 +101,7 @@ Block = Union[Type[BasicBlock], Type[Bottleneck]]
 # depth -> (block, blocks per stage)
 ARCH: Dict[int, Tuple[Block, Tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),
     101: (Bottleneck, (3, 4, 23, 3)),
 }

@@ -1,8 +1,11 @@
-"""`nlbench collect`: result records -> one pandas table, one row per (recipe, profile).
+"""`nlbench collect`: result records -> one pandas table, one row per (recipe, profile, checkpoint source).
 
 Two steps, both plain functions so tables/plots/compare share them:
-  runs(records)      newest record per (recipe, profile, seed, kind), kinds joined: one row per seed
+  runs(records)      newest record per (recipe, profile, source, seed, kind), kinds joined: one row per seed
   summarize(runs)    mean, std, min, max and n over seeds for every metric, provenance kept
+
+``checkpoint_source`` keeps results on MMSeg's released checkpoints ("released") apart from those on
+checkpoints nlbench trained ("trained"); the two are never averaged together.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from tabulate import tabulate
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
-from benchmark.run.records import RECORDS_SUBDIR, load_records
+from benchmark.run.records import RECORDS_SUBDIR, checkpoint_source, load_records
 
 # Column name -> where it comes from: (record kind, path inside that record).
 METRIC_SOURCES = {
@@ -38,8 +41,14 @@ METRICS = list(METRIC_SOURCES)
 STATS = ("mean", "std", "min", "max", "n")
 # Provenance fields carried into the summary; where seeds disagree the distinct values are joined by "; ".
 PROVENANCE = ["device_name", "device_count", "dtype", "git_commit", "git_dirty", "torch_version",
-              "cuda_version", "cudnn_version", "recipe_hash", "hostname"]
-KEY = ["recipe", "profile"]
+              "cuda_version", "cudnn_version", "recipe_hash", "hostname", "checkpoint_sha256"]
+KEY = ["recipe", "profile", "checkpoint_source"]
+TRAINED, RELEASED = "trained", "released"
+
+
+def of_source(summary: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The rows of one checkpoint source (a summary or per-seed table)."""
+    return summary[summary["checkpoint_source"] == source]
 
 
 def _dig(record: Dict[str, Any], path: Iterable[str]) -> Any:
@@ -55,21 +64,27 @@ def _created_ts(record: Dict[str, Any]) -> float:
     return datetime.fromisoformat(record["created_at"]).timestamp()
 
 
-def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
-    """One row per (recipe, profile, seed): the newest record of each kind, joined."""
+def newest_by_kind(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, Dict[str, Any]]]:
+    """(recipe, profile, checkpoint source, seed) -> {kind: the newest record of that kind} (by
+    created_at, then path)."""
     newest: Dict[tuple, Dict[str, Any]] = {}
     for rec in records:
-        key = (rec["recipe"], rec["profile"], rec["seed"], rec["kind"])
+        key = (rec["recipe"], rec["profile"], checkpoint_source(rec), rec["seed"], rec["kind"])
         order = (_created_ts(rec), rec.get("_path", ""))
         held = newest.get(key)
         if held is None or order > held[0]:
             newest[key] = (order, rec)
     by_seed: Dict[tuple, Dict[str, Dict[str, Any]]] = {}
-    for (recipe, profile, seed, kind), (_, rec) in newest.items():
-        by_seed.setdefault((recipe, profile, seed), {})[kind] = rec
+    for (recipe, profile, source, seed, kind), (_, rec) in newest.items():
+        by_seed.setdefault((recipe, profile, source, seed), {})[kind] = rec
+    return by_seed
+
+
+def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
+    """One row per (recipe, profile, checkpoint source, seed): the newest record of each kind, joined."""
     rows = []
-    for (recipe, profile, seed), kinds in by_seed.items():
-        row: Dict[str, Any] = {"recipe": recipe, "profile": profile, "seed": seed}
+    for (recipe, profile, source, seed), kinds in newest_by_kind(records).items():
+        row: Dict[str, Any] = {"recipe": recipe, "profile": profile, "checkpoint_source": source, "seed": seed}
         for column, (kind, path) in METRIC_SOURCES.items():
             value = _dig(kinds[kind], path) if kind in kinds else None
             row[column] = float(value) if value is not None else float("nan")
@@ -91,10 +106,10 @@ def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
         row["kinds"] = ",".join(sorted(kinds))
         row["created_at"] = max(r["created_at"] for r in kinds.values())
         rows.append(row)
-    columns = ["recipe", "profile", "seed", *METRICS, "mem_kind", "iterations", "train_wall_time_s", "gpu_hours",
-               *PROVENANCE, "kinds", "created_at"]
+    columns = ["recipe", "profile", "checkpoint_source", "seed", *METRICS, "mem_kind", "iterations",
+               "train_wall_time_s", "gpu_hours", *PROVENANCE, "kinds", "created_at"]
     df = pd.DataFrame(rows, columns=columns)
-    return df.sort_values(["recipe", "profile", "seed"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["recipe", "profile", "checkpoint_source", "seed"], kind="stable").reset_index(drop=True)
 
 
 def _distinct(values: pd.Series) -> Any:
@@ -107,7 +122,7 @@ def _distinct(values: pd.Series) -> Any:
 
 
 def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Per (recipe, profile): ``<metric>_{mean,std,min,max,n}`` over seeds (std with ddof=1, NaN for
+    """Per (recipe, profile, checkpoint_source): ``<metric>_{mean,std,min,max,n}`` over seeds (std with ddof=1, NaN for
     one seed), ``n_seeds``, ``seeds``, summed ``gpu_hours`` and the provenance columns."""
     grouped = per_seed.groupby(KEY, sort=True)
     stats = grouped[METRICS].agg(["mean", "std", "min", "max", "count"])
@@ -132,10 +147,10 @@ def collect(results_dir, known_recipes: Optional[Iterable[str]] = None) -> pd.Da
     records, warnings = load_records(results_dir, known_recipes)
     if not records:
         where = Path(results_dir) / RECORDS_SUBDIR
-        why = f"{len(warnings)} file(s) there were skipped, see the warnings" if warnings else "the folder has none"
-        err = NLBenchError(f"no result records to collect ({why}); run `nlbench run-all` first", where)
-        err.warnings = warnings  # the CLI prints them before the error
-        raise err
+        if warnings:  # one line still: the first skipped file and why
+            raise NLBenchError(f"no result records to collect: {len(warnings)} file(s) there were skipped, the "
+                               f"first: {warnings[0]}", where)
+        raise NLBenchError("no result records to collect (the folder has none); run `nlbench run-all` first", where)
     per_seed = runs(records)
     summary = summarize(per_seed)
     summary.attrs["warnings"] = warnings
@@ -146,11 +161,7 @@ def collect(results_dir, known_recipes: Optional[Iterable[str]] = None) -> pd.Da
 
 def collect_or_warn(results_dir) -> pd.DataFrame:
     """``collect`` for the CLI verbs: skipped-record warnings go to stderr, one line each."""
-    try:
-        summary = collect(results_dir)
-    except NLBenchError as exc:
-        print_warnings(getattr(exc, "warnings", []))
-        raise
+    summary = collect(results_dir)
     print_warnings(summary.attrs["warnings"])
     return summary
 
@@ -184,12 +195,18 @@ def collect_command(results: str = "results", out: Optional[str] = None) -> int:
             format_stat(r["aacc_mean"], r["aacc_std"], r["aacc_n"], 2),
             format_stat(r["mem_gb_mean"], r["mem_gb_std"], r["mem_gb_n"], 2),
             format_stat(r["fps_mean"], r["fps_std"], r["fps_n"], 2),
-            format_stat(r["mem_gb_fast_mean"], r["mem_gb_fast_std"], r["mem_gb_fast_n"], 2),
-            format_stat(r["fps_fast_mean"], r["fps_fast_std"], r["fps_fast_n"], 2),
             r["device_name"] or "-",
         ])
-    headers = ["recipe", "profile", "seeds", "mIoU", "mIoU(ms+flip)", "aAcc", "Mem (GB)", "fps", "Mem (fast)",
-               "fps (fast)", "device"]
+    headers = ["recipe", "profile", "seeds", "mIoU", "mIoU(ms+flip)", "aAcc", "Mem (GB)", "fps", "device"]
+    if (summary["fps_fast_n"] > 0).any():  # bench records with the fast setting: its columns after fps
+        headers[8:8] = ["Mem (fast)", "fps (fast)"]
+        for row, (_, r) in zip(rows, summary.iterrows()):
+            row[8:8] = [format_stat(r["mem_gb_fast_mean"], r["mem_gb_fast_std"], r["mem_gb_fast_n"], 2),
+                        format_stat(r["fps_fast_mean"], r["fps_fast_std"], r["fps_fast_n"], 2)]
+    if (summary["checkpoint_source"] != TRAINED).any():  # only then: the output of trained runs stays as it was
+        headers.insert(2, "checkpoint")
+        for row, source in zip(rows, summary["checkpoint_source"]):
+            row.insert(2, source)
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     n_warn = len(summary.attrs["warnings"])
     skipped = f", {n_warn} skipped (warnings above)" if n_warn else ""

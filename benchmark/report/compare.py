@@ -7,15 +7,22 @@ a committed smoke baseline, results/reference/smoke.csv, in the same columns plu
 the reference's device class (the published ones: one V100), and the output says so. The Mem and fps
 compared are a bench record's top-level ones, those of the ``published`` measurement setting; the
 ``fast`` setting's figures (nlbench's fast path) are reported by tables, never gated.
+
+Results on checkpoints nlbench trained and on MMSeg's released checkpoints are compared separately,
+each in its own table with its own verdicts. Two methods decide the mIoU verdicts:
+  tolerance (default)  the mean over seeds against reference +- tolerance: reproduced, better, regressed
+  ci                   the 95% Student-t interval over seeds against that band: reproduced, below, above,
+                       inconclusive (with the seeds that would decide); rules in benchmark/stats.py
+Mem and fps keep the 10% band under both methods (their spread is the machine's, not the seeds').
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 from tabulate import tabulate
@@ -24,7 +31,8 @@ from benchmark.catalog import PUBLISHED_CSV, load_published
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.recipe import REPO_ROOT
-from benchmark.report.collect import collect_or_warn
+from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, of_source
+from benchmark.stats import CI_VERDICTS, SEED_STD_MIOU, ci_verdict, from_summary
 
 SMOKE_REFERENCE = REPO_ROOT / "results" / "reference" / "smoke.csv"
 PUBLISHED_DEVICE = "V100"  # docs/FIDELITY.md: fps and Mem of the published rows come from one V100 32G
@@ -39,6 +47,10 @@ HARDWARE_METRICS = ("mem_gb", "fps")
 # Mem and fps are not in mIoU points: they may differ by this fraction of the reference either way.
 HARDWARE_REL_TOL = 0.10
 VERDICTS = ("reproduced", "better", "regressed", "missing", "skipped")
+METHODS = ("tolerance", "ci")
+# The ci method's tally: its own verdicts for mIoU, the band's for Mem and fps, then the rest.
+CI_TALLY = (*CI_VERDICTS, "better", "regressed", "missing", "skipped")
+FAILING = ("regressed", "below")
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,9 @@ class Check:
     delta: float
     verdict: str
     note: str
+    source: str = TRAINED  # the checkpoint source of the results (collect's checkpoint_source)
+    low: float = float("nan")  # the ci method's 95% interval (NaN: none, or the tolerance method)
+    high: float = float("nan")
 
 
 def device_class(name: Optional[str]) -> Optional[str]:
@@ -116,7 +131,7 @@ def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
     are left empty, since on a CPU they describe the machine rather than the code."""
     from benchmark.report.collect import collect
 
-    summary = collect(results_dir)
+    summary = of_source(collect(results_dir), TRAINED)  # a baseline is made of trained rows only
     rows = summary[summary["profile"] == profile].set_index("recipe")
     base = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
     base = base[base["recipe"].isin(rows.index)].copy()
@@ -142,9 +157,10 @@ def _verdict(metric: str, ref: float, rep: float, tolerance: float) -> str:
     return "reproduced"
 
 
-def compare(summary: pd.DataFrame, ref: Reference, tolerance: float) -> List[Check]:
-    """One Check per (reference row, metric)."""
-    rows = summary[summary["profile"] == ref.profile].set_index("recipe")
+def compare(summary: pd.DataFrame, ref: Reference, tolerance: float, source: str = TRAINED) -> List[Check]:
+    """One Check per (reference row, metric), on the results of checkpoint ``source``."""
+    rows = of_source(summary, source)
+    rows = rows[rows["profile"] == ref.profile].set_index("recipe")
     checks = []
     for recipe, r in ref.table.iterrows():
         have = recipe in rows.index
@@ -168,8 +184,41 @@ def compare(summary: pd.DataFrame, ref: Reference, tolerance: float) -> List[Che
             else:
                 verdict = _verdict(metric, reference, rep, tolerance)
             delta = rep - reference if verdict in ("reproduced", "better", "regressed") else nan
-            checks.append(Check(recipe, ref.profile, metric, reference, rep, std, n, delta, verdict, note))
+            checks.append(Check(recipe, ref.profile, metric, reference, rep, std, n, delta, verdict, note, source))
     return checks
+
+
+def apply_ci(checks: List[Check], tolerance: float, assumed_std: float = SEED_STD_MIOU) -> List[Check]:
+    """The ci method: mIoU verdicts from the 95% interval over seeds (benchmark/stats.py); Mem, fps,
+    missing and skipped checks stay as the tolerance method made them."""
+    out = []
+    for c in checks:
+        if c.metric in HARDWARE_METRICS or c.verdict not in ("reproduced", "better", "regressed"):
+            out.append(c)
+            continue
+        released = c.source == RELEASED
+        got = ci_verdict(from_summary(c.reproduced, c.std, c.n), c.reference, tolerance, assumed_std,
+                         fixed_weights=released)
+        note = _ci_note(c, got, released, tolerance)
+        out.append(replace(c, verdict=got.verdict, note=note, low=got.low, high=got.high))
+    return out
+
+
+def _ci_note(c: Check, got, released: bool, tolerance: float) -> str:
+    if got.verdict != "inconclusive":
+        return "one evaluation of fixed weights: no seed spread" if released and c.n == 1 else ""
+    if c.n == 1:
+        why, std = "one seed gives no interval", f"an assumed std of {got.std_used:.2f}"
+    else:
+        why, std = "the interval reaches across an edge of the band", f"the observed std {got.std_used:.2f}"
+    if got.seeds_needed is None:
+        gap = abs(c.reproduced - c.reference)
+        if abs(gap - tolerance) < 1e-9:
+            return f"{why}; the mean sits on an edge of the band: no number of seeds decides"
+        return f"{why}; more than 1000 seeds would be needed at {std}"
+    more = got.seeds_needed - c.n
+    return (f"{why}; {more} more seed{'s' if more != 1 else ''} ({got.seeds_needed} in all) would decide "
+            f"at {std}, if the mean holds")
 
 
 def _fmt(value: float, digits: int, sign: bool = False) -> str:
@@ -211,50 +260,158 @@ def _header_lines(refs: Dict[str, Reference], tolerance: float, ignored: List[st
     return lines
 
 
-def _tally(checks: List[Check]) -> str:
-    counts = {v: sum(c.verdict == v for c in checks) for v in VERDICTS}
+def _ci_header(assumed_std: float) -> str:
+    return ("method: ci: the 95% Student-t interval of the mean over seeds decides mIoU: reproduced when it lies "
+            "within reference ± tolerance, below / above when it lies wholly under / over that band, inconclusive "
+            f"when it reaches across an edge (one seed gives no interval; the seeds that would decide assume a std "
+            f"of {assumed_std} mIoU then); a released checkpoint is fixed weights, so one evaluation of it has no "
+            "seed spread; Mem and fps keep the 10% band")
+
+
+def _band(c: Check, tolerance: float) -> str:
+    digits = METRICS[c.metric][2]
+    if c.reference != c.reference:
+        return "-"
+    allowed = abs(c.reference) * HARDWARE_REL_TOL if c.metric in HARDWARE_METRICS else tolerance
+    return f"[{c.reference - allowed:.{digits}f}, {c.reference + allowed:.{digits}f}]"
+
+
+def _interval(c: Check) -> str:
+    digits = METRICS[c.metric][2]
+    return "-" if c.low != c.low else f"[{c.low:.{digits}f}, {c.high:.{digits}f}]"
+
+
+def _ci_rows(checks: List[Check], tolerance: float) -> List[List[str]]:
+    out = []
+    for c, row in zip(checks, _rows(checks)):
+        out.append([*row[:5], row[5], _interval(c), _band(c, tolerance), c.verdict, c.note])
+    return out
+
+
+CI_HEADERS = ["recipe", "profile", "metric", "reference", "mean ± std", "n", "95% interval", "band", "verdict", "note"]
+RELEASED_TITLE = ("Released checkpoints: MMSegmentation's released weights of each row, evaluated and benchmarked "
+                  "by nlbench, against the same reference (kept apart from the rows nlbench trained)")
+
+
+def _table(checks: List[Check], method: str, tolerance: float) -> str:
+    if method == "ci":
+        return tabulate(_ci_rows(checks, tolerance), headers=CI_HEADERS, tablefmt="github", disable_numparse=True)
+    return tabulate(_rows(checks), headers=HEADERS, tablefmt="github", disable_numparse=True)
+
+
+def _tally(checks: List[Check], verdicts=VERDICTS) -> str:
+    counts = {v: sum(c.verdict == v for c in checks) for v in verdicts}
     return ", ".join(f"{n} {v}" for v, n in counts.items())
 
 
-def write_junit(path: Path, checks: List[Check]) -> None:
+def _case_text(c: Check, method: str, tolerance: float) -> str:
+    (row,) = _rows([c])
+    if method == "ci":
+        return (f"reference {row[3]}, mean {row[4]} (n={c.n}), 95% interval {_interval(c)}, "
+                f"band {_band(c, tolerance)}: {c.verdict}")
+    return f"reference {row[3]}, reproduced {row[4]} (n={c.n}), delta {row[6]}: {c.verdict}"
+
+
+def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tolerance: float = 0.5,
+                curves: Sequence = ()) -> None:
+    """``curves``: rows of ``report.curves`` (compare --curves), one testcase each, failed when diverged."""
     suite = ET.Element("testsuite", name="nlbench.compare", tests=str(len(checks)),
-                       failures=str(sum(c.verdict == "regressed" for c in checks)),
-                       skipped=str(sum(c.verdict in ("missing", "skipped") for c in checks)), errors="0")
-    for c, row in zip(checks, _rows(checks)):
-        case = ET.SubElement(suite, "testcase", classname=f"nlbench.{c.profile}.{c.recipe}", name=c.metric)
-        text = f"reference {row[3]}, reproduced {row[4]} (n={c.n}), delta {row[6]}: {c.verdict}"
-        if c.verdict == "regressed":
+                       failures=str(sum(c.verdict in FAILING for c in checks)),
+                       skipped=str(sum(c.verdict in ("missing", "skipped", "inconclusive") for c in checks)),
+                       errors="0")
+    for c in checks:
+        source = "" if c.source == TRAINED else f"{c.source}."
+        case = ET.SubElement(suite, "testcase", classname=f"nlbench.{c.profile}.{source}{c.recipe}", name=c.metric)
+        text = _case_text(c, method, tolerance)
+        if c.verdict in FAILING:
             ET.SubElement(case, "failure", message=text).text = text
-        elif c.verdict in ("missing", "skipped"):
+        elif c.verdict in ("missing", "skipped", "inconclusive"):
             ET.SubElement(case, "skipped", message=f"{c.verdict}: {c.note}")
         else:
             ET.SubElement(case, "system-out").text = text
+    if curves:
+        from benchmark.report.curves import add_junit_cases
+
+        add_junit_cases(suite, curves)
     ET.indent(suite)
     atomic_write_bytes(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n")
 
 
-def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,
-                    junit: Optional[str] = None, reference: Optional[str] = None) -> int:
-    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression."""
+def _sections(summary: pd.DataFrame, refs: Dict[str, Reference], tolerance: float, method: str,
+              assumed_std: float) -> List[Tuple[str, List[Check]]]:
+    """(checkpoint source, checks) for each source that has results: trained first, then released."""
+    out = []
+    for source in (TRAINED, RELEASED):
+        if of_source(summary, source).empty:
+            continue
+        checks = [c for ref in refs.values() for c in compare(summary, ref, tolerance, source)]
+        out.append((source, apply_ci(checks, tolerance, assumed_std) if method == "ci" else checks))
+    return out
+
+
+def _outcome(checks: List[Check], method: str) -> str:
+    failing = [c for c in checks if c.verdict in FAILING]
+    if method == "tolerance":
+        return (f"FAIL: {len(failing)} regression(s) beyond the tolerance" if failing
+                else "PASS: no regression beyond the tolerance")
+    undecided = sum(c.verdict == "inconclusive" for c in checks)
+    if failing:
+        return f"FAIL: {len(failing)} check(s) below the band at 95% confidence (or Mem/fps regressed)"
+    return f"PASS: nothing below the band at 95% confidence ({undecided} inconclusive)"
+
+
+def _check_options(tolerance: float, method: str, assumed_std: float) -> None:
     if tolerance < 0:
         raise NLBenchError(f"expected a tolerance >= 0, got {tolerance}", key="--tolerance")
+    if method not in METHODS:
+        raise NLBenchError(f"expected one of {', '.join(METHODS)}, got {method!r}", key="--method")
+    if not assumed_std > 0:
+        raise NLBenchError(f"expected a std > 0, got {assumed_std}", key="--assumed-std")
+
+
+def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,
+                    junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
+                    assumed_std: float = SEED_STD_MIOU, curves: bool = False) -> int:
+    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
+    ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py)."""
+    _check_options(tolerance, method, assumed_std)
     summary = collect_or_warn(results)
     profiles = sorted(summary["profile"].unique())
     refs = {ref.profile: ref for ref in [load_reference(reference)]} if reference else default_references(profiles)
     ignored = [p for p in profiles if p not in refs]
-    checks = [c for ref in refs.values() for c in compare(summary, ref, tolerance)]
-    header = _header_lines(refs, tolerance, ignored, profiles)
-    table = tabulate(_rows(checks), headers=HEADERS, tablefmt="github", disable_numparse=True)
-    regressed = [c for c in checks if c.verdict == "regressed"]
-    outcome = (f"FAIL: {len(regressed)} regression(s) beyond the tolerance" if regressed
-               else "PASS: no regression beyond the tolerance")
+    header = _header_lines(refs, tolerance, ignored, profiles) + ([_ci_header(assumed_std)] if method == "ci" else [])
+    sections = _sections(summary, refs, tolerance, method, assumed_std)
+    every = [c for _, checks in sections for c in checks]
+    curve_rows, curve_text, diverged = _curves_section(results, profiles, tolerance) if curves else ([], "", 0)
+    outcome = _outcome(every, method) + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else "")
+    verdicts = CI_TALLY if method == "ci" else VERDICTS
     print("\n".join(header))
-    print(table)
-    print(f"{_tally(checks)}\n{outcome}")
+    body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
+    for source, checks in sections:
+        table, tally = _table(checks, method, tolerance), _tally(checks, verdicts)
+        if source == RELEASED:
+            print(f"\n{RELEASED_TITLE}")
+            body += ["", "## Released checkpoints", "", RELEASED_TITLE]
+        print(f"{table}\n{tally}")
+        body += ["", table, "", tally]
+    if curves:
+        print(f"\n{curve_text}")
+        body += ["", "## Curves", "", curve_text]
+    print(outcome)
     if report:
-        body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
-        body += ["", table, "", f"{_tally(checks)}", "", f"**{outcome}**", ""]
-        atomic_write_text(Path(report), "\n".join(body))
+        atomic_write_text(Path(report), "\n".join(body + ["", f"**{outcome}**", ""]))
     if junit:
-        write_junit(Path(junit), checks)
-    return 1 if regressed else 0
+        write_junit(Path(junit), every, method, tolerance, curve_rows)
+    return 1 if any(c.verdict in FAILING for c in every) or diverged else 0
+
+
+def _curves_section(results: str, profiles: List[str], tolerance: float):
+    """compare --curves: (rows, text, number diverged); the margin at a row's last eval point is the
+    compare tolerance."""
+    from benchmark.report.curves import curve_lines, curve_rows
+
+    rows = curve_rows(Path(results), profiles, tolerance)
+    if not rows:
+        return [], "curves: no training logs under the results folder's work/ to check", 0
+    diverged = sum(r.verdict == "diverged" for r in rows)
+    return rows, f"curves against each row's reference curve (docs/CURVES.md):\n\n{curve_lines(rows)}", diverged

@@ -5,6 +5,7 @@ One set of figures per recipe profile (full-size and smoke results never share a
   miou_vs_fps_<profile>     mIoU against inference speed, one panel per dataset
   memory_<profile>          training memory per row
   training_curves_<profile> loss, learning rate and validation mIoU per iteration (train.log.jsonl)
+  overlay_<profile>_<recipe> each row's seeds against its reference curve (report/curves.py)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import matplotlib
 
@@ -24,7 +25,7 @@ import pandas as pd  # noqa: E402
 from benchmark.catalog import load_published  # noqa: E402
 from benchmark.errors import NLBenchError  # noqa: E402
 from benchmark.io.files import atomic_write_bytes  # noqa: E402
-from benchmark.report.collect import collect_or_warn  # noqa: E402
+from benchmark.report.collect import TRAINED, collect_or_warn, of_source  # noqa: E402
 from benchmark.report.compare import Reference, default_references, device_class  # noqa: E402
 
 DATASET_SHORT = {"Cityscapes": "CS", "ADE20K": "ADE", "Pascal VOC 2012 + Aug": "VOC"}
@@ -47,6 +48,9 @@ def _save(fig, out_dir: Path, stem: str) -> List[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+save_figure = _save  # report/curves.py draws the overlays through it
 
 
 def _reference_for(profile: str) -> Optional[Reference]:
@@ -92,35 +96,68 @@ def plot_miou(summary: pd.DataFrame, per_seed: pd.DataFrame, published: pd.DataF
     return fig
 
 
+def settings(published: pd.DataFrame, recipes) -> Dict[str, List[str]]:
+    """Dataset setting ('CS 512x1024', 'ADE 512x512', ...) -> its recipes among ``recipes``, in the
+    published order. Rows of one setting differ only in backbone and schedule."""
+    groups: Dict[str, List[str]] = {}
+    wanted = set(recipes)
+    for recipe, p in published.iterrows():
+        if recipe in wanted:
+            dataset = DATASET_SHORT.get(p["dataset"], p["dataset"])
+            groups.setdefault(f"{dataset} {p['crop_size']}", []).append(recipe)
+    return groups
+
+
+# Within a setting: one colour per backbone, one line style and marker per schedule (shorter first),
+# so every curve and point of a panel can be told apart, in colour and in grey.
+BACKBONE_COLORS = {"R-50-D8": "tab:blue", "R-101-D8": "tab:red"}
+SCHEDULE_STYLES = [("--", "o"), ("-", "^")]
+
+
+def row_style(published: pd.DataFrame, recipe: str, group: List[str]) -> Dict[str, str]:
+    p = published.loc[recipe]
+    schedules = sorted({int(published.loc[r, "lr_schd"]) for r in group})
+    linestyle, marker = SCHEDULE_STYLES[min(schedules.index(int(p["lr_schd"])), len(SCHEDULE_STYLES) - 1)]
+    return {"color": BACKBONE_COLORS.get(p["backbone"], "tab:green"), "linestyle": linestyle, "marker": marker,
+            "label": f"{p['backbone'].replace('-D8', '')} {int(p['lr_schd']) // 1000}k"}
+
+
+def _panel_grid(n: int, width: float, height: float):
+    cols = min(n, 2)
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(width * max(cols, 1), height * rows), squeeze=False,
+                             layout="constrained")
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def plot_miou_vs_fps(summary: pd.DataFrame, published: pd.DataFrame, profile: str):
+    """One panel per dataset setting; points told apart by colour (backbone) and marker (schedule),
+    named in a legend below the panel rather than by labels beside the points (which overlap)."""
     rows = summary[summary["profile"] == profile].set_index("recipe")
-    datasets = [d for d in published["dataset"].unique() if any(r in rows.index for r in
-                                                                 published.index[published["dataset"] == d])]
-    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.6 * max(1, len(datasets)), 4.2), squeeze=False)
+    groups = settings(published, rows.index) or {"no rows": []}
+    fig, axes = _panel_grid(len(groups), 5.2, 4.4)
     devices = sorted({str(d) for d in rows["device_name"].dropna()}) or ["unknown device"]
-    for ax, dataset in zip(axes[0], datasets):
-        recipes = [r for r in published.index[published["dataset"] == dataset] if r in rows.index]
+    for ax, (setting, recipes) in zip(axes, groups.items()):
         for recipe in recipes:
-            r, p = rows.loc[recipe], published.loc[recipe]
+            r, p, style = rows.loc[recipe], published.loc[recipe], row_style(published, recipe, recipes)
             if math.isnan(r["fps_mean"]) or math.isnan(r["miou_mean"]):
                 continue
-            ax.scatter(r["fps_mean"], r["miou_mean"], color="tab:blue", s=30)
-            ax.annotate(row_label(p).split(" ", 1)[1], (r["fps_mean"], r["miou_mean"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.scatter(r["fps_mean"], r["miou_mean"], color=style["color"], marker=style["marker"], s=45,
+                       label=f"{style['label']} (reproduced)")
             # The published point is drawn only when the speed was measured on the same device class.
             if profile == "full" and device_class(r["device_name"]) == "V100" and not math.isnan(p["fps"]):
-                ax.scatter(p["fps"], p["miou"], marker="D", facecolors="none", edgecolors="black", s=30)
-        ax.set_title(dataset, fontsize=10)
-        ax.set_xlabel(f"inference speed (images/s) on {', '.join(devices)}")
+                ax.scatter(p["fps"], p["miou"], marker=style["marker"], facecolors="none",
+                           edgecolors=style["color"], s=45, label=f"{style['label']} (published, V100)")
+        ax.set_title(setting, fontsize=10)
+        ax.set_xlabel(f"inference speed (images/s) on {', '.join(devices)}", fontsize=8)
         ax.set_ylabel("mIoU (%)")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", color="tab:blue", linestyle="", label=f"reproduced ({profile})")]
-    if profile == "full":
-        handles.append(plt.Line2D([], [], marker="D", markerfacecolor="none", markeredgecolor="black",
-                                  linestyle="", label="published (V100; shown only for V100 records)"))
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(f"mIoU vs inference speed per dataset ({profile} profile)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    fig.suptitle(f"mIoU vs inference speed per dataset setting ({profile} profile)", fontsize=11)
     return fig
 
 
@@ -168,51 +205,107 @@ def read_train_log(path: Path) -> Dict[str, Dict[int, float]]:
     return series
 
 
-def plot_training_curves(results_dir: Path, published: pd.DataFrame, profile: str):
-    logs = sorted((results_dir / "work" / profile).glob("*/seed*/train.log.jsonl"))
-    if not logs:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    panels = [("loss", "training loss (total: decode + weighted aux)", "loss (cross-entropy)"),
-              ("lr", "learning rate (poly schedule)", "learning rate"),
-              ("mIoU", "validation mIoU (%)", "mIoU (%)")]
-    colors = plt.get_cmap("tab20")
-    for i, path in enumerate(logs):
-        recipe, seed = path.parent.parent.name, path.parent.name
-        label = (row_label(published.loc[recipe]) if recipe in published.index else recipe) + f" {seed}"
-        series = read_train_log(path)
-        for ax, (key, _, _) in zip(axes, panels):
-            points = sorted(series.get(key, {}).items())
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], color=colors(i % 20), linewidth=1,
-                        marker="o" if key == "mIoU" else None, markersize=3, label=label if key == "loss" else None)
-    for ax, (_, title, ylabel) in zip(axes, panels):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(ylabel)
+CURVE_PANELS = [("loss", "training loss (decode + weighted aux)"), ("lr", "learning rate (poly)"),
+                ("mIoU", "validation mIoU (%)")]
+
+
+def train_logs(results_dir: Path, profile: str, recipe: str = "*") -> List[Path]:
+    """The training logs of a profile (of one recipe): RESULTS/work/<profile>/<recipe>/seed<k>/."""
+    return sorted((Path(results_dir) / "work" / profile).glob(f"{recipe}/seed*/train.log.jsonl"))
+
+
+def _draw_curves(axes, path: Path, style: Dict[str, Any], label: str) -> None:
+    series = read_train_log(path)
+    for ax, (key, _) in zip(axes, CURVE_PANELS):
+        points = sorted(series.get(key, {}).items())
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=style["color"],
+                    linestyle=style["linestyle"], linewidth=1.3, marker=style["marker"] if key == "mIoU" else None,
+                    markersize=4, alpha=style.get("alpha", 1.0), label=label)
+
+
+def _label_axes(axes, row_title: str) -> None:
+    for ax, (_, title) in zip(axes, CURVE_PANELS):
+        ax.set_title(f"{row_title}: {title}" if row_title else title, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title="row, seed")
+
+
+def plot_training_curves(results_dir: Path, published: pd.DataFrame, profile: str):
+    """One row of panels (loss, lr, mIoU) per dataset setting, a legend beside each row."""
+    logs = train_logs(results_dir, profile)
+    by_recipe: Dict[str, List[Path]] = {}
+    for path in logs:
+        by_recipe.setdefault(path.parent.parent.name, []).append(path)
+    groups = settings(published, by_recipe)
+    if not groups:
+        return None
+    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 3.3 * len(groups)), squeeze=False, layout="constrained")
+    for row_axes, (setting, recipes) in zip(axes, groups.items()):
+        for recipe in recipes:
+            style = row_style(published, recipe, recipes)
+            for i, path in enumerate(by_recipe[recipe]):
+                seed = f" {path.parent.name}" if len(by_recipe[recipe]) > 1 else ""
+                # Further seeds of a row: the same colour and line style, lighter.
+                _draw_curves(row_axes, path, dict(style, alpha=1.0 if i == 0 else 0.5), style["label"] + seed)
+        _label_axes(row_axes, setting)
+        row_axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="backbone, schedule",
+                            title_fontsize=7, frameon=False)
     fig.suptitle(f"Training curves from train.log.jsonl ({profile} profile)", fontsize=11)
-    fig.tight_layout()
     return fig
 
 
+def plot_row_curves(logs: List[Path], title: str):
+    """loss, lr and validation mIoU of one row, one line per seed (the row pages of the HTML report)."""
+    if not logs:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), layout="constrained")
+    colors = plt.get_cmap("tab10")
+    for i, path in enumerate(logs):
+        style = {"color": colors(i % 10), "linestyle": "-", "marker": "o"}
+        _draw_curves(axes, path, style, path.parent.name)
+    _label_axes(axes, "")
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="seed", frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+FIGURE_TITLES = {
+    "miou": "Reproduced mIoU per row beside its reference",
+    "miou_vs_fps": "mIoU against inference speed, one panel per dataset setting",
+    "memory": "Training memory per row",
+    "training_curves": "Training curves: loss, learning rate and validation mIoU per dataset setting",
+}
+
+
+def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: Path, published: pd.DataFrame,
+                    profile: str) -> Iterator[Tuple[str, Any]]:
+    """(kind, figure) for each figure of one profile, kinds as in FIGURE_TITLES (curves only with logs).
+    The caller closes each figure (``_save`` does)."""
+    yield "miou", plot_miou(summary, per_seed, published, profile, _reference_for(profile))
+    yield "miou_vs_fps", plot_miou_vs_fps(summary, published, profile)
+    yield "memory", plot_memory(summary, published, profile)
+    curves = plot_training_curves(results_dir, published, profile)
+    if curves is not None:
+        yield "training_curves", curves
+
+
 def make_plots(results_dir, out_dir) -> List[Path]:
+    from benchmark.report.curves import overlay_plots
+
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     summary = collect_or_warn(results_dir)
-    per_seed = summary.attrs["runs"]
+    # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
+    per_seed = of_source(summary.attrs["runs"], TRAINED)
+    summary = of_source(summary, TRAINED)
     published = load_published()
     written: List[Path] = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for profile in sorted(summary["profile"].unique()):
-            written += _save(plot_miou(summary, per_seed, published, profile, _reference_for(profile)), out_dir,
-                             f"miou_{profile}")
-            written += _save(plot_miou_vs_fps(summary, published, profile), out_dir, f"miou_vs_fps_{profile}")
-            written += _save(plot_memory(summary, published, profile), out_dir, f"memory_{profile}")
-            curves = plot_training_curves(results_dir, published, profile)
-            if curves is not None:
-                written += _save(curves, out_dir, f"training_curves_{profile}")
+            for kind, fig in profile_figures(summary, per_seed, results_dir, published, profile):
+                written += _save(fig, out_dir, f"{kind}_{profile}")
+            written += overlay_plots(results_dir, profile, out_dir)
     except OSError as exc:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None
     return written

@@ -3,13 +3,15 @@
 The published README (MMSeg's nonlocal_net) has one table per dataset with the columns below, padded
 the way mdformat pads them; the alignment of mIoU(ms+flip) differs between its tables, so it is kept
 per dataset. Generated text is deterministic (no timestamps), so `--check` can tell a stale README.
+Results on MMSeg's released checkpoints get a table of their own ("Published vs released checkpoints");
+they never enter the tables of rows nlbench trained.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -17,7 +19,7 @@ from benchmark.catalog import load_published, release_links
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import RECIPES_DIR, REPO_ROOT
-from benchmark.report.collect import collect_or_warn, format_stat
+from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, of_source
 
 HEADERS = ["Method", "Backbone", "Crop Size", "Lr schd", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)",
            "config", "download"]
@@ -39,11 +41,12 @@ END = "<!-- nlbench:tables:end -->"
 PROFILE_ORDER = {"full": 0, "smoke": 1}
 PROFILE_NOTES = {
     "full": "the recipes as published (full size, real datasets).",
-    "smoke": "ResNet-18 trunk, thin heads, synthetic data in each dataset's layout, tiny crops and a short "
-             "schedule (Backbone, Crop Size and Lr schd below name the published row, not the smoke "
-             "settings). It checks that every stage of every row runs; its numbers are **not** "
-             "comparable with the published full-size results (rows say `NonLocal (smoke)`; `nlbench compare` "
-             "gates them against `results/reference/smoke.csv`).",
+    "smoke": "ResNet-18 trunk for the R-50 rows and ResNet-34 for the R-101 rows, thin heads, synthetic data "
+             "in each dataset's layout, tiny crops and short schedules that grow with the published ones "
+             "(20k/40k/80k/160k -> 40/60/90/130 iterations; Backbone, Crop Size and Lr schd below name the "
+             "published row, not the smoke settings). It checks that every stage of every row runs; its "
+             "numbers are **not** comparable with the published full-size results (rows say `NonLocal (smoke)`; "
+             "`nlbench compare` gates them against `results/reference/smoke.csv`).",
 }
 
 
@@ -163,14 +166,55 @@ def side_by_side(summary: pd.DataFrame, published: pd.DataFrame) -> str:
     return markdown_table(headers, rows, "lllrlrrrrrrr")
 
 
+def released_side_by_side(released: pd.DataFrame, published: pd.DataFrame) -> str:
+    """Published beside the released checkpoints' results (mean ± std, n), with Mem and fps as measured."""
+    headers = ["Dataset", "Backbone", "Crop Size", "Lr schd", "Profile", "mIoU published", "mIoU released ckpt", "n",
+               "Δ mIoU", "mIoU(ms+flip) published", "mIoU(ms+flip) released ckpt", "Δ ms+flip", "Mem (GB)",
+               "Inf time (fps)", "device", "checkpoint sha256"]
+    rows = []
+    for recipe, p in published.iterrows():
+        found = released[released["recipe"] == recipe]
+        for _, r in sorted(found.iterrows(), key=lambda item: _profile_rank(item[1]["profile"])):
+            full = r["profile"] == "full"
+            sha = str(r["checkpoint_sha256"] or "-")
+            rows.append([p["dataset"], p["backbone"], p["crop_size"], str(p["lr_schd"]), r["profile"],
+                         _text(p["miou_text"]), _stat(r, "miou", 2), str(int(r["n_seeds"])),
+                         _delta(r["miou_mean"], p["miou"], full), _text(p["miou_ms_flip_text"]),
+                         _stat(r, "miou_ms_flip", 2), _delta(r["miou_ms_flip_mean"], p["miou_ms_flip"], full),
+                         _stat(r, "mem_gb", 1), _stat(r, "fps", 2), str(r["device_name"] or "-"),
+                         sha if ";" in sha else sha[:12]])
+    return markdown_table(headers, rows, "lllrlrrrrrrrrrll")
+
+
+RELEASED_NOTE = ("MMSegmentation's released checkpoint of each row, evaluated and benchmarked by nlbench "
+                 "(`nlbench run-all --checkpoint released`; no training). These results are kept apart from the "
+                 "rows nlbench trained and never averaged with them; the sha256 is that of the evaluated file.")
+
+
 def _distinct_text(summary: pd.DataFrame, profile: str, column: str, default: str) -> str:
     values = summary.loc[summary["profile"] == profile, column].dropna().unique().tolist()
     return ", ".join(sorted(str(v) for v in values)) or default
 
 
 def results_markdown(summary: pd.DataFrame, published: pd.DataFrame, results_label: str, link_from: Path) -> str:
-    """The generated block (without markers): notes per profile, one table per dataset, side by side."""
+    """The generated block (without markers): notes per profile, one table per dataset, side by side;
+    then the released checkpoints' table when there are such results."""
     parts = [f"<!-- generated by `nlbench tables --results {results_label}`; edit the records, not this text -->", ""]
+    released = of_source(summary, RELEASED)
+    summary = of_source(summary, TRAINED)
+    if not summary.empty:
+        parts += _trained_markdown(summary, published, link_from)
+    if not released.empty:
+        parts += ["### Published vs released checkpoints", "", RELEASED_NOTE, "",
+                  released_side_by_side(released, published), ""]
+        if (released["profile"] != "full").any():
+            parts += ["Δ is the released checkpoint's result minus published, given only for full-profile rows "
+                      "(`n/a`: not comparable).", ""]
+    return "\n".join(parts)
+
+
+def _trained_markdown(summary: pd.DataFrame, published: pd.DataFrame, link_from: Path) -> List[str]:
+    parts: List[str] = []
     for profile in sorted(summary["profile"].unique(), key=_profile_rank):
         note = PROFILE_NOTES.get(profile, "a custom recipe profile; not comparable with the published results.")
         devices = _distinct_text(summary, profile, "device_name", "unknown device")
@@ -188,7 +232,7 @@ def results_markdown(summary: pd.DataFrame, published: pd.DataFrame, results_lab
     parts += ["### Published vs reproduced", "", side_by_side(summary, published), ""]
     if (summary["profile"] != "full").any():
         parts += ["Δ is reproduced minus published, given only for full-profile rows (`n/a`: not comparable).", ""]
-    return "\n".join(parts)
+    return parts
 
 
 def splice(readme_text: str, block: str) -> str:
@@ -201,9 +245,12 @@ def splice(readme_text: str, block: str) -> str:
 
 
 def tables_command(results: str = "results", readme: str = "README.md", check: bool = False,
-                   published: bool = False) -> int:
-    """`nlbench tables`: write RESULTS/tables.md and the README's block; ``check`` only compares."""
+                   published: bool = False, metafile: Optional[str] = None) -> int:
+    """`nlbench tables`: write RESULTS/tables.md and the README's block; ``check`` only compares;
+    ``metafile`` writes the results as MMSeg's metafile.yaml instead (see report/metafile.py)."""
     table = load_published()
+    if metafile is not None:
+        return _metafile_command(results, table, Path(metafile), check or published)
     if published:
         blocks = [f"### {dataset}\n\n{text}\n" for dataset, text in published_tables(table).items()]
         print("\n".join(blocks), end="")
@@ -227,4 +274,20 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
     if updated != current:
         atomic_write_text(readme_path, updated)
     print(f"tables: {tables_md}; README {'updated' if updated != current else 'already up to date'}: {readme_path}")
+    return 0
+
+
+def _metafile_command(results: str, published: pd.DataFrame, target: Path, other_mode: bool) -> int:
+    from benchmark.report.collect import newest_by_kind
+    from benchmark.report.metafile import metafile, write_metafile
+    from benchmark.run.records import load_records
+
+    if other_mode:
+        raise NLBenchError("--metafile writes the reproduced results; it does not combine with --check or "
+                           "--published", key="--metafile")
+    summary = collect_or_warn(results)
+    records, _ = load_records(results)  # the warnings were printed by collect
+    document = metafile(summary, published, newest_by_kind(records), Path(results))
+    write_metafile(target, document)
+    print(f"metafile: {target} ({len(document['Models'])} models, MMSegmentation 1.x model-index layout)")
     return 0

@@ -4,6 +4,18 @@ Each stage ends by writing its result record; a stage whose record already exist
 job that was requeued (SLURM preemption or time limit) or simply started again continues where it
 stopped, and training resumes from ``latest.pth``. The same function runs in every rank of a
 multi-process job; only rank 0 writes records, the state file and the job log.
+
+Rank 0 holds the job's lock (``benchmark.run.lock``) from before it lists the missing stages until
+the job ends, so two run-alls into one results folder never run the same stage twice: the second
+finds the job held and skips it (the local launcher waits for it instead). When any rank fails,
+``engine.distributed`` stops the others within seconds; rank 0 notes it in the state file.
+
+The train record covers every attempt of the run (engine/attempts.py): ``wall_time_s`` and
+``gpu_hours`` are summed over the attempts, ``mem_gb`` is the largest peak of any attempt, and
+``attempts`` counts them.
+
+A job on a released checkpoint (``checkpoint_source="released"``) has no train stage: it evaluates
+and benchmarks MMSeg's released file of the row, and its records say so.
 """
 
 from __future__ import annotations
@@ -16,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from benchmark.errors import NLBenchError, TrainingInterrupted
-from benchmark.io.jobenv import job_environment, single_process_env
+from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
+from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_env
 from benchmark.recipe import Recipe, load_recipe
+from benchmark.run.lock import JobHeld, JobLock, lock_path
 from benchmark.run.records import provenance, record_kinds, write_record
-from benchmark.run.state import JobLog, write_state
+from benchmark.run.state import JobLog, read_state, write_state
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,10 @@ class Job:
     gpu_hours: Optional[float]  # estimate (V100), None for smoke-size models
     overrides: Tuple[str, ...] = ()
     device: str = "auto"
+    # "trained": the job's own train stage makes the checkpoint; "released": MMSeg's released file
+    # of the row is evaluated (no train stage), fetched from ``cache_dir`` (absolute; None: the default).
+    checkpoint_source: str = "trained"
+    cache_dir: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -71,8 +88,9 @@ class Job:
 
     @property
     def key(self) -> str:
-        """Stable identity of a job across runs: <profile>/<recipe>/seed<k>."""
-        return f"{self.profile}/{self.name}/seed{self.seed}"
+        """Stable identity of a job across runs: <profile>/<recipe>/seed<k>, and
+        <profile>/<recipe>/released/seed<k> for a released checkpoint's."""
+        return f"{self.profile}/{self.name}/{source_part(self.checkpoint_source)}seed{self.seed}"
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-able summary kept under RESULTS/jobs/ (status reads it; the recipe is named, not copied)."""
@@ -84,6 +102,7 @@ class Job:
             "nodes": self.resources.nodes, "tasks_per_node": self.resources.tasks_per_node,
             "gpus_per_node": self.resources.gpus_per_node, "time_limit_min": self.time_limit_min,
             "gpu_hours_estimate": self.gpu_hours, "overrides": list(self.overrides), "device": self.device,
+            "checkpoint_source": self.checkpoint_source, "cache_dir": self.cache_dir,
         }
 
 
@@ -103,7 +122,15 @@ def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
         gpu_hours=d.get("gpu_hours_estimate"),
         overrides=tuple(overrides),
         device=d.get("device", "auto"),
+        checkpoint_source=d.get("checkpoint_source") or "trained",
+        cache_dir=d.get("cache_dir"),
     )
+
+
+def source_part(checkpoint_source: str) -> str:
+    """The key/work-dir component of a checkpoint source: '' for trained (the layout as it was),
+    'released/' for released, so the two never share a work dir or a job key."""
+    return "" if checkpoint_source == "trained" else f"{checkpoint_source}/"
 
 
 class StopFlag:
@@ -137,9 +164,9 @@ class StopFlag:
 
 
 def _gpu_hours(wall_s: float, result: Dict[str, Any]) -> Optional[float]:
-    if result.get("device_type") != "cuda":
-        return None
-    return wall_s * int(result.get("world_size") or 1) / 3600.0
+    from benchmark.engine.attempts import gpu_hours
+
+    return gpu_hours(wall_s, result.get("device_type"), int(result.get("world_size") or 1))
 
 
 def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[str], **fields: Any) -> Dict[str, Any]:
@@ -162,6 +189,15 @@ def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[st
     return body
 
 
+def _source_fields(job: Job) -> Dict[str, Any]:
+    """What eval and bench records say about where their checkpoint came from."""
+    fields: Dict[str, Any] = {"checkpoint_source": job.checkpoint_source}
+    release = job.recipe.release
+    if job.checkpoint_source == "released" and release is not None:
+        fields["checkpoint_release"] = {"url": release.url, "stamp": release.stamp}
+    return fields
+
+
 def _metrics(result: Dict[str, Any]) -> Dict[str, Any]:
     return {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class") if k in result}
 
@@ -171,21 +207,52 @@ def _stage_train(job: Job, log: JobLog, stop: StopFlag) -> Dict[str, Any]:
 
     resume = (Path(job.work_dir) / LATEST).exists()
     log(f"train: {'resuming from latest.pth' if resume else 'from scratch'}")
-    with stop.arming():
-        result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
-                       log=log if log.enabled else (lambda _msg: None), stop_requested=stop.requested)
-    extra = {"mem_gb": result.get("peak_mem_gb"), "mem_kind": result.get("mem_kind"),
-             "metrics": result.get("metrics"), "start_iteration": result.get("start_iteration")}
+    started = time.perf_counter()
+    try:
+        with stop.arming():
+            result = train(job.recipe, job.work_dir, resume=resume, device=job.device, data_root=job.data_root,
+                           log=log if log.enabled else (lambda _msg: None), stop_requested=stop.requested)
+    except RunDiverged as exc:
+        return _diverged_record(job, exc, time.perf_counter() - started)
+    # Every attempt of the run counts: time and GPU-hours summed, memory the largest peak.
+    extra = {"wall_time_s": result.get("total_wall_time_s", result.get("wall_time_s")),
+             "gpu_hours": result.get("total_gpu_hours"), "attempts": result.get("attempts", 1),
+             "mem_gb": result.get("max_peak_mem_gb", result.get("peak_mem_gb")), "mem_kind": result.get("mem_kind"),
+             "metrics": result.get("metrics"), "start_iteration": result.get("start_iteration"),
+             "status": "completed", "guard": result.get("guard")}
     return _record(job, "train", result, result.get("checkpoint"), **extra)
 
 
-def _checkpoint_path(job: Job) -> str:
+def _diverged_record(job: Job, exc: RunDiverged, wall_s: float) -> Dict[str, Any]:
+    """The train record of a run the guard stopped: its evidence, where it stopped, its checkpoint,
+    and what its attempts cost (``attempts.json``; this attempt's wall time when there is none)."""
+    from benchmark.engine.attempts import read_attempts, totals
+    from benchmark.engine.distributed import resolve_device
     from benchmark.engine.train import LATEST
 
+    device = resolve_device(job.device, job_environment().local_rank)
+    latest = Path(job.work_dir) / LATEST
+    spent = totals(read_attempts(Path(job.work_dir)))
+    result = {"wall_time_s": spent.get("total_wall_time_s") or wall_s, "device": str(device),
+              "device_type": device.type, "world_size": job.resources.world_size}
+    return _record(job, "train", result, str(latest) if latest.exists() else None, status="diverged",
+                   guard=exc.evidence, stopped_at_iteration=exc.iteration, gpu_hours=spent.get("total_gpu_hours"),
+                   attempts=spent.get("attempts", 1), mem_gb=spent.get("max_peak_mem_gb"))
+
+
+def _checkpoint_path(job: Job) -> str:
+    from benchmark.engine.checkpointer import verify_checkpoint
+    from benchmark.engine.train import LATEST
+
+    if job.checkpoint_source == "released":
+        from benchmark.checkpoint import fetch_released
+
+        # run-all fetched it before the job started; this finds it in the cache (hash-checked).
+        return str(fetch_released(job.recipe, cache_dir=job.cache_dir, progress=False))
     path = Path(job.work_dir) / LATEST
     if not path.exists():
         raise NLBenchError("no trained checkpoint to evaluate (did the train stage run?)", path)
-    return str(path)
+    return str(verify_checkpoint(path))
 
 
 def _stage_eval(job: Job, log: JobLog, ms_flip: bool) -> Dict[str, Any]:
@@ -196,7 +263,8 @@ def _stage_eval(job: Job, log: JobLog, ms_flip: bool) -> Dict[str, Any]:
                       progress=False)
     log(f"{'eval ms+flip' if ms_flip else 'eval'}: aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  "
         f"mAcc {result['mAcc']:.2f}")
-    return _record(job, "eval_ms_flip" if ms_flip else "eval", result, checkpoint, metrics=_metrics(result))
+    return _record(job, "eval_ms_flip" if ms_flip else "eval", result, checkpoint, metrics=_metrics(result),
+                   **_source_fields(job))
 
 
 def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
@@ -204,13 +272,22 @@ def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
 
     checkpoint = _checkpoint_path(job)
     result = bench(job.recipe, checkpoint=checkpoint, device=job.device, data_root=job.data_root)
-    fast = result.get("fast") or {}
-    log(f"bench: {result.get('fps', float('nan')):.2f} fps, mem {result.get('mem_gb')} GB (published setting); "
-        f"fast setting: {fast.get('fps', float('nan')):.2f} fps, mem {fast.get('mem_gb')} GB")
+    fast = result.get("fast")
+    log(f"bench: {_bench_figures(result)}" + (f" (published setting); fast setting: {_bench_figures(fast)}"
+                                               if fast else ""))
     record = _record(job, "bench", result, checkpoint, fps=result.get("fps"), mem_gb=result.get("mem_gb"),
-                     mem_kind=result.get("mem_kind"), fast=result.get("fast"))
+                     mem_kind=result.get("mem_kind"), fast=fast, **_source_fields(job))
     record["provenance"]["measurement"] = result.get("measurement")  # what each setting ran with
     return record
+
+
+def _bench_figures(result: Dict[str, Any]) -> str:
+    """'76.74 fps, Mem 0.7 GB (peak_rss)': rounded as the tables print them."""
+    fps, mem = result.get("fps"), result.get("mem_gb")
+    fps_text = f"{fps:.2f} fps" if fps is not None else "fps not measured"
+    kind = result.get("mem_kind") or "unknown kind"
+    mem_text = f"Mem {mem:.1f} GB ({kind})" if mem is not None else "Mem not measured"
+    return f"{fps_text}, {mem_text}"
 
 
 def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Dict[str, Any]]:
@@ -218,6 +295,8 @@ def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Di
     from benchmark.engine import distributed
 
     if stage == "train":
+        if job.checkpoint_source != "trained":
+            raise NLBenchError(f"a job on the {job.checkpoint_source} checkpoint has no train stage", key="stages")
         return _stage_train(job, log, stop)
     if stage in ("eval", "eval_ms_flip"):
         return _stage_eval(job, log, ms_flip=stage == "eval_ms_flip")
@@ -234,40 +313,75 @@ def _run_stage(job: Job, stage: str, log: JobLog, stop: StopFlag) -> Optional[Di
 
 
 def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
-    """Run the job's pending stages in order; returns {kind: record path} of the records written."""
+    """Run the job's pending stages in order; returns {kind: record path} of the records written.
+
+    Rank 0 holds the job's lock (run/lock.py) while it runs; when another run holds it, the job is
+    skipped (that run does its stages) and {} is returned."""
     from benchmark.engine import distributed
 
     stop = stop or StopFlag()
     env = job_environment()
     work = Path(job.work_dir)
     log = JobLog(work, enabled=env.is_main)
-    # Decided once, before any work, so that every rank runs the same stages.
-    done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash)
-    pending: List[str] = [s for s in job.stages if s not in done]
+    lock = JobLock(lock_path(job.results_dir, job.key), what=f"slurm job {env.job_id}" if env.job_id else "nlbench job")
     written: Dict[str, str] = {}
-    if env.is_main:
-        log(f"job {job.key} attempt {env.attempt} on {env.hostname} (slurm job {env.job_id or '-'}, "
-            f"world size {env.world_size}); stages to run: {', '.join(pending) or 'none'}")
-        write_state(work, "running", stage=pending[0] if pending else None, key=job.key)
     stage = None
     try:
+        pending = _claim(job, env, lock, log)
+        if pending is None:
+            return written
+        if env.is_main:
+            log(f"job {job.key} attempt {env.attempt} on {env.hostname} (slurm job {env.job_id or '-'}, "
+                f"world size {env.world_size}); stages to run: {', '.join(pending) or 'none'}")
+            write_state(work, "running", stage=pending[0] if pending else None, key=job.key)
+            distributed.on_abort(lambda text: _note_stopped(work, job, text, log))
         for stage in pending:
-            _run_one(job, stage, log, stop, written)
+            if _run_one(job, stage, log, stop, written) == "diverged":
+                _note_diverged(work, job, log if env.is_main else None)
+                return written
         if env.is_main:
             write_state(work, "done", stage=None, key=job.key)
             log(f"job {job.key}: all stages done")
         return written
     except TrainingInterrupted:
         raise  # not a failure: the caller requeues the job, which resumes from the saved checkpoint
-    except Exception as exc:  # a SystemExit from submitit's requeue is not a failure: not caught here
-        if env.is_main:
+    except (Exception, KeyboardInterrupt) as exc:  # a SystemExit from submitit's requeue is not a failure
+        distributed.report_failure(exc)  # the other ranks stop within seconds, not at a timeout
+        if env.is_main and isinstance(exc, Exception):
             _note_failure(work, job, stage, exc, log)
         raise
     finally:
         distributed.cleanup()
+        if env.is_main:
+            lock.release()
 
 
-def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[str, str]) -> None:
+def _claim(job: Job, env: JobEnvironment, lock: JobLock, log: JobLog) -> Optional[List[str]]:
+    """Rank 0 takes the job's lock and lists the stages that have no record yet; every rank gets
+    that list, so all run the same stages. None: another run holds the job."""
+    from benchmark.engine import distributed
+
+    pending = None
+    if env.is_main:
+        try:
+            lock.acquire()
+        except JobHeld as held:
+            log(f"job {job.key}: {held}; skipped here: that run does its stages")
+        else:
+            if lock.took_over is not None:
+                log(f"job {job.key}: took over a stale lock ({lock.took_over}, which ended without releasing it)")
+            # Decided while holding the lock: what another run finished meanwhile counts as done.
+            done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash,
+                                job.checkpoint_source)
+            pending = [s for s in job.stages if s not in done]
+    if env.world_size > 1:
+        distributed.init_distributed(job.device)
+        pending = distributed.broadcast_object(pending)
+    return pending
+
+
+def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[str, str]) -> Optional[str]:
+    """Run one stage and write its record; returns the record's ``status`` (train: completed | diverged)."""
     if log.enabled:
         write_state(Path(job.work_dir), "running", stage=stage, key=job.key)
     started = time.perf_counter()
@@ -275,10 +389,36 @@ def _run_one(job: Job, stage: str, log: JobLog, stop: StopFlag, written: Dict[st
     if log.enabled and record is not None:
         written[stage] = str(write_record(job.results_dir, record))
         log(f"{stage}: done in {time.perf_counter() - started:.1f} s; record {written[stage]}")
+    return None if record is None else record.get("status")
+
+
+def _note_diverged(work: Path, job: Job, log: Optional[Callable[[str], None]]) -> None:
+    """The guard stopped training: the later stages are not run (their GPU time is saved)."""
+    if log is None:
+        return
+    from benchmark.run.records import diverged_record
+
+    record = diverged_record(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash) or {}
+    message = (record.get("guard") or {}).get("message") or "diverged"
+    log(f"job {job.key}: {message}; the guard stopped it (guard.action stop), later stages not run. "
+        "`run-all --set guard.action=warn` (or `nlbench train --resume`) continues it")
+    write_state(work, "diverged", stage="train", key=job.key, message=message,
+                stopped_at=record.get("stopped_at_iteration"))
 
 
 def _note_failure(work: Path, job: Job, stage: Optional[str], exc: BaseException, log: Callable[[str], None]) -> None:
     message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-    log(f"FAILED in stage {stage}: {message}")
-    log(traceback.format_exc().rstrip())
-    write_state(work, "failed", stage=stage, key=job.key, error=message)
+    # Best effort: on a full disk the job log and state file may fail too, and the original error
+    # is the one to report.
+    with contextlib.suppress(NLBenchError):
+        log(f"FAILED in stage {stage}: {message}")
+        log(traceback.format_exc().rstrip())
+    with contextlib.suppress(NLBenchError):
+        write_state(work, "failed", stage=stage, key=job.key, error=message)
+
+
+def _note_stopped(work: Path, job: Job, text: str, log: Callable[[str], None]) -> None:
+    """Rank 0 stops because another rank failed (called from the rank watch, just before exiting)."""
+    stage = (read_state(work) or {}).get("stage")
+    log(f"FAILED in stage {stage}: stopped because {text}")
+    write_state(work, "failed", stage=stage, key=job.key, error=text)

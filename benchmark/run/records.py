@@ -27,6 +27,10 @@ SCHEMA = "nlbench.record/1"
 # The stages of a job, in the order they run; a record's kind is the stage that wrote it.
 KINDS = ("train", "eval", "eval_ms_flip", "bench")
 EVAL_KINDS = ("eval", "eval_ms_flip")
+# Where the evaluated weights came from: trained by nlbench (the job's own train stage) or MMSeg's
+# released file. Eval, ms+flip and bench records say so in ``checkpoint_source``; a record without
+# the field (older ones, train records) is "trained". Results of the two are never mixed.
+CHECKPOINT_SOURCES = ("trained", "released")
 RECORDS_SUBDIR = "records"
 
 PathLike = Union[str, Path]
@@ -85,6 +89,9 @@ def _figure_problems(record: Dict[str, Any]) -> List[str]:
         value = record.get(key)
         if value is not None and not _is_number(value):
             problems.append(f"{key}: expected a number or null, got {value!r}")
+    attempts = record.get("attempts")
+    if attempts is not None and not (_is_count(attempts) and attempts >= 1):
+        problems.append(f"attempts: expected an integer >= 1 or null, got {attempts!r}")
     if record.get("kind") == "bench" and not _is_number(record.get("fps")):
         problems.append(f"fps: required (a number) for a bench record, got {record.get('fps')!r}")
     return problems
@@ -134,6 +141,25 @@ def _metrics_problems(record: Dict[str, Any]) -> List[str]:
     return problems
 
 
+TRAIN_STATUSES = ("completed", "diverged")  # a train record's ``status`` (absent in older records: completed)
+
+
+def _guard_problems(record: Dict[str, Any]) -> List[str]:
+    """``status`` and ``guard`` (the training guard's evidence) of train records."""
+    problems = []
+    status = record.get("status")
+    if status is not None and status not in TRAIN_STATUSES:
+        problems.append(f"status: expected one of {', '.join(TRAIN_STATUSES)} or null, got {status!r}")
+    if status == "diverged" and record.get("kind") != "train":
+        problems.append(f"status: only a train record can be diverged, this is a {record.get('kind')} record")
+    guard = record.get("guard")
+    if guard is not None and not isinstance(guard, dict):
+        problems.append(f"guard: expected an object (the guard's evidence) or null, got {type(guard).__name__}")
+    if status == "diverged" and not _is_count(record.get("stopped_at_iteration")):
+        problems.append("stopped_at_iteration: required (an integer) for a diverged train record")
+    return problems
+
+
 def validate_record(record: Any) -> List[str]:
     """Problems with a record (empty list = valid). Each problem names the key and what was expected."""
     if not isinstance(record, dict):
@@ -142,10 +168,20 @@ def validate_record(record: Any) -> List[str]:
         # A foreign file: the rest of the checks would only add noise.
         return [f"schema: expected {SCHEMA!r}, got {record.get('schema')!r}"]
     problems = (_identity_problems(record) + _figure_problems(record) + _metrics_problems(record)
-                + _fast_problems(record))
+                + _fast_problems(record) + _guard_problems(record))
     if not isinstance(record.get("provenance"), dict):
         problems.append("provenance: expected an object (see records.provenance())")
+    source = record.get("checkpoint_source")
+    if source is not None and source not in CHECKPOINT_SOURCES:
+        problems.append(f"checkpoint_source: expected one of {', '.join(CHECKPOINT_SOURCES)}, got {source!r}")
+    elif source == "released" and record.get("kind") == "train":
+        problems.append("checkpoint_source: a train record makes its own checkpoint, it cannot be 'released'")
     return problems
+
+
+def checkpoint_source(record: Dict[str, Any]) -> str:
+    """"trained" or "released" (a record without the field is "trained")."""
+    return record.get("checkpoint_source") or "trained"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -307,17 +343,14 @@ def load_records(
     return records, warnings
 
 
-def record_kinds(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                 recipe_hash: Optional[str] = None) -> set:
-    """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
-
-    Only that row's folder is read; a corrupt or foreign file counts for nothing (the stage runs again).
-    With ``recipe_hash``, only records made with exactly that resolved recipe count, so a changed
-    recipe or ``--set`` runs the stages again instead of reusing another configuration's results.
-    """
-    kinds = set()
+def row_records(results_dir: PathLike, recipe: str, profile: str, seed: int,
+                recipe_hash: Optional[str] = None, source: str = "trained") -> List[Dict[str, Any]]:
+    """The valid records of one (recipe, profile, seed) and checkpoint ``source``, oldest first; with
+    ``recipe_hash``, only those made with exactly that resolved recipe. A corrupt or foreign file
+    counts for nothing."""
+    records = []
     folder = record_dir(results_dir, recipe, profile, seed)
-    for path in folder.glob("*.json") if folder.is_dir() else []:
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         if path.name.startswith("."):
             continue  # a writer's temporary file
         try:
@@ -328,5 +361,29 @@ def record_kinds(results_dir: PathLike, recipe: str, profile: str, seed: int,
             continue
         if recipe_hash is not None and record["provenance"].get("recipe_hash") != recipe_hash:
             continue
-        kinds.add(record["kind"])
-    return kinds
+        if checkpoint_source(record) != source:
+            continue
+        records.append(record)
+    return sorted(records, key=lambda r: r["created_at"])
+
+
+def record_kinds(results_dir: PathLike, recipe: str, profile: str, seed: int,
+                 recipe_hash: Optional[str] = None, source: str = "trained") -> set:
+    """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
+
+    Only that row's folder is read; a corrupt or foreign file counts for nothing (the stage runs again).
+    With ``recipe_hash``, only records made with exactly that resolved recipe count, so a changed
+    recipe or ``--set`` runs the stages again instead of reusing another configuration's results.
+    Only records of checkpoint ``source`` count: a released checkpoint's eval never makes a trained
+    row look done, nor the other way round. A train record of a run the guard stopped
+    (``status: diverged``) does not make training done.
+    """
+    return {r["kind"] for r in row_records(results_dir, recipe, profile, seed, recipe_hash, source)
+            if r.get("status") != "diverged"}
+
+
+def diverged_record(results_dir: PathLike, recipe: str, profile: str, seed: int,
+                    recipe_hash: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The newest train record of a run the guard stopped, unless a later one says training finished."""
+    trains = [r for r in row_records(results_dir, recipe, profile, seed, recipe_hash) if r["kind"] == "train"]
+    return trains[-1] if trains and trains[-1].get("status") == "diverged" else None

@@ -1,0 +1,338 @@
+"""Training logs -> one typed ``Curve``.
+
+Three formats, one JSON object per line (docs/CURVES.md spells out each one and its traps):
+  mmseg0x   MMSeg 0.x ``*.log.json`` (mmcv's TextLoggerHook): an optional meta line, ``mode`` train/val
+            lines; a val line's ``iter`` counts validation images, its training iteration is that of
+            the train line before it; metrics as fractions; ``lr`` may be a dict of parameter groups.
+            nlbench's own ``train.log.json`` is written in this form.
+  mmengine  MMSeg 1.x ``scalars.json``: ``step`` is the training iteration of every line; metrics in
+            percent.
+  nlbench   nlbench's ``train.log.jsonl``: ``iteration`` on train lines, ``event`` lines (start, eval).
+
+Every evaluation comes out in percent. The files of a resumed run merge by iteration, the later file
+(the one whose first iteration is later) winning. A line that cannot be used is skipped with a
+warning naming the file and the line; a file that cannot be read at all is one NLBenchError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from benchmark.errors import NLBenchError
+
+PathLike = Union[str, Path]
+FORMATS = ("mmseg0x", "mmengine", "nlbench")
+METRIC_KEYS = ("aAcc", "mIoU", "mAcc")
+# Keys of a train line that are bookkeeping, not logged quantities.
+_BOOKKEEPING = {"mode", "epoch", "iter", "iteration", "step", "lr", "base_lr", "memory", "time", "data_time",
+                "peak_mem_gb", "mem_kind", "event"}
+
+
+@dataclass(frozen=True)
+class TrainPoint:
+    """One train line: the means over the log interval that ends at ``iteration`` (1-based)."""
+
+    iteration: int
+    lr: Optional[float]  # the lr iteration ``iteration`` ran with (first parameter group)
+    loss: Optional[float]  # total loss (may be non-finite)
+    terms: Mapping[str, float] = field(default_factory=dict)  # the other logged numbers: loss terms, accuracies
+    memory_mib: Optional[float] = None
+    time_s: Optional[float] = None
+    data_time_s: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One evaluation, after training iteration ``iteration``; metrics in percent."""
+
+    iteration: int
+    mIoU: float
+    aAcc: Optional[float] = None
+    mAcc: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Curve:
+    format: str  # one of FORMATS ("a+b" when merged files differ)
+    sources: Tuple[str, ...]
+    train: Tuple[TrainPoint, ...]  # sorted by iteration, one per iteration
+    evals: Tuple[EvalPoint, ...]
+    max_iters: Optional[int] = None  # from the log's meta / start line, when it says
+    effective_batch: Optional[int] = None  # images per iteration over all GPUs, when the log says
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.sources[0] if len(self.sources) == 1 else f"{self.sources[0]} (+{len(self.sources) - 1} more)"
+
+    @property
+    def last_iteration(self) -> Optional[int]:
+        its = [p.iteration for p in self.train] + [e.iteration for e in self.evals]
+        return max(its) if its else None
+
+    @property
+    def peak_memory_mib(self) -> Optional[float]:
+        values = [p.memory_mib for p in self.train if p.memory_mib is not None]
+        return max(values) if values else None
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def _number(value: Any) -> Optional[float]:
+    """A JSON number as float (NaN and Infinity included: mmcv writes them); anything else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _count(value: Any) -> Optional[int]:
+    number = _number(value)
+    if number is None or not math.isfinite(number) or number != int(number) or number < 0:
+        return None
+    return int(number)
+
+
+def _lr(value: Any) -> Optional[float]:
+    """``lr`` as logged: a number, or a dict of parameter group -> number (the first group is taken)."""
+    if isinstance(value, dict):
+        value = next(iter(value.values()), None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return _number(value)
+
+
+def _percent(entry: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """aAcc/mIoU/mAcc in percent: MMSeg 0.x writes fractions, 1.x and nlbench percent. A line whose
+    aAcc (or, without one, its largest metric) is at most 1 holds fractions: an accuracy of 1% or less
+    over a whole validation split does not happen."""
+    values = {k: _number(entry.get(k)) for k in METRIC_KEYS}
+    present = [v for v in values.values() if v is not None and math.isfinite(v)]
+    probe = values["aAcc"] if values["aAcc"] is not None else (max(present) if present else None)
+    scale = 100.0 if probe is not None and probe <= 1.0 else 1.0
+    # Rounded so that a fraction written to 4 decimals reads back as the percent printed (0.0539 -> 5.39).
+    return {k: None if v is None else (round(v * scale, 6) if math.isfinite(v) else v) for k, v in values.items()}
+
+
+def _terms(entry: Dict[str, Any]) -> Dict[str, float]:
+    out = {}
+    for key, value in entry.items():
+        number = _number(value)
+        if key not in _BOOKKEEPING and key != "loss" and number is not None:
+            out[key] = number
+    return out
+
+
+def _train_point(entry: Dict[str, Any], iteration: int, memory_mib: Optional[float]) -> TrainPoint:
+    return TrainPoint(iteration=iteration, lr=_lr(entry.get("lr")), loss=_number(entry.get("loss")),
+                      terms=_terms(entry), memory_mib=memory_mib, time_s=_number(entry.get("time")),
+                      data_time_s=_number(entry.get("data_time")))
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+class CurveBuilder:
+    """Turns log lines (parsed JSON objects) into points; later lines win for the same iteration.
+
+    Used for whole files (``read_curve``) and line by line while a run trains (the guard)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.formats: List[str] = []
+        self.train: Dict[int, TrainPoint] = {}
+        self.evals: Dict[int, EvalPoint] = {}
+        self.meta: Dict[str, Any] = {}
+        self.warnings: List[str] = []
+        self.first_iteration: Optional[int] = None
+        self._last_train: Optional[int] = None  # 0.x: a val line belongs to the train line before it
+
+    def warn(self, where: str, message: str) -> None:
+        self.warnings.append(f"{self.source}:{where}: skipped: {message}")
+
+    def add(self, entry: Any, where: str = "") -> None:
+        """One line; ``where`` ("line N") names it in warnings."""
+        if not isinstance(entry, dict):
+            self.warn(where, f"expected a JSON object, got {type(entry).__name__}")
+        elif "event" in entry or "iteration" in entry:
+            self._nlbench(entry, where)
+        elif "step" in entry:
+            self._mmengine(entry, where)
+        elif "mode" in entry or "iter" in entry:
+            self._mmseg0x(entry, where)
+        elif any(k in entry for k in METRIC_KEYS) or "loss" in entry:
+            self.warn(where, "no iteration (expected 'iter', 'step' or 'iteration')")
+        else:  # MMSeg 0.x's meta line: env_info, seed, exp_name, config, ...
+            self._format("mmseg0x")
+            self.meta.update(entry)
+
+    def _format(self, name: str) -> None:
+        if name not in self.formats:
+            self.formats.append(name)
+
+    def _put_train(self, point: TrainPoint) -> None:
+        self.train[point.iteration] = point
+        self._last_train = point.iteration
+        if self.first_iteration is None:
+            self.first_iteration = point.iteration
+
+    def _put_eval(self, entry: Dict[str, Any], iteration: int, where: str) -> None:
+        metrics = _percent(entry)
+        if metrics["mIoU"] is None:
+            self.warn(where, "evaluation line without a numeric mIoU")
+            return
+        self.evals[iteration] = EvalPoint(iteration, metrics["mIoU"], metrics["aAcc"], metrics["mAcc"])
+        if self.first_iteration is None:
+            self.first_iteration = iteration
+
+    def _mmseg0x(self, entry: Dict[str, Any], where: str) -> None:
+        self._format("mmseg0x")
+        if any(k in entry for k in ("mIoU", "aAcc")):  # a val line, whatever its mode says
+            if self._last_train is None:
+                self.warn(where, "evaluation line before any train line: its training iteration is unknown "
+                                 "(its 'iter' counts validation images)")
+                return
+            self._put_eval(entry, self._last_train, where)
+            return
+        iteration = _count(entry.get("iter"))
+        if iteration is None or iteration == 0:
+            self.warn(where, f"'iter' is {entry.get('iter')!r}, expected a positive integer")
+            return
+        memory = _number(entry.get("memory"))
+        self._put_train(_train_point(entry, iteration, memory))
+
+    def _mmengine(self, entry: Dict[str, Any], where: str) -> None:
+        self._format("mmengine")
+        iteration = _count(entry.get("step"))
+        if iteration is None or iteration == 0:
+            self.warn(where, f"'step' is {entry.get('step')!r}, expected a positive integer")
+        elif any(k in entry for k in ("mIoU", "aAcc")):
+            self._put_eval(entry, iteration, where)
+        elif "loss" in entry or "lr" in entry:
+            self._put_train(_train_point(entry, iteration, _number(entry.get("memory"))))
+
+    def _nlbench(self, entry: Dict[str, Any], where: str) -> None:
+        self._format("nlbench")
+        event = entry.get("event")
+        if event == "start":
+            self.meta.update({k: entry[k] for k in ("max_iters", "effective_batch", "recipe", "profile")
+                              if k in entry})
+            return
+        if event is not None and event != "eval":
+            return  # interrupted, end, guard: nothing to plot
+        iteration = _count(entry.get("iteration"))
+        if iteration is None or iteration == 0:
+            self.warn(where, f"'iteration' is {entry.get('iteration')!r}, expected a positive integer")
+        elif event == "eval":
+            self._put_eval(entry, iteration, where)
+        else:
+            gb = _number(entry.get("peak_mem_gb"))
+            self._put_train(_train_point(entry, iteration, None if gb is None else gb * 1024.0))
+
+
+# ----------------------------------------------------------------------------- meta
+
+
+def _meta_int(meta: Dict[str, Any], key: str, pattern: str) -> Optional[int]:
+    """An integer from the meta line: its own key (nlbench writes them), else the config text."""
+    value = _count(meta.get(key))
+    if value is not None:
+        return value
+    match = re.search(pattern, str(meta.get("config") or ""))
+    return int(match.group(1)) if match else None
+
+
+def _gpu_count(meta: Dict[str, Any]) -> Optional[int]:
+    """GPUs of a 0.x run from its env_info ("GPU 0,1,2,3: Tesla V100-SXM2-32GB")."""
+    ids = re.findall(r"^GPU ([\d,]+):", str(meta.get("env_info") or ""), flags=re.MULTILINE)
+    return sum(len(group.split(",")) for group in ids) or None
+
+
+def _effective_batch(meta: Dict[str, Any]) -> Optional[int]:
+    explicit = _count(meta.get("effective_batch"))
+    if explicit is not None:
+        return explicit
+    per_gpu, gpus = _meta_int(meta, "samples_per_gpu", r"samples_per_gpu\s*=\s*(\d+)"), _gpu_count(meta)
+    return per_gpu * gpus if per_gpu and gpus else None
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _read_lines(path: Path) -> List[str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise NLBenchError("is a folder, expected a training log file", path) from None
+    except OSError as exc:
+        raise NLBenchError(f"cannot read training log: {exc.strerror or exc}", path) from None
+    except UnicodeDecodeError as exc:
+        raise NLBenchError(f"not UTF-8 text (byte {exc.start}): expected a JSON-lines training log", path) from None
+    return text.splitlines()
+
+
+def read_file(path: PathLike) -> CurveBuilder:
+    """One log file's points; an unreadable file, or one with no usable line, is an NLBenchError."""
+    path = Path(path)
+    builder = CurveBuilder(str(path))
+    for number, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            builder.warn(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        builder.add(entry, f"line {number}")
+    if not builder.train and not builder.evals:
+        raise NLBenchError("no train or evaluation line: expected an MMSeg *.log.json / scalars.json or an "
+                           "nlbench train.log.jsonl" + (f" ({len(builder.warnings)} line(s) unusable)"
+                                                        if builder.warnings else ""), path)
+    return builder
+
+
+def merge(builders: Sequence[CurveBuilder]) -> Curve:
+    """The files of one run as one curve: ordered by their first iteration (a resumed run's file
+    continues the count), later files winning for an iteration both logged."""
+    ordered = sorted(builders, key=lambda b: (b.first_iteration or 0, b.source))
+    train: Dict[int, TrainPoint] = {}
+    evals: Dict[int, EvalPoint] = {}
+    meta: Dict[str, Any] = {}
+    formats: List[str] = []
+    for b in ordered:
+        train.update(b.train)
+        evals.update(b.evals)
+        meta.update(b.meta)
+        formats += [f for f in b.formats if f not in formats]
+    return Curve(format="+".join(formats) or "nlbench", sources=tuple(b.source for b in ordered),
+                 train=tuple(train[k] for k in sorted(train)), evals=tuple(evals[k] for k in sorted(evals)),
+                 max_iters=_meta_int(meta, "max_iters", r"max_iters\s*=\s*(\d+)"),
+                 effective_batch=_effective_batch(meta),
+                 warnings=tuple(w for b in ordered for w in b.warnings))
+
+
+def log_files(path: PathLike) -> List[Path]:
+    """A file is itself; a folder gives its MMSeg 0.x logs (``*.log.json``, a resumed run's several
+    files), else its 1.x ``scalars.json`` files, else nlbench's ``train.log.jsonl``."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    for pattern in ("*.log.json", "**/vis_data/scalars.json", "**/scalars.json", "*.jsonl"):
+        found = sorted(path.glob(pattern))
+        if found:
+            return found
+    raise NLBenchError("no training log here (expected *.log.json, scalars.json or train.log.jsonl)", path)
+
+
+def read_curve(paths: Union[PathLike, Iterable[PathLike]]) -> Curve:
+    """One run's curve from a log file, a folder of them, or several files (a resumed run)."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files = [f for item in items for f in log_files(item)]
+    if not files:
+        raise NLBenchError("no training log given")
+    return merge([read_file(f) for f in files])

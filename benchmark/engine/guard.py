@@ -1,0 +1,166 @@
+"""The training guard (recipe section ``guard``): the run's own log lines against its row's
+reference curve while it trains (docs/CURVES.md).
+
+At the first train line it says whether the schedule is the reference's (the lr to 5 decimals); at
+every evaluation it runs the checks of ``benchmark.curves.checks`` on what the run has logged so far
+(a resumed run's earlier lines included) and says the verdict. With ``action: stop`` the evaluation
+that makes the run diverged (mIoU below the margin at ``patience`` consecutive eval points, this one
+the last of them) stops it: the trainer saves its state and raises ``RunDiverged``. Rank 0 holds the
+curves and decides; every rank learns the decision through one all-reduce, so all stop together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from benchmark.curves.checks import DIVERGED, Assessment, assess, check_schedule, settings_from
+from benchmark.curves.reader import Curve, CurveBuilder, merge, read_curve, read_file
+from benchmark.curves.reference import reference_label, resolve_reference
+from benchmark.engine import distributed
+from benchmark.engine.distributed import DistInfo
+from benchmark.engine.train_log import LOG_NAME
+from benchmark.errors import NLBenchError
+from benchmark.recipe import Recipe
+
+Log = Callable[[str], None]
+
+
+class Guard:
+    """Inactive when ``guard.reference`` is null. On rank 0 it is also a LogSink of the trainer."""
+
+    def __init__(self, recipe: Recipe, work_dir: Path, info: DistInfo, log: Log, resume: bool):
+        self.recipe, self.info, self.say = recipe, info, log
+        self.config = recipe.guard
+        self.active = self.config.reference is not None
+        self.reference: Optional[Curve] = None
+        self.label = ""
+        self.assessment: Optional[Assessment] = None
+        self.builder = CurveBuilder("this run")
+        self._schedule_said = False
+        if self.active:
+            self._load(work_dir, resume)
+
+    def _load(self, work_dir: Path, resume: bool) -> None:
+        error: Optional[NLBenchError] = None
+        if self.info.is_main:
+            try:
+                path = resolve_reference(self.recipe, self.config.reference)
+                self.reference, self.label = read_curve(path), reference_label(path)
+            except NLBenchError as exc:
+                error = exc
+        if distributed.all_reduce_max(float(error is not None), self.info.device) > 0:
+            raise error or NLBenchError("rank 0 could not read the guard's reference log", key="guard.reference")
+        if self.info.is_main and resume:
+            self._seed(work_dir / LOG_NAME)
+        if self.info.is_main:
+            self._announce()
+
+    def _seed(self, path: Path) -> None:
+        """A resumed run's earlier lines count too."""
+        try:
+            earlier = read_file(path)
+        except NLBenchError:
+            return  # no log yet, or nothing usable in it
+        self.builder.train, self.builder.evals = dict(earlier.train), dict(earlier.evals)
+
+    def _announce(self) -> None:
+        ref, sched = self.reference, self.recipe.schedule
+        self.say(f"guard: against {self.label} ({ref.format}, {len(ref.train)} train and {len(ref.evals)} eval "
+                 f"lines); action {self.config.action}, margin {self.config.margin} -> {self.config.final_margin} "
+                 f"mIoU, patience {self.config.patience}")
+        for line in ref.warnings:
+            self.say(f"guard: warning: {line}")
+        if ref.max_iters is not None and ref.max_iters != sched.max_iters:
+            self.say(f"guard: WARNING: the reference log is of a {ref.max_iters}-iteration schedule, this run has "
+                     f"{sched.max_iters}: the lr and mIoU checks compare different schedules")
+
+    # ------------------------------------------------------------------ LogSink (rank 0)
+
+    @property
+    def sink(self) -> Optional["Guard"]:
+        return self if self.reference is not None else None
+
+    def write(self, entry: Dict[str, Any]) -> None:
+        self.builder.add(entry)
+        if not self._schedule_said and entry.get("event") is None and "lr" in entry:
+            self._schedule_said = True
+            self._say_schedule()
+
+    def close(self) -> None:
+        pass
+
+    def curve(self) -> Curve:
+        return replace(merge([self.builder]), max_iters=self.recipe.schedule.max_iters,
+                       effective_batch=self.builder.meta.get("effective_batch"))
+
+    def _say_schedule(self) -> None:
+        check = check_schedule([self.curve()], self.reference, self.recipe.schedule.max_iters)
+        if check.mismatch is not None:
+            self.say(f"guard: WARNING: the schedule is not the reference's: {check.describe()[len('DIFFERS: '):]}")
+        elif check.compared:
+            it = check.first_iteration
+            self.say(f"guard: schedule matches the reference at iteration {it} (lr to 5 decimals)")
+
+    # ------------------------------------------------------------------ at each evaluation (every rank)
+
+    def should_stop(self, done: int, device) -> bool:
+        """Assess after the evaluation at ``done``; True (on every rank) when the run must stop here."""
+        if not self.active:
+            return False
+        stop = False
+        if self.reference is not None:
+            self.assessment = assess({"run": self.curve()}, self.reference, settings_from(self.config),
+                                     self.recipe.schedule.max_iters, self.recipe.effective_batch)
+            self._say_eval(done)
+            stop = self._diverged_here(done) and self.config.action == "stop"
+            stop = stop and done < self.recipe.schedule.max_iters
+        return distributed.all_reduce_max(float(stop), device) > 0
+
+    def _diverged_here(self, done: int) -> bool:
+        """This evaluation is the last of ``patience`` consecutive ones below the margin."""
+        rows = list(self.assessment.evals)
+        if not rows or rows[-1].iteration != done or self.assessment.verdict != DIVERGED:
+            return False
+        trailing = 0
+        for row in reversed(rows):
+            if not row.below:
+                break
+            trailing += 1
+        return trailing >= self.config.patience
+
+    def _say_eval(self, done: int) -> None:
+        a = self.assessment
+        row = next((r for r in a.evals if r.iteration == done), None)
+        head = f"guard: iter {done}: "
+        if row is not None:
+            head += (f"mIoU {row.mean:.2f}, reference {row.published:.2f} (allowed down to "
+                     f"{row.published - row.margin:.2f}){': BELOW' if row.below else ''}; ")
+        action = " (guard.action warn: training goes on)" if a.verdict == DIVERGED and self.config.action == "warn" \
+            else ""
+        self.say(f"{head}verdict {a.summary()}{action}")
+
+    def message(self) -> str:
+        """"diverged at iter k: mIoU x, published y" (or the verdict when it is not diverged)."""
+        a = self.assessment
+        if a is None:
+            return "not assessed"
+        below = [r for r in a.evals if r.below]
+        if a.verdict == DIVERGED and below:
+            last = below[-1]
+            return f"diverged at iter {last.iteration}: mIoU {last.mean:.2f}, published {last.published:.2f}"
+        return a.summary()
+
+    def evidence(self, stopped_at: Optional[int] = None) -> Optional[Dict[str, Any]]:
+        """What a train record keeps of the guard (None when it did not run)."""
+        if self.assessment is None:
+            return None
+        a = self.assessment
+        return {
+            "verdict": a.verdict, "action": self.config.action, "reference": self.label, "stopped_at": stopped_at,
+            "message": self.message(), "schedule": a.schedule.describe(), "loss": a.loss.describe(),
+            "effective_batch": a.effective_batch, "published_batch": a.published_batch, "batch_note": a.batch_note,
+            "evals": [{"iteration": r.iteration, "mIoU": r.mean, "published": r.published, "margin": r.margin,
+                       "below": r.below} for r in a.evals],
+        }

@@ -1,0 +1,322 @@
+"""`nlbench curves`: every seed's training curves of a row against the row's reference curve.
+
+Per row: the checks of ``benchmark.curves.checks`` (schedule, effective batch, loss, mIoU at each
+eval point), a table of the eval points (published mIoU, each seed's, their mean, delta, margin,
+verdict), and an overlay figure (PNG + SVG) of loss, lr and mIoU against iteration: the reference
+in black, each seed in colour, the seeds' band shaded. ``compare --curves`` adds the verdicts to its
+report and JUnit file and ``plots`` draws the overlays, both through this module. docs/CURVES.md.
+
+The runs are read from ``RESULTS/work/<profile>/<recipe>/seed<k>/train.log.jsonl`` (``train.log.json``
+when that is all there is).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from tabulate import tabulate
+
+from benchmark.catalog import select_recipe_paths
+from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
+from benchmark.curves.reader import Curve, read_curve
+from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_label, resolve_reference
+from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_bytes, write_json
+from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
+
+RUN_LOGS = ("train.log.jsonl", "train.log.json")
+
+
+@dataclass(frozen=True)
+class RowCurves:
+    recipe: Recipe
+    runs: Dict[str, Curve]  # "seed0" -> curve
+    reference: Optional[Curve]
+    reference_label: str
+    assessment: Optional[Assessment]
+    note: str = ""  # why there is no assessment
+
+    @property
+    def verdict(self) -> str:
+        return self.assessment.verdict if self.assessment is not None else "not assessed"
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
+    """seed label -> that seed's training log (nlbench's JSON lines first, its MMSeg form else)."""
+    found = {}
+    folder = Path(results_dir) / "work" / profile / recipe
+    for seed_dir in sorted(folder.glob("seed*")) if folder.is_dir() else []:
+        log = next((seed_dir / n for n in RUN_LOGS if (seed_dir / n).is_file()), None)
+        if log is not None:
+            found[seed_dir.name] = log
+    return found
+
+
+def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = RELEASED,
+               final_margin: Optional[float] = None, offline: bool = False, strict: bool = True) -> RowCurves:
+    """One row's runs against its reference. With ``strict`` False a missing log or reference gives a
+    row without an assessment (and a note) instead of an NLBenchError."""
+    logs = run_logs(results_dir, recipe.profile, recipe.name)
+    try:
+        if not logs:
+            raise NLBenchError(f"no training log of this row (looked in "
+                               f"{Path(results_dir) / 'work' / recipe.profile / recipe.name}/seed*/)", key=recipe.name)
+        runs = {seed: read_curve(path) for seed, path in logs.items()}
+        path = resolve_reference(recipe, reference, offline=offline)
+        ref = read_curve(path)
+    except NLBenchError as exc:
+        if strict:
+            raise
+        return RowCurves(recipe, {}, None, "", None, str(exc))
+    for curve in [*runs.values(), ref]:
+        for line in curve.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+    max_iters = next((c.max_iters for c in runs.values() if c.max_iters), recipe.schedule.max_iters)
+    found = assess(runs, ref, settings_from(recipe.guard, final_margin), max_iters, recipe.effective_batch)
+    return RowCurves(recipe, runs, ref, reference_label(path), found)
+
+
+def select_recipes(recipe: str, profile: str, overrides: Sequence[str] = ()) -> List[Recipe]:
+    """A recipe name or file, or a glob on recipe names ('*' for every row)."""
+    if any(c in recipe for c in "*?["):
+        paths = select_recipe_paths(recipe, key="RECIPE")
+    else:
+        paths = [resolve_recipe_path(recipe)]
+    return [load_recipe(p, overrides, profile) for p in paths]
+
+
+# ----------------------------------------------------------------------------- text and JSON
+
+
+def _fmt(value: Optional[float], digits: int = 2, sign: bool = False) -> str:
+    if value is None or value != value:
+        return "-"
+    value = round(value, digits) + 0.0  # no "-0.00"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def eval_table(row: RowCurves) -> str:
+    seeds = list(row.runs)
+    body = []
+    for r in row.assessment.evals:
+        body.append([str(r.iteration), _fmt(r.published), *[_fmt(r.seeds.get(s)) for s in seeds], _fmt(r.mean),
+                     _fmt(r.delta, sign=True), _fmt(r.margin), r.verdict])
+    headers = ["iteration", "published mIoU", *seeds, "mean", "delta", "margin", "verdict"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def format_row(row: RowCurves) -> str:
+    head = f"{row.recipe.name} [{row.recipe.profile}]"
+    if row.assessment is None:
+        return f"{head}: not assessed: {row.note}"
+    a = row.assessment
+    batch = f"{_fmt(a.effective_batch, 0)} (published {_fmt(a.published_batch, 0)})"
+    lines = [f"{head}: reference {row.reference_label} ({row.reference.format}); runs: {', '.join(row.runs)}",
+             f"  schedule: {a.schedule.describe()}",
+             f"  effective batch: {batch}" + (" DIFFERS: said beside every verdict" if a.batch_note else ""),
+             f"  loss: {a.loss.describe()}"]
+    if a.evals:
+        lines.append(eval_table(row))
+    else:
+        lines.append("  mIoU: no eval point of the reference was reached")
+    lines.append(f"  verdict: {a.summary()}")
+    return "\n".join(lines)
+
+
+def row_json(row: RowCurves) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"recipe": row.recipe.name, "profile": row.recipe.profile, "verdict": row.verdict,
+                            "reference": row.reference_label or None, "seeds": list(row.runs), "note": row.note}
+    if row.assessment is not None:
+        a = row.assessment
+        body.update(a.to_dict())
+        body.update({"summary": a.summary(), "schedule_text": a.schedule.describe(), "loss_text": a.loss.describe()})
+    return body
+
+
+# ----------------------------------------------------------------------------- overlay figure
+
+
+def _series(curve: Curve, key: str) -> List[tuple]:
+    if key == "mIoU":
+        return [(e.iteration, e.mIoU) for e in curve.evals]
+    return [(p.iteration, getattr(p, key)) for p in curve.train if getattr(p, key) is not None
+            and math.isfinite(getattr(p, key))]
+
+
+def _band(ax, runs: Sequence[Curve], key: str) -> None:
+    """The seeds' min-max band at the iterations every seed logged."""
+    series = [dict(_series(c, key)) for c in runs]
+    common = sorted(set.intersection(*[set(s) for s in series])) if series else []
+    if len(runs) > 1 and common:
+        ax.fill_between(common, [min(s[i] for s in series) for i in common],
+                        [max(s[i] for s in series) for i in common], color="tab:blue", alpha=0.15,
+                        label="seeds: min-max band")
+
+
+def plot_overlay(row: RowCurves):
+    """Loss, lr and mIoU against iteration: the reference thick in black under each seed in colour,
+    the seeds' band shaded, the mIoU margin dashed; one legend under the panels."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    panels = [("loss", "training loss (total)"), ("lr", "learning rate"), ("mIoU", "validation mIoU (%)")]
+    colors = plt.get_cmap("tab10")
+    for ax, (key, title) in zip(axes, panels):
+        ref = _series(row.reference, key)
+        ax.plot([p[0] for p in ref], [p[1] for p in ref], color="black", linewidth=3.0, alpha=0.8,
+                marker="o" if key == "mIoU" else None, markersize=7, label="reference curve")
+        _band(ax, list(row.runs.values()), key)
+        for i, (seed, curve) in enumerate(row.runs.items()):
+            points = _series(curve, key)
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=colors(i % 10), linewidth=1.2,
+                    marker="o" if key == "mIoU" else None, markersize=4, label=seed)
+        if key == "mIoU" and row.assessment is not None and row.assessment.evals:
+            evals = row.assessment.evals
+            ax.plot([r.iteration for r in evals], [r.published - r.margin for r in evals], color="grey",
+                    linestyle="--", linewidth=1, label="reference - margin (the mIoU check)")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[2].get_legend_handles_labels()
+    more = [(h, lab) for h, lab in zip(*axes[0].get_legend_handles_labels()) if lab not in labels]
+    fig.legend(handles + [h for h, _ in more], labels + [lab for _, lab in more], loc="lower center",
+               ncol=min(6, len(labels) + len(more)), fontsize=8, frameon=False)
+    summary = row.assessment.summary() if row.assessment is not None else row.note
+    fig.suptitle(f"{row.recipe.name} ({row.recipe.profile} profile): {summary}\nreference: {row.reference_label}",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def overlay_stem(row: RowCurves) -> str:
+    return f"overlay_{row.recipe.profile}_{row.recipe.name}"
+
+
+def write_overlays(rows: Sequence[RowCurves], out_dir: Path) -> List[Path]:
+    from benchmark.report.plots import save_figure
+
+    written: List[Path] = []
+    for row in rows:
+        if row.assessment is not None:
+            written += save_figure(plot_overlay(row), Path(out_dir), overlay_stem(row))
+    return written
+
+
+def overlay_plots(results_dir: Path, profile: str, out_dir: Path) -> List[Path]:
+    """`nlbench plots`: the overlay of every row of ``profile`` that has runs and a reference in hand
+    (published logs only from the cache: plotting downloads nothing)."""
+    rows = []
+    for path in select_recipe_paths(None):
+        recipe = load_recipe(path, profile=profile)
+        if run_logs(results_dir, profile, recipe.name):
+            row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False)
+            if row.assessment is None:
+                print(f"note: no overlay for {recipe.name} [{profile}]: {row.note}", file=sys.stderr)
+            rows.append(row)
+    return write_overlays(rows, out_dir)
+
+
+# ----------------------------------------------------------------------------- compare --curves
+
+
+def curve_rows(results_dir: Path, profiles: Sequence[str], tolerance: float) -> List[RowCurves]:
+    """Every row of ``profiles`` with runs, against its released reference (published logs from the
+    cache only: a gate downloads nothing); ``tolerance`` is the margin at the last eval point."""
+    rows = []
+    for profile in profiles:
+        for path in select_recipe_paths(None):
+            recipe = load_recipe(path, profile=profile)
+            if run_logs(results_dir, profile, recipe.name):
+                rows.append(assess_row(recipe, results_dir, RELEASED, tolerance, offline=True, strict=False))
+    return rows
+
+
+def curve_lines(rows: Sequence[RowCurves]) -> str:
+    table = [[r.recipe.name, r.recipe.profile, r.verdict,
+              r.assessment.summary()[len(r.verdict):].lstrip(": ") if r.assessment is not None else r.note]
+             for r in rows]
+    return tabulate(table, headers=["recipe", "profile", "curves", "note"], tablefmt="github", disable_numparse=True)
+
+
+def add_junit_cases(suite: ET.Element, rows: Sequence[RowCurves]) -> None:
+    for r in rows:
+        case = ET.SubElement(suite, "testcase", classname=f"nlbench.{r.recipe.profile}.{r.recipe.name}", name="curves")
+        text = f"curves against {r.reference_label or 'no reference'}: " + (
+            r.assessment.summary() if r.assessment is not None else r.note)
+        if r.verdict == DIVERGED:
+            ET.SubElement(case, "failure", message=text).text = text
+        elif r.assessment is None:
+            ET.SubElement(case, "skipped", message=text)
+        else:
+            ET.SubElement(case, "system-out").text = text
+    suite.set("tests", str(int(suite.get("tests", "0")) + len(rows)))
+    suite.set("failures", str(int(suite.get("failures", "0")) + sum(r.verdict == DIVERGED for r in rows)))
+    suite.set("skipped", str(int(suite.get("skipped", "0")) + sum(r.assessment is None for r in rows)))
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", results: str = "results",
+                   reference: str = RELEASED, out: Optional[str] = None, json_out: Optional[str] = None) -> int:
+    """`nlbench curves`: print each row's checks and eval table, draw its overlay; exit 1 when a row diverged."""
+    recipes = select_recipes(recipe, profile, overrides)
+    single = len(recipes) == 1
+    rows = []
+    for r in recipes:
+        if single or run_logs(Path(results), profile, r.name):
+            rows.append(assess_row(r, Path(results), reference))
+    if not rows:
+        raise NLBenchError(f"no training logs of the {profile} profile for {recipe!r}",
+                           Path(results) / "work" / profile, "--results")
+    out_dir = Path(out) if out else Path(results) / "plots"
+    written = write_overlays(rows, out_dir)
+    for row in rows:
+        print(format_row(row))
+        print(f"  overlay: {', '.join(str(p) for p in written if overlay_stem(row) in p.name)}\n")
+    diverged = [r for r in rows if r.verdict == DIVERGED]
+    print(f"{len(rows)} row(s): " + ", ".join(f"{sum(r.verdict == v for r in rows)} {v}"
+                                              for v in ("on track", "drifting", "diverged")))
+    if json_out:
+        write_json(Path(json_out), {"rows": [row_json(r) for r in rows], "diverged": len(diverged)})
+    return 1 if diverged else 0
+
+
+# ----------------------------------------------------------------------------- smoke reference logs
+
+
+def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
+    """Freeze a smoke run's MMSeg-form logs as the rows' reference logs. `make reference-logs` runs a
+    smoke run-all into results/reference-run and then ``python -c "from benchmark.report.curves import
+    write_reference_logs; write_reference_logs('results/reference-run')"``.
+    One file per row, ``<out_dir>/<profile>/<recipe>.log.json``, so each row finds a log of its own
+    schedule. Each is read back with the reader before it is written."""
+    written, missing = [], []
+    for path in select_recipe_paths(None):
+        seed_dir = Path(results_dir) / "work" / profile / path.stem / f"seed{seed}"
+        source = seed_dir / "train.log.json"
+        if not source.is_file():
+            if (seed_dir / "train.log.jsonl").is_file():
+                missing.append(path.stem)  # trained by an nlbench that wrote no MMSeg-form log
+            continue
+        curve = read_curve(source)
+        if not curve.train or not curve.evals:
+            raise NLBenchError("a reference log needs train and evaluation lines", source)
+        target = Path(out_dir) / profile / f"{path.stem}.log.json"
+        atomic_write_bytes(target, source.read_bytes())
+        written.append(target)
+    if missing:
+        raise NLBenchError(f"no train.log.json for {', '.join(missing)}: trained before nlbench wrote one; "
+                           "run them again in a fresh results folder", Path(results_dir) / "work" / profile)
+    if not written:
+        raise NLBenchError(f"no {profile}-profile train.log.json of seed {seed} to make reference logs from",
+                           Path(results_dir) / "work" / profile)
+    return written

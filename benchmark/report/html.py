@@ -1,0 +1,409 @@
+"""`nlbench report`: a static, self-contained HTML report of a results folder.
+
+``OUT/index.html`` holds the published tables filled with the reproduced values and their verdicts, and
+the plots; ``OUT/rows/<profile>/<recipe>.html`` holds one row: its figures and verdicts, GPU-hours spent
+against the estimate, each stage's record, provenance, training curves, those curves overlaid on the
+row's reference log with the curve verdict of ``nlbench curves``, and the resolved recipe. The
+pages need no server, no network and no JavaScript: plots are inline SVG, the style sheet is inline,
+and the only links that leave the folder are the published checkpoints and logs.
+
+The HTML comes from Jinja2 templates (``benchmark/report/templates``); this module only gathers what
+they show. Two lists make the report grow without restructuring it:
+
+- ``verdict_sources`` gives the verdicts shown under every figure of the tables: today `compare`'s two
+  methods, ``tolerance`` and ``ci`` (the confidence interval over seeds). Another method is one more
+  ``VerdictSource`` in that list (a Check per row and metric, and how to word what decided it); the
+  templates loop over them and the style sheet colours its verdict names.
+- ``row_sections`` gives the sections of a row page, each a template under ``templates/sections/``
+  with its own context; another section is one more ``Section`` and one more template.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup, escape
+
+from benchmark.catalog import load_published, release_links
+from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_text
+from benchmark.launch.cost import estimate_gpu_hours
+from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
+from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, newest_by_kind, of_source
+from benchmark.report.compare import HARDWARE_METRICS, METRICS, Check, apply_ci, compare, default_references
+from benchmark.report.curves import assess_row, plot_overlay
+from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
+from benchmark.report.tables import PROFILE_NOTES, RELEASED_NOTE
+from benchmark.run.records import KINDS, load_records
+from benchmark.stats import SEED_STD_MIOU
+
+# The figure columns of the published tables, in their order: (summary metric, header, digits).
+COLUMNS = [("mem_gb", "Mem (GB)", 1), ("fps", "Inf time (fps)", 2), ("miou", "mIoU", 2),
+           ("miou_ms_flip", "mIoU(ms+flip)", 2)]
+PROVENANCE_FIELDS = ["git_commit", "git_dirty", "nlbench_version", "device_name", "device_count", "world_size",
+                     "torch_version", "cuda_version", "cudnn_version", "dtype", "hostname", "slurm_job_id",
+                     "recipe_hash", "checkpoint_sha256"]
+
+
+# ----------------------------------------------------------------------------- what the pages show
+
+
+Key = Tuple[str, str, str, str]  # (recipe, profile, checkpoint source, metric)
+
+
+@dataclass(frozen=True)
+class VerdictSource:
+    """One way of judging the reproduced figures: a Check per (recipe, profile, checkpoint source,
+    metric), and how to say what decided each one."""
+
+    name: str  # a CSS-safe identifier
+    tag: str  # the short name printed before each of its verdicts
+    label: str  # for people: how the verdicts were reached
+    checks: Dict[Key, Check]
+    detail: Callable[[Check], str]  # e.g. "ref 78.24 · Δ +0.10" or "95% [77.9, 78.6]"
+    notes: List[str] = field(default_factory=list)  # lines shown above the tables
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a row page: ``templates/sections/<template>`` rendered with ``context``."""
+
+    id: str
+    title: str
+    template: str
+    context: Dict[str, Any]
+
+
+def _fmt(value: Optional[float], digits: int, sign: bool = False) -> str:
+    if value is None or value != value:
+        return "-"
+    if sign:
+        text = f"{value:+.{digits}f}"
+        return text.replace("-", "+") if float(text) == 0 else text  # no "-0.00"
+    return f"{value:.{digits}f}"
+
+
+def _tolerance_detail(c: Check) -> str:
+    digits = METRICS[c.metric][2]
+    parts = [f"ref {_fmt(c.reference, digits)}"] if c.reference == c.reference else []
+    if c.delta == c.delta:
+        parts.append(f"Δ {_fmt(c.delta, digits, sign=True)}")
+    return " · ".join(parts)
+
+
+def _ci_detail(c: Check) -> str:
+    if c.metric in HARDWARE_METRICS:
+        return "10% band"
+    if c.low == c.low:
+        digits = METRICS[c.metric][2]
+        return f"95% [{_fmt(c.low, digits)}, {_fmt(c.high, digits)}]"
+    return "no interval (one seed)" if c.n == 1 else ""
+
+
+def verdict_sources(summary: pd.DataFrame, tolerance: float, assumed_std: float = SEED_STD_MIOU) -> List[VerdictSource]:
+    """The verdicts the tables show, as `nlbench compare` gives them: each profile against its own
+    reference, by the tolerance method and by the ci method (benchmark/stats.py)."""
+    notes: List[str] = []
+    profiles = sorted(summary["profile"].unique(), key=_profile_order)
+    try:
+        refs = default_references(profiles)
+    except NLBenchError as exc:
+        refs, notes = {}, [f"no verdicts: {exc}"]
+    notes += [f"profile {ref.profile}: against {ref.label}" for ref in refs.values()]
+    present = set(summary["checkpoint_source"])
+    checks = [c for ref in refs.values() for source in (TRAINED, RELEASED) if source in present
+              for c in compare(summary, ref, tolerance, source)]
+
+    def keyed(found: List[Check]) -> Dict[Key, Check]:
+        return {(c.recipe, c.profile, c.source, c.metric): c for c in found}
+
+    return [
+        VerdictSource("tolerance", "tol", f"tol: the tolerance method, reference ± {tolerance} mIoU points, "
+                      "Mem and fps ± 10%", keyed(checks), _tolerance_detail, notes),
+        VerdictSource("ci", "ci", "ci: the 95% interval of the mean over seeds against the same band (mIoU; "
+                      f"one seed gives none, and an assumed std of {assumed_std} says how many would decide)",
+                      keyed(apply_ci(checks, tolerance, assumed_std)), _ci_detail),
+    ]
+
+
+def _profile_order(profile: str) -> Tuple[int, str]:
+    """full first, then smoke, then any other profile by name (as the markdown tables order them)."""
+    return ({"full": 0, "smoke": 1}.get(profile, 2), profile)
+
+
+def _cells(row: pd.Series, sources: List[VerdictSource]) -> List[Dict[str, Any]]:
+    """One cell per figure column: the reproduced value and, per verdict source, its verdict."""
+    cells = []
+    for metric, header, digits in COLUMNS:
+        verdicts = []
+        for source in sources:
+            check = source.checks.get((row["recipe"], row["profile"], row["checkpoint_source"], metric))
+            if check is not None:
+                verdicts.append({"source": source.name, "tag": source.tag, "verdict": check.verdict,
+                                 "note": check.note, "detail": source.detail(check)})
+        value = format_stat(row[f"{metric}_mean"], row[f"{metric}_std"], int(row[f"{metric}_n"]), digits)
+        # A figure that no method compares (no reference value, another device) says so once.
+        skipped = bool(verdicts) and all(v["verdict"] == "skipped" for v in verdicts)
+        cells.append({"metric": metric, "header": header, "value": value, "verdicts": [] if skipped else verdicts,
+                      "not_compared": verdicts[0]["note"] if skipped else None})
+    return cells
+
+
+def _href(target: Path, page_dir: Path) -> str:
+    return os.path.relpath(target, page_dir).replace(os.sep, "/")
+
+
+def row_page(out_dir: Path, profile: str, recipe: str) -> Path:
+    return out_dir / "rows" / profile / f"{recipe}.html"
+
+
+def _row_view(row: pd.Series, p: pd.Series, sources: List[VerdictSource], out_dir: Path, page_dir: Path):
+    links = release_links(row["recipe"])
+    method = p["method"] if row["profile"] == "full" else f"{p['method']} ({row['profile']})"
+    return {
+        "recipe": row["recipe"], "profile": row["profile"], "method": method, "backbone": p["backbone"],
+        "crop_size": p["crop_size"], "lr_schd": str(p["lr_schd"]), "seeds": int(row["n_seeds"]),
+        # Rows nlbench trained have a page; results on released checkpoints are shown in the index only.
+        "href": _href(row_page(out_dir, row["profile"], row["recipe"]), page_dir)
+        if row["checkpoint_source"] == TRAINED else None,
+        "config_href": _href(resolve_recipe_path(row["recipe"]), page_dir),
+        "model_url": links[0] if links else None, "log_url": links[1] if links else None,
+        "cells": _cells(row, sources),
+    }
+
+
+def dataset_tables(summary: pd.DataFrame, published: pd.DataFrame, sources: List[VerdictSource], profile: str,
+                   out_dir: Path, page_dir: Path) -> Dict[str, List[Dict[str, Any]]]:
+    """Dataset -> the rows of one profile in the published order (as `nlbench tables` prints them)."""
+    rows = summary[summary["profile"] == profile].set_index("recipe", drop=False)
+    tables: Dict[str, List[Dict[str, Any]]] = {}
+    for recipe, p in published.iterrows():
+        if recipe in rows.index:
+            tables.setdefault(p["dataset"], []).append(_row_view(rows.loc[recipe], p, sources, out_dir, page_dir))
+    return tables
+
+
+def _tally(source: VerdictSource, profile: str, checkpoint_source: str) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for (_, check_profile, check_source, _), check in source.checks.items():
+        if (check_profile, check_source) == (profile, checkpoint_source):
+            counts[check.verdict] = counts.get(check.verdict, 0) + 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- SVG
+
+
+_ID = re.compile(r'\bid="([^"]+)"')
+_REF = re.compile(r'(url\(#|href="#)([^")]+)')
+
+
+def inline_svg(fig, prefix: str) -> Markup:
+    """The figure as an ``<svg>`` element for an HTML page (closes the figure).
+
+    Text stays text (searchable, readable by the browser's font), and every id is prefixed so that
+    several figures on one page never share one (matplotlib names glyphs and clip paths by hash)."""
+    import io
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "nlbench"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = _ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', text)
+    text = _REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text)
+    return Markup(text)
+
+
+# ----------------------------------------------------------------------------- row pages
+
+
+def _stage_rows(kinds: Dict[str, Dict[str, Any]], page_dir: Path) -> List[Dict[str, Any]]:
+    rows = []
+    for kind in KINDS:
+        rec = kinds.get(kind)
+        if rec is None:
+            rows.append({"kind": kind, "missing": True})
+            continue
+        metrics = rec.get("metrics") or {}
+        figures = []
+        for key in ("aAcc", "mIoU", "mAcc"):
+            if isinstance(metrics.get(key), (int, float)):
+                figures.append(f"{key} {metrics[key]:.2f}")
+        if rec.get("fps") is not None:
+            figures.append(f"{rec['fps']:.2f} fps")
+        if rec.get("mem_gb") is not None:
+            figures.append(f"Mem {rec['mem_gb']:.2f} GB ({rec.get('mem_kind') or 'unknown kind'})")
+        per_class = metrics.get("per_class") if kind in ("eval", "eval_ms_flip") else None
+        rows.append({
+            "kind": kind, "missing": False, "created_at": rec["created_at"], "iterations": rec.get("iterations"),
+            "wall_time": _fmt(rec.get("wall_time_s"), 1), "gpu_hours": _fmt(rec.get("gpu_hours"), 3),
+            "figures": ", ".join(figures) or "-", "record_href": _href(Path(rec["_path"]), page_dir),
+            "record_name": Path(rec["_path"]).name,
+            "per_class": [(name, _fmt((v or {}).get("IoU"), 2), _fmt((v or {}).get("Acc"), 2))
+                          for name, v in (per_class or {}).items()],
+        })
+    return rows
+
+
+def _provenance(kinds: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    present = [k for k in KINDS if k in kinds]
+    table = []
+    for name in PROVENANCE_FIELDS:
+        values = [(kinds[k].get("provenance") or {}).get(name) for k in present]
+        table.append({"field": name, "values": ["-" if v is None else str(v) for v in values]})
+    return {"kinds": present, "fields": table}
+
+
+def _cost(recipe_name: str, profile: str, seeds: Dict[int, Dict[str, Dict[str, Any]]]) -> Dict[str, Any]:
+    """GPU-hours the records say were spent, against the V100 estimate (benchmark/launch/cost.py)."""
+    spent = [float(r["gpu_hours"]) for kinds in seeds.values() for r in kinds.values() if r.get("gpu_hours")]
+    walls = [float(r["wall_time_s"]) for kinds in seeds.values() for r in kinds.values() if r.get("wall_time_s")]
+    estimate = estimate_gpu_hours(load_recipe(recipe_name, profile=profile))
+    full = estimate_gpu_hours(load_recipe(recipe_name)) * max(len(seeds), 1)
+    per_seed = estimate * max(len(seeds), 1) if estimate is not None else None
+    ratio = sum(spent) / per_seed if spent and per_seed else None
+    return {
+        "spent": f"{sum(spent):.2f}" if spent else None, "wall_time": f"{sum(walls):.1f}",
+        "estimate": f"{per_seed:.2f}" if per_seed is not None else None, "full_estimate": f"{full:.1f}",
+        "ratio": f"{ratio:.2f}" if ratio is not None else None, "seeds": len(seeds),
+    }
+
+
+def _reference_view(recipe: Recipe, results_dir: Path) -> Dict[str, Any]:
+    """The row's runs overlaid on its reference log (the published one from the cache, or the smoke
+    reference) with the curve verdict, as ``nlbench curves`` gives them; nothing is downloaded."""
+    row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False)
+    if row.assessment is None:
+        return {"svg": None, "note": row.note}
+    return {"svg": inline_svg(plot_overlay(row), "overlay"), "reference": row.reference_label,
+            "verdict": row.verdict, "summary": row.assessment.summary()}
+
+
+def row_sections(row: pd.Series, seeds: Dict[int, Dict[str, Dict[str, Any]]], results_dir: Path,
+                 page_dir: Path) -> List[Section]:
+    """The sections of one row page, in order (see the module docstring to add one)."""
+    recipe, profile = row["recipe"], row["profile"]
+    stages = [{"seed": seed, "stages": _stage_rows(kinds, page_dir), "provenance": _provenance(kinds)}
+              for seed, kinds in sorted(seeds.items())]
+    logs = train_logs(results_dir, profile, recipe)
+    curves = plot_row_curves(logs, f"{recipe} ({profile} profile): train.log.jsonl")
+    resolved = load_recipe(recipe, profile=profile)
+    return [
+        Section("cost", "GPU-hours", "cost.html.j2", _cost(recipe, profile, seeds)),
+        Section("stages", "Stages and their records", "stages.html.j2", {"seeds": stages}),
+        Section("provenance", "Provenance", "provenance.html.j2", {"seeds": stages}),
+        Section("curves", "Training curves", "curves.html.j2",
+                {"svg": inline_svg(curves, "curves") if curves is not None else None,
+                 "logs": [_href(p, page_dir) for p in logs]}),
+        Section("reference", "Against the published curve", "reference.html.j2", _reference_view(resolved, results_dir)
+                if logs else {"svg": None, "note": "no training log"}),
+        Section("recipe", "Resolved recipe", "recipe.html.j2",
+                {"yaml": resolved.to_yaml(), "hash": resolved.hash, "profile": profile}),
+    ]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+_STRONG = re.compile(r"\*\*(.+?)\*\*")
+_CODE = re.compile(r"`(.+?)`")
+
+
+def inline_markdown(text: str) -> Markup:
+    """The **bold** and `code` of the notes shared with the markdown tables, as HTML (escaped first)."""
+    html = str(escape(text))
+    html = _STRONG.sub(r"<strong>\1</strong>", html)
+    return Markup(_CODE.sub(r"<code>\1</code>", html))
+
+
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("benchmark.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["inline_markdown"] = inline_markdown
+    return env
+
+
+def _profile_view(summary: pd.DataFrame, published: pd.DataFrame, sources: List[VerdictSource], profile: str,
+                  checkpoint_source: str, out_dir: Path) -> Dict[str, Any]:
+    rows = summary[summary["profile"] == profile]
+    devices = sorted({str(d) for d in rows["device_name"].dropna()})
+    return {"name": profile, "note": PROFILE_NOTES.get(profile, "a custom recipe profile."),
+            "devices": ", ".join(devices) or "unknown", "rows": len(rows),
+            "tables": dataset_tables(summary, published, sources, profile, out_dir, out_dir),
+            "tallies": [(s, _tally(s, profile, checkpoint_source)) for s in sources]}
+
+
+def _index_context(summary: pd.DataFrame, published: pd.DataFrame, sources: List[VerdictSource], results_dir: Path,
+                   out_dir: Path, warnings: List[str]) -> Dict[str, Any]:
+    trained, released = of_source(summary, TRAINED), of_source(summary, RELEASED)
+    per_seed = of_source(summary.attrs["runs"], TRAINED)
+    profiles = []
+    for profile in sorted(trained["profile"].unique(), key=_profile_order):
+        view = _profile_view(trained, published, sources, profile, TRAINED, out_dir)
+        view["figures"] = [{"id": f"{kind}-{profile}", "title": FIGURE_TITLES[kind],
+                            "svg": inline_svg(fig, f"{kind}-{profile}")}
+                           for kind, fig in profile_figures(trained, per_seed, results_dir, published, profile)]
+        profiles.append(view)
+    released_views = [_profile_view(released, published, sources, profile, RELEASED, out_dir)
+                      for profile in sorted(released["profile"].unique(), key=_profile_order)]
+    commits = sorted({str(c) for c in summary["git_commit"].dropna()})
+    return {"results": str(results_dir), "records": summary.attrs.get("records", 0), "profiles": profiles,
+            "released": released_views, "released_note": RELEASED_NOTE, "sources": sources, "columns": COLUMNS,
+            "warnings": warnings, "commits": commits, "newest": str(summary["created_at"].max())}
+
+
+def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[tuple, Dict[str, Dict[str, Any]]],
+                 sources: List[VerdictSource], results_dir: Path, out_dir: Path, path: Path) -> Dict[str, Any]:
+    key = (row["recipe"], row["profile"], TRAINED)
+    seeds = {s: kinds for (r, prof, source, s), kinds in by_seed.items() if (r, prof, source) == key}
+    return {"results": str(results_dir), "row": _row_view(row, p, sources, out_dir, path.parent),
+            "title": f"{row_label(p)} ({row['profile']})", "columns": COLUMNS, "sources": sources,
+            "index_href": _href(out_dir / "index.html", path.parent), "published": p,
+            "sections": row_sections(row, seeds, results_dir, path.parent)}
+
+
+def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> List[Path]:
+    """Write index.html and one page per (recipe, profile) row nlbench trained; returns the pages written."""
+    summary = collect_or_warn(results_dir)
+    records, warnings = load_records(results_dir)
+    by_seed = newest_by_kind(records)
+    published = load_published()
+    sources = verdict_sources(summary, tolerance)
+    env = environment()
+    pages: List[Tuple[Path, str]] = []
+    index = _index_context(summary, published, sources, results_dir, out_dir, warnings)
+    pages.append((out_dir / "index.html", env.get_template("index.html.j2").render(**index)))
+    for _, row in of_source(summary, TRAINED).iterrows():
+        if row["recipe"] in published.index:
+            path = row_page(out_dir, row["profile"], row["recipe"])
+            context = _row_context(row, published.loc[row["recipe"]], by_seed, sources, results_dir, out_dir, path)
+            pages.append((path, env.get_template("row.html.j2").render(**context)))
+    try:
+        for path, html in pages:
+            atomic_write_text(path, html)
+    except OSError as exc:
+        raise NLBenchError(f"cannot write the report: {exc.strerror or exc}", exc.filename or out_dir) from None
+    return [path for path, _ in pages]
+
+
+def report_command(results: str = "results", out: Optional[str] = None, tolerance: float = 0.5) -> int:
+    """`nlbench report`: write the HTML report and print where its first page is."""
+    if tolerance < 0 or math.isnan(tolerance):
+        raise NLBenchError(f"expected a tolerance >= 0, got {tolerance}", key="--tolerance")
+    out_dir = Path(out) if out else Path(results) / "report"
+    pages = build_report(Path(results), out_dir, tolerance)
+    print(f"report: {len(pages)} pages in {out_dir}; open {(out_dir / 'index.html').resolve()}")
+    return 0
+

@@ -1,0 +1,201 @@
+"""Curves end to end on real smoke runs: nlbench's MMSeg-form log read back, the guard stopping a run
+whose reference mIoU is planted 10 points higher (record, status, resume), `curves` failing on it,
+`compare --curves` and `plots` with a reference log, and a wrong schedule.lr flagged at once.
+
+One tiny schedule (12 iterations, an evaluation every 4) keeps the whole file to a few seconds of
+training; the reference log is the base run's own ``train.log.json`` with its mIoU raised by 10.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from benchmark.cli import main as cli
+from benchmark.curves.reader import read_curve
+from benchmark.engine.train import poly_lr, train
+from benchmark.errors import DIVERGED_EXIT_CODE, TrainingInterrupted
+from benchmark.launch.status import collect_status
+from benchmark.recipe import load_recipe
+from benchmark.report.compare import write_baseline
+
+pytestmark = pytest.mark.slow
+
+ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
+TINY = ["schedule.max_iters=12", "schedule.eval_interval=4", "schedule.checkpoint_interval=4",
+        "schedule.log_interval=2", "data.synthetic.train=4", "data.synthetic.val=2",
+        "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
+
+
+def _sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A finished tiny run (no guard) and the planted reference made from its MMSeg-form log."""
+    root = tmp_path_factory.mktemp("curves")
+    data_root = root / "cityscapes"
+    tiny = [*TINY, f"data.data_root={data_root}"]
+    recipe = load_recipe(ROW, tiny, profile="smoke")
+    work = root / "base"
+    summary = train(recipe, work, device="cpu", log=lambda _m: None)
+    planted = root / "planted.log.json"
+    lines = []
+    for line in (work / "train.log.json").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("mode") == "val":
+            entry["mIoU"] = round(entry["mIoU"] + 0.10, 4)  # fractions in the 0.x form: +10 points
+        lines.append(json.dumps(entry))
+    planted.write_text("\n".join(lines) + "\n")
+    return {"root": root, "tiny": tiny, "recipe": recipe, "work": work, "planted": planted, "summary": summary}
+
+
+def test_train_log_json_is_mmseg_0x_form_and_reads_back_as_the_jsonl(base):
+    lines = [json.loads(line) for line in (base["work"] / "train.log.json").read_text().splitlines()]
+    meta, rest = lines[0], lines[1:]
+    assert "mode" not in meta and "iter" not in meta and {"env_info", "seed", "exp_name", "config"} <= set(meta)
+    assert meta["max_iters"] == 12 and meta["effective_batch"] == 2
+    trains = [e for e in rest if e["mode"] == "train"]
+    vals = [e for e in rest if e["mode"] == "val"]
+    assert list(trains[0])[:4] == ["mode", "epoch", "iter", "lr"] and list(trains[0])[-2:] == ["loss", "time"]
+    assert {"decode.loss_seg", "aux.loss_seg", "data_time"} <= set(trains[0]) and "memory" not in trains[0]  # CPU
+    assert [e["iter"] for e in trains] == list(range(2, 13, 2))
+    assert [e["iter"] for e in vals] == [2, 2, 2]  # the number of validation images, as MMSeg wrote it
+    assert all(0.0 <= e["mIoU"] <= 1.0 for e in vals)  # fractions
+
+    # nlbench's lr at iteration k is the lr iteration k ran with: poly at (k - 1) / max_iters, as MMSeg 0.x.
+    jsonl = read_curve(base["work"] / "train.log.jsonl")
+    sched = base["recipe"].schedule
+    assert [p.lr for p in jsonl.train] == [poly_lr(sched.lr, sched.min_lr, sched.power, k - 1, 12)
+                                           for k in range(2, 13, 2)]
+    # The reader gives the same curve from both files, to their printed precision.
+    zero_x = read_curve(base["work"] / "train.log.json")
+    assert zero_x.format == "mmseg0x" and zero_x.max_iters == 12 and zero_x.effective_batch == 2
+    assert [p.iteration for p in zero_x.train] == [p.iteration for p in jsonl.train]
+    assert [p.lr for p in zero_x.train] == [round(p.lr, 5) for p in jsonl.train]
+    assert [p.loss for p in zero_x.train] == pytest.approx([p.loss for p in jsonl.train], abs=1e-5)
+    assert [(e.iteration, e.mIoU) for e in zero_x.evals] == [(e.iteration, round(e.mIoU, 2)) for e in jsonl.evals]
+
+
+def test_guard_stops_a_diverged_run_record_status_resume_and_curves(base, capsys):
+    results = base["root"] / "results"
+    guard = [f"guard.reference={base['planted']}", "guard.action=stop"]
+    args = ["run-all", "--profile", "smoke", "--filter", ROW, "--results", str(results), *_sets(base["tiny"] + guard)]
+    assert cli(args) == 1  # a row diverged
+    out = capsys.readouterr().out
+    assert "guard: iter 4: " in out and ": BELOW; verdict drifting" in out
+    assert "guard: stopped at iteration 8" in out
+    assert "guard: 1 row(s) diverged and were stopped (smoke/" + ROW + "/seed0 at iter 8)" in out
+    assert "4 smoke-size iteration(s) not run have no GPU-hour estimate" in out
+
+    # The train record: status diverged, where it stopped, the evidence; no later stage ran.
+    folder = results / "records" / ROW / "smoke" / "seed0"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    assert [r["kind"] for r in records] == ["train"]
+    record = records[0]
+    assert record["status"] == "diverged" and record["stopped_at_iteration"] == 8
+    evidence = record["guard"]
+    assert evidence["verdict"] == "diverged" and evidence["action"] == "stop"
+    reproduced = [e["mIoU"] for e in evidence["evals"]]
+    assert [e["iteration"] for e in evidence["evals"]] == [4, 8]
+    assert [e["published"] for e in evidence["evals"]] == pytest.approx([m + 10 for m in reproduced], abs=0.011)
+    expected = f"diverged at iter 8: mIoU {reproduced[-1]:.2f}, published {evidence['evals'][-1]['published']:.2f}"
+    assert evidence["message"] == expected
+    work = results / "work" / "smoke" / ROW / "seed0"
+    assert (work / "iter_8.pth").is_file() and not (work / "iter_12.pth").exists()
+
+    # status says so; run-all again leaves the stopped row alone.
+    [row] = collect_status(results)
+    assert row["state"] == "diverged" and row["message"] == expected
+    assert cli(["status", "--results", str(results)]) == 0
+    assert expected in capsys.readouterr().out
+    assert cli(args) == 1
+    assert "skipping 1 row(s) the training guard stopped as diverged" in capsys.readouterr().out
+
+    _resume_then_curves(base, results, work, capsys)
+
+
+def _resume_then_curves(base, results, work, capsys):
+    """The stopped run resumed to its end, then `curves` against the planted reference."""
+    train_args = ["train", ROW, "--profile", "smoke", "--device", "cpu", "--work-dir", str(work), "--resume",
+                  *_sets(base["tiny"] + [f"guard.reference={base['planted']}"])]
+    assert cli([*train_args, "--set", "guard.action=stop"]) == 0  # iter 12 is the end: nothing left to stop
+    out = capsys.readouterr().out
+    assert "continuing from" in out and "at iteration 8" in out and "done: 12 iterations" in out
+    assert "verdict diverged" in out
+
+    # `train --resume` continued it from iteration 8; `curves` against the planted reference: the eval
+    # table and exit 1.
+    report = base["root"] / "curves.json"
+    code = cli(["curves", ROW, "--profile", "smoke", "--results", str(results), "--reference", str(base["planted"]),
+                "--json", str(report), "--out", str(base["root"] / "plots")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "schedule: ok: lr equal to 5 decimals at all 6 common logged iterations (first: 2)" in out
+    assert "verdict: diverged: mIoU below the margin at 2 consecutive eval points" in out
+    body = json.loads(report.read_text())
+    [row] = body["rows"]
+    assert body["diverged"] == 1 and row["verdict"] == "diverged" and row["seeds"] == ["seed0"]
+    assert [e["iteration"] for e in row["evals"]] == [4, 8, 12]
+    assert all(e["delta"] == pytest.approx(-10.0, abs=0.011) for e in row["evals"])
+    assert [e["margin"] for e in row["evals"]] == [3.0, 1.75, 0.5]
+    assert (base["root"] / "plots" / f"overlay_smoke_{ROW}.png").stat().st_size > 10_000
+    assert (base["root"] / "plots" / f"overlay_smoke_{ROW}.svg").is_file()
+
+
+def test_warn_runs_to_the_end_and_compare_curves_and_plots_use_the_reference(base, capsys, monkeypatch):
+    import benchmark.curves.reference as reference
+
+    results = base["root"] / "warn"
+    args = ["run-all", "--profile", "smoke", "--filter", ROW, "--results", str(results),
+            *_sets(base["tiny"] + [f"guard.reference={base['planted']}", "guard.action=warn"])]
+    assert cli(args) == 0  # warned, not stopped: every stage ran
+    out = capsys.readouterr().out
+    assert "verdict diverged" in out and "(guard.action warn: training goes on)" in out
+    folder = results / "records" / ROW / "smoke" / "seed0"
+    kinds = sorted(p.name.split("-")[0] for p in folder.glob("*.json"))
+    assert kinds == ["bench", "eval", "train"]
+    record = json.loads(next(folder.glob("train-*.json")).read_text())
+    assert record["status"] == "completed" and record["guard"]["verdict"] == "diverged"
+    assert cli(["curves", ROW, "--profile", "smoke", "--results", str(results), "--reference",
+                str(base["planted"])]) == 1
+
+    # "released" in the smoke profile is the committed reference log of the row: point it at the planted one.
+    logs = base["root"] / "reference-logs"
+    (logs / "smoke").mkdir(parents=True)
+    (logs / "smoke" / f"{ROW}.log.json").write_bytes(base["planted"].read_bytes())
+    monkeypatch.setattr(reference, "REFERENCE_LOGS", logs)
+    junit = base["root"] / "compare.xml"
+    md = base["root"] / "compare.md"
+    baseline = base["root"] / "smoke.csv"
+    write_baseline(results, baseline)  # the numbers pass: only the curves can fail
+    code = cli(["compare", "--results", str(results), "--reference", str(baseline), "--curves", "--junit",
+                str(junit), "--report", str(md)])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAIL: 1 row(s) whose curves diverged" in out
+    case = [c for c in ET.parse(junit).getroot() if c.get("name") == "curves"]
+    assert len(case) == 1 and case[0].find("failure") is not None
+    assert "diverged" in case[0].find("failure").get("message")
+    assert "## Curves" in md.read_text()
+    assert cli(["plots", "--results", str(results)]) == 0
+    assert (results / "plots" / f"overlay_smoke_{ROW}.png").is_file()
+
+
+def test_wrong_schedule_lr_is_flagged_at_the_first_logged_iteration(base):
+    recipe = load_recipe(ROW, [*base["tiny"], "schedule.lr=0.02", f"guard.reference={base['planted']}"],
+                         profile="smoke")
+    said = []
+    done = []
+    with pytest.raises(TrainingInterrupted):
+        train(recipe, base["root"] / "wrong-lr", device="cpu", log=said.append,
+              step_callback=lambda it, _model: done.append(it), stop_requested=lambda: bool(done) and done[-1] >= 2)
+    warning = [line for line in said if "guard: WARNING: the schedule is not the reference's" in line]
+    assert len(warning) == 1, said
+    assert "lr at iteration 2 is 0.01850, the reference says 0.04624" in warning[0]
+
+
+def test_diverged_exit_code_is_its_own():
+    assert DIVERGED_EXIT_CODE not in (0, 1, 2)

@@ -1,0 +1,269 @@
+"""The log reader on logs written in exactly the published formats, every trap of docs/CURVES.md, and
+the checks on curves built from them (no training here: the logs are written as MMSeg wrote them)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+
+from benchmark.curves.checks import DIVERGED, DRIFTING, ON_TRACK, Settings, assess, margin_at
+from benchmark.curves.reader import read_curve
+from benchmark.engine.train import poly_lr
+from benchmark.errors import NLBenchError
+
+MAX_ITERS = 40000
+ENV_INFO = ("sys.platform: linux\nPython: 3.7.7 (default, May  7 2020, 21:25:33) [GCC 7.3.0]\nCUDA available: True\n"
+            "GPU 0,1,2,3: Tesla V100-SXM2-32GB\nPyTorch: 1.5.0\nMMCV: 0.6.2")
+CONFIG = ("norm_cfg = dict(type='SyncBN', requires_grad=True)\ndata = dict(\n    samples_per_gpu=2,\n"
+          "    workers_per_gpu=2)\ntotal_iters = 40000\nrunner = dict(type='IterBasedRunner', max_iters=40000)\n")
+
+
+def published_lr(iteration: int, base: float = 0.01, max_iters: int = MAX_ITERS) -> float:
+    """What a 0.x train line says at ``iteration``: the poly lr that iteration ran with, to 5 decimals."""
+    return round(poly_lr(base, 1e-4, 0.9, iteration - 1, max_iters), 5)
+
+
+def train_line(iteration: int, loss: float, lr=None, mode: str = "train", epoch: int = 1) -> str:
+    """A 2020 NonLocal train line, keys in mmcv's order, floats rounded to 5 decimals."""
+    decode, aux = loss / 1.4, loss * 0.4 / 1.4
+    entry = OrderedDict([
+        ("mode", mode), ("epoch", epoch), ("iter", iteration), ("lr", published_lr(iteration) if lr is None else lr),
+        ("memory", 7390), ("data_time", 0.01252), ("decode.loss_seg", round(decode, 5)),
+        ("decode.acc_seg", 71.2231), ("aux.loss_seg", round(aux, 5)), ("aux.acc_seg", 69.0011),
+        ("loss", round(loss, 5)), ("time", 0.88411)])
+    return json.dumps(entry)
+
+
+def val_line(iteration: int, miou: float, mode: str = "val", images: int = 500) -> str:
+    """A 0.x val line: ``iter`` counts validation images, the metrics are fractions."""
+    entry = OrderedDict([("mode", mode), ("epoch", 11), ("iter", images), ("lr", published_lr(iteration)),
+                         ("aAcc", 0.9501), ("mIoU", round(miou / 100, 4)), ("mAcc", 0.7823)])
+    return json.dumps(entry)
+
+
+def meta_line() -> str:
+    return json.dumps({"env_info": ENV_INFO, "seed": 0, "exp_name": "nonlocal_r50-d8_512x1024_40k_cityscapes.py",
+                       "config": CONFIG, "mmseg_version": "0.5.0+unknown"})
+
+
+def published_log(path: Path, losses=None, mious=(60.0, 70.0), meta: bool = True, every: int = 2000,
+                  eval_every: int = 4000, start: int = 50, stop: int = 8000) -> Path:
+    """A published-shape 0.x log: meta, a train line every ``every`` iterations (MMSeg: 50), a val line
+    after the train line of each eval iteration."""
+    lines = [meta_line()] if meta else []
+    its = list(range(start, stop + 1, every)) if every != 50 else list(range(start, stop + 1, 50))
+    for n, it in enumerate(its):
+        lines.append(train_line(it, losses(it) if losses else 1.5 - n * 0.01))
+        if it % eval_every == 0:
+            lines.append(val_line(it, mious[it // eval_every - 1]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- 0.x traps
+
+
+def test_published_0x_log_with_meta_line(tmp_path):
+    curve = read_curve(published_log(tmp_path / "a.log.json", every=50))
+    assert curve.format == "mmseg0x" and curve.warnings == ()
+    assert [p.iteration for p in curve.train][:3] == [50, 100, 150] and len(curve.train) == 160
+    first = curve.train[0]
+    assert first.lr == 0.00999 and first.memory_mib == 7390 and first.time_s == 0.88411
+    assert first.terms["decode.loss_seg"] == pytest.approx(1.5 / 1.4, abs=1e-5) and "aux.acc_seg" in first.terms
+    # val lines: iter 500 is the number of val images; the training iteration is the train line's before.
+    assert [(e.iteration, e.mIoU, e.aAcc, e.mAcc) for e in curve.evals] == [(4000, 60.0, 95.01, 78.23),
+                                                                          (8000, 70.0, 95.01, 78.23)]
+    # The meta line says the schedule (config text) and the batch (4 GPUs in env_info x samples_per_gpu 2).
+    assert curve.max_iters == 40000 and curve.effective_batch == 8
+    assert curve.peak_memory_mib == 7390
+
+
+def test_log_without_meta_line_and_val_lines_written_as_train(tmp_path):
+    # Some versions write val results with "mode": "train"; some logs have no meta line.
+    path = tmp_path / "b.log.json"
+    path.write_text("\n".join([train_line(50, 1.2), train_line(100, 1.1), val_line(100, 55.5, mode="train"),
+                               train_line(150, 1.0)]) + "\n")
+    curve = read_curve(path)
+    assert [p.iteration for p in curve.train] == [50, 100, 150]
+    assert [(e.iteration, e.mIoU) for e in curve.evals] == [(100, 55.5)]
+    assert curve.max_iters is None and curve.effective_batch is None
+
+
+def test_lr_as_a_dict_of_parameter_groups(tmp_path):
+    path = tmp_path / "c.log.json"
+    path.write_text(train_line(50, 1.0, lr={"backbone": 0.00999, "decode_head": 0.0999}) + "\n")
+    assert read_curve(path).train[0].lr == 0.00999
+
+
+def test_resumed_run_files_merge_by_iteration_later_file_winning(tmp_path):
+    # The first file ran to 3000 (checkpoint at 2000), the resumed one continued from 2000: 2050-3000
+    # are logged twice and the later file's lines win. The order the files are given in does not matter.
+    first = tmp_path / "20200605_210748.log.json"
+    first.write_text("\n".join([meta_line()] + [train_line(it, 2.0) for it in range(50, 3001, 50)]) + "\n")
+    second = tmp_path / "20200606_101010.log.json"
+    second.write_text("\n".join([meta_line()] + [train_line(it, 1.0) for it in range(2050, 4001, 50)]
+                                + [val_line(4000, 61.0)]) + "\n")
+    for order in ([first, second], [second, first]):
+        curve = read_curve(order)
+        by_it = {p.iteration: p.loss for p in curve.train}
+        assert len(by_it) == 80 and by_it[2000] == 2.0 and by_it[2050] == 1.0 and by_it[3000] == 1.0
+        assert curve.sources == (str(first), str(second))
+        assert [(e.iteration, e.mIoU) for e in curve.evals] == [(4000, 61.0)]
+    # A folder of one run's files reads the same.
+    assert read_curve(tmp_path).train == read_curve([first, second]).train
+
+
+def test_malformed_lines_warn_with_file_and_line(tmp_path):
+    path = tmp_path / "d.log.json"
+    path.write_text("\n".join([meta_line(), train_line(50, 1.0), '{"mode": "train", "iter": 10', "[1, 2]",
+                               json.dumps({"mode": "train", "iter": "x", "lr": 0.01}), val_line(100, 1.0, images=500)
+                               .replace('"mode": "val", ', ''), train_line(100, 0.9)]) + "\n")
+    curve = read_curve(path)
+    assert [p.iteration for p in curve.train] == [50, 100]
+    assert len(curve.warnings) == 3, curve.warnings
+    assert curve.warnings[0].startswith(f"{path}:line 3: skipped: not valid JSON")
+    assert curve.warnings[1] == f"{path}:line 4: skipped: expected a JSON object, got list"
+    assert curve.warnings[2].startswith(f"{path}:line 5: skipped: 'iter' is 'x'")
+    # The val line without mode is recognised by its metrics, at the train line before it (50).
+    assert [e.iteration for e in curve.evals] == [50]
+
+
+def test_val_line_before_any_train_line_is_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "e.log.json"
+    path.write_text("\n".join([val_line(4000, 60.0), train_line(4050, 1.0)]) + "\n")
+    curve = read_curve(path)
+    assert curve.evals == () and "training iteration is unknown" in curve.warnings[0]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "cannot read training log"),
+    (b"\xff\xfe binary", "not UTF-8 text"),
+    (b"", "no train or evaluation line"),
+    (b"<html>404 Not Found</html>\n", "no train or evaluation line"),
+])
+def test_unreadable_file_is_one_clear_error(tmp_path, content, expected):
+    path = tmp_path / "f.log.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(NLBenchError) as err:
+        read_curve(path)
+    assert str(err.value).startswith(str(path)) and expected in str(err.value)
+
+
+def test_a_folder_without_logs_is_an_error(tmp_path):
+    with pytest.raises(NLBenchError, match="no training log here"):
+        read_curve(tmp_path)
+
+
+# ----------------------------------------------------------------------------- 1.x and nlbench
+
+
+def test_mmengine_scalars_json(tmp_path):
+    # 1.x: step is the training iteration everywhere; metrics in percent; memory's peak is reset every
+    # interval, so the run's peak is the max over lines.
+    lines = [{"lr": 0.00999, "base_lr": 0.00999, "data_time": 0.01, "loss": 1.5, "decode.loss_ce": 1.1,
+              "decode.acc_seg": 70.1, "aux.loss_ce": 0.4, "aux.acc_seg": 68.0, "time": 0.9, "iter": 50,
+              "memory": 7000, "step": 50},
+             {"lr": 0.00998, "base_lr": 0.00998, "data_time": 0.01, "loss": 1.4, "decode.loss_ce": 1.0,
+              "decode.acc_seg": 71.0, "aux.loss_ce": 0.4, "aux.acc_seg": 69.0, "time": 0.9, "iter": 100,
+              "memory": 7400, "step": 100},
+             {"aAcc": 95.1, "mIoU": 69.12, "mAcc": 78.23, "data_time": 0.02, "time": 0.3, "step": 100}]
+    path = tmp_path / "vis_data" / "scalars.json"
+    path.parent.mkdir()
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    curve = read_curve(tmp_path)  # the run folder: its vis_data/scalars.json
+    assert curve.format == "mmengine"
+    assert [(p.iteration, p.lr, p.loss) for p in curve.train] == [(50, 0.00999, 1.5), (100, 0.00998, 1.4)]
+    assert curve.train[0].terms["decode.loss_ce"] == 1.1
+    assert [(e.iteration, e.mIoU, e.aAcc) for e in curve.evals] == [(100, 69.12, 95.1)]
+    assert curve.peak_memory_mib == 7400
+
+
+def test_nlbench_jsonl(tmp_path):
+    path = tmp_path / "train.log.jsonl"
+    lines = [{"event": "start", "iteration": 0, "max_iters": 100, "effective_batch": 2, "time": 1.0},
+             {"iteration": 10, "lr": 0.0457, "loss": 3.1, "loss_decode": 2.2, "loss_aux": 0.9, "time": 0.1,
+              "data_time": 0.01, "peak_mem_gb": 0.5, "mem_kind": "peak_rss"},
+             {"event": "eval", "iteration": 10, "aAcc": 70.0, "mIoU": 40.5, "mAcc": 50.0},
+             {"event": "end", "iteration": 100, "time": 2.0}]
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    curve = read_curve(path)
+    assert curve.format == "nlbench" and curve.max_iters == 100 and curve.effective_batch == 2
+    assert curve.train[0].memory_mib == 512.0 and curve.train[0].terms == {"loss_decode": 2.2, "loss_aux": 0.9}
+    assert [(e.iteration, e.mIoU) for e in curve.evals] == [(10, 40.5)]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _run_log(path: Path, base_lr: float = 0.01, every: int = 50, mious=(60.0, 70.0), loss=lambda it: 1.0):
+    """An nlbench run's train.log.jsonl: exact (unrounded) lr, loss means over its own interval."""
+    lines = [{"event": "start", "iteration": 0, "max_iters": MAX_ITERS, "effective_batch": 8}]
+    for it in range(every, 8001, every):
+        lines.append({"iteration": it, "lr": poly_lr(base_lr, 1e-4, 0.9, it - 1, MAX_ITERS), "loss": loss(it)})
+        if it % 4000 == 0:
+            lines.append({"event": "eval", "iteration": it, "aAcc": 95.0, "mIoU": mious[it // 4000 - 1],
+                          "mAcc": 80.0})
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    return read_curve(path)
+
+
+def test_schedule_matches_to_five_decimals_and_a_wrong_lr_shows_at_the_first_logged_iteration(tmp_path):
+    reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    good = assess({"seed0": _run_log(tmp_path / "good.jsonl")}, reference, max_iters=MAX_ITERS)
+    assert good.schedule.ok and good.schedule.compared == 160 and good.schedule.first_iteration == 50
+    assert good.verdict == ON_TRACK, good.summary()
+    wrong = assess({"seed0": _run_log(tmp_path / "wrong.jsonl", base_lr=0.02)}, reference, max_iters=MAX_ITERS)
+    assert wrong.schedule.mismatch[0] == 50 and wrong.schedule.mismatch[2] == 0.00999
+    assert "lr at iteration 50 is 0.01998, the reference says 0.00999" in wrong.schedule.describe()
+    assert wrong.verdict == DRIFTING and "schedule differs" in wrong.reasons
+
+
+def test_mIoU_margin_tightens_linearly_and_two_consecutive_misses_diverge(tmp_path):
+    s = Settings()
+    assert [round(margin_at(i, 10, s), 3) for i in (0, 4, 9)] == [3.0, 1.889, 0.5]
+    reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    # 4000: 58.0 vs 60 - 3.0 -> within; 8000: 69.6 vs 70 - 0.5 -> within.
+    fine = assess({"s0": _run_log(tmp_path / "a.jsonl", mious=(58.0, 69.6))}, reference, max_iters=MAX_ITERS)
+    assert fine.verdict == ON_TRACK and [r.below for r in fine.evals] == [False, False]
+    one = assess({"s0": _run_log(tmp_path / "b.jsonl", mious=(56.0, 69.6))}, reference, max_iters=MAX_ITERS)
+    assert one.verdict == DRIFTING and [r.verdict for r in one.evals] == [DRIFTING, DRIFTING]
+    two = assess({"s0": _run_log(tmp_path / "c.jsonl", mious=(50.0, 60.0))}, reference, max_iters=MAX_ITERS)
+    assert two.verdict == DIVERGED and two.diverged_at == 8000
+    assert [r.verdict for r in two.evals] == [DRIFTING, DIVERGED]
+    # Several seeds: judged by their mean, each seed listed.
+    seeds = assess({"s0": _run_log(tmp_path / "d.jsonl", mious=(50.0, 60.0)),
+                    "s1": _run_log(tmp_path / "e.jsonl", mious=(66.0, 80.0))}, reference, max_iters=MAX_ITERS)
+    assert seeds.evals[1].seeds == {"s0": 60.0, "s1": 80.0} and seeds.evals[1].mean == 70.0
+    assert seeds.verdict == ON_TRACK
+
+
+def test_loss_band_over_the_published_interval_and_a_non_finite_loss(tmp_path):
+    reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    # nlbench logs every 10 iterations: its points are averaged over each published 50-iteration window.
+    wobble = _run_log(tmp_path / "a.jsonl", every=10, loss=lambda it: 1.1 if it % 20 else 0.9)
+    ok = assess({"s0": wobble}, reference, max_iters=MAX_ITERS)
+    assert ok.loss.ok and ok.loss.compared == 160 - 80  # the first 10% (4000 iterations) is warm-up
+    assert abs(ok.loss.worst[1] - 1.0) <= 0.021
+    high = assess({"s0": _run_log(tmp_path / "b.jsonl", loss=lambda it: 1.3 if it > 6000 else 1.0)}, reference,
+                  max_iters=MAX_ITERS)
+    assert not high.loss.ok and high.loss.failed_at == 6100 and high.verdict == DRIFTING
+    assert "OUT OF BAND from iteration 6100" in high.loss.describe()
+    single = assess({"s0": _run_log(tmp_path / "c.jsonl", loss=lambda it: 1.3 if it == 6000 else 1.0)}, reference,
+                    max_iters=MAX_ITERS)
+    assert single.loss.ok and single.loss.outside == (6000,)  # one noisy window alone does not count
+    nan = assess({"s0": _run_log(tmp_path / "d.jsonl", loss=lambda it: math.nan if it >= 300 else 1.0)}, reference,
+                 max_iters=MAX_ITERS)
+    assert nan.verdict == DIVERGED and nan.loss.nonfinite == 300
+
+
+def test_effective_batch_differing_is_said_beside_the_verdict(tmp_path):
+    reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    run = _run_log(tmp_path / "a.jsonl")
+    small = assess({"s0": run.__class__(**{**run.__dict__, "effective_batch": 2})}, reference, max_iters=MAX_ITERS)
+    assert small.batch_note == "effective batch 2, published 8"
+    assert small.summary() == "on track [effective batch 2, published 8]"

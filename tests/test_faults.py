@@ -1,0 +1,245 @@
+"""Faults on the way: a full disk (for real, on a size-limited tmpfs), a corrupt latest.pth on
+resume, and the bookkeeping of a run trained in several attempts.
+
+Every training here is the real thing on the smoke model and a tiny synthetic VOC set; one
+uninterrupted reference run, shared by the module, is what resumed runs must match bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.checkpoint import load_checkpoint
+from benchmark.cli import main as cli_main
+from benchmark.engine.attempts import read_attempts, totals
+from benchmark.engine.checkpointer import read_manifest
+from benchmark.engine.train import train
+from benchmark.errors import NLBenchError, TrainingInterrupted
+from benchmark.io.files import append_line, file_sha256
+from benchmark.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
+QUIET = lambda _msg: None  # noqa: E731
+
+
+def _recipe(data_root: Path, max_iters: int = 4):
+    return load_recipe(ROW, [f"schedule.max_iters={max_iters}", "schedule.checkpoint_interval=2",
+                             f"schedule.eval_interval={max_iters}", f"data.data_root={data_root}",
+                             "data.synthetic.train=4", "data.synthetic.val=1", "data.crop_size=[32,32]",
+                             "data.imgs_per_gpu=1"],
+                       profile="smoke")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 4-iteration run: (recipe, its final weights)."""
+    base = tmp_path_factory.mktemp("reference")
+    recipe = _recipe(base / "voc")
+    train(recipe, base / "work", device="cpu", log=QUIET)
+    return recipe, load_checkpoint(base / "work" / "latest.pth")["state_dict"]
+
+
+def _same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _stop_at(iteration: int):
+    steps = []
+    return dict(step_callback=lambda it, _m: steps.append(it), stop_requested=lambda: len(steps) >= iteration)
+
+
+def _temporary_files(folder: Path):
+    return [p for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+# ----------------------------------------------------------------------------- a small disk
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A size-limited tmpfs mounted for this test (root only), unmounted by a finalizer."""
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"disk-{size}"
+        mnt.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip(f"mounting a tmpfs needs root; running as uid {os.geteuid()}")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "nlbench-test", str(mnt)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a size-limited tmpfs here: {(proc.stderr or proc.stdout).strip()}")
+        request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(mnt)], capture_output=True))
+        return mnt
+
+    return mount
+
+
+def _fill(disk: Path, leave: int = 0, name: str = "filler") -> Path:
+    """Fill ``disk`` up to ``leave`` free bytes (a real ENOSPC for whatever writes more)."""
+    filler = disk / name
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 20))
+                fh.flush()
+        except OSError:
+            pass
+    st = os.statvfs(disk)
+    free = st.f_bavail * st.f_frsize
+    if leave > free:
+        os.truncate(filler, max(filler.stat().st_size - (leave - free), 0))
+    return filler
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_resume_uses_it(reference, small_disk, tmp_path):
+    recipe, final = reference
+    disk = small_disk("240m")  # two smoke checkpoints (~90 MB each) and a little more
+    work = disk / "work"  # the data stays off the small disk
+
+    def fill_after_the_first_checkpoint(it, _model):
+        if it == 3:
+            _fill(disk, leave=256 << 10)  # logs still fit; the next checkpoint does not
+
+    with pytest.raises(NLBenchError) as info:
+        train(recipe, work, device="cpu", log=QUIET, step_callback=fill_after_the_first_checkpoint)
+    message = str(info.value)
+    assert f"{work / 'iter_4.pth'}: cannot write checkpoint: No space left on device" == message
+    # The previous checkpoint is intact, latest.pth still names it, and nothing half-written remains.
+    assert not (work / "iter_4.pth").exists() and not _temporary_files(disk)
+    assert os.path.samefile(work / "latest.pth", work / "iter_2.pth")
+    assert read_manifest(work) == {"iter_2.pth": file_sha256(work / "iter_2.pth")}
+    assert load_checkpoint(work / "latest.pth")["iteration"] == 2
+
+    (disk / "filler").unlink()
+    said = []
+    summary = train(recipe, work, resume=True, device="cpu", log=said.append)
+    assert summary["start_iteration"] == 2
+    assert f"resume: continuing from {work / 'latest.pth'} at iteration 2" in said
+    assert _same_weights(load_checkpoint(work / "latest.pth")["state_dict"], final)
+
+
+def test_a_full_disk_fails_a_record_a_table_and_a_log_line_cleanly(small_disk, tmp_path, capsys):
+    from benchmark.run.records import load_records, provenance, write_record
+
+    disk = small_disk("4m")
+    results = disk / "results"
+    recipe = load_recipe(ROW, profile="smoke")
+    record = {"kind": "eval", "recipe": ROW, "profile": "smoke", "seed": 0, "iterations": 2, "wall_time_s": 1.0,
+              "gpu_hours": None, "metrics": {"aAcc": 90.0, "mIoU": 40.0, "mAcc": 50.0}, "mem_gb": None,
+              "fps": None, "provenance": provenance(recipe, device="cpu")}
+    first = write_record(results, record)
+    readme = tmp_path / "README.md"
+    readme.write_text("# results\n")
+    assert cli_main(["tables", "--results", str(results), "--readme", str(readme)]) == 0
+    assert cli_main(["collect", "--results", str(results)]) == 0
+    tables, summary, log = results / "tables.md", results / "summary.csv", disk / "train.log.jsonl"
+    append_line(log, '{"iteration": 1}')
+    kept = {p: p.read_bytes() for p in (first, tables, summary, log)}
+    capsys.readouterr()
+
+    _fill(disk, leave=8192)
+    with pytest.raises(NLBenchError, match="cannot append: .*(No space left|short write)"):
+        append_line(log, json.dumps({"iteration": 2, "pad": "x" * 65536}))  # more than fits: no torn line
+    _fill(disk, name="filler2")  # not a byte left
+    with pytest.raises(NLBenchError, match="No space left on device") as info:
+        write_record(results, record)
+    assert str(first.parent) in str(info.value)
+    assert cli_main(["tables", "--results", str(results), "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"nlbench tables: error: {tables}: cannot write: No space left on device"]
+    assert cli_main(["collect", "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"nlbench collect: error: {summary}: cannot write: No space left on device"
+
+    # Every earlier file is intact and readable; no temporary file is left behind.
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert [r["_path"] for r in load_records(results)[0]] == [str(first)]
+    assert not _temporary_files(disk)
+
+
+# ----------------------------------------------------------------------------- a corrupt latest.pth
+
+
+def test_a_corrupt_latest_falls_back_to_the_newest_intact_checkpoint(reference, tmp_path):
+    recipe, final = reference
+    work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted):
+        train(recipe, work, device="cpu", log=QUIET, **_stop_at(3))  # iter_2.pth, then iter_3.pth = latest.pth
+    latest = work / "latest.pth"
+    assert os.path.samefile(latest, work / "iter_3.pth")
+    assert set(read_manifest(work)) == {"iter_2.pth", "iter_3.pth"}
+
+    # 4 KiB zeroed in the middle: torch's zip reader checks no CRC, the recorded sha256 does.
+    size = latest.stat().st_size
+    with open(latest, "r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(b"\0" * 4096)
+    assert file_sha256(latest) not in read_manifest(work).values()
+
+    said = []
+    summary = train(recipe, work, resume=True, device="cpu", log=said.append)
+    warning = next(line for line in said if line.startswith("warning: resume:"))
+    assert str(latest) in warning and str(work / "iter_2.pth") in warning and "sha256" in warning
+    assert f"resume: continuing from {work / 'iter_2.pth'} at iteration 2" in said
+    assert summary["start_iteration"] == 2 and summary["iterations"] == 4
+    assert _same_weights(load_checkpoint(latest)["state_dict"], final)
+
+
+def test_the_eval_stage_refuses_a_latest_that_is_not_what_training_wrote(tmp_path):
+    from benchmark.run.job import Job, Resources, run_job
+    from benchmark.run.state import read_state
+
+    recipe = _recipe(tmp_path / "voc")
+    work = tmp_path / "results" / "work"
+    work.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, work / "iter_2.pth")
+    os.link(work / "iter_2.pth", work / "latest.pth")
+    (work / "checkpoints.sha256").write_text(f"{file_sha256(work / 'iter_2.pth')}  iter_2.pth\n")
+    with open(work / "latest.pth", "r+b") as fh:  # damaged on disk after training
+        fh.seek(40)
+        fh.write(b"\xff" * 8)
+    job = Job(recipe, 0, ("eval",), str(tmp_path / "results"), str(work), str(tmp_path / "voc"), Resources(), 10, None)
+    with pytest.raises(NLBenchError, match="latest.pth matches no sha256 recorded in checkpoints.sha256"):
+        run_job(job)
+    assert read_state(work)["state"] == "failed"
+
+
+# ----------------------------------------------------------------------------- attempts
+
+
+def test_a_run_trained_in_three_attempts_records_their_totals(tmp_path):
+    from benchmark.run.job import Job, Resources, StopFlag, run_job
+
+    recipe = _recipe(tmp_path / "voc", max_iters=3)
+    results, work = tmp_path / "results", tmp_path / "results" / "work"
+    job = Job(recipe, 0, ("train",), str(results), str(work), str(tmp_path / "voc"), Resources(), 10, None)
+    for _ in range(2):  # two attempts stopped (a SLURM preemption asks for it) one iteration in
+        stop = StopFlag()
+        stop.request()
+        with pytest.raises(TrainingInterrupted):
+            run_job(job, stop)
+    written = run_job(job)
+
+    entries = read_attempts(work)
+    assert [(e["start_iteration"], e["iteration"], e["outcome"]) for e in entries] == [
+        (0, 1, "interrupted"), (1, 2, "interrupted"), (2, 3, "done")]
+    record = json.loads(Path(written["train"]).read_text())
+    assert record["attempts"] == 3
+    assert record["wall_time_s"] == pytest.approx(sum(e["wall_time_s"] for e in entries))
+    assert record["wall_time_s"] > entries[-1]["wall_time_s"]
+    assert record["mem_gb"] == max(e["peak_mem_gb"] for e in entries)
+    assert record["gpu_hours"] is None  # CPU attempts: no GPU-hours
+
+
+def test_attempt_totals_sum_time_and_gpu_hours_and_take_the_peak():
+    entries = [{"wall_time_s": 3600.0, "gpu_hours": 4.0, "peak_mem_gb": 7.5},
+               {"wall_time_s": 1800.0, "gpu_hours": 2.0, "peak_mem_gb": 7.9},
+               {"wall_time_s": 60.0, "gpu_hours": None, "peak_mem_gb": None}]  # lost before it measured
+    assert totals(entries) == {"attempts": 3, "total_wall_time_s": 5460.0, "total_gpu_hours": 6.0,
+                               "max_peak_mem_gb": 7.9}
