@@ -125,6 +125,13 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", help="write the figures as JSON")
     _device(p)
     p.add_argument("--skip-mem", action="store_true", help="measure fps only")
+    p.add_argument("--settings", default="published,fast", metavar="published,fast",
+                   help="measurement settings, comma-separated (default both): published = as the table was "
+                        "measured (explicit attention, fp32, no TF32, Mem inside DDP); fast = nlbench's fast path "
+                        "(SDPA, bf16 where native, channels_last, TF32); see docs/BENCHMARKS.md")
+    p.add_argument("--train-step", action="store_true",
+                   help="also the median seconds per training iteration and its peak memory, at the recipe's "
+                        "per-GPU batch and crop, in each setting")
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
@@ -215,6 +222,16 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                         "--reference released`); a diverged row fails")
 
 
+def _gpu_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="gpu-report", help="folder for gpu_report.md and gpu_report.json")
+    p.add_argument("--dry-run", action="store_true",
+                   help="every part at tiny sizes (on the CPU when there is no GPU): checks the command")
+    _device(p)
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="seconds; the torch.compile part runs only if under half of it is spent (default 420)")
+    p.add_argument("--skip-tests", action="store_true", help="leave out the gpu-marked tests")
+
+
 VERBS: Tuple[Verb, ...] = (
     Verb("predict", "benchmark.engine.predict:predict_command",
          "segment one image with a checkpoint and write a colour prediction PNG", _predict_args),
@@ -227,7 +244,10 @@ VERBS: Tuple[Verb, ...] = (
     Verb("eval", "benchmark.engine.evaluate:eval_command",
          "evaluate a checkpoint on the validation split (aAcc, mIoU, mAcc, per class)", _eval_args),
     Verb("bench", "benchmark.engine.bench:bench_command",
-         "Inf time (fps) and training Mem (GB), measured as published", _bench_args),
+         "Inf time (fps) and training Mem (GB): as published, and nlbench's fast path beside", _bench_args),
+    Verb("gpu-report", "benchmark.report.gpu_report:gpu_report_command",
+         "on one GPU: both settings' fps, Mem and training step for R-50/R-101, the attention alone, "
+         "bf16 agreement, the gpu tests -> gpu_report.md/.json", _gpu_report_args),
     Verb("list", "benchmark.catalog:list_command", "list every recipe with its published numbers", _list_args),
     Verb("show", "benchmark.catalog:show_command", "print a fully resolved recipe", _recipe),
     Verb("run-all", "benchmark.launch.run_all:run_all_command",

@@ -141,6 +141,8 @@ class RuntimeConfig(_Strict):
     seed: int = 0
     amp: Optional[Literal["bf16", "fp16"]] = None
     channels_last: bool = False
+    # torch.compile of the training step's model (and of the `fast` bench setting's); off by default.
+    compile: bool = False
     cudnn_benchmark: bool = True  # on in training, as published
     sync_bn: bool = True  # used whenever the world size is > 1
 
@@ -149,6 +151,9 @@ class BenchConfig(_Strict):
     warmup_images: int = Field(5, ge=0)
     total_images: int = Field(200, gt=0)
     mem_iters: int = Field(5, gt=0)
+    # `nlbench bench --train-step`: untimed warm-up iterations (autotuning, compilation), then timed ones.
+    train_step_warmup: int = Field(2, ge=1)
+    train_step_iters: int = Field(10, gt=0)
 
 
 class ReleaseConfig(_Strict):

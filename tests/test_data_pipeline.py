@@ -289,3 +289,12 @@ def test_val_samples_shard_without_overlap(city):
     assert sorted(shards[0] + shards[1]) == sorted(names) and not set(shards[0]) & set(shards[1])
     name, image, label = next(val_samples(val))
     assert image.dtype == np.uint8 and image.shape == (48, 64, 3) and label.shape == (48, 64)
+
+
+@pytest.mark.gpu
+def test_batches_for_a_cuda_device_come_pinned_from_persistent_workers(city):
+    train, _, pipe = city
+    kw = dict(dataset=train, pipeline=pipe, imgs_per_gpu=2, seed=3)
+    pinned = take(3, num_workers=2, pin_memory=True, **kw)  # what train() asks for on a CUDA device
+    assert all(images.is_pinned() and labels.is_pinned() for _, images, labels in pinned)
+    assert same(take(3, **kw), pinned)  # the same batches: pinning only changes where they lie

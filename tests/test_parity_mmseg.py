@@ -23,6 +23,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from mmseg_side import MMSEG_PREAMBLE
 
 MMSEG_PYTHON = os.environ.get("NLBENCH_MMSEG_PYTHON")
 
@@ -32,43 +33,15 @@ pytestmark = [
     pytest.mark.skipif(not MMSEG_PYTHON, reason="set NLBENCH_MMSEG_PYTHON to an interpreter with mmsegmentation 1.2.2"),
 ]
 
-# Runs inside MMSeg's interpreter. It only imports and calls MMSeg; no MMSeg code is copied here.
-MMSEG_SCRIPT = r'''
-import json, os, sys, types
-import numpy as np
-import torch
-
-class _OpsStandIn(types.ModuleType):
-    """mmcv-lite has no compiled ops; mmseg.models imports some at load time. None is used here."""
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return type(name, (), {})
-
-sys.modules["mmcv.ops"] = _OpsStandIn("mmcv.ops")
-
-import mmseg
+# Runs inside MMSeg's interpreter (after tests/mmseg_side.py's preamble). It only imports and calls
+# MMSeg; no MMSeg code is copied here.
+MMSEG_SCRIPT = MMSEG_PREAMBLE + r'''
 from mmcv.transforms import Compose
-from mmengine.config import Config
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
-from mmengine.structures import PixelData
 from mmseg.utils import register_all_modules
 
 register_all_modules()
 out = sys.argv[1]
-CONFIGS = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", "nonlocal_net")
-
-
-def to_bn(node):
-    if isinstance(node, dict):
-        if node.get("type") == "SyncBN":
-            node["type"] = "BN"
-        for v in node.values():
-            to_bn(v)
-    elif isinstance(node, list):
-        for v in node:
-            to_bn(v)
 
 
 def build(config_name, test_cfg, seed):
@@ -172,12 +145,7 @@ gen = torch.Generator().manual_seed(3)
 x = torch.randn((2, 3, 64, 128), generator=gen)
 label = torch.randint(0, 19, (2, 64, 128), generator=gen)
 label[:, :10] = 255
-samples = []
-for i in range(2):
-    s = SegDataSample()
-    s.gt_sem_seg = PixelData(data=label[i:i + 1])
-    s.set_metainfo(dict(img_shape=(64, 128), ori_shape=(64, 128), pad_shape=(64, 128)))
-    samples.append(s)
+samples = seg_samples(label)
 with torch.no_grad():
     losses = whole.loss(x, samples)
 torch.save({"x": x, "label": label}, os.path.join(out, "loss_batch.pth"))

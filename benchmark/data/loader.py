@@ -91,11 +91,13 @@ def _collate(items):
 
 def train_batches(dataset: SegDataset, pipeline: Pipeline, imgs_per_gpu: int, seed: int, rank: int = 0,
                   world_size: int = 1, start_iter: int = 0, num_workers: int = 0,
-                  pin_memory: bool = False) -> Iterator[Batch]:
+                  pin_memory: bool = False, prefetch_factor: int = 4) -> Iterator[Batch]:
     """Endless ``(iteration, images [N,3,H,W] float32, labels [N,H,W] int64)`` from ``start_iter`` on.
 
     Batches depend only on (seed, iteration, rank, world_size, dataset, pipeline), never on
-    ``num_workers`` or on where the run started."""
+    ``num_workers`` or on where the run started. With workers, each keeps ``prefetch_factor``
+    batches ready and the workers persist for the whole run; ``pin_memory`` (for a CUDA device) puts
+    batches in page-locked memory so that their copies to the device can be asynchronous."""
     if imgs_per_gpu <= 0:
         raise ValueError("imgs_per_gpu must be positive")
     if not 0 <= rank < world_size:
@@ -109,8 +111,8 @@ def train_batches(dataset: SegDataset, pipeline: Pipeline, imgs_per_gpu: int, se
         cv2.setNumThreads(0)
     keys = itertools.count(start_iter * imgs_per_gpu)
     loader = DataLoader(samples, batch_size=imgs_per_gpu, sampler=keys, num_workers=num_workers,
-                        collate_fn=_collate, pin_memory=pin_memory,
-                        persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
+                        collate_fn=_collate, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                        prefetch_factor=prefetch_factor if num_workers > 0 else None)
     for iteration, images, labels in loader:
         if images is None:
             raise NLBenchError(labels)  # the reader's message, naming the file

@@ -46,7 +46,8 @@ def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms
         if ms_flip:
             scores = predict_ms_flip_probs(model, image, recipe, info.device)
         else:
-            scores = predict_logits(model, image, recipe, info.device)
+            # The recipe's layout: evaluation figures as they always were (no CPU channels_last).
+            scores = predict_logits(model, image, recipe, info.device, channels_last=recipe.runtime.channels_last)
         metric.update(scores.argmax(dim=0), label)
         if bar is not None:
             bar.update(1)

@@ -20,7 +20,7 @@ from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.data.classes import PALETTES
 from benchmark.data.datasets import read_image_file
 from benchmark.engine.distributed import resolve_device
-from benchmark.engine.inference import keep_freed_memory_for_reuse, predict_logits
+from benchmark.engine.inference import predict_logits
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes
 from benchmark.models.segmentor import build_segmentor
@@ -82,7 +82,6 @@ def check_target(path: Path, flag: str) -> None:
 def predict_command(recipe: str, checkpoint: str, image: str, out: str, logits: Optional[str] = None,
                     overrides: Sequence[str] = (), profile: str = "full", device: str = "auto") -> int:
     """`nlbench predict`."""
-    keep_freed_memory_for_reuse()  # a one-shot CLI process: faster big-tensor allocation
     resolved = load_recipe(recipe, overrides, profile)
     dev = resolve_device(device)
     logits_out = Path(logits) if logits else None

@@ -1,5 +1,6 @@
 """The optimisation parts that training and the Mem benchmark share: the recipe's optimizer,
-autocast and gradient scaler, and one training step.
+autocast and gradient scaler, the model's losses as a module (DDP, torch.compile), and one training
+step.
 
 One step is: forward under autocast, zero the gradients, backward (through the scaler for fp16),
 optimizer step. MMSeg's optimizer hook zeroes gradients before backward as well, so the order of
@@ -13,6 +14,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from benchmark.recipe import ScheduleConfig
 
@@ -25,6 +27,30 @@ def autocast(amp: Optional[str], device: torch.device):
     if amp is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+class LossModel(nn.Module):
+    """Puts ``model.losses`` behind ``forward`` so DistributedDataParallel's hooks (and
+    torch.compile) see the call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.model.losses(images, labels)
+
+
+def build_loss_model(model: nn.Module, device: torch.device, ddp: bool, compile: bool = False) -> nn.Module:
+    """``model``'s losses as a module: inside DistributedDataParallel when ``ddp`` (a process group
+    must exist), then compiled when ``compile`` (``runtime.compile``). Checkpoints keep reading
+    ``model`` itself, so its state-dict keys never change."""
+    wrapped: nn.Module = LossModel(model)
+    if ddp:
+        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
 
 
 def make_optimizer(model: nn.Module, schedule: ScheduleConfig) -> torch.optim.SGD:

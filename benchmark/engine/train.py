@@ -35,7 +35,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from benchmark.data.datasets import SegDataset
 from benchmark.engine import distributed
@@ -46,7 +45,7 @@ from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
 from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.guard import Guard
 from benchmark.engine.mmseg_log import MMSEG_LOG_NAME, MMSeg0xLogSink
-from benchmark.engine.steps import make_optimizer, make_scaler, train_step
+from benchmark.engine.steps import build_loss_model, make_optimizer, make_scaler, train_step
 from benchmark.engine.tensorboard_sink import tensorboard_sink
 from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
 from benchmark.errors import DIVERGED_EXIT_CODE, NLBenchError, RunDiverged, TrainingInterrupted
@@ -79,23 +78,12 @@ def iteration_seed(seed: int, iteration: int, rank: int) -> int:
 # ----------------------------------------------------------------------------- building
 
 
-class _LossModel(nn.Module):
-    """Puts ``model.losses`` behind ``forward`` so DistributedDataParallel's hooks see the call."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return self.model.losses(images, labels)
-
-
 @dataclass
 class Training:
     """Everything the loop works with, built once."""
 
     model: nn.Module
-    loss_model: nn.Module  # the model's losses, wrapped in DDP when there are several ranks
+    loss_model: nn.Module  # the model's losses, in DDP when there are several ranks, compiled on request
     optimizer: torch.optim.Optimizer
     scaler: Optional[torch.amp.GradScaler]
     train_set: SegDataset
@@ -150,11 +138,8 @@ def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Opti
     del point
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = recipe.runtime.cudnn_benchmark
-    loss_model: nn.Module = _LossModel(model)
-    if info.world_size > 1:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        loss_model = DistributedDataParallel(loss_model, device_ids=device_ids)
-    return Training(model, loss_model, optimizer, scaler, train_set, val_set, start_iter, memory_format, effective)
+    losses = build_loss_model(model, info.device, ddp=info.world_size > 1, compile=recipe.runtime.compile)
+    return Training(model, losses, optimizer, scaler, train_set, val_set, start_iter, memory_format, effective)
 
 
 def published_recipe(recipe: Recipe) -> Recipe:
@@ -200,7 +185,8 @@ def _batches(recipe: Recipe, run: Training, info: DistInfo) -> Batches:
 
     data, rt = recipe.data, recipe.runtime
     return train_batches(run.train_set, build_train_pipeline(data), data.imgs_per_gpu, rt.seed, info.rank,
-                         info.world_size, run.start_iter, data.workers_per_gpu)
+                         info.world_size, run.start_iter, data.workers_per_gpu,
+                         pin_memory=info.device.type == "cuda")  # then _next_batch's copies are asynchronous
 
 
 # ----------------------------------------------------------------------------- one iteration
@@ -215,8 +201,11 @@ def _next_batch(batches: Batches, it: int, run: Training, device: torch.device) 
 
 
 def _iteration(recipe: Recipe, run: Training, it: int, images: torch.Tensor, labels: torch.Tensor,
-               info: DistInfo) -> Tuple[float, Dict[str, float]]:
-    """Set the poly lr, seed dropout from (seed, it, rank), take one step; returns (lr, loss terms)."""
+               info: DistInfo) -> Tuple[float, Dict[str, torch.Tensor]]:
+    """Set the poly lr, seed dropout from (seed, it, rank), take one step; returns (lr, loss terms).
+
+    The loss terms stay on the device, unsynchronised: the logger reads them at log intervals, before
+    checkpoints and evaluations, and stops the run on a non-finite loss (train_log.TrainLogger)."""
     sched = recipe.schedule
     lr = poly_lr(sched.lr, sched.min_lr, sched.power, it, sched.max_iters)
     for group in run.optimizer.param_groups:
@@ -224,11 +213,7 @@ def _iteration(recipe: Recipe, run: Training, it: int, images: torch.Tensor, lab
     torch.manual_seed(iteration_seed(recipe.runtime.seed, it, info.rank))
     losses = train_step(run.loss_model, images, labels, run.optimizer, run.scaler, recipe.runtime.amp,
                         info.device)
-    values = {k: float(losses[k].detach()) for k in ("loss", "loss_decode", "loss_aux") if k in losses}
-    if not np.isfinite(values["loss"]):
-        raise NLBenchError(f"loss is {values['loss']} at iteration {it + 1}; lower schedule.lr or check the data",
-                           recipe.source, "schedule.lr")
-    return lr, values
+    return lr, {k: losses[k].detach() for k in ("loss", "loss_decode", "loss_aux") if k in losses}
 
 
 def _stop_now(stop_requested: Optional[Callable[[], bool]], done: int, max_iters: int, device: torch.device) -> bool:
@@ -294,7 +279,7 @@ def train(
     peak = TrainingPeak(info.device)
     checkpoints = Checkpointer(work_dir, recipe, info, _attempt_ledger(work_dir, run, info, started, peak))
     metrics: Optional[Dict[str, Any]] = None
-    loss: Optional[float] = None
+    loss: Optional[torch.Tensor] = None  # on the device; read once, at the end
     batches = _batches(recipe, run, info)
     run.model.train()
     tick = time.perf_counter()
@@ -321,7 +306,7 @@ def train(
     logger.event("end", iteration=sched.max_iters, wall_time_s=wall)
     return {
         "iterations": sched.max_iters, "start_iteration": run.start_iter, "wall_time_s": wall,
-        "final_loss": loss, "metrics": metrics or last_evaluation(work_dir / LOG_NAME),
+        "final_loss": None if loss is None else float(loss), "metrics": metrics or last_evaluation(work_dir / LOG_NAME),
         "checkpoint": checkpoints.final_path(), "guard": guard.evidence(),
         "work_dir": str(work_dir), "world_size": info.world_size, "effective_batch": run.effective_batch,
         "peak_mem_gb": (mem := distributed.all_reduce_max(peak.gb(), info.device)), "mem_kind": peak.kind,
@@ -349,7 +334,8 @@ def _start_log(recipe: Recipe, run: Training, info: DistInfo, work_dir: Path, re
     sinks = log_sinks(recipe, work_dir, resume, log) if info.is_main else []
     sinks += [guard.sink] if guard.sink is not None else []
     logger = TrainLogger(sinks, enabled=info.is_main, max_iters=sched.max_iters, start_iter=run.start_iter,
-                         log_interval=sched.log_interval, log=log)
+                         log_interval=sched.log_interval, log=log,
+                         read_every=(sched.checkpoint_interval, sched.eval_interval), source=recipe.source)
     guard.say = logger.note
     logger.event("start", iteration=run.start_iter, max_iters=sched.max_iters, recipe=recipe.name,
                  profile=recipe.profile, world_size=info.world_size, effective_batch=run.effective_batch,
@@ -380,6 +366,7 @@ def _periodic_eval(recipe: Recipe, run: Training, info: DistInfo, peak: Training
 def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer, logger: TrainLogger,
                log: Optional[Log]) -> None:
     """Save the state where training stands (unless just saved) and raise TrainingInterrupted."""
+    logger.read_losses()  # a non-finite loss since the last read fails the run here, before the save
     if not saved:
         checkpoints.save(done, run.model, run.optimizer, run.scaler)
     checkpoints.ended(done, "interrupted")

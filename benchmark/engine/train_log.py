@@ -3,6 +3,11 @@ line every ``schedule.log_interval`` iterations, and a progress bar when stderr 
 
 Train lines hold the means over the interval of the loss terms, the step and data times, the lr
 and the peak memory so far; event lines (start, eval, interrupted, end) carry an ``event`` key.
+
+The loss terms arrive as device tensors and stay there until they are read, all at once (one host
+synchronisation), at the end of a log interval, before a checkpoint or an evaluation
+(``read_every``) and at the end of the run: a GPU is never made to wait for the host in between. A
+non-finite loss found then stops the run with an error naming the iteration where it first appeared.
 Every line goes to each of the logger's sinks (``LogSink``): the JSON-lines file is one; other
 formats of the same lines are others.
 """
@@ -13,15 +18,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
+from benchmark.errors import NLBenchError
 from benchmark.io.files import append_json_line
 
 LOG_NAME = "train.log.jsonl"
 Log = Callable[[str], None]
 WINDOW_KEYS = ("loss", "loss_decode", "loss_aux", "time", "data_time")
+LossTerms = Dict[str, Union[torch.Tensor, float]]
 
 
 class LogSink(Protocol):
@@ -51,18 +59,32 @@ class JsonLinesSink:
         pass
 
 
+def _host_floats(values: List[Union[torch.Tensor, float]]) -> List[float]:
+    """Scalars -> floats; device tensors are stacked and copied once (one synchronisation)."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if len(tensors) < len(values) or len({t.device for t in tensors}) > 1:
+        return [float(v) for v in values]
+    return torch.stack([t.detach().float().reshape(()) for t in tensors]).tolist()
+
+
 def hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class TrainLogger:
-    """``sinks`` receive every line; with ``enabled`` False (ranks other than 0) nothing is written."""
+    """``sinks`` receive every line; with ``enabled`` False (ranks other than 0) nothing is written,
+    but the loss terms are still read and checked, at the same iterations on every rank.
+
+    ``read_every``: intervals (checkpoint, evaluation) at whose multiples the loss terms are read even
+    between log lines; ``source``: the recipe file, named by the non-finite-loss error."""
 
     def __init__(self, sinks: Sequence[LogSink], enabled: bool, max_iters: int, start_iter: int,
-                 log_interval: int, log: Log):
+                 log_interval: int, log: Log, read_every: Sequence[int] = (), source: str = ""):
         self.sinks, self.enabled = list(sinks) if enabled else [], enabled
         self.max_iters, self.log_interval = max_iters, log_interval
+        self.read_every, self.source = tuple(read_every), source
+        self.pending: List[Tuple[int, LossTerms]] = []  # (iteration done, loss terms not read yet)
         self.bar = self._progress(start_iter) if enabled else None
         self.say: Log = self.bar.write if self.bar is not None else log
         self.window: Dict[str, List[float]] = {k: [] for k in WINDOW_KEYS}
@@ -81,18 +103,39 @@ class TrainLogger:
     def event(self, name: str, **fields: Any) -> None:
         self.write({"event": name, **fields, "time": time.time()})
 
-    def step(self, done: int, lr: float, losses: Dict[str, float], step_time: float, data_time: float,
+    def step(self, done: int, lr: float, losses: LossTerms, step_time: float, data_time: float,
              peak_gb: float, mem_kind: str) -> None:
-        """One finished iteration; a log line when ``done`` ends a log interval or the run."""
-        for key, value in losses.items():
-            self.window[key].append(value)
+        """One finished iteration (loss terms as device tensors or floats); the terms are read when
+        ``done`` ends a log interval, precedes a checkpoint or an evaluation, or ends the run, and a
+        log line is written at the end of a log interval or of the run."""
+        self.pending.append((done, losses))
         self.window["time"].append(step_time)
         self.window["data_time"].append(data_time)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
-        if done % self.log_interval == 0 or done == self.max_iters:
+        line = done % self.log_interval == 0 or done == self.max_iters
+        if line or any(done % n == 0 for n in self.read_every):
+            self.read_losses(lr)
+        if line:
             self._flush(done, lr, peak_gb, mem_kind)
+
+    def read_losses(self, lr: Optional[float] = None) -> None:
+        """Bring the pending loss terms to the host in one synchronisation and check them: a
+        non-finite loss raises NLBenchError naming the first iteration that had one."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        values = _host_floats([v for _, terms in pending for v in terms.values()])
+        keys = list(pending[0][1])
+        for row, (done, _) in enumerate(pending):
+            terms = dict(zip(keys, values[row * len(keys):(row + 1) * len(keys)]))
+            if not np.isfinite(terms["loss"]):
+                raise NLBenchError(f"loss is {terms['loss']} at iteration {done}; lower schedule.lr or check the "
+                                   "data", self.source or None, "schedule.lr")
+            for key, value in terms.items():
+                self.window[key].append(value)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.window['loss'][-1]:.4f}", **({"lr": f"{lr:.2e}"} if lr else {}))
 
     def _flush(self, done: int, lr: float, peak_gb: float, mem_kind: str) -> None:
         entry: Dict[str, Any] = {"iteration": done, "lr": lr}

@@ -44,10 +44,26 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         if self.bn is not None:
-            x = self.bn(x)
+            x = norm_fresh(self.bn, x)
         if self.activate is not None:
             x = self.activate(x)
         return x
+
+
+def norm_fresh(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for an ``x`` that nothing else holds (a convolution's fresh output).
+
+    When no gradient is recorded, an eval-mode BatchNorm on a float32 CPU tensor writes its result
+    into ``x`` itself, with the very kernel ``norm(x)`` runs (the same bits): one activation-sized
+    buffer fewer per norm, 256 MB at stage 4 of a 1024x2048 input. Anywhere else it is ``norm(x)``."""
+    if (type(norm) is nn.BatchNorm2d and not norm.training and norm.running_mean is not None
+            and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+        empty = x.new_empty(0)
+        torch.ops.aten.native_batch_norm.out(x, norm.weight, norm.bias, norm.running_mean, norm.running_var,
+                                             False, 0.0, norm.eps, out=x, save_mean=empty, save_invstd=empty.clone())
+        return x
+    return norm(x)
 
 
 def kaiming_init_(conv: nn.Conv2d) -> None:

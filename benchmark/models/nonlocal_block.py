@@ -87,5 +87,10 @@ class NonLocal2d(nn.Module):
         phi = self.phi(x).flatten(2).transpose(1, 2)
         g = self.g(x).flatten(2).transpose(1, 2)
         y = self.attend(theta, phi, g)
-        y = y.transpose(1, 2).reshape(b, self.inter_channels, h, w)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # (B, HW, C') is already the memory of a channels_last (B, C', H, W) tensor: a view, no copy,
+            # and conv_out then stays in the input's layout (no oneDNN reorder of y and of its output).
+            y = y.reshape(b, h, w, self.inter_channels).permute(0, 3, 1, 2)
+        else:
+            y = y.transpose(1, 2).reshape(b, self.inter_channels, h, w)
         return x + self.conv_out(y)

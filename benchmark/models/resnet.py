@@ -8,12 +8,35 @@ Module names (stem.0..8, layerN.i.convK/bnK, downsample.0/1) match MMSeg's check
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
 
-from benchmark.models.layers import NormLayer, constant_norm_init_, kaiming_init_
+from benchmark.models.layers import NormLayer, constant_norm_init_, kaiming_init_, norm_fresh
+
+
+def _shortcut(downsample: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The residual branch: ``x`` itself, or ``downsample`` = (1x1 conv, norm) of it."""
+    if downsample is None:
+        return x
+    return norm_fresh(downsample[1], downsample[0](x))
+
+
+def residual(main: Callable[[torch.Tensor], torch.Tensor], downsample: Optional[nn.Module], relu: nn.Module,
+             x: torch.Tensor) -> torch.Tensor:
+    """``relu(main(x) + shortcut(x))``.
+
+    Recording gradients (training), the shortcut is built first, as it always was: autograd then sums
+    the two gradients of ``x`` in the same order, and training stays bit-identical. Without (eval,
+    predict) the shortcut is added in place after the main branch, whose buffers are freed by then:
+    one activation-sized buffer fewer. The same forward arithmetic either way."""
+    if torch.is_grad_enabled():
+        identity = _shortcut(downsample, x)
+        return relu(main(x) + identity)
+    out = main(x)
+    out += _shortcut(downsample, x)
+    return relu(out)
 
 
 class BasicBlock(nn.Module):
@@ -35,11 +58,12 @@ class BasicBlock(nn.Module):
     def last_norm(self) -> nn.Module:
         return self.bn2
 
+    def main(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(norm_fresh(self.bn1, self.conv1(x)))
+        return norm_fresh(self.bn2, self.conv2(out))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return residual(self.main, self.downsample, self.relu, x)
 
 
 class Bottleneck(nn.Module):
@@ -63,12 +87,13 @@ class Bottleneck(nn.Module):
     def last_norm(self) -> nn.Module:
         return self.bn3
 
+    def main(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(norm_fresh(self.bn1, self.conv1(x)))
+        out = self.relu(norm_fresh(self.bn2, self.conv2(out)))
+        return norm_fresh(self.bn3, self.conv3(out))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return residual(self.main, self.downsample, self.relu, x)
 
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
@@ -152,10 +177,13 @@ class ResNetV1c(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     constant_norm_init_(m.last_norm, 0.0)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, keep: Optional[Sequence[int]] = None) -> Tuple[Optional[torch.Tensor], ...]:
+        """The four stage outputs; with ``keep``, only those stages' (the others are None), so that an
+        output no head reads is freed as soon as the next stage has consumed it (at a 1024x2048 input
+        stages 1-3 hold 320 MB in fp32 while stage 4 and the decode head run)."""
         x = self.maxpool(self.stem(x))
-        outs = []
+        outs: List[Optional[torch.Tensor]] = []
         for i in range(len(self.out_channels)):
             x = getattr(self, f"layer{i + 1}")(x)
-            outs.append(x)
+            outs.append(x if keep is None or i in keep else None)
         return tuple(outs)

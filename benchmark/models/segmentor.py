@@ -59,7 +59,7 @@ class EncoderDecoder(nn.Module):
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(img)
+        feats = self.backbone(img, keep=(self.decode_in_index,))
         logits = self.decode_head(feats[self.decode_in_index])
         return self.resize(logits, img.shape[-2:])
 

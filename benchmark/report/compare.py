@@ -4,7 +4,9 @@ The reference of full-profile records is the published table (results/published.
 are never set against it (a ResNet-18 on synthetic data says nothing about a full-size row) but against
 a committed smoke baseline, results/reference/smoke.csv, in the same columns plus ``profile`` and
 ``device``. Mem and fps depend on the hardware: they are compared only when the records were measured on
-the reference's device class (the published ones: one V100), and the output says so.
+the reference's device class (the published ones: one V100), and the output says so. The Mem and fps
+compared are a bench record's top-level ones, those of the ``published`` measurement setting; the
+``fast`` setting's figures (nlbench's fast path) are reported by tables, never gated.
 
 Results on checkpoints nlbench trained and on MMSeg's released checkpoints are compared separately,
 each in its own table with its own verdicts. Two methods decide the mIoU verdicts:
@@ -250,6 +252,8 @@ def _header_lines(refs: Dict[str, Reference], tolerance: float, ignored: List[st
         lines.append(f"profile {ref.profile}: reference {ref.label}; its Mem and fps were measured on {device}, "
                      f"so only records measured on a {device} are compared for them")
     lines.append(f"tolerance: {tolerance} mIoU points; Mem and fps: {HARDWARE_REL_TOL:.0%} of the reference")
+    lines.append("Mem and fps compared: each bench record's `published`-setting figures (measured as the table "
+                 "was); its `fast`-setting figures are nlbench's own and are never compared")
     for profile in ignored:
         lines.append(f"profile {profile}: not compared (no reference for it; smoke records are never compared "
                      "with the published full-size numbers)")

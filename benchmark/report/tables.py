@@ -29,6 +29,13 @@ ALIGN = {
     "ADE20K": "lllrllrrll",
     "Pascal VOC 2012 + Aug": "lllrllrrll",
 }
+# Reproduced tables add these after mIoU(ms+flip) when any record has fast-setting figures.
+FAST_HEADERS = ["Mem (fast)", "fps (fast)"]
+FAST_NOTE = ("Mem (GB) and Inf time (fps) are measured in the `published` setting (explicit attention, fp32 "
+             "without TF32, cudnn benchmark off, Mem inside DDP with gradients zeroed in place, softmax timed); "
+             "Mem (fast) and fps (fast) in nlbench's `fast` setting (SDPA, bf16 where the device has it, "
+             "channels_last, TF32, Mem without DDP), each with its ratio to the published-setting figure "
+             "(fps: the speed-up; Mem: the fraction). See docs/BENCHMARKS.md.")
 START = "<!-- nlbench:tables:start -->"
 END = "<!-- nlbench:tables:end -->"
 PROFILE_ORDER = {"full": 0, "smoke": 1}
@@ -96,10 +103,27 @@ def _stat(row: pd.Series, metric: str, digits: int) -> str:
     return format_stat(row[f"{metric}_mean"], row[f"{metric}_std"], int(row[f"{metric}_n"]), digits)
 
 
+def has_fast(summary: pd.DataFrame) -> bool:
+    """Whether any row has figures of the fast setting (then the tables show its columns)."""
+    return bool((summary.get("fps_fast_n", pd.Series(dtype=float)) > 0).any())
+
+
+def _fast_cell(row: pd.Series, metric: str, digits: int) -> str:
+    """The fast setting's figure with its ratio to the published-setting one: '5.43 (2.00x)'."""
+    text = _stat(row, f"{metric}_fast", digits)
+    fast, base = row[f"{metric}_fast_mean"], row[f"{metric}_mean"]
+    if text != "-" and base == base and base > 0:
+        text += f" ({fast / base:.2f}x)"
+    return text
+
+
 def reproduced_tables(summary: pd.DataFrame, published: pd.DataFrame, link_from: Path = REPO_ROOT) -> Dict[str, str]:
-    """Dataset -> the seed-format table filled with reproduced means (± std over seeds)."""
+    """Dataset -> the seed-format table filled with reproduced means (± std over seeds); with fast
+    figures, Mem (fast) and fps (fast) columns after mIoU(ms+flip)."""
     tables: Dict[str, str] = {}
     by_recipe = {name: grp for name, grp in summary.groupby("recipe")}
+    fast = has_fast(summary)
+    headers = HEADERS[:8] + FAST_HEADERS + HEADERS[8:] if fast else HEADERS
     for dataset, group in published.groupby("dataset", sort=False):
         rows = []
         for _, p in group.iterrows():
@@ -108,11 +132,13 @@ def reproduced_tables(summary: pd.DataFrame, published: pd.DataFrame, link_from:
                 continue
             for _, r in sorted(found.iterrows(), key=lambda item: _profile_rank(item[1]["profile"])):
                 method = p["method"] if r["profile"] == "full" else f"{p['method']} ({r['profile']})"
+                extra = [_fast_cell(r, "mem_gb", 1), _fast_cell(r, "fps", 2)] if fast else []
                 rows.append([method, p["backbone"], p["crop_size"], str(p["lr_schd"]), _stat(r, "mem_gb", 1),
-                             _stat(r, "fps", 2), _stat(r, "miou", 2), _stat(r, "miou_ms_flip", 2),
+                             _stat(r, "fps", 2), _stat(r, "miou", 2), _stat(r, "miou_ms_flip", 2), *extra,
                              *_links(p["recipe"], link_from)])
         if rows:
-            tables[dataset] = markdown_table(HEADERS, rows, ALIGN.get(dataset, "lllrllrrll"))
+            align = ALIGN.get(dataset, "lllrllrrll")
+            tables[dataset] = markdown_table(headers, rows, align[:8] + "ll" + align[8:] if fast else align)
     return tables
 
 
@@ -196,6 +222,8 @@ def _trained_markdown(summary: pd.DataFrame, published: pd.DataFrame, link_from:
         parts.append(f"**Profile `{profile}`**: {note} Mem and fps measured on: {devices}; Mem is {mem_kinds} "
                      "(the published ones: one V100, peak CUDA memory allocated in training).")
         parts.append("")
+    if has_fast(summary):
+        parts += [FAST_NOTE, ""]
     parts.append("Values are the mean over seeds, ± the standard deviation when there are several; "
                  "`-` means not measured.")
     parts.append("")

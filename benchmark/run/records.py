@@ -85,7 +85,7 @@ def _figure_problems(record: Dict[str, Any]) -> List[str]:
     iterations = record.get("iterations")
     if iterations is not None and not _is_count(iterations):
         problems.append(f"iterations: expected an integer or null, got {iterations!r}")
-    for key in ("wall_time_s", "gpu_hours", "mem_gb", "fps"):
+    for key in ("wall_time_s", "gpu_hours", "mem_gb", "fps", "train_step_s", "train_step_mem_gb"):
         value = record.get(key)
         if value is not None and not _is_number(value):
             problems.append(f"{key}: expected a number or null, got {value!r}")
@@ -94,6 +94,34 @@ def _figure_problems(record: Dict[str, Any]) -> List[str]:
         problems.append(f"attempts: expected an integer >= 1 or null, got {attempts!r}")
     if record.get("kind") == "bench" and not _is_number(record.get("fps")):
         problems.append(f"fps: required (a number) for a bench record, got {record.get('fps')!r}")
+    return problems
+
+
+# A bench record's ``fast`` object: nlbench's fast-path figures and the setting that made them
+# (benchmark/engine/settings.py); the top-level fps and mem_gb are the ``published`` setting's.
+FAST_NUMBERS = ("mem_gb", "infer_mem_gb", "train_step_s", "train_step_mem_gb")
+FAST_FLAGS = ("tf32", "cudnn_benchmark", "channels_last", "compile", "ddp", "grad_set_to_none", "softmax_in_timer")
+
+
+def _fast_problems(record: Dict[str, Any]) -> List[str]:
+    fast = record.get("fast")
+    if fast is None:
+        return []
+    if not isinstance(fast, dict):
+        return [f"fast: expected an object (the fast setting's figures) or null, got {type(fast).__name__}"]
+    problems = [] if _is_number(fast.get("fps")) else [f"fast.fps: expected a number, got {fast.get('fps')!r}"]
+    problems += [f"fast.{key}: expected a number or null, got {fast.get(key)!r}"
+                 for key in FAST_NUMBERS if fast.get(key) is not None and not _is_number(fast.get(key))]
+    if fast.get("attention") not in ("explicit", "sdpa"):
+        problems.append(f"fast.attention: expected explicit or sdpa, got {fast.get('attention')!r}")
+    if fast.get("amp") not in (None, "bf16", "fp16"):
+        problems.append(f"fast.amp: expected null, bf16 or fp16, got {fast.get('amp')!r}")
+    problems += [f"fast.{key}: expected true or false, got {fast.get(key)!r}"
+                 for key in FAST_FLAGS if not isinstance(fast.get(key), bool)]
+    measurement = (record.get("provenance") or {}).get("measurement") if isinstance(record.get("provenance"),
+                                                                                   dict) else None
+    if measurement is not None and not isinstance(measurement, dict):
+        problems.append("provenance.measurement: expected an object of setting name -> setting")
     return problems
 
 
@@ -140,7 +168,7 @@ def validate_record(record: Any) -> List[str]:
         # A foreign file: the rest of the checks would only add noise.
         return [f"schema: expected {SCHEMA!r}, got {record.get('schema')!r}"]
     problems = (_identity_problems(record) + _figure_problems(record) + _metrics_problems(record)
-                + _guard_problems(record))
+                + _fast_problems(record) + _guard_problems(record))
     if not isinstance(record.get("provenance"), dict):
         problems.append("provenance: expected an object (see records.provenance())")
     source = record.get("checkpoint_source")
