@@ -68,6 +68,10 @@ class HeadConfig(_Strict):
 
 class ModelConfig(_Strict):
     depth: Literal[18, 34, 50, 101]  # 18 and 34: the smoke profile's small trunks
+    # MMSeg's backbone.stem_channels and backbone.base_channels (64 in every published row); the
+    # smoke profile's trunks are narrower, which makes a smoke run several times cheaper.
+    stem_channels: int = Field(64, gt=0)
+    base_channels: int = Field(64, gt=0)
     num_classes: int = Field(gt=0)
     align_corners: bool = False
     decode_head: HeadConfig
@@ -145,6 +149,10 @@ class RuntimeConfig(_Strict):
     compile: bool = False
     cudnn_benchmark: bool = True  # on in training, as published
     sync_bn: bool = True  # used whenever the world size is > 1
+    # Intra-op threads of a run on the CPU (train, eval, bench); null: torch's default (the cores).
+    # CPU float sums depend on how the work is split over threads, so a fixed count gives the same
+    # numbers on any machine of one instruction set: the smoke profile sets 1.
+    cpu_threads: Optional[int] = Field(None, gt=0)
 
 
 class BenchConfig(_Strict):
@@ -382,6 +390,13 @@ def load_recipe(
         return Recipe.model_validate(_lists_to_tuples(tree))
     except ValidationError as exc:
         raise _format_validation_error(exc, path) from None
+
+
+def published_recipe(recipe: Recipe) -> Recipe:
+    """The row as published: its recipe file in the full profile, without the profile's overlay or
+    ``--set`` overrides (a recipe built in code, without a file, stands for itself). The published
+    run's effective batch is this recipe's, never the profile's."""
+    return load_recipe(recipe.source) if recipe.source else recipe
 
 
 def _lists_to_tuples(node: Any) -> Any:

@@ -1,7 +1,9 @@
 """nlbench against MMSegmentation 1.2.2 on this CPU, side by side in one run (docs/BENCHMARKS.md,
 "CPU: nlbench against MMSeg").
 
-    .venv/bin/python scripts/cpu_vs_mmseg.py --mmseg-python /work/mmseg-venv/bin/python [--rounds 3]
+    .venv/bin/python scripts/cpu_vs_mmseg.py --mmseg-python MMSEG_VENV/bin/python [--rounds 3]
+
+(MMSEG_VENV: MMSeg 1.2.2's interpreter, set up as docs/PARITY.md says; NLBENCH_MMSEG_PYTHON too.)
 
 Two measurements, each a fresh process per tool, the tools alternating (round 1 nlbench first,
 round 2 MMSeg first, ...), repeated ``--rounds`` times; the table shows medians:
@@ -33,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmark.io.files import atomic_write_text
 
 ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 REPO = Path(__file__).resolve().parents[1]
@@ -195,12 +199,15 @@ def summary(runs: list) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mmseg-python", default=os.environ.get("NLBENCH_MMSEG_PYTHON", "/work/mmseg-venv/bin/python"))
+    parser.add_argument("--mmseg-python", default=os.environ.get("NLBENCH_MMSEG_PYTHON"),
+                        help="MMSeg 1.2.2's interpreter (docs/PARITY.md; default $NLBENCH_MMSEG_PYTHON)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5, help="timed training iterations per run")
     parser.add_argument("--parts", default="predict,train", help="predict, train or both (comma-separated)")
     parser.add_argument("--json", help="also write every run's figures to this file")
     args = parser.parse_args()
+    if not args.mmseg_python:
+        parser.error("expected --mmseg-python (or NLBENCH_MMSEG_PYTHON): MMSeg 1.2.2's interpreter, docs/PARITY.md")
     parts = [p for p in args.parts.split(",") if p]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,7 +224,7 @@ def main() -> int:
                     print(json.dumps(runs[-1]), flush=True)
     print(summary(runs))
     if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
+        atomic_write_text(Path(args.json), json.dumps(runs, indent=1) + "\n")
     return 0
 
 

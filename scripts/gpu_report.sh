@@ -9,8 +9,9 @@
 # Writes OUT_DIR/gpu_report.md and OUT_DIR/gpu_report.json (default OUT_DIR: gpu-report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-gpu-report}"
-[ $# -gt 0 ] && shift
+# The first argument is the output folder unless it is an option (`gpu_report.sh --dry-run`).
+out=gpu-report
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out="$1"; shift; fi
 py="${PYTHON:-python3}"
 if ! "$py" -c "import pydantic" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then

@@ -56,6 +56,32 @@ def test_fast_uses_sdpa_without_ddp_and_lands_beside_published(both):
     assert both["settings"] == ["published", "fast"] and both["dtype"] == "float32"
 
 
+@pytest.mark.parametrize("setting, zeroed_in_place, softmaxes", [("published", True, True), ("fast", False, False)])
+def test_what_each_setting_runs_not_only_what_it_says(tmp_path, monkeypatch, setting, zeroed_in_place, softmaxes):
+    # Spies on the calls themselves: in-place zeroed gradients (mmcv's optimizer hook) in the Mem
+    # iterations, and the softmax over the full-resolution logits inside the fps timer.
+    zero_grad_calls, softmax_calls = [], []
+    real_zero_grad, real_softmax = torch.optim.Optimizer.zero_grad, torch.Tensor.softmax
+
+    def zero_grad(self, set_to_none=True):
+        zero_grad_calls.append(set_to_none)
+        return real_zero_grad(self, set_to_none=set_to_none)
+
+    def softmax(self, *args, **kwargs):
+        softmax_calls.append(tuple(self.shape))
+        return real_softmax(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", zero_grad)
+    monkeypatch.setattr(torch.Tensor, "softmax", softmax)
+    recipe = load_recipe(ROW, TINY, profile="smoke")
+    result = bench(recipe, device="cpu", data_root=str(tmp_path / "absent"), settings=[setting])
+    assert result["settings"] == [setting]
+    assert zero_grad_calls and all(c is (not zeroed_in_place) for c in zero_grad_calls)
+    full_resolution = [c for c in softmax_calls if len(c) == 4 and c[1] == recipe.model.num_classes]
+    # One softmax per timed and warm-up image in the published setting, none in the fast one.
+    assert len(full_resolution) == (recipe.bench.total_images if softmaxes else 0)
+
+
 def test_fast_setting_follows_the_recipe_amp_and_compile():
     recipe = load_recipe(ROW, ["runtime.amp=fp16", "runtime.compile=true"], profile="smoke")
     chosen = fast_setting(recipe, torch.device("cpu"))

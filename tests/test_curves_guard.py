@@ -96,7 +96,7 @@ def test_guard_stops_a_diverged_run_record_status_resume_and_curves(base, capsys
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     assert [r["kind"] for r in records] == ["train"]
     record = records[0]
-    assert record["status"] == "diverged" and record["stopped_at_iteration"] == 8
+    assert record["status"] == "diverged" and record["stopped_at_iteration"] == record["iterations"] == 8
     evidence = record["guard"]
     assert evidence["verdict"] == "diverged" and evidence["action"] == "stop"
     reproduced = [e["mIoU"] for e in evidence["evals"]]
@@ -163,6 +163,19 @@ def test_warn_runs_to_the_end_and_compare_curves_and_plots_use_the_reference(bas
     assert cli(["curves", ROW, "--profile", "smoke", "--results", str(results), "--reference",
                 str(base["planted"])]) == 1
 
+    # A local reference log through the flags, for compare --curves and for the plots' overlays.
+    junit = base["root"] / "compare-local.xml"
+    baseline = base["root"] / "smoke.csv"
+    write_baseline(results, baseline)  # the numbers pass: only the curves can fail
+    assert cli(["compare", "--results", str(results), "--reference", str(baseline), "--curves",
+                "--curves-reference", str(base["planted"]), "--junit", str(junit)]) == 1
+    assert "FAIL: 1 row(s) whose curves diverged" in capsys.readouterr().out
+    case = [c for c in ET.parse(junit).getroot() if c.get("name") == "curves"]
+    assert str(base["planted"].name) in case[0].find("failure").get("message")
+    plots = base["root"] / "plots-local"
+    assert cli(["plots", "--results", str(results), "--out", str(plots), "--reference", str(base["planted"])]) == 0
+    assert (plots / f"overlay_smoke_{ROW}.png").stat().st_size > 10_000
+
     # "released" in the smoke profile is the committed reference log of the row: point it at the planted one.
     logs = base["root"] / "reference-logs"
     (logs / "smoke").mkdir(parents=True)
@@ -170,8 +183,6 @@ def test_warn_runs_to_the_end_and_compare_curves_and_plots_use_the_reference(bas
     monkeypatch.setattr(reference, "REFERENCE_LOGS", logs)
     junit = base["root"] / "compare.xml"
     md = base["root"] / "compare.md"
-    baseline = base["root"] / "smoke.csv"
-    write_baseline(results, baseline)  # the numbers pass: only the curves can fail
     code = cli(["compare", "--results", str(results), "--reference", str(baseline), "--curves", "--junit",
                 str(junit), "--report", str(md)])
     out = capsys.readouterr().out

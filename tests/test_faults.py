@@ -18,7 +18,7 @@ import torch
 from benchmark.checkpoint import load_checkpoint
 from benchmark.cli import main as cli_main
 from benchmark.engine.attempts import read_attempts, totals
-from benchmark.engine.checkpointer import read_manifest
+from benchmark.engine.checkpointer import has_checkpoint, read_manifest
 from benchmark.engine.train import train
 from benchmark.errors import NLBenchError, TrainingInterrupted
 from benchmark.io.files import append_line, file_sha256
@@ -189,6 +189,24 @@ def test_a_corrupt_latest_falls_back_to_the_newest_intact_checkpoint(reference, 
     assert f"resume: continuing from {work / 'iter_2.pth'} at iteration 2" in said
     assert summary["start_iteration"] == 2 and summary["iterations"] == 4
     assert _same_weights(load_checkpoint(latest)["state_dict"], final)
+
+
+def test_a_missing_latest_resumes_from_the_newest_iter_checkpoint_and_keeps_the_ledger(reference, tmp_path):
+    # e.g. the first save could not point latest.pth (ENOSPC): the iter_N.pth files are still there,
+    # and a resume must neither start again from scratch nor drop the earlier attempt from the ledger.
+    recipe, final = reference
+    work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted):
+        train(recipe, work, device="cpu", log=QUIET, **_stop_at(3))
+    (work / "latest.pth").unlink()
+    assert has_checkpoint(work) and not has_checkpoint(tmp_path / "empty")
+    said = []
+    summary = train(recipe, work, resume=True, device="cpu", log=said.append)
+    warning = next(line for line in said if line.startswith("warning: resume:"))
+    assert "latest.pth is missing" in warning and str(work / "iter_3.pth") in warning
+    assert summary["start_iteration"] == 3 and summary["iterations"] == 4
+    assert [a["outcome"] for a in read_attempts(work)] == ["interrupted", "done"]
+    assert _same_weights(load_checkpoint(work / "latest.pth")["state_dict"], final)
 
 
 def test_the_eval_stage_refuses_a_latest_that_is_not_what_training_wrote(tmp_path):

@@ -72,7 +72,7 @@ def test_rows_with_every_record_are_skipped(tmp_path):
 
 
 def test_cost_model_matches_the_stated_gmac_and_published_fps():
-    # mmseg_facts.md: R-50-D8 769x769 = 459 + 45, 1024x2048 = 1598 + 550; R-101 1024x2048 = 2219 + 550.
+    # docs/FIDELITY.md: R-50-D8 769x769 = 459 + 45, 1024x2048 = 1598 + 550; R-101 1024x2048 = 2219 + 550.
     assert forward_gmac(50, 769, 769) == pytest.approx(459 + 45, rel=0.02)
     assert forward_gmac(50, 1024, 2048) == pytest.approx(1598 + 550, rel=0.02)
     assert forward_gmac(101, 1024, 2048) == pytest.approx(2219 + 550, rel=0.02)

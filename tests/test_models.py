@@ -32,7 +32,7 @@ def smoke_model():
 
 
 def test_r50_d8_state_dict_matches_mmseg_facts(r50_state):
-    # mmseg_facts.md: R-50-D8 with 19 classes = 370 keys, 50,081,730 elements.
+    # docs/FIDELITY.md: R-50-D8 with 19 classes = 370 keys, 50,081,730 elements.
     assert len(r50_state) == 370
     assert sum(v.numel() for v in r50_state.values()) == 50_081_730
     expected_shapes = {

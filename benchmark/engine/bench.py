@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +41,7 @@ import torch.distributed as dist
 
 from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.data.datasets import build_dataset
-from benchmark.engine.distributed import PeakMemory, device_info, resolve_device
+from benchmark.engine.distributed import PeakMemory, device_info, resolve_device, use_cpu_threads
 from benchmark.engine.settings import (
     PUBLISHED,
     SETTING_NAMES,
@@ -85,7 +86,10 @@ def bench_images(recipe: Recipe, data_root: Optional[str], count: int) -> Tuple[
     if root.is_dir():
         try:
             dataset = build_dataset(recipe.data, "val", root)
-        except NLBenchError:
+        except NLBenchError as exc:
+            # Said, not silent: the record's image_source alone would hide a broken split.
+            print(f"warning: bench: the val split cannot be read ({exc}); timing random images of the test "
+                  "resolution instead", file=sys.stderr)
             dataset = None
         if dataset is not None and len(dataset) > 0:
             return "val", (dataset.read_image(i % len(dataset)) for i in range(count))
@@ -259,6 +263,7 @@ def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto"
     published figures at the top level, the fast ones under ``fast``; one process, this rank's device."""
     started = time.perf_counter()
     dev = resolve_device(device, job_environment().local_rank)
+    use_cpu_threads(recipe.runtime.cpu_threads, dev)
     cfg = recipe.bench
     result: Dict[str, Any] = {
         "recipe": recipe.name, "profile": recipe.profile, "fps_device": dev.type, "test_mode": recipe.test.mode,

@@ -155,19 +155,26 @@ class ResumePoint:
     state: Dict[str, Any]
 
 
+def has_checkpoint(work_dir: Path) -> bool:
+    """Whether ``work_dir`` holds anything a resume could continue from."""
+    return (Path(work_dir) / LATEST).exists() or bool(_newest_first(Path(work_dir)))
+
+
 def choose_resume_checkpoint(work_dir: Path, log: Log, is_main: bool = True) -> Optional[ResumePoint]:
     """``latest.pth`` when it is intact, else the newest intact ``iter_N.pth`` (with a warning naming
-    both); None when there is no ``latest.pth``. One NLBenchError when no checkpoint is intact."""
+    both; also when ``latest.pth`` is missing, e.g. the first save could not point it); None when
+    there is no checkpoint at all. One NLBenchError when none is intact."""
     latest = work_dir / LATEST
-    if not latest.is_file():
-        if latest.exists():
-            raise NLBenchError("expected a checkpoint file, found a folder", latest)
+    if latest.exists() and not latest.is_file():
+        raise NLBenchError("expected a checkpoint file, found a folder", latest)
+    candidates = ([latest] if latest.is_file() else []) + _newest_first(work_dir)
+    if not candidates:
         return None
     manifest = read_manifest(work_dir)
     if not manifest and (work_dir / MANIFEST).exists() and is_main:
-        log(f"warning: resume: {work_dir / MANIFEST} holds no hashes; {LATEST} is loaded unverified")
-    problems: List[str] = []
-    for path in [latest, *_newest_first(work_dir)]:
+        log(f"warning: resume: {work_dir / MANIFEST} holds no hashes; checkpoints are loaded unverified")
+    problems: List[str] = [] if latest.is_file() else ["is missing"]
+    for path in candidates:
         problem = _hash_problem(path, manifest)
         state = None
         if problem is None:
@@ -199,7 +206,7 @@ def read_resume_state(work_dir: Path, log: Log, info: DistInfo) -> Optional[Resu
     if info.is_main:
         chosen = choose_resume_checkpoint(work_dir, log)
         if chosen is None:
-            log(f"resume: no {latest}; starting from iteration 0")
+            log(f"resume: no {latest} and no iter_N.pth; starting from iteration 0")
     if info.world_size == 1:
         return chosen
     name = distributed.broadcast_object(chosen.path.name if chosen is not None else None)

@@ -66,6 +66,13 @@ class DistInfo:
         return self.rank == 0
 
 
+def use_cpu_threads(threads: Optional[int], device: torch.device) -> None:
+    """On the CPU, run with ``threads`` intra-op threads (the recipe's runtime.cpu_threads; None
+    leaves torch's default)."""
+    if threads is not None and device.type == "cpu" and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' -> this rank's CUDA device when CUDA is available, else CPU; 'cuda' -> cuda:LOCAL_RANK."""
     if device == "auto":
@@ -103,6 +110,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         # Binding the device up front lets nccl set up its communicator eagerly (torch >= 2.3).
         extra = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **extra)
+        _open_host_group(backend)
         _start_watch(env.master_addr, int(env.master_port), rank, world_size)
     return DistInfo(rank, world_size, local_rank, dev, dist.get_backend())
 
@@ -116,6 +124,8 @@ def cleanup() -> None:
         watch.finish()
         if watch.failed_here:
             return
+    global _HOST_GROUP
+    _HOST_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -147,6 +157,26 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+# A gloo group beside an nccl one, for flags that ranks agree on every iteration (a stop request):
+# a CPU tensor all-reduced there waits for the other ranks' hosts only, never for this GPU's queue,
+# so the training loop keeps no host synchronisation per iteration. None: use the default group.
+_HOST_GROUP: Optional[Any] = None
+
+
+def _open_host_group(backend: str) -> None:
+    global _HOST_GROUP
+    _HOST_GROUP = dist.new_group(backend="gloo") if backend == "nccl" else None
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank, agreed by all ranks without touching the device."""
+    if get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return bool(t.item())
 
 
 def broadcast_object(value: Any, src: int = 0) -> Any:

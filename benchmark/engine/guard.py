@@ -22,7 +22,7 @@ from benchmark.engine import distributed
 from benchmark.engine.distributed import DistInfo
 from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
-from benchmark.recipe import Recipe
+from benchmark.recipe import Recipe, published_recipe
 
 Log = Callable[[str], None]
 
@@ -39,7 +39,9 @@ class Guard:
         self.assessment: Optional[Assessment] = None
         self.builder = CurveBuilder("this run")
         self._schedule_said = False
+        self.published_batch: Optional[int] = None
         if self.active:
+            self.published_batch = published_recipe(recipe).effective_batch
             self._load(work_dir, resume)
 
     def _load(self, work_dir: Path, resume: bool) -> None:
@@ -50,7 +52,7 @@ class Guard:
                 self.reference, self.label = read_curve(path), reference_label(path)
             except NLBenchError as exc:
                 error = exc
-        if distributed.all_reduce_max(float(error is not None), self.info.device) > 0:
+        if distributed.any_rank(error is not None):
             raise error or NLBenchError("rank 0 could not read the guard's reference log", key="guard.reference")
         if self.info.is_main and resume:
             self._seed(work_dir / LOG_NAME)
@@ -105,18 +107,18 @@ class Guard:
 
     # ------------------------------------------------------------------ at each evaluation (every rank)
 
-    def should_stop(self, done: int, device) -> bool:
+    def should_stop(self, done: int) -> bool:
         """Assess after the evaluation at ``done``; True (on every rank) when the run must stop here."""
         if not self.active:
             return False
         stop = False
         if self.reference is not None:
             self.assessment = assess({"run": self.curve()}, self.reference, settings_from(self.config),
-                                     self.recipe.schedule.max_iters, self.recipe.effective_batch)
+                                     self.recipe.schedule.max_iters, self.published_batch)
             self._say_eval(done)
             stop = self._diverged_here(done) and self.config.action == "stop"
             stop = stop and done < self.recipe.schedule.max_iters
-        return distributed.all_reduce_max(float(stop), device) > 0
+        return distributed.any_rank(stop)
 
     def _diverged_here(self, done: int) -> bool:
         """This evaluation is the last of ``patience`` consecutive ones below the margin."""

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from benchmark import __version__
-from benchmark.io.files import append_json_line
+from benchmark.io.files import append_json_line, atomic_write_text
 from benchmark.recipe import Recipe
 
 MMSEG_LOG_NAME = "train.log.json"
@@ -60,7 +60,7 @@ class MMSeg0xLogSink:
         self.path, self.recipe = path, recipe
         path.parent.mkdir(parents=True, exist_ok=True)
         if fresh:
-            path.write_text("")
+            atomic_write_text(path, "")  # a fresh log; an unwritable work dir is one clear error
         self.train_images: Optional[int] = None
         self.val_images: Optional[int] = None
         self.batch = recipe.data.imgs_per_gpu

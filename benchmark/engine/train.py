@@ -39,7 +39,7 @@ from torch import nn
 from benchmark.data.datasets import SegDataset
 from benchmark.engine import distributed
 from benchmark.engine.attempts import AttemptLedger
-from benchmark.engine.checkpointer import LATEST, Checkpointer, read_resume_state, restore
+from benchmark.engine.checkpointer import LATEST, Checkpointer, has_checkpoint, read_resume_state, restore
 from benchmark.engine.datasets import open_split
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
 from benchmark.engine.evaluate import evaluate_model
@@ -49,7 +49,7 @@ from benchmark.engine.steps import build_loss_model, make_optimizer, make_scaler
 from benchmark.engine.tensorboard_sink import tensorboard_sink
 from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
 from benchmark.errors import DIVERGED_EXIT_CODE, NLBenchError, RunDiverged, TrainingInterrupted
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.recipe import Recipe, load_recipe, published_recipe
 
 __all__ = ["LATEST", "iteration_seed", "poly_lr", "train", "train_command"]
 Log = Callable[[str], None]
@@ -126,7 +126,7 @@ def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Opti
     train_set = open_split(recipe.data, "train", data_root)
     val_set = open_split(recipe.data, "val", data_root)
     effective = _announce(recipe, info, log)
-    model, memory_format = _build_model(recipe, info, resume and (work_dir / LATEST).exists(), log)
+    model, memory_format = _build_model(recipe, info, resume and has_checkpoint(work_dir), log)
     optimizer = make_optimizer(model, recipe.schedule)
     scaler = make_scaler(recipe.runtime.amp, info.device)
     start_iter = 0
@@ -140,12 +140,6 @@ def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Opti
         torch.backends.cudnn.benchmark = recipe.runtime.cudnn_benchmark
     losses = build_loss_model(model, info.device, ddp=info.world_size > 1, compile=recipe.runtime.compile)
     return Training(model, losses, optimizer, scaler, train_set, val_set, start_iter, memory_format, effective)
-
-
-def published_recipe(recipe: Recipe) -> Recipe:
-    """The row as published: its recipe file in the full profile, without the profile's overlay or
-    ``--set`` overrides (a recipe built in code, without a file, stands for itself)."""
-    return load_recipe(recipe.source) if recipe.source else recipe
 
 
 def _make_work_dir(work_dir: Path, info: DistInfo) -> None:
@@ -216,11 +210,12 @@ def _iteration(recipe: Recipe, run: Training, it: int, images: torch.Tensor, lab
     return lr, {k: losses[k].detach() for k in ("loss", "loss_decode", "loss_aux") if k in losses}
 
 
-def _stop_now(stop_requested: Optional[Callable[[], bool]], done: int, max_iters: int, device: torch.device) -> bool:
-    """Whether any rank was asked to stop (all ranks stop at the same iteration)."""
+def _stop_now(stop_requested: Optional[Callable[[], bool]], done: int, max_iters: int) -> bool:
+    """Whether any rank was asked to stop (all ranks stop at the same iteration). Agreed on the
+    host (distributed.any_rank): asking every iteration never waits for the device."""
     if stop_requested is None or done >= max_iters:
         return False
-    return distributed.all_reduce_max(float(stop_requested()), device) > 0
+    return distributed.any_rank(stop_requested())
 
 
 class TrainingPeak:
@@ -273,6 +268,7 @@ def train(
     """
     started = time.perf_counter()
     info = distributed.init_distributed(device)
+    distributed.use_cpu_threads(recipe.runtime.cpu_threads, info.device)
     work_dir, sched = Path(work_dir), recipe.schedule
     run = build_training(recipe, work_dir, resume, data_root, info, log)
     logger, guard = _start_log(recipe, run, info, work_dir, resume, log)
@@ -296,7 +292,7 @@ def train(
             checkpoints.save(done, run.model, run.optimizer, run.scaler)
         # A preempted job saves here, at an iteration boundary, rather than losing everything since
         # the last periodic checkpoint (up to a tenth of the run).
-        if _stop_now(stop_requested, done, sched.max_iters, info.device):
+        if _stop_now(stop_requested, done, sched.max_iters):
             _interrupt(done, saved, run, checkpoints, logger, log if info.is_main else None)
         if done % sched.eval_interval == 0 or done == sched.max_iters:
             metrics = _periodic_eval(recipe, run, info, peak, logger, guard, checkpoints, done, saved)
@@ -351,7 +347,7 @@ def _periodic_eval(recipe: Recipe, run: Training, info: DistInfo, peak: Training
     with peak.excluded():
         metrics = _evaluate(recipe, run, info)
     logger.evaluation(done, metrics)
-    if guard.should_stop(done, info.device):
+    if guard.should_stop(done):
         if not saved:
             checkpoints.save(done, run.model, run.optimizer, run.scaler)
         evidence = guard.evidence(stopped_at=done)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmark.errors import NLBenchError
-from benchmark.io.files import append_json_line
+from benchmark.io.files import append_json_line, atomic_write_text
 
 LOG_NAME = "train.log.jsonl"
 Log = Callable[[str], None]
@@ -50,7 +50,7 @@ class JsonLinesSink:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if fresh:
-            path.write_text("")
+            atomic_write_text(path, "")  # a fresh log; an unwritable work dir is one clear error
 
     def write(self, entry: Dict[str, Any]) -> None:
         append_json_line(self.path, entry)

@@ -371,7 +371,8 @@ def _check_options(tolerance: float, method: str, assumed_std: float) -> None:
 
 def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,
                     junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
-                    assumed_std: float = SEED_STD_MIOU, curves: bool = False) -> int:
+                    assumed_std: float = SEED_STD_MIOU, curves: bool = False,
+                    curves_reference: str = "released") -> int:
     """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
     ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py)."""
     _check_options(tolerance, method, assumed_std)
@@ -382,7 +383,8 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     header = _header_lines(refs, tolerance, ignored, profiles) + ([_ci_header(assumed_std)] if method == "ci" else [])
     sections = _sections(summary, refs, tolerance, method, assumed_std)
     every = [c for _, checks in sections for c in checks]
-    curve_rows, curve_text, diverged = _curves_section(results, profiles, tolerance) if curves else ([], "", 0)
+    curve_rows, curve_text, diverged = (_curves_section(results, profiles, tolerance, curves_reference)
+                                        if curves else ([], "", 0))
     outcome = _outcome(every, method) + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else "")
     verdicts = CI_TALLY if method == "ci" else VERDICTS
     print("\n".join(header))
@@ -405,12 +407,12 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     return 1 if any(c.verdict in FAILING for c in every) or diverged else 0
 
 
-def _curves_section(results: str, profiles: List[str], tolerance: float):
+def _curves_section(results: str, profiles: List[str], tolerance: float, reference: str):
     """compare --curves: (rows, text, number diverged); the margin at a row's last eval point is the
     compare tolerance."""
     from benchmark.report.curves import curve_lines, curve_rows
 
-    rows = curve_rows(Path(results), profiles, tolerance)
+    rows = curve_rows(Path(results), profiles, tolerance, reference)
     if not rows:
         return [], "curves: no training logs under the results folder's work/ to check", 0
     diverged = sum(r.verdict == "diverged" for r in rows)

@@ -27,7 +27,7 @@ from benchmark.curves.reader import Curve, read_curve
 from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_label, resolve_reference
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes, write_json
-from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
+from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 
 RUN_LOGS = ("train.log.jsonl", "train.log.json")
 
@@ -80,7 +80,8 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
         for line in curve.warnings:
             print(f"warning: {line}", file=sys.stderr)
     max_iters = next((c.max_iters for c in runs.values() if c.max_iters), recipe.schedule.max_iters)
-    found = assess(runs, ref, settings_from(recipe.guard, final_margin), max_iters, recipe.effective_batch)
+    found = assess(runs, ref, settings_from(recipe.guard, final_margin), max_iters,
+                   published_recipe(recipe).effective_batch)
     return RowCurves(recipe, runs, ref, reference_label(path), found)
 
 
@@ -210,14 +211,15 @@ def write_overlays(rows: Sequence[RowCurves], out_dir: Path) -> List[Path]:
     return written
 
 
-def overlay_plots(results_dir: Path, profile: str, out_dir: Path) -> List[Path]:
+def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str = RELEASED) -> List[Path]:
     """`nlbench plots`: the overlay of every row of ``profile`` that has runs and a reference in hand
-    (published logs only from the cache: plotting downloads nothing)."""
+    (published logs only from the cache: plotting downloads nothing). ``reference``: released, or a
+    log file (for every row) or a folder of ``<recipe>.log.json`` files."""
     rows = []
     for path in select_recipe_paths(None):
         recipe = load_recipe(path, profile=profile)
         if run_logs(results_dir, profile, recipe.name):
-            row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False)
+            row = assess_row(recipe, results_dir, reference, offline=True, strict=False)
             if row.assessment is None:
                 print(f"note: no overlay for {recipe.name} [{profile}]: {row.note}", file=sys.stderr)
             rows.append(row)
@@ -227,15 +229,17 @@ def overlay_plots(results_dir: Path, profile: str, out_dir: Path) -> List[Path]:
 # ----------------------------------------------------------------------------- compare --curves
 
 
-def curve_rows(results_dir: Path, profiles: Sequence[str], tolerance: float) -> List[RowCurves]:
-    """Every row of ``profiles`` with runs, against its released reference (published logs from the
-    cache only: a gate downloads nothing); ``tolerance`` is the margin at the last eval point."""
+def curve_rows(results_dir: Path, profiles: Sequence[str], tolerance: float,
+               reference: str = RELEASED) -> List[RowCurves]:
+    """Every row of ``profiles`` with runs, against its reference (``reference`` as in overlay_plots;
+    published logs from the cache only: a gate downloads nothing); ``tolerance`` is the margin at the
+    last eval point."""
     rows = []
     for profile in profiles:
         for path in select_recipe_paths(None):
             recipe = load_recipe(path, profile=profile)
             if run_logs(results_dir, profile, recipe.name):
-                rows.append(assess_row(recipe, results_dir, RELEASED, tolerance, offline=True, strict=False))
+                rows.append(assess_row(recipe, results_dir, reference, tolerance, offline=True, strict=False))
     return rows
 
 

@@ -290,7 +290,7 @@ def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: 
         yield "training_curves", curves
 
 
-def make_plots(results_dir, out_dir) -> List[Path]:
+def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
     from benchmark.report.curves import overlay_plots
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -305,16 +305,16 @@ def make_plots(results_dir, out_dir) -> List[Path]:
         for profile in sorted(summary["profile"].unique()):
             for kind, fig in profile_figures(summary, per_seed, results_dir, published, profile):
                 written += _save(fig, out_dir, f"{kind}_{profile}")
-            written += overlay_plots(results_dir, profile, out_dir)
+            written += overlay_plots(results_dir, profile, out_dir, reference)
     except OSError as exc:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None
     return written
 
 
-def plots_command(results: str = "results", out: Optional[str] = None) -> int:
+def plots_command(results: str = "results", out: Optional[str] = None, reference: str = "released") -> int:
     """`nlbench plots`."""
     folder = Path(out) if out else Path(results) / "plots"
-    written = make_plots(results, folder)
+    written = make_plots(results, folder, reference)
     for path in written:
         print(path)
     print(f"{len(written)} files in {folder}")

@@ -203,10 +203,13 @@ def _metrics(result: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _stage_train(job: Job, log: JobLog, stop: StopFlag) -> Dict[str, Any]:
-    from benchmark.engine.train import LATEST, train
+    from benchmark.engine.checkpointer import has_checkpoint
+    from benchmark.engine.train import train
 
-    resume = (Path(job.work_dir) / LATEST).exists()
-    log(f"train: {'resuming from latest.pth' if resume else 'from scratch'}")
+    work = Path(job.work_dir)
+    resume = has_checkpoint(work)
+    saved = "latest.pth" if (work / "latest.pth").exists() else "the newest iter_N.pth (no latest.pth)"
+    log(f"train: {f'resuming from {saved}' if resume else 'from scratch'}")
     started = time.perf_counter()
     try:
         with stop.arming():
@@ -236,7 +239,8 @@ def _diverged_record(job: Job, exc: RunDiverged, wall_s: float) -> Dict[str, Any
     result = {"wall_time_s": spent.get("total_wall_time_s") or wall_s, "device": str(device),
               "device_type": device.type, "world_size": job.resources.world_size}
     return _record(job, "train", result, str(latest) if latest.exists() else None, status="diverged",
-                   guard=exc.evidence, stopped_at_iteration=exc.iteration, gpu_hours=spent.get("total_gpu_hours"),
+                   guard=exc.evidence, stopped_at_iteration=exc.iteration, iterations=exc.iteration,
+                   gpu_hours=spent.get("total_gpu_hours"),
                    attempts=spent.get("attempts", 1), mem_gb=spent.get("max_peak_mem_gb"))
 
 

@@ -269,6 +269,8 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
         "cudnn_version": facts["cudnn_version"],
         "device_name": facts["device_name"],
         "device_count": facts["device_count"],
+        # CPU float sums depend on the thread count (recipe runtime.cpu_threads): part of a CPU result.
+        "cpu_threads": facts.get("cpu_threads"),
         "world_size": env.world_size,
         "dtype": dtype,
         "hostname": env.hostname,
