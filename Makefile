@@ -34,13 +34,15 @@ browser:
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
-# The smoke reference logs (results/reference/logs/smoke/<recipe>.log.json, docs/CURVES.md): a smoke
-# run-all of every row into REFERENCE_RUN (rows already done there are not run again), then each row's
-# train.log.json frozen. The default folder is written by this target alone.
+# The smoke references, frozen from one smoke run-all of every row into REFERENCE_RUN (rows already
+# done there are not run again): each row's train.log.json as results/reference/logs/smoke/<recipe>.log.json
+# (docs/CURVES.md) and the rows' mIoUs as results/reference/smoke.csv (what compare gates smoke runs
+# against). The default folder is written by this target alone.
 REFERENCE_RUN ?= results/reference-run
 reference-logs: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local --results $(REFERENCE_RUN)
+	PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local --parallel 2 --results $(REFERENCE_RUN)
 	$(BIN)/python -c "from benchmark.report.curves import write_reference_logs; write_reference_logs('$(REFERENCE_RUN)')"
+	$(BIN)/python -c "from benchmark.report.compare import write_baseline; write_baseline('$(REFERENCE_RUN)', 'results/reference/smoke.csv')"
 
 # The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP) browser

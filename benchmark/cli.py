@@ -152,6 +152,10 @@ def _run_all_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and GPU-hour estimate, run nothing")
     p.add_argument("--no-wait", action="store_true",
                    help="slurm: return after submitting (default: wait for the array and print the status)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="local, on a machine without GPUs: N jobs at a time, each in its own process (default 1; "
+                        "pair it with --set runtime.cpu_threads=K so that N x K fits the cores; the smoke "
+                        "profile's jobs use 1 thread each)")
     _overrides(p, "override a value in every recipe (repeatable)")
 
 
@@ -173,6 +177,9 @@ def _tables_args(p: argparse.ArgumentParser) -> None:
 def _plots_args(p: argparse.ArgumentParser) -> None:
     _results(p)
     p.add_argument("--out", default=None, help="output folder (default RESULTS/plots)")
+    p.add_argument("--reference", default="released", metavar="released|PATH",
+                   help="reference curve of the overlays: released (default; published logs from the cache only) "
+                        "or a log file (every row) / a folder of <recipe>.log.json files")
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -220,6 +227,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curves", action="store_true",
                    help="also check every row's training curves against its reference curve (as `nlbench curves "
                         "--reference released`); a diverged row fails")
+    p.add_argument("--curves-reference", default="released", metavar="released|PATH",
+                   help="with --curves: the reference curve, released (default; published logs from the cache only) "
+                        "or a log file (every row) / a folder of <recipe>.log.json files (--reference is the numbers')")
 
 
 def _gpu_report_args(p: argparse.ArgumentParser) -> None:
@@ -254,7 +264,7 @@ VERBS: Tuple[Verb, ...] = (
          "plan and run every row (train -> eval -> eval ms+flip -> bench; --checkpoint released: no training)",
          _run_all_args),
     Verb("status", "benchmark.launch.status:status_command",
-         "state of every planned row: pending/running/done/failed/requeued", _results),
+         "state of every planned row: pending/running/done/failed/requeued/diverged", _results),
     Verb("collect", "benchmark.report.collect:collect_command",
          "gather run records into one table (mean/std/min/max over seeds)", _collect_args),
     Verb("tables", "benchmark.report.tables:tables_command",

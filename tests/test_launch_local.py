@@ -79,3 +79,37 @@ def test_multi_rank_job_runs_under_torchrun(tmp_path, monkeypatch):
     assert sorted(p.name.split("-")[0] for p in records) == ["bench", "eval", "eval_ms_flip", "train"]
     train = json.loads(next(p for p in records if p.name.startswith("train-")).read_text())
     assert train["provenance"]["world_size"] == 2
+
+
+def _miou(results: Path, recipe: str, kind: str = "eval") -> float:
+    folder = results / "records" / recipe / "smoke" / "seed0"
+    return json.loads(next(folder.glob(f"{kind}-*.json")).read_text())["metrics"]["mIoU"]
+
+
+def test_parallel_jobs_each_in_its_own_process_give_the_sequential_numbers(tmp_path, monkeypatch, capsys):
+    # The smoke profile pins runtime.cpu_threads to 1: two jobs side by side compute exactly what
+    # one after the other computes, and each job reports that thread count.
+    monkeypatch.chdir(tmp_path)
+    side, alone = tmp_path / "side", tmp_path / "alone"
+    common = ["run-all", "--profile", "smoke", "--filter", TWO_ROWS, *_sets(TINY)]
+    assert cli([*common, "--results", str(side), "--parallel", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 at a time (each in its own process" in out and "2 row(s): 2 done" in out
+    consoles = sorted((side / "jobs" / "local").glob("*.out"))
+    assert len(consoles) == 2 and all("all stages done" in p.read_text() for p in consoles)
+    assert cli([*common, "--results", str(alone)]) == 0
+    for row in [r["recipe"] for r in collect_status(side)]:
+        assert _miou(side, row) == _miou(alone, row) and _miou(side, row, "eval_ms_flip") == _miou(alone, row,
+                                                                                                    "eval_ms_flip")
+        bench = json.loads(next((side / "records" / row / "smoke" / "seed0").glob("bench-*.json")).read_text())
+        assert bench["provenance"]["cpu_threads"] == 1
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--parallel", "0"], "expected a number of jobs >= 1, got 0"),
+    (["--parallel", "2", "--launcher", "slurm", "--cluster", "slurm/example.yaml"], "for the local launcher"),
+])
+def test_parallel_options_that_cannot_work_are_one_clear_error(tmp_path, capsys, extra, says):
+    code = cli(["run-all", "--profile", "smoke", "--filter", TWO_ROWS, "--results", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "--parallel" in err and "Traceback" not in err

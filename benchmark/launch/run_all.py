@@ -75,11 +75,16 @@ def _launcher_rule(launcher: str, cluster: Optional[str]):
     return local.resources_for, None, None
 
 
-def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,
+# One parameter per run-all flag (the CLI passes its flags by name): one more than the size limit.
+def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,  # noqa: PLR0913
                     profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
-                    no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained") -> int:
+                    no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained",
+                    parallel: int = 1) -> int:
     """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed or diverged."""
     folder = Path(results)
+    if parallel != 1 and launcher != "local":
+        raise NLBenchError("--parallel is for the local launcher (SLURM runs an array's tasks side by side)",
+                           key="--parallel")
     rule, time_limit, cluster_profile = _launcher_rule(launcher, cluster)
     plan = planning.make_plan(folder, rule, pattern=filter, profile=profile, overrides=overrides, seeds=seeds,
                               time_limit_min=time_limit, checkpoint=checkpoint)
@@ -100,7 +105,7 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
         fetch_released_once(plan.jobs)
     fetch_reference_logs_once(plan.jobs)
     if launcher == "local":
-        return _run_locally(plan.jobs, folder)
+        return _run_locally(plan.jobs, folder, parallel)
     return _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
 
 
@@ -134,12 +139,15 @@ def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
         report(f"published training log of {job.name} (the guard's reference): {fetch_log(recipe)}")
 
 
-def _run_locally(jobs: List[planning.Job], results: Path) -> int:
+def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> int:
     from benchmark.launch import local
 
+    local.check_parallel(jobs, parallel)
     run_file = write_run(results, "local", [j.to_dict() for j in jobs], {})
-    print(f"running {len(jobs)} job(s) locally; plan in {run_file}")
-    outcome = local.run_local(jobs, results)
+    side = f", {parallel} at a time (each in its own process; console output in {results}/jobs/local/)" \
+        if parallel > 1 else ""
+    print(f"running {len(jobs)} job(s) locally{side}; plan in {run_file}")
+    outcome = local.run_local(jobs, results, parallel=parallel)
     print(format_status([r for r in collect_status(results) if r["key"] in outcome]))
     _print_guard_summary(jobs, results)
     return 0 if all(v == "done" for v in outcome.values()) else 1

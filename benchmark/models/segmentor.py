@@ -85,7 +85,8 @@ def build_segmentor(model_cfg, norm_layer: NormLayer = nn.BatchNorm2d) -> Encode
     ``norm_layer`` is BatchNorm2d; distributed training converts it with
     ``nn.SyncBatchNorm.convert_sync_batchnorm`` (state-dict keys are unchanged).
     """
-    backbone = ResNetV1c(model_cfg.depth, norm_layer=norm_layer)
+    backbone = ResNetV1c(model_cfg.depth, stem_channels=model_cfg.stem_channels,
+                         base_channels=model_cfg.base_channels, norm_layer=norm_layer)
     stage3, stage4 = backbone.out_channels[2], backbone.out_channels[3]
     nl = model_cfg.non_local
     decode_head = NLHead(

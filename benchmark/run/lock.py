@@ -238,12 +238,20 @@ def holder_of(results_dir: Union[str, Path], key: str) -> Optional[JobHeld]:
     return None
 
 
+def child_environment(*locks: JobLock) -> Dict[str, str]:
+    """A copy of this process's environment naming ``locks`` as held, for one child process
+    (unlike ``held_for_children``, safe when several threads start children at once)."""
+    env = dict(os.environ)
+    before = env.get(HELD_ENV)
+    env[HELD_ENV] = os.pathsep.join([str(lock.path.resolve()) for lock in locks] + ([before] if before else []))
+    return env
+
+
 @contextlib.contextmanager
 def held_for_children(*locks: JobLock) -> Iterator[None]:
     """Name ``locks`` in the environment of the child processes started in this block."""
     before = os.environ.get(HELD_ENV)
-    paths = [str(lock.path.resolve()) for lock in locks] + ([before] if before else [])
-    os.environ[HELD_ENV] = os.pathsep.join(paths)
+    os.environ[HELD_ENV] = child_environment(*locks)[HELD_ENV]
     try:
         yield
     finally:
