@@ -21,9 +21,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "slurm" / "test-cluster.yaml"
-# Smoke rows shrunk further: a few images, 20 iterations with a checkpoint every 5 (room to interrupt
-# training part-way), two ms+flip scales, a two-image benchmark.
-TINY = ["schedule.max_iters=20", "schedule.checkpoint_interval=5", "schedule.eval_interval=20",
+# Smoke rows shrunk further: a few images, 80 iterations with a checkpoint every 5 (a smoke iteration
+# takes under 0.1 s: room to interrupt training part-way), two ms+flip scales, a two-image benchmark.
+MAX_ITERS = 80
+TINY = [f"schedule.max_iters={MAX_ITERS}", "schedule.checkpoint_interval=5", f"schedule.eval_interval={MAX_ITERS}",
         "schedule.log_interval=5", "data.synthetic.train=4", "data.synthetic.val=2",
         "test.ms_flip_ratios=[0.75,1.25]", "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
 THREE_ROWS = "nonlocal_r50-d8_4xb4-[248]0k_*"  # VOC 20k, VOC 40k, ADE20K 80k
@@ -99,7 +100,7 @@ def test_array_with_preemption_requeues_and_resumes_to_the_same_result(cluster, 
     train = _eval_record(results, INTERRUPTED, "train")
     # USR2 during training: the state was saved where training stood (at or after the first
     # periodic checkpoint), not only at a periodic one, and the requeued attempt resumed there.
-    assert 5 <= train["start_iteration"] < 20
+    assert 5 <= train["start_iteration"] < MAX_ITERS
     assert f"stop requested: checkpoint saved at iteration {train['start_iteration']}" in log
     assert train["provenance"]["slurm_array_job_id"] == target["slurm_job_id"].split("_")[0]
 
