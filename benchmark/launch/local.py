@@ -15,6 +15,7 @@ left (usually none: the other run did them). Both steps are said on the console.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import multiprocessing.context
@@ -31,7 +32,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import Recipe
 from benchmark.run.job import Job, Resources, run_job
-from benchmark.run.lock import HELD_ENV, JobHeld, JobLock, child_environment, held_for_children, lock_path
+from benchmark.run.lock import HELD_ENV, JobHeld, JobLock, held_for_children, held_value, lock_path
 from benchmark.run.records import diverged_record, record_kinds
 from benchmark.run.state import JOB_LOG, read_state
 
@@ -62,15 +63,13 @@ def _run_distributed(job: Job, job_file: Path, lock: JobLock) -> None:
 # torch._dynamo, which the first optimizer imports): about 5 s saved at the start of every job.
 _PRELOAD = ["torch", "torch._dynamo", "benchmark.run.job", "benchmark.engine.train", "benchmark.engine.evaluate",
             "benchmark.engine.bench"]
-_CONTEXT: List[multiprocessing.context.BaseContext] = []
 
 
+@functools.lru_cache(maxsize=None)
 def _job_context() -> multiprocessing.context.BaseContext:
-    if not _CONTEXT:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_PRELOAD)
-        _CONTEXT.append(context)
-    return _CONTEXT[0]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
 
 
 def _job_process(job_file: str, console: str, held: str) -> None:
@@ -89,7 +88,7 @@ def _run_child(job: Job, job_file: Path, lock: JobLock) -> None:
     atomic_write_text(job_file, json.dumps(job.to_dict(), indent=2) + "\n")
     console = job_file.with_suffix(".out")
     process = _job_context().Process(target=_job_process,
-                                     args=(str(job_file), str(console), child_environment(lock)[HELD_ENV]))
+                                     args=(str(job_file), str(console), held_value(lock)))
     process.start()
     process.join()
     code = process.exitcode

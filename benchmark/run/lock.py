@@ -238,20 +238,18 @@ def holder_of(results_dir: Union[str, Path], key: str) -> Optional[JobHeld]:
     return None
 
 
-def child_environment(*locks: JobLock) -> Dict[str, str]:
-    """A copy of this process's environment naming ``locks`` as held, for one child process
-    (unlike ``held_for_children``, safe when several threads start children at once)."""
-    env = dict(os.environ)
-    before = env.get(HELD_ENV)
-    env[HELD_ENV] = os.pathsep.join([str(lock.path.resolve()) for lock in locks] + ([before] if before else []))
-    return env
+def held_value(*locks: JobLock) -> str:
+    """The value of ``HELD_ENV`` that names ``locks`` (and those already named) as held, for a child
+    to set in its own environment (safe when several threads start children at once)."""
+    before = os.environ.get(HELD_ENV)
+    return os.pathsep.join([str(lock.path.resolve()) for lock in locks] + ([before] if before else []))
 
 
 @contextlib.contextmanager
 def held_for_children(*locks: JobLock) -> Iterator[None]:
     """Name ``locks`` in the environment of the child processes started in this block."""
     before = os.environ.get(HELD_ENV)
-    os.environ[HELD_ENV] = child_environment(*locks)[HELD_ENV]
+    os.environ[HELD_ENV] = held_value(*locks)
     try:
         yield
     finally:
