@@ -13,7 +13,7 @@ from test_launch_plan import _plant
 from benchmark.cli import main as cli
 from benchmark.launch.plan import Resources, make_plan
 from benchmark.launch.run_all import write_run
-from benchmark.launch.sacct import _expand_array
+from benchmark.launch.sacct import _expand_array, parse_sacct
 from benchmark.launch.status import collect_status, iteration_reached
 from benchmark.run.state import JOB_LOG, STATE_FILE
 
@@ -86,3 +86,14 @@ def test_sacct_array_ids_expand():
     assert _expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
     assert _expand_array("12_3") == ["12_3"]
     assert _expand_array("13") == ["13"]
+
+
+def test_sacct_late_array_record_does_not_make_a_running_task_requeued():
+    # Seen on the test cluster: slurmdbd still lists task 1 in the array's pending record after
+    # task 1 got a RUNNING line of its own, and lists that record after it.
+    late = "56_0|RUNNING\n56_1|RUNNING\n56_[1-2%2]|PENDING\n"
+    assert parse_sacct(late) == {"56_0": ("RUNNING", 0), "56_1": ("RUNNING", 0), "56_2": ("PENDING", 0)}
+    # A real requeue: -D lists the earlier instance of the task, oldest first.
+    requeued = "50_0|REQUEUED\n50_1|COMPLETED\n50_2|RUNNING\n50_0|CANCELLED by 0\n50_0|PENDING\n"
+    assert parse_sacct(requeued) == {"50_0": ("PENDING", 2), "50_1": ("COMPLETED", 0), "50_2": ("RUNNING", 0)}
+    assert parse_sacct("") == {} and parse_sacct("|\n") == {}

@@ -49,12 +49,28 @@ def slurm_states(job_ids: Iterable[str]) -> Dict[str, Tuple[str, int]]:
         return {}
     if out.returncode != 0:
         return {}
-    history: Dict[str, List[str]] = {}
-    for line in out.stdout.splitlines():
+    return parse_sacct(out.stdout)
+
+
+def parse_sacct(stdout: str) -> Dict[str, Tuple[str, int]]:
+    """{task id: (state, times requeued)} from ``sacct -X -n -P -D --format=JobID,State`` lines.
+
+    A line of its own ("12_1") is authoritative for that task. A range line ("12_[1-2%2]") is the
+    array's record of tasks not started yet; slurmdbd updates it late, so it can still name a task
+    that already has its own RUNNING line. It therefore only speaks for tasks without a line of
+    their own, and never counts as a requeue.
+    """
+    own: Dict[str, List[str]] = {}
+    waiting: Dict[str, str] = {}
+    for line in stdout.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 2 or not parts[0]:
             continue
         state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0" -> "CANCELLED"
-        for jid in _expand_array(parts[0]):
-            history.setdefault(jid, []).append(state)
-    return {jid: (states[-1], len(states) - 1) for jid, states in history.items()}
+        if _ARRAY_RANGE.match(parts[0]):
+            waiting.update(dict.fromkeys(_expand_array(parts[0]), state))
+        else:
+            own.setdefault(parts[0], []).append(state)
+    states = {jid: (state, 0) for jid, state in waiting.items()}
+    states.update({jid: (history[-1], len(history) - 1) for jid, history in own.items()})
+    return states
