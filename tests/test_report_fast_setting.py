@@ -2,6 +2,7 @@
 compare gates only the published figures, never CPU figures against the V100 ones."""
 
 import itertools
+import re
 
 from report_helpers import ROW, make_record
 
@@ -81,3 +82,31 @@ def test_compare_gates_published_figures_only_and_never_cpu_against_v100(tmp_pat
     assert checks["mem_gb"].verdict == "reproduced" and checks["mem_gb"].reproduced == 7.5
     write_bench_row(gpu, V100, fps=1.0, mem_gb=7.5, fast_figures=fast(30.0, 1.0), seed=1)  # mean 1.85 fps
     assert {c.metric: c for c in compare(collect(gpu), ref, 0.5) if c.recipe == ROW}["fps"].verdict == "regressed"
+
+
+def test_html_report_shows_the_fast_columns_with_their_ratio_and_no_verdict(tmp_path):
+    results = tmp_path / "results"
+    write_bench_row(results, "cpu", fps=0.02, mem_gb=6.0, fast_figures=fast(0.04, 3.0))
+    out = tmp_path / "report"
+    assert cli(["report", "--results", str(results), "--out", str(out)]) == 0
+    index = (out / "index.html").read_text()
+    row_page = next((out / "rows").rglob(f"{ROW}.html")).read_text()
+    for page in (index, row_page):
+        page = page.split('<table class="results">', 1)[1].split("</table>", 1)[0]
+        headers = re.findall(r'<th class="num">([^<]+)</th>', page)
+        assert headers == ["Lr schd", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)", "Mem (fast)",
+                           "fps (fast)"]
+        fast_cells = re.findall(r'<td class="fig num (mem_gb_fast|fps_fast)"><span class="value">([^<]+)</span>\s*'
+                                r'(<span class="check)?', page)
+        assert [(m, v) for m, v, _ in fast_cells] == [("mem_gb_fast", "3.0 (0.50x)"), ("fps_fast", "0.04 (2.00x)")]
+        assert all(not check for _, _, check in fast_cells)  # nlbench's own figures: never judged
+    assert "<code>fast</code> setting" in index
+
+
+def test_html_report_without_fast_figures_has_no_fast_columns(tmp_path):
+    results = tmp_path / "results"
+    for kind in ("train", "eval", "bench"):
+        write_record(results, make_record(kind, miou=78.0))
+    out = tmp_path / "report"
+    assert cli(["report", "--results", str(results), "--out", str(out)]) == 0
+    assert "(fast)" not in (out / "index.html").read_text()

@@ -40,13 +40,15 @@ from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_
 from benchmark.report.compare import HARDWARE_METRICS, METRICS, Check, apply_ci, compare, default_references
 from benchmark.report.curves import assess_row, plot_overlay
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
-from benchmark.report.tables import PROFILE_NOTES, RELEASED_NOTE
+from benchmark.report.tables import FAST_NOTE, PROFILE_NOTES, RELEASED_NOTE, fast_cell, has_fast
 from benchmark.run.records import KINDS, load_records
 from benchmark.stats import SEED_STD_MIOU
 
 # The figure columns of the published tables, in their order: (summary metric, header, digits).
 COLUMNS = [("mem_gb", "Mem (GB)", 1), ("fps", "Inf time (fps)", 2), ("miou", "mIoU", 2),
            ("miou_ms_flip", "mIoU(ms+flip)", 2)]
+# After them, when any row has figures of the fast setting (as the markdown tables add them).
+FAST_COLUMNS = [("mem_gb_fast", "Mem (fast)", 1), ("fps_fast", "fps (fast)", 2)]
 PROVENANCE_FIELDS = ["git_commit", "git_dirty", "nlbench_version", "device_name", "device_count", "world_size",
                      "torch_version", "cuda_version", "cudnn_version", "dtype", "hostname", "slurm_job_id",
                      "recipe_hash", "checkpoint_sha256"]
@@ -138,10 +140,24 @@ def _profile_order(profile: str) -> Tuple[int, str]:
     return ({"full": 0, "smoke": 1}.get(profile, 2), profile)
 
 
-def _cells(row: pd.Series, sources: List[VerdictSource]) -> List[Dict[str, Any]]:
+def report_columns(summary: pd.DataFrame) -> List[Tuple[str, str, int]]:
+    """The figure columns of the report's tables: the published ones, then the fast setting's if any."""
+    return COLUMNS + FAST_COLUMNS if has_fast(summary) else COLUMNS
+
+
+def _fast_figure(row: pd.Series, metric: str, header: str, digits: int) -> Dict[str, Any]:
+    """A fast-setting cell: its value and ratio to the published setting's; never judged."""
+    return {"metric": metric, "header": header, "value": fast_cell(row, metric[:-len("_fast")], digits),
+            "verdicts": [], "not_compared": None}
+
+
+def _cells(row: pd.Series, sources: List[VerdictSource], columns: List[Tuple[str, str, int]]) -> List[Dict[str, Any]]:
     """One cell per figure column: the reproduced value and, per verdict source, its verdict."""
     cells = []
-    for metric, header, digits in COLUMNS:
+    for metric, header, digits in columns:
+        if metric.endswith("_fast"):
+            cells.append(_fast_figure(row, metric, header, digits))
+            continue
         verdicts = []
         for source in sources:
             check = source.checks.get((row["recipe"], row["profile"], row["checkpoint_source"], metric))
@@ -164,7 +180,8 @@ def row_page(out_dir: Path, profile: str, recipe: str) -> Path:
     return out_dir / "rows" / profile / f"{recipe}.html"
 
 
-def _row_view(row: pd.Series, p: pd.Series, sources: List[VerdictSource], out_dir: Path, page_dir: Path):
+def _row_view(row: pd.Series, p: pd.Series, sources: List[VerdictSource], out_dir: Path, page_dir: Path,
+              columns: List[Tuple[str, str, int]]):
     links = release_links(row["recipe"])
     method = p["method"] if row["profile"] == "full" else f"{p['method']} ({row['profile']})"
     return {
@@ -175,7 +192,7 @@ def _row_view(row: pd.Series, p: pd.Series, sources: List[VerdictSource], out_di
         if row["checkpoint_source"] == TRAINED else None,
         "config_href": _href(resolve_recipe_path(row["recipe"]), page_dir),
         "model_url": links[0] if links else None, "log_url": links[1] if links else None,
-        "cells": _cells(row, sources),
+        "cells": _cells(row, sources, columns),
     }
 
 
@@ -183,10 +200,12 @@ def dataset_tables(summary: pd.DataFrame, published: pd.DataFrame, sources: List
                    out_dir: Path, page_dir: Path) -> Dict[str, List[Dict[str, Any]]]:
     """Dataset -> the rows of one profile in the published order (as `nlbench tables` prints them)."""
     rows = summary[summary["profile"] == profile].set_index("recipe", drop=False)
+    columns = report_columns(rows)
     tables: Dict[str, List[Dict[str, Any]]] = {}
     for recipe, p in published.iterrows():
         if recipe in rows.index:
-            tables.setdefault(p["dataset"], []).append(_row_view(rows.loc[recipe], p, sources, out_dir, page_dir))
+            view = _row_view(rows.loc[recipe], p, sources, out_dir, page_dir, columns)
+            tables.setdefault(p["dataset"], []).append(view)
     return tables
 
 
@@ -339,8 +358,10 @@ def _profile_view(summary: pd.DataFrame, published: pd.DataFrame, sources: List[
                   checkpoint_source: str, out_dir: Path) -> Dict[str, Any]:
     rows = summary[summary["profile"] == profile]
     devices = sorted({str(d) for d in rows["device_name"].dropna()})
+    columns = report_columns(rows)
     return {"name": profile, "note": PROFILE_NOTES.get(profile, "a custom recipe profile."),
-            "devices": ", ".join(devices) or "unknown", "rows": len(rows),
+            "devices": ", ".join(devices) or "unknown", "rows": len(rows), "columns": columns,
+            "fast_note": FAST_NOTE if columns != COLUMNS else None,
             "tables": dataset_tables(summary, published, sources, profile, out_dir, out_dir),
             "tallies": [(s, _tally(s, profile, checkpoint_source)) for s in sources]}
 
@@ -360,7 +381,7 @@ def _index_context(summary: pd.DataFrame, published: pd.DataFrame, sources: List
                       for profile in sorted(released["profile"].unique(), key=_profile_order)]
     commits = sorted({str(c) for c in summary["git_commit"].dropna()})
     return {"results": str(results_dir), "records": summary.attrs.get("records", 0), "profiles": profiles,
-            "released": released_views, "released_note": RELEASED_NOTE, "sources": sources, "columns": COLUMNS,
+            "released": released_views, "released_note": RELEASED_NOTE, "sources": sources,
             "warnings": warnings, "commits": commits, "newest": str(summary["created_at"].max())}
 
 
@@ -368,8 +389,9 @@ def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[tuple, Dict[str, Di
                  sources: List[VerdictSource], results_dir: Path, out_dir: Path, path: Path) -> Dict[str, Any]:
     key = (row["recipe"], row["profile"], TRAINED)
     seeds = {s: kinds for (r, prof, source, s), kinds in by_seed.items() if (r, prof, source) == key}
-    return {"results": str(results_dir), "row": _row_view(row, p, sources, out_dir, path.parent),
-            "title": f"{row_label(p)} ({row['profile']})", "columns": COLUMNS, "sources": sources,
+    columns = report_columns(pd.DataFrame([row]))
+    return {"results": str(results_dir), "row": _row_view(row, p, sources, out_dir, path.parent, columns),
+            "title": f"{row_label(p)} ({row['profile']})", "columns": columns, "sources": sources,
             "index_href": _href(out_dir / "index.html", path.parent), "published": p,
             "sections": row_sections(row, seeds, results_dir, path.parent)}
 

@@ -109,7 +109,7 @@ def has_fast(summary: pd.DataFrame) -> bool:
     return bool((summary.get("fps_fast_n", pd.Series(dtype=float)) > 0).any())
 
 
-def _fast_cell(row: pd.Series, metric: str, digits: int) -> str:
+def fast_cell(row: pd.Series, metric: str, digits: int) -> str:
     """The fast setting's figure with its ratio to the published-setting one: '5.43 (2.00x)'."""
     text = _stat(row, f"{metric}_fast", digits)
     fast, base = row[f"{metric}_fast_mean"], row[f"{metric}_mean"]
@@ -133,7 +133,7 @@ def reproduced_tables(summary: pd.DataFrame, published: pd.DataFrame, link_from:
                 continue
             for _, r in sorted(found.iterrows(), key=lambda item: _profile_rank(item[1]["profile"])):
                 method = p["method"] if r["profile"] == "full" else f"{p['method']} ({r['profile']})"
-                extra = [_fast_cell(r, "mem_gb", 1), _fast_cell(r, "fps", 2)] if fast else []
+                extra = [fast_cell(r, "mem_gb", 1), fast_cell(r, "fps", 2)] if fast else []
                 rows.append([method, p["backbone"], p["crop_size"], str(p["lr_schd"]), _stat(r, "mem_gb", 1),
                              _stat(r, "fps", 2), _stat(r, "miou", 2), _stat(r, "miou_ms_flip", 2), *extra,
                              *_links(p["recipe"], link_from)])
