@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 
 
 class LoopbackServer:
@@ -13,6 +14,7 @@ class LoopbackServer:
         self.body = body
         self.requests = []  # (path, Range header)
         self.cut_after = None  # serve only this many bytes of the next full response, then drop
+        self.delay_s = 0.0  # wait this long before each response's body (a slow server)
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -26,6 +28,7 @@ class LoopbackServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(outer.body) - 1}/{len(outer.body)}")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                time.sleep(outer.delay_s)
                 if outer.cut_after is not None and not rng:
                     self.wfile.write(data[: outer.cut_after])
                     outer.cut_after = None

@@ -4,6 +4,7 @@ the sha256 pinned at the first download, and the reference a row's curves are ch
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from http_server import LoopbackServer
@@ -57,6 +58,18 @@ def test_fetch_downloads_once_pins_the_hash_and_resumes(tmp_path, capsys):
             fetch_logs(ROW, mirror, cache_dir=cache, progress=False)
         assert "differs from the one pinned at the first download" in str(err.value)
         assert not path.exists() and pin.exists()
+
+
+def test_concurrent_fetches_of_one_log_download_it_once(tmp_path):
+    body = _published_log()
+    with LoopbackServer(body) as server:
+        server.delay_s = 0.5  # the second caller arrives while the first is still downloading
+        mirror = [f"release.base_url={server.url}"]
+        with ThreadPoolExecutor(2) as pool:
+            paths = list(pool.map(lambda _: fetch_logs(ROW, mirror, cache_dir=tmp_path, progress=False), range(2)))
+    assert paths == [[tmp_path / LOG_NAME]] * 2 and (tmp_path / LOG_NAME).read_bytes() == body
+    assert len(server.requests) == 1  # the other caller waited for the lock and found the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOG_NAME, LOG_NAME + ".sha256"]  # no lock or .part left
 
 
 def test_a_downloaded_file_that_is_not_a_log_is_refused(tmp_path):

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Union
 from benchmark.catalog import select_recipe_paths
 from benchmark.curves.reader import Curve, read_curve, read_file
 from benchmark.errors import NLBenchError
-from benchmark.io.download import cache_dir_default, download
+from benchmark.io.download import cache_dir_default, download, exclusive, lock_path_of
 from benchmark.io.files import atomic_write_text, file_sha256
 from benchmark.recipe import REPO_ROOT, Recipe, load_recipe
 
@@ -60,21 +60,29 @@ def _read_pin(target: Path) -> Optional[str]:
 
 def fetch_log(recipe: Recipe, cache_dir: Optional[PathLike] = None, progress: bool = True,
               offline: bool = False) -> Path:
-    """The row's published training log from the cache, downloaded (resumably) on first use."""
+    """The row's published training log from the cache, downloaded (resumably) on first use.
+    Concurrent callers (array tasks, parallel jobs) take turns: one downloads, the others find it."""
     name = _release_log_name(recipe)
     target = log_cache_dir(cache_dir) / name
+    if offline:  # reads only (plots never download): no lock file in a cache that may be read-only
+        return _cached_or_fetched(recipe, target, progress, offline)
+    try:
+        with exclusive(lock_path_of(target)):
+            return _cached_or_fetched(recipe, target, progress, offline)
+    except OSError as exc:
+        raise NLBenchError(f"cannot write to the log cache: {exc.strerror or exc}", target.parent) from None
+
+
+def _cached_or_fetched(recipe: Recipe, target: Path, progress: bool, offline: bool) -> Path:
     pinned = _read_pin(target)
     if target.is_file():
         if pinned is None or file_sha256(target) == pinned:
             return _pinned(target, pinned)
         target.unlink()  # changed since it was pinned: fetch it again
     if offline:
-        raise NLBenchError(f"the published training log {name} is not in the cache; `nlbench logs fetch` "
+        raise NLBenchError(f"the published training log {target.name} is not in the cache; `nlbench logs fetch` "
                            "downloads it", target)
-    try:
-        download(recipe.release.log_url, target, "", progress=progress)
-    except OSError as exc:
-        raise NLBenchError(f"cannot write to the log cache: {exc.strerror or exc}", target.parent) from None
+    download(recipe.release.log_url, target, "", progress=progress)
     return _pinned(target, pinned)
 
 

@@ -91,8 +91,13 @@ def download(url: str, target: Path, sha256_prefix: str, progress: bool = True) 
     return target
 
 
+def lock_path_of(target: Path) -> Path:
+    """The lock file that callers fetching ``target`` take turns on."""
+    return target.with_name(target.name + ".lock")
+
+
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive flock on ``lock_path`` for the duration; the file is removed afterwards.
 
     A waiter may wake up holding the lock of a file its predecessor already removed; it then
@@ -124,7 +129,7 @@ def cached_download(url: str, sha256_prefix: str, cache_dir: Optional[Union[str,
     cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     target = cache / (filename or url.rsplit("/", 1)[-1])
     try:
-        with _exclusive(target.with_name(target.name + ".lock")):
+        with exclusive(lock_path_of(target)):
             if target.exists():
                 if file_sha256(target).startswith(sha256_prefix.lower()):
                     return target
