@@ -157,3 +157,23 @@ def test_without_flock_a_lock_file_of_a_dead_pid_on_this_host_is_stale(tmp_path)
     lock.held_file.write_text(Holder("elsewhere", 1, "2026-01-01T00:00:00+00:00", None, "").to_json())
     with pytest.raises(JobHeld, match=f"another host: remove {lock.held_file}"):
         JobLock(path)._try_exclusive_file()
+
+
+def test_without_flock_a_slow_taker_never_removes_the_lock_a_faster_one_took(tmp_path):
+    """Two takers found the same stale holder; the faster one replaced its file before the slower
+    one moved it aside: the slower one puts it back and keeps trying (it then finds it held)."""
+    path = lock_path(tmp_path, KEY)
+    path.parent.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = Holder(socket.gethostname(), gone.pid, "2026-01-01T00:00:00+00:00", None, "crashed run")
+    faster = Holder(socket.gethostname(), os.getppid(), "2026-01-01T00:00:01+00:00", None, "faster taker")
+    slow = JobLock(path)
+    slow.held_file.write_text(faster.to_json())  # what the slow taker finds when it acts on `dead`
+    assert slow._remove_stale(dead) is False
+    assert Holder.parse(slow.held_file.read_text()) == faster
+    assert sorted(p.name for p in path.parent.iterdir()) == [slow.held_file.name]
+    with pytest.raises(JobHeld, match="faster taker"):
+        slow._try_exclusive_file()
+    slow.held_file.write_text(dead.to_json())
+    assert slow._remove_stale(dead) is True and not slow.held_file.exists()

@@ -18,7 +18,8 @@ evicted); until then the job counts as held by that host and pid, and the messag
 File systems without ``flock`` (ENOLCK/ENOSYS/EOPNOTSUPP, e.g. NFSv3 without lockd, Lustre without
 the mount option): the lock is then a second file, ``<name>.lock.held``, created exclusively. A
 holder on the same host whose pid no longer runs (or runs a newer process: the process start time
-differs) is stale, and the lock is taken over. A holder on another host cannot be checked from
+differs) is stale, and the lock is taken over: its file is moved aside and checked, and put back
+when a faster taker had already replaced it. A holder on another host cannot be checked from
 here; the job counts as held until that file is removed, and the message gives its path.
 
 Within one process the lock is re-entrant (the local launcher holds it while ``run_job`` runs in
@@ -193,16 +194,29 @@ class JobLock:
                     where = "" if holder is None or holder.alive() else (
                         f" (another host: remove {self.held_file} if that run is gone)")
                     raise JobHeld(self.path, holder, where) from None
-                with contextlib.suppress(FileNotFoundError):  # stale: its holder no longer runs
-                    stale = self.held_file.with_name(f"{self.held_file.name}.stale-{os.getpid()}")
-                    os.rename(self.held_file, stale)  # only one taker wins the rename
-                    os.unlink(stale)
+                if self._remove_stale(holder):  # stale: its holder no longer runs
                     self.took_over = holder
                 continue
             self._write(fd)
             os.close(fd)
             return
         raise JobHeld(self.path, _read(self.held_file))
+
+    def _remove_stale(self, stale: Holder) -> bool:
+        """Remove the held file that ``stale`` wrote. False when the file is no longer that one: a
+        faster taker already replaced it with its own, which is then put back."""
+        aside = self.held_file.with_name(f"{self.held_file.name}.stale-{os.getpid()}")
+        try:
+            os.rename(self.held_file, aside)  # only one taker wins the rename
+        except FileNotFoundError:
+            return False
+        if _read(aside) == stale:
+            os.unlink(aside)
+            return True
+        with contextlib.suppress(FileExistsError):  # back, unless yet another taker created one
+            os.link(aside, self.held_file)
+        os.unlink(aside)
+        return False
 
     def release(self) -> None:
         if self.borrowed:
