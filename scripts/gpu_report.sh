@@ -4,7 +4,7 @@
 #
 #   bash scripts/gpu_report.sh [OUT_DIR] [gpu-report options, e.g. --dry-run]
 #
-# When pydantic is missing it installs the wheels in .whl/ (made by
+# When pydantic or cityscapesscripts is missing it installs the wheels in .whl/ (made by
 # scripts/gpu_wheels.sh on a machine with network, then copied along) into a private folder first.
 # Writes OUT_DIR/gpu_report.md and OUT_DIR/gpu_report.json (default OUT_DIR: gpu-report).
 set -euo pipefail
@@ -13,9 +13,9 @@ cd "$(dirname "$0")/.."
 out=gpu-report
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out="$1"; shift; fi
 py="${PYTHON:-python3}"
-if ! "$py" -c "import pydantic" 2>/dev/null; then
+if ! "$py" -c "import pydantic, cityscapesscripts.helpers.annotation" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "gpu_report.sh: $py has no pydantic and .whl/ holds no wheels; run scripts/gpu_wheels.sh first" >&2
+    echo "gpu_report.sh: $py lacks pydantic or cityscapesscripts and .whl/ holds no wheels; run scripts/gpu_wheels.sh first" >&2
     exit 2
   fi
   site="${TMPDIR:-/tmp}/nlbench-site"

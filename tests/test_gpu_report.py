@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmark.cli import main as cli_main
-from benchmark.report.gpu_report import ROWS, goals
+from benchmark.report.gpu_report import ROWS, goals, markdown, time_for_gpu_tests
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +72,14 @@ def test_goals_are_not_judged_off_the_gpu_they_name(dry_run):
     h100["agreement"] = {"agreement_percent": 99.8}
     # 2.5x faster at 0.4x the memory; 75 fps on an H100; 99.8% agreement is under 99.9%.
     assert [g["met"] for g in goals(h100)] == [True, True, False]
+
+
+def test_gpu_tests_get_what_is_left_of_the_limit_and_a_cut_report_still_reads(dry_run):
+    assert time_for_gpu_tests(100.0, 480.0) == 300.0  # plenty left: pytest's own cap
+    assert time_for_gpu_tests(400.0, 480.0) == 70.0  # stopped 10 s before the limit, to write the files
+    assert time_for_gpu_tests(445.0, 480.0) is None  # under 30 s: left out, and the report says why
+    _, report, _ = dry_run
+    assert report["limit_s"] == 480.0
+    first_part = {k: report[k] for k in ("dry_run", "sizes", "device", "budget_s", "models")}
+    text = markdown({**first_part, "goals": goals(first_part), "wall_time_s": 1.0})
+    assert text.count("(not measured: the report stopped before this part)") == 4  # attention, flash, bf16, tests
