@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -83,11 +84,10 @@ def small_disk(tmp_path, request):
 def _fill(disk: Path, leave: int = 0, name: str = "filler") -> Path:
     """Fill ``disk`` up to ``leave`` free bytes (a real ENOSPC for whatever writes more)."""
     filler = disk / name
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: closing it has nothing left to flush
         try:
             while True:
                 fh.write(b"\0" * (1 << 20))
-                fh.flush()
         except OSError:
             pass
     st = os.statvfs(disk)
@@ -161,6 +161,27 @@ def test_a_full_disk_fails_a_record_a_table_and_a_log_line_cleanly(small_disk, t
     assert {p: p.read_bytes() for p in kept} == kept
     assert [r["_path"] for r in load_records(results)[0]] == [str(first)]
     assert not _temporary_files(disk)
+
+
+def test_a_full_disk_under_the_tensorboard_scalars_is_one_error_naming_the_work_dir(small_disk, capsys):
+    pytest.importorskip("torch.utils.tensorboard")
+    from benchmark.engine.tensorboard_sink import TensorBoardSink
+
+    disk = small_disk("4m")
+    sink = TensorBoardSink(disk / "work")
+    sink.write({"event": "start", "iteration": 0, "resumed": False})
+    line = {"iteration": 1, "loss": 1.0, "lr": 0.01, "time": 0.1, "data_time": 0.01, "peak_mem_gb": 0.5}
+    sink.write(line)
+    _fill(disk)  # not a byte left
+    with pytest.raises(NLBenchError) as info:
+        for it in range(2, 5000):  # the writer's buffer takes a few lines before a flush reaches the disk
+            sink.write({**line, "iteration": it})
+    assert str(info.value) == f"{disk / 'work'}: cannot write the TensorBoard scalars: No space left on device"
+    sink.write({**line, "iteration": 9999})  # let go: nothing more is written, nothing raised
+    for thread in threading.enumerate():  # TensorBoard's writer thread has died of the same error
+        if type(thread).__name__ == "_AsyncWriterThread":
+            thread.join(timeout=10)
+    assert "Traceback" not in capsys.readouterr().err  # said once, by the main thread, not by the writer's
 
 
 # ----------------------------------------------------------------------------- a corrupt latest.pth

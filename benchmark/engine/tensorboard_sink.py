@@ -16,8 +16,12 @@ runs as before and says once per process how to get the scalars.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
+
+from benchmark.errors import NLBenchError
 
 EVENT_GLOB = "events.out.tfevents.*"
 TRAIN_KEYS = ("loss", "loss_decode", "loss_aux", "lr", "peak_mem_gb", "time", "data_time")
@@ -25,6 +29,7 @@ EVAL_KEYS = ("aAcc", "mIoU", "mAcc")
 MISSING = ("TensorBoard scalars are not written: the tensorboard package is not installed "
            "(pip install 'nlbench[tensorboard]', or `make install`)")
 _said_missing = False
+_hook_installed = False
 
 
 def tensorboard_available() -> bool:
@@ -46,6 +51,24 @@ def tensorboard_sink(work_dir: Path, log: Callable[[str], None]) -> Optional["Te
     return None
 
 
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard's writer thread prints a traceback when a write fails (a full disk) as it dies;
+    the main thread then raises the same error, as one NLBenchError naming the work dir, so that
+    print is only noise. Every other thread's exceptions are printed as before."""
+    global _hook_installed
+    if _hook_installed:
+        return
+    _hook_installed = True
+    previous = threading.excepthook
+
+    def hook(args: "threading.ExceptHookArgs") -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    threading.excepthook = hook
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -65,11 +88,23 @@ class TensorBoardSink:
         if clear:
             for old in self.work_dir.glob(EVENT_GLOB):
                 old.unlink()
+        _quiet_writer_thread_errors()
         self.writer = SummaryWriter(log_dir=str(self.work_dir), purge_step=purge_step)
 
     def write(self, entry: Dict[str, Any]) -> None:
         if self.closed:
             return
+        try:
+            self._write(entry)
+        except OSError as exc:  # a full disk: the run fails with one message, and the writer is let go
+            self.closed = True
+            writer, self.writer = self.writer, None
+            with contextlib.suppress(OSError):
+                if writer is not None:
+                    writer.close()
+            raise NLBenchError(f"cannot write the TensorBoard scalars: {exc.strerror or exc}", self.work_dir) from None
+
+    def _write(self, entry: Dict[str, Any]) -> None:
         event = entry.get("event")
         if event == "start":
             start = int(entry.get("iteration") or 0)
