@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Union
 
@@ -20,6 +21,14 @@ class NLBenchError(Exception):
         self.key = key
         parts = [p for p in (self.path, key) if p]
         super().__init__(": ".join(parts + [message]))
+
+
+def check_number(value: float, key: str, what: str, minimum: float = 0.0, strict: bool = False) -> float:
+    """``value`` when it is finite and at least ``minimum`` (above it with ``strict``); otherwise an
+    NLBenchError naming ``key`` (argparse's float() lets 'nan' and 'inf' through)."""
+    if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+        raise NLBenchError(f"expected a finite {what} {'>' if strict else '>='} {minimum:g}, got {value}", key=key)
+    return value
 
 
 class TrainingInterrupted(Exception):

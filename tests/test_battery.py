@@ -506,6 +506,11 @@ def results_without_runs__status(kit, tmp):
     return Case(["status", "--results", str(kit.results)], str(kit.results), [])
 
 
+def results_corrupt_run_file__status(kit, tmp):
+    broken = _write(tmp / "results" / "jobs" / "runs" / "20260101T000000Z-abcdef.json", '{"jobs": [')
+    return Case(["status", "--results", str(tmp / "results")], str(broken), [])
+
+
 def _run_all_slurm(profile: Path) -> List[str]:
     return ["run-all", "--launcher", "slurm", "--cluster", str(profile), "--profile", "smoke", "--filter", ROW,
             "--dry-run"]
@@ -585,6 +590,15 @@ def reference_two_devices__compare(kit, tmp):
     ref = _reference(tmp, REF_ROW + "\n" + REF_ROW.replace(ROW, ROW.replace("20k", "40k")).replace(",cpu", ",V100")
                      + "\n")
     return Case(["compare", "--results", str(kit.results), "--reference", str(ref)], "device", [])
+
+
+def option_not_a_number__compare(kit, tmp):  # argparse's float() takes "nan": it must not open the gate
+    return Case(["compare", "--results", str(kit.results), "--tolerance", "nan", "--report", str(tmp / "report.md")],
+                "--tolerance", [tmp / "report.md"])
+
+
+def option_infinite__compare(kit, tmp):
+    return Case(["compare", "--results", str(kit.results), "--method", "ci", "--assumed-std", "inf"], "--assumed-std")
 
 
 CASES = {name: fn for name, fn in dict(globals()).items() if "__" in name and callable(fn) and not name.startswith("_")}

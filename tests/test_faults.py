@@ -276,6 +276,30 @@ def test_a_run_trained_in_three_attempts_records_their_totals(tmp_path):
     assert record["gpu_hours"] is None  # CPU attempts: no GPU-hours
 
 
+def test_a_corrupt_attempts_file_is_kept_aside_said_and_the_count_becomes_unknown(tmp_path):
+    from benchmark.run.job import Job, Resources, StopFlag, run_job
+
+    recipe = _recipe(tmp_path / "voc", max_iters=2)
+    results, work = tmp_path / "results", tmp_path / "results" / "work"
+    job = Job(recipe, 0, ("train",), str(results), str(work), str(tmp_path / "voc"), Resources(), 10, None)
+    stop = StopFlag()
+    stop.request()
+    with pytest.raises(TrainingInterrupted):
+        run_job(job, stop)
+    damaged = (work / "attempts.json").read_bytes()[:-20]
+    (work / "attempts.json").write_bytes(damaged)
+    written = run_job(job)
+
+    assert (work / "attempts.json.unreadable").read_bytes() == damaged  # nothing lost
+    log = (work / "job.log").read_text()
+    assert f"warning: {work / 'attempts.json'}: cannot be read (kept as attempts.json.unreadable)" in log
+    [entry] = read_attempts(work)
+    assert entry["start_iteration"] == 1 and entry["earlier_attempts_unknown"] is True
+    record = json.loads(Path(written["train"]).read_text())
+    assert record["attempts"] is None  # not known, rather than a wrong 1
+    assert record["wall_time_s"] == pytest.approx(entry["wall_time_s"])  # what is known of the cost
+
+
 def test_attempt_totals_sum_time_and_gpu_hours_and_take_the_peak():
     entries = [{"wall_time_s": 3600.0, "gpu_hours": 4.0, "peak_mem_gb": 7.5},
                {"wall_time_s": 1800.0, "gpu_hours": 2.0, "peak_mem_gb": 7.9},

@@ -75,6 +75,21 @@ def test_newest_run_wins_and_missing_runs_is_an_error(tmp_path, capsys):
     assert [r["job_id"] for r in rows] == ["9_3"]
 
 
+def test_a_corrupt_run_file_is_named_not_silently_dropped(tmp_path, capsys):
+    plan = make_plan(tmp_path, lambda r: Resources(), pattern="*r50*20k_voc*", profile="smoke")
+    good = write_run(tmp_path, "local", [plan.jobs[0].to_dict()], {})
+    broken = good.with_name("zz-broken.json")
+    broken.write_text('{"jobs": [{"key": ')  # cut off mid-write by hand or by a crash of another tool
+    assert cli(["status", "--results", str(tmp_path)]) == 0  # the readable run is shown ...
+    captured = capsys.readouterr()
+    assert "1 row(s): 1 pending" in captured.out
+    assert captured.err.startswith(f"warning: {broken}: skipped: not valid JSON")  # ... and the broken one named
+    good.unlink()
+    assert cli(["status", "--results", str(tmp_path)]) == 2  # nothing readable: the broken file is the error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nlbench status: error: {broken}: not valid JSON")
+
+
 def test_iteration_reached_prefers_the_furthest(tmp_path):
     assert iteration_reached(tmp_path) is None
     (tmp_path / "iter_8.pth").write_bytes(b"")

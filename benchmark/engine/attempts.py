@@ -10,20 +10,24 @@ was killed or failed, noticed by the next).
 An entry is written when the attempt starts and updated at every checkpoint and at the end, so a
 killed attempt counts up to its last checkpoint. A run that starts from iteration 0 starts a new
 file. The train record carries the totals (``totals``): wall time and GPU-hours summed, peak
-memory the largest of any attempt, and the number of attempts.
+memory the largest of any attempt, and the number of attempts (None when an attempt could not read
+the entries before it: the unreadable file is kept as ``attempts.json.unreadable``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from benchmark.errors import NLBenchError
 from benchmark.io.files import write_json
 
 ATTEMPTS = "attempts.json"
+EARLIER_UNKNOWN = "earlier_attempts_unknown"
 
 
 def gpu_hours(wall_s: float, device_type: Optional[str], world_size: int) -> Optional[float]:
@@ -33,14 +37,19 @@ def gpu_hours(wall_s: float, device_type: Optional[str], world_size: int) -> Opt
     return wall_s * max(int(world_size), 1) / 3600.0
 
 
+def _load(path: Path) -> Optional[List[Dict[str, Any]]]:
+    """The entries of an attempts file; None when it is missing or cannot be read as one."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entries = body.get("attempts") if isinstance(body, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else None
+
+
 def read_attempts(work_dir: Path) -> List[Dict[str, Any]]:
     """The entries of ``work_dir/attempts.json``; [] when there is none or it cannot be read."""
-    try:
-        body = json.loads((Path(work_dir) / ATTEMPTS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    entries = body.get("attempts") if isinstance(body, dict) else None
-    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    return _load(Path(work_dir) / ATTEMPTS) or []
 
 
 def _number(value: Any) -> Optional[float]:
@@ -52,7 +61,9 @@ def totals(entries: List[Dict[str, Any]]) -> Dict[str, Any]:
     walls = [_number(e.get("wall_time_s")) or 0.0 for e in entries]
     hours = [h for h in (_number(e.get("gpu_hours")) for e in entries) if h is not None]
     peaks = [p for p in (_number(e.get("peak_mem_gb")) for e in entries) if p is not None]
-    return {"attempts": len(entries), "total_wall_time_s": sum(walls),
+    # An attempt that could not read the entries before it: how many there were is not known.
+    unknown = any(e.get(EARLIER_UNKNOWN) for e in entries)
+    return {"attempts": None if unknown else len(entries), "total_wall_time_s": sum(walls),
             "total_gpu_hours": sum(hours) if hours else None, "max_peak_mem_gb": max(peaks) if peaks else None}
 
 
@@ -72,7 +83,7 @@ class AttemptLedger:
                  mem_kind: str, world_size: int, device_type: str, writer: bool):
         self.path = Path(work_dir) / ATTEMPTS
         self.started, self.peak_gb, self.writer = started, peak_gb, writer
-        before = read_attempts(work_dir) if start_iter > 0 and writer else []
+        before, self.warning = self._earlier() if start_iter > 0 and writer else ([], None)
         for entry in before:
             if entry.get("outcome") == "running":  # it never said how it ended: killed or failed
                 entry["outcome"] = "lost"
@@ -82,7 +93,23 @@ class AttemptLedger:
             "iteration": start_iter, "outcome": "running", "wall_time_s": 0.0, "gpu_hours": None,
             "peak_mem_gb": None, "mem_kind": mem_kind, "world_size": world_size, "device_type": device_type,
         }
+        if self.warning is not None:
+            self.entry[EARLIER_UNKNOWN] = True
         self.update(start_iter)
+
+    def _earlier(self) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+        """The entries of the attempts before this one, and a warning when the file holding them
+        cannot be read (it is then kept aside for a person to look at, never overwritten)."""
+        entries = _load(self.path)
+        if entries is not None or not self.path.exists():
+            return entries or [], None
+        aside = self.path.with_name(ATTEMPTS + ".unreadable")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            raise NLBenchError(f"cannot read it, nor move it aside: {exc.strerror or exc}", self.path) from None
+        return [], (f"{self.path}: cannot be read (kept as {aside.name}); the earlier attempts are not counted, and "
+                    "the train record says attempts: null")
 
     def update(self, iteration: int, outcome: str = "running", peak_mem_gb: Optional[float] = None) -> None:
         wall = time.perf_counter() - self.started

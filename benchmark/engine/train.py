@@ -152,10 +152,14 @@ def _make_work_dir(work_dir: Path, info: DistInfo) -> None:
             raise NLBenchError(f"cannot create the work dir: {exc.strerror or exc}", work_dir) from None
 
 
-def _attempt_ledger(work_dir: Path, run: Training, info: DistInfo, started: float, peak: TrainingPeak) -> AttemptLedger:
+def _attempt_ledger(work_dir: Path, run: Training, info: DistInfo, started: float, peak: TrainingPeak,
+                    log: Log) -> AttemptLedger:
     """This attempt's entry in ``attempts.json`` (see engine/attempts.py)."""
-    return AttemptLedger(work_dir, run.start_iter, started, peak.gb, peak.kind, info.world_size, info.device.type,
-                         writer=info.is_main)
+    ledger = AttemptLedger(work_dir, run.start_iter, started, peak.gb, peak.kind, info.world_size, info.device.type,
+                           writer=info.is_main)
+    if ledger.warning is not None:
+        log(f"warning: {ledger.warning}")
+    return ledger
 
 
 def _announce(recipe: Recipe, info: DistInfo, log: Log) -> int:
@@ -273,7 +277,7 @@ def train(
     run = build_training(recipe, work_dir, resume, data_root, info, log)
     logger, guard = _start_log(recipe, run, info, work_dir, resume, log)
     peak = TrainingPeak(info.device)
-    checkpoints = Checkpointer(work_dir, recipe, info, _attempt_ledger(work_dir, run, info, started, peak))
+    checkpoints = Checkpointer(work_dir, recipe, info, _attempt_ledger(work_dir, run, info, started, peak, log))
     metrics: Optional[Dict[str, Any]] = None
     loss: Optional[torch.Tensor] = None  # on the device; read once, at the end
     batches = _batches(recipe, run, info)

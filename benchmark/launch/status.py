@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -29,26 +30,30 @@ RUNS_SUBDIR = Path("jobs") / "runs"
 # ----------------------------------------------------------------------------- planned rows
 
 
-def load_runs(results_dir: Path) -> List[Dict[str, Any]]:
-    """Every run file, oldest first."""
+def load_runs(results_dir: Path, warnings: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    """Every run file, oldest first; one line per file that cannot be read goes to ``warnings``."""
     folder = results_dir / RUNS_SUBDIR
     runs = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            run = json.loads(path.read_text())
-        except (OSError, ValueError):
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+            reason = exc.strerror if isinstance(exc, OSError) else f"not valid JSON (truncated or corrupt): {exc}"
+            (warnings if warnings is not None else []).append(f"{path}: skipped: {reason}")
             continue
         if isinstance(run, dict) and isinstance(run.get("jobs"), list):
             run["_path"] = str(path)
             runs.append(run)
+        elif warnings is not None:
+            warnings.append(f"{path}: skipped: expected a run file (an object with a 'jobs' list)")
     runs.sort(key=lambda r: (r.get("created_at", ""), r["_path"]))
     return runs
 
 
-def planned_jobs(results_dir: Path) -> List[Dict[str, Any]]:
+def planned_jobs(results_dir: Path, warnings: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """The newest entry for every job key, with its run's launcher."""
     latest: Dict[str, Dict[str, Any]] = {}
-    for run in load_runs(results_dir):
+    for run in load_runs(results_dir, warnings):
         for entry in run["jobs"]:
             if isinstance(entry, dict) and "key" in entry:
                 latest[entry["key"]] = {**entry, "launcher": run.get("launcher", "local"), "run_id": run.get("run_id")}
@@ -182,8 +187,8 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
     }
 
 
-def collect_status(results_dir: Path) -> List[Dict[str, Any]]:
-    entries = planned_jobs(results_dir)
+def collect_status(results_dir: Path, warnings: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    entries = planned_jobs(results_dir, warnings)
     slurm = slurm_states(e.get("slurm_job_id") for e in entries if e.get("launcher") == "slurm")
     return [row_status(results_dir, e, slurm) for e in entries]
 
@@ -218,7 +223,13 @@ def status_command(results: str = "results") -> int:
     folder = Path(results)
     if not (folder / RUNS_SUBDIR).is_dir():
         raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
-    rows = collect_status(folder)
+    warnings: List[str] = []
+    rows = collect_status(folder, warnings)
+    if not rows and warnings:  # nothing readable: the first broken file is the error
+        path, _, reason = warnings[0].partition(": skipped: ")
+        raise NLBenchError(reason, path)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if not rows:
         raise NLBenchError("no planned rows in the run files", folder / RUNS_SUBDIR)
     print(format_status(rows))

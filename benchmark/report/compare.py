@@ -28,7 +28,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.catalog import PUBLISHED_CSV, load_published
-from benchmark.errors import NLBenchError
+from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.recipe import REPO_ROOT
 from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, of_source
@@ -361,12 +361,10 @@ def _outcome(checks: List[Check], method: str) -> str:
 
 
 def _check_options(tolerance: float, method: str, assumed_std: float) -> None:
-    if tolerance < 0:
-        raise NLBenchError(f"expected a tolerance >= 0, got {tolerance}", key="--tolerance")
+    check_number(tolerance, "--tolerance", "tolerance")
     if method not in METHODS:
         raise NLBenchError(f"expected one of {', '.join(METHODS)}, got {method!r}", key="--method")
-    if not assumed_std > 0:
-        raise NLBenchError(f"expected a std > 0, got {assumed_std}", key="--assumed-std")
+    check_number(assumed_std, "--assumed-std", "std", strict=True)
 
 
 def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,

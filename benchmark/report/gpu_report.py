@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from benchmark.engine.bench import bench, time_calls
 from benchmark.engine.distributed import device_info, resolve_device
 from benchmark.engine.settings import PUBLISHED, SETTING_NAMES, backend_flags
+from benchmark.errors import check_number
 from benchmark.io.files import atomic_write_text, json_safe
 from benchmark.recipe import REPO_ROOT, load_recipe
 
@@ -387,6 +388,8 @@ def _save(report: Dict[str, Any], folder: Path, started: float) -> Dict[str, Any
 def gpu_report_command(out: str = "gpu-report", dry_run: bool = False, device: str = "auto",
                        budget_s: float = 420.0, skip_tests: bool = False, limit_s: float = 480.0) -> int:
     """`nlbench gpu-report`: measure, write OUT/gpu_report.{json,md}; exit 1 when a part failed."""
+    check_number(budget_s, "--budget-s", "number of seconds")
+    check_number(limit_s, "--limit-s", "number of seconds", strict=True)
     started = time.perf_counter()
     sizes, folder = DRY if dry_run else FULL, Path(out)
     dev = resolve_device(device)

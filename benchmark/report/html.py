@@ -20,7 +20,6 @@ they show. Two lists make the report grow without restructuring it:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from benchmark.catalog import load_published, release_links
-from benchmark.errors import NLBenchError
+from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_text
 from benchmark.launch.cost import estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
@@ -422,8 +421,7 @@ def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> Li
 
 def report_command(results: str = "results", out: Optional[str] = None, tolerance: float = 0.5) -> int:
     """`nlbench report`: write the HTML report and print where its first page is."""
-    if tolerance < 0 or math.isnan(tolerance):
-        raise NLBenchError(f"expected a tolerance >= 0, got {tolerance}", key="--tolerance")
+    check_number(tolerance, "--tolerance", "tolerance")
     out_dir = Path(out) if out else Path(results) / "report"
     pages = build_report(Path(results), out_dir, tolerance)
     print(f"report: {len(pages)} pages in {out_dir}; open {(out_dir / 'index.html').resolve()}")
