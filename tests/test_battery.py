@@ -592,6 +592,11 @@ def reference_two_devices__compare(kit, tmp):
     return Case(["compare", "--results", str(kit.results), "--reference", str(ref)], "device", [])
 
 
+def data_root_missing__bench(kit, tmp):  # asked for: not silently replaced by random images
+    return Case(["bench", ROW, "--profile", "smoke", "--data-root", str(tmp / "no-such-root"),
+                 "--json", str(tmp / "bench.json")], str(tmp / "no-such-root"), [tmp / "bench.json"])
+
+
 def option_not_a_number__compare(kit, tmp):  # argparse's float() takes "nan": it must not open the gate
     return Case(["compare", "--results", str(kit.results), "--tolerance", "nan", "--report", str(tmp / "report.md")],
                 "--tolerance", [tmp / "report.md"])

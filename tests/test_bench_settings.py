@@ -102,10 +102,10 @@ def test_single_rank_group_is_made_and_removed():
     assert not dist.is_initialized()
 
 
-def test_cli_settings_published_only_and_a_bad_name(tmp_path, capsys):
+def test_cli_settings_published_only_and_a_bad_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's relative data root is not there: random images stand in
     out = tmp_path / "b.json"
-    args = ["bench", ROW, "--profile", "smoke", "--device", "cpu", "--data-root", str(tmp_path / "absent"),
-            *sum((["--set", s] for s in TINY), [])]
+    args = ["bench", ROW, "--profile", "smoke", "--device", "cpu", *sum((["--set", s] for s in TINY), [])]
     assert cli_main([*args, "--settings", "published", "--skip-mem", "--json", str(out)]) == 0
     body = json.loads(out.read_text())
     assert "fast" not in body and list(body["measurement"]) == ["published"] and body["mem_gb"] is None

@@ -345,6 +345,9 @@ def bench_command(recipe: str, overrides: Sequence[str] = (), profile: str = "fu
                   skip_mem: bool = False, settings: str = ",".join(SETTING_NAMES), train_step: bool = False) -> int:
     """`nlbench bench`: print the figures; ``json_out`` (--json) also writes them to that file."""
     names = parse_settings(settings)
+    if data_root is not None and not Path(data_root).is_dir():  # asked for, so not silently random images
+        raise NLBenchError("data root not found (leave --data-root out to time random images of the test "
+                           "resolution when there is no dataset)", data_root, "--data-root")
     resolved = load_recipe(recipe, overrides, profile)
     path = str(resolve_checkpoint(resolved, checkpoint)) if checkpoint else None
     result = bench(resolved, checkpoint=path, device=device, data_root=data_root, skip_mem=skip_mem,
