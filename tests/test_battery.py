@@ -602,6 +602,11 @@ def option_not_a_number__compare(kit, tmp):  # argparse's float() takes "nan": i
                 "--tolerance", [tmp / "report.md"])
 
 
+def option_zero_parallel__run_all(kit, tmp):  # refused before the results folder is touched
+    return Case(["run-all", "--profile", "smoke", "--filter", ROW, "--results", str(tmp / "results"),
+                 "--parallel", "0"], "--parallel", [tmp / "results"])
+
+
 def option_infinite__compare(kit, tmp):
     return Case(["compare", "--results", str(kit.results), "--method", "ci", "--assumed-std", "inf"], "--assumed-std")
 

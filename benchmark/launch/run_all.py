@@ -88,6 +88,10 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
     rule, time_limit, cluster_profile = _launcher_rule(launcher, cluster)
     plan = planning.make_plan(folder, rule, pattern=filter, profile=profile, overrides=overrides, seeds=seeds,
                               time_limit_min=time_limit, checkpoint=checkpoint)
+    if launcher == "local":  # before anything is written (and in a dry run too)
+        from benchmark.launch import local
+
+        local.check_parallel(plan.jobs, parallel)
     if dry_run:
         print(planning.format_plan(plan, launcher))
         return 0
@@ -142,7 +146,6 @@ def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
 def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> int:
     from benchmark.launch import local
 
-    local.check_parallel(jobs, parallel)
     run_file = write_run(results, "local", [j.to_dict() for j in jobs], {})
     side = f", {parallel} at a time (each in its own process; console output in {results}/jobs/local/)" \
         if parallel > 1 else ""
