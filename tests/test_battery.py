@@ -607,6 +607,11 @@ def option_zero_parallel__run_all(kit, tmp):  # refused before the results folde
                  "--parallel", "0"], "--parallel", [tmp / "results"])
 
 
+def report_out_is_a_file__report(kit, tmp):
+    out = _write(tmp / "afile", "x")
+    return Case(["report", "--results", str(kit.results), "--out", str(out)], f"{out}: --out: expected a folder")
+
+
 def option_infinite__compare(kit, tmp):
     return Case(["compare", "--results", str(kit.results), "--method", "ci", "--assumed-std", "inf"], "--assumed-std")
 

@@ -423,6 +423,8 @@ def report_command(results: str = "results", out: Optional[str] = None, toleranc
     """`nlbench report`: write the HTML report and print where its first page is."""
     check_number(tolerance, "--tolerance", "tolerance")
     out_dir = Path(out) if out else Path(results) / "report"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NLBenchError("expected a folder for the report's pages, found a file", out_dir, "--out")
     pages = build_report(Path(results), out_dir, tolerance)
     print(f"report: {len(pages)} pages in {out_dir}; open {(out_dir / 'index.html').resolve()}")
     return 0
