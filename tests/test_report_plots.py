@@ -115,5 +115,15 @@ def test_training_curves_can_be_told_apart_in_every_panel(tmp_path):
     for ax in fig.axes:
         styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
         assert len(styles) == 4 and len(set(styles)) == 4, ax.get_title()
+        # Two backbones' lines with the very same points (R-50 and R-101 share their lr schedule)
+        # stay visible: the one underneath is wider than the one on top.
+        lines = ax.get_lines()
+        same = [(a, b) for a in lines for b in lines if a.get_color() != b.get_color()
+                and a.get_xydata().tolist() == b.get_xydata().tolist()]
+        assert same, ax.get_title()  # these logs are alike: every panel holds such lines
+        for a, b in same:
+            below, above = sorted((a, b), key=lambda line: line.get_zorder())
+            assert below.get_zorder() < above.get_zorder(), ax.get_title()
+            assert below.get_linewidth() > above.get_linewidth() + 1, ax.get_title()
     assert _overlaps(fig) == []
     plt.close(fig)

@@ -112,13 +112,18 @@ def settings(published: pd.DataFrame, recipes) -> Dict[str, List[str]]:
 # so every curve and point of a panel can be told apart, in colour and in grey.
 BACKBONE_COLORS = {"R-50-D8": "tab:blue", "R-101-D8": "tab:red"}
 SCHEDULE_STYLES = [("--", "o"), ("-", "^")]
+# Curves that coincide (R-50 and R-101 share a schedule, hence their lr) stay visible: R-50's line is
+# drawn wide and underneath, R-101's thin on top of it.
+BACKBONE_LINES = {"R-50-D8": (2.8, 2), "R-101-D8": (1.2, 3)}  # (line width, zorder)
 
 
 def row_style(published: pd.DataFrame, recipe: str, group: List[str]) -> Dict[str, str]:
     p = published.loc[recipe]
     schedules = sorted({int(published.loc[r, "lr_schd"]) for r in group})
     linestyle, marker = SCHEDULE_STYLES[min(schedules.index(int(p["lr_schd"])), len(SCHEDULE_STYLES) - 1)]
+    linewidth, zorder = BACKBONE_LINES.get(p["backbone"], (1.3, 3))
     return {"color": BACKBONE_COLORS.get(p["backbone"], "tab:green"), "linestyle": linestyle, "marker": marker,
+            "linewidth": linewidth, "zorder": zorder,
             "label": f"{p['backbone'].replace('-D8', '')} {int(p['lr_schd']) // 1000}k"}
 
 
@@ -220,8 +225,9 @@ def _draw_curves(axes, path: Path, style: Dict[str, Any], label: str) -> None:
         points = sorted(series.get(key, {}).items())
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], color=style["color"],
-                    linestyle=style["linestyle"], linewidth=1.3, marker=style["marker"] if key == "mIoU" else None,
-                    markersize=4, alpha=style.get("alpha", 1.0), label=label)
+                    linestyle=style["linestyle"], linewidth=style.get("linewidth", 1.3), zorder=style.get("zorder", 3),
+                    marker=style["marker"] if key == "mIoU" else None, markersize=4, alpha=style.get("alpha", 1.0),
+                    label=label)
 
 
 def _label_axes(axes, row_title: str) -> None:
