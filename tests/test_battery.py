@@ -419,6 +419,9 @@ def _filled_with(array: np.ndarray) -> Callable[[Path], None]:
 
 val_image_corrupt__eval = _broken_voc_file("JPEGImages", f"{VAL}.jpg", _garbage, "eval")
 val_image_corrupt__bench = _broken_voc_file("JPEGImages", f"{VAL}.jpg", _garbage, "bench")
+val_image_corrupt__eval_ms_flip = _broken_voc_file("JPEGImages", f"{VAL}.jpg", _garbage, "eval", "--ms-flip")
+val_image_missing__eval_ms_flip = _broken_voc_file("JPEGImages", f"{VAL}.jpg", lambda path: path.unlink(), "eval",
+                                                   "--ms-flip")
 train_image_corrupt__train = _broken_voc_file("JPEGImages", f"{TRAIN}.jpg", _garbage, "train")
 label_size_differs__eval = _broken_voc_file("SegmentationClass", f"{VAL}.png", _resized_to((20, 16)), "eval")
 label_size_differs__eval_ms_flip = _broken_voc_file("SegmentationClass", f"{VAL}.png", _resized_to((40, 33)), "eval",
