@@ -14,7 +14,7 @@ from benchmark.cli import main as cli
 from benchmark.launch.plan import Resources, make_plan
 from benchmark.launch.run_all import write_run
 from benchmark.launch.sacct import _expand_array, parse_sacct
-from benchmark.launch.status import collect_status, iteration_reached
+from benchmark.launch.status import collect_status, iteration_reached, row_status
 from benchmark.run.state import JOB_LOG, STATE_FILE
 
 
@@ -88,6 +88,21 @@ def test_a_corrupt_run_file_is_named_not_silently_dropped(tmp_path, capsys):
     assert cli(["status", "--results", str(tmp_path)]) == 2  # nothing readable: the broken file is the error
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"nlbench status: error: {broken}: not valid JSON")
+
+
+def test_a_live_process_on_this_host_is_running_whatever_sacct_lags_behind(tmp_path):
+    plan = make_plan(tmp_path, lambda r: Resources(), pattern="*r50*20k_voc*", profile="smoke")
+    entry = {**plan.jobs[0].to_dict(), "slurm_job_id": "56_1", "launcher": "slurm"}
+    work = Path(entry["work_dir"])
+    _write_state(work, state="running", stage="train", pid=os.getpid())
+    late = {"56_1": ("PENDING", 1)}  # what a stale array record made of it before parse_sacct knew better
+    assert row_status(tmp_path, entry, late)["state"] == "running"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_state(work, state="running", stage="train", pid=dead.pid)  # gone: SLURM's word counts again
+    assert row_status(tmp_path, entry, late)["state"] == "requeued"
+    _write_state(work, state="running", stage="train", pid=os.getpid(), hostname="another-node")
+    assert row_status(tmp_path, entry, late)["state"] == "requeued"  # cannot be seen from here: not trusted
 
 
 def test_iteration_reached_prefers_the_furthest(tmp_path):

@@ -110,6 +110,11 @@ def _pid_alive(state: Dict[str, Any]) -> bool:
         return False
 
 
+def _running_here(state: Dict[str, Any]) -> bool:
+    """Whether the job's process runs on this host (seen, not trusted from the file)."""
+    return state.get("hostname") == socket.gethostname() and _pid_alive(state)
+
+
 def _diverged(results_dir: Path, entry: Dict[str, Any], own: Optional[str], slurm_state: Optional[str],
               state_file: Dict[str, Any]) -> Optional[str]:
     """"diverged at iter k: mIoU x, published y" when the guard stopped this row and it is not running
@@ -133,6 +138,37 @@ def _finished(results_dir: Path, entry: Dict[str, Any], own: Optional[str], slur
     return ("diverged", diverged) if diverged is not None else None
 
 
+Verdict = Tuple[str, Optional[str]]  # (state, message)
+
+
+def _from_slurm(slurm_state: Optional[str], requeues: int, own: Optional[str], work: Path,
+                entry: Dict[str, Any]) -> Optional[Verdict]:
+    """The row's state as SLURM's accounting has it; None when it has nothing to say."""
+    if slurm_state in FAILED_STATES:
+        last = _last_line(str(work / JOB_LOG)) or _last_line(entry.get("stderr")) or ""
+        return "failed", f"SLURM {slurm_state}: {last}"
+    if slurm_state == "COMPLETED":
+        return "failed", "SLURM COMPLETED but not every stage has a record"
+    if slurm_state == "RUNNING":
+        return "running", None
+    if slurm_state in PENDING_STATES:
+        return ("requeued" if (requeues or own == "requeued") else "pending"), None
+    return None
+
+
+def _from_state_file(own: Optional[str], state_file: Dict[str, Any], work: Path) -> Verdict:
+    """The row's state from its job_state.json alone (a local job, or SLURM silent)."""
+    if own == "requeued":
+        return "requeued", None
+    if own == "running":
+        if _pid_alive(state_file):
+            return "running", None
+        return "failed", "process gone without finishing: " + (_last_line(str(work / JOB_LOG)) or "")
+    if own == "done":
+        return "failed", "job finished but not every stage has a record"
+    return "pending", None
+
+
 def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[str, int]]) -> Dict[str, Any]:
     """One row of the status table."""
     work = Path(entry["work_dir"])
@@ -142,31 +178,11 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
     requeues = max(requeues, int(state_file.get("attempt", 1)) - 1)
     own = state_file.get("state")
     log_path = entry.get("stdout") or str(work / JOB_LOG)
-    message = None
-    finished = _finished(results_dir, entry, own, slurm_state, state_file)
-    if finished is not None:
-        state, message = finished
-    elif own == "failed":
-        state, message = "failed", state_file.get("error")
-    elif slurm_state in FAILED_STATES:
-        state = "failed"
-        message = f"SLURM {slurm_state}: " + (_last_line(str(work / JOB_LOG)) or _last_line(entry.get("stderr")) or "")
-    elif slurm_state == "COMPLETED":
-        state, message = "failed", "SLURM COMPLETED but not every stage has a record"
-    elif slurm_state == "RUNNING":
-        state = "running"
-    elif slurm_state in PENDING_STATES:
-        state = "requeued" if (requeues or own == "requeued") else "pending"
-    elif own == "requeued":
-        state = "requeued"
-    elif own == "running":
-        state = "running" if _pid_alive(state_file) else "failed"
-        if state == "failed":
-            message = "process gone without finishing: " + (_last_line(str(work / JOB_LOG)) or "")
-    elif own == "done":
-        state, message = "failed", "job finished but not every stage has a record"
-    else:
-        state = "pending"
+    state, message = (_finished(results_dir, entry, own, slurm_state, state_file)
+                      or (("failed", state_file.get("error")) if own == "failed" else None)
+                      or (("running", None) if own == "running" and _running_here(state_file) else None)
+                      or _from_slurm(slurm_state, requeues, own, work, entry)
+                      or _from_state_file(own, state_file, work))
     if state == "failed" and not message:
         message = _last_line(str(work / JOB_LOG))
     return {
