@@ -48,9 +48,9 @@ def test_cli_bench_on_val_images_with_slide_mode(tmp_path, capsys):
     assert body["test_mode"] == "slide" and body["mem_gb"] is None and body["images_timed"] == 1
 
 
-def test_nothing_to_time_is_a_clear_error(tmp_path, capsys):
+def test_nothing_to_time_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no dataset at the recipe's relative data root: random images
     code = cli_main(["bench", ROW, "--profile", "smoke", "--device", "cpu", "--skip-mem",
-                     "--data-root", str(tmp_path / "absent"),
                      "--set", "bench.total_images=2", "--set", "bench.warmup_images=2"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
