@@ -241,8 +241,8 @@ def _gpu_report_args(p: argparse.ArgumentParser) -> None:
                    help="seconds; the torch.compile part runs only if under half of it is spent (default 420)")
     p.add_argument("--skip-tests", action="store_true", help="leave out the gpu-marked tests")
     p.add_argument("--limit-s", type=float, default=480.0,
-                   help="seconds the whole report may take: the gpu tests are stopped (or left out) to end "
-                        "within it (default 480)")
+                   help="seconds the whole report may take: the gpu tests, the last part, are stopped (or left "
+                        "out) to end within it (default 480)")
 
 
 VERBS: Tuple[Verb, ...] = (

@@ -3,11 +3,12 @@ writes both files, so that the command is known to work before a GPU is lent; on
 shown as not applicable and the gpu-marked tests skip."""
 
 import json
+import time
 
 import pytest
 
 from benchmark.cli import main as cli_main
-from benchmark.report.gpu_report import ROWS, goals, markdown, time_for_gpu_tests
+from benchmark.report.gpu_report import ROWS, goals, gpu_tests, markdown, time_for_gpu_tests
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +84,10 @@ def test_gpu_tests_get_what_is_left_of_the_limit_and_a_cut_report_still_reads(dr
     first_part = {k: report[k] for k in ("dry_run", "sizes", "device", "budget_s", "models")}
     text = markdown({**first_part, "goals": goals(first_part), "wall_time_s": 1.0})
     assert text.count("(not measured: the report stopped before this part)") == 4  # attention, flash, bf16, tests
+
+
+def test_gpu_tests_that_run_past_their_time_are_stopped_and_said():
+    started = time.monotonic()
+    tests = gpu_tests(timeout_s=1)  # pytest cannot even import torch in a second
+    assert time.monotonic() - started < 30
+    assert tests["returncode"] is None and tests["summary"].startswith("stopped after 1 s (the report's --limit-s)")

@@ -103,6 +103,13 @@ def test_a_live_process_on_this_host_is_running_whatever_sacct_lags_behind(tmp_p
     assert row_status(tmp_path, entry, late)["state"] == "requeued"
     _write_state(work, state="running", stage="train", pid=os.getpid(), hostname="another-node")
     assert row_status(tmp_path, entry, late)["state"] == "requeued"  # cannot be seen from here: not trusted
+    # A pid reused by another process (its start time differs), or a final state SLURM reported,
+    # is never taken for the job running.
+    _write_state(work, state="running", stage="train", pid=os.getpid(), proc_start="1")
+    assert row_status(tmp_path, entry, late)["state"] == "requeued"
+    _write_state(work, state="running", stage="train", pid=os.getpid())
+    row = row_status(tmp_path, entry, {"56_1": ("OUT_OF_MEMORY", 0)})
+    assert row["state"] == "failed" and row["message"].startswith("SLURM OUT_OF_MEMORY")
 
 
 def test_iteration_reached_prefers_the_furthest(tmp_path):

@@ -11,7 +11,8 @@ An entry is written when the attempt starts and updated at every checkpoint and 
 killed attempt counts up to its last checkpoint. A run that starts from iteration 0 starts a new
 file. The train record carries the totals (``totals``): wall time and GPU-hours summed, peak
 memory the largest of any attempt, and the number of attempts (None when an attempt could not read
-the entries before it: the unreadable file is kept as ``attempts.json.unreadable``).
+the entries before it: the unreadable file is kept as ``attempts.json.unreadable-<UTC time>``, and
+the sums then cover only the attempts since, a lower bound).
 """
 
 from __future__ import annotations
@@ -103,13 +104,14 @@ class AttemptLedger:
         entries = _load(self.path)
         if entries is not None or not self.path.exists():
             return entries or [], None
-        aside = self.path.with_name(ATTEMPTS + ".unreadable")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{ATTEMPTS}.unreadable-{stamp}")  # an earlier one is never replaced
         try:
             os.replace(self.path, aside)
         except OSError as exc:
             raise NLBenchError(f"cannot read it, nor move it aside: {exc.strerror or exc}", self.path) from None
-        return [], (f"{self.path}: cannot be read (kept as {aside.name}); the earlier attempts are not counted, and "
-                    "the train record says attempts: null")
+        return [], (f"{self.path}: cannot be read (kept as {aside.name}); the earlier attempts are not counted: "
+                    "the train record says attempts: null, and its time and GPU-hours cover the attempts since")
 
     def update(self, iteration: int, outcome: str = "running", peak_mem_gb: Optional[float] = None) -> None:
         wall = time.perf_counter() - self.started

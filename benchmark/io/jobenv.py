@@ -19,6 +19,16 @@ from benchmark.errors import NLBenchError
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def process_start(pid: int) -> Optional[str]:
+    """Start time of ``pid`` in clock ticks since boot (tells a reused pid from the one recorded);
+    None when there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def env_int(name: str, default: int, environ: Optional[Mapping[str, str]] = None) -> int:
     """An integer environment variable ('' or unset: ``default``); anything else is an NLBenchError."""
     raw = (os.environ if environ is None else environ).get(name)

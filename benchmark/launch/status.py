@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
 from benchmark.io.files import read_tail_lines
-from benchmark.launch.sacct import FAILED_STATES, PENDING_STATES, slurm_states
+from benchmark.io.jobenv import process_start
+from benchmark.launch.sacct import FAILED_STATES, FINAL_STATES, PENDING_STATES, slurm_states
 from benchmark.run.records import diverged_record, record_kinds
 from benchmark.run.state import JOB_LOG, read_state
 
@@ -104,10 +105,12 @@ def _pid_alive(state: Dict[str, Any]) -> bool:
     if state.get("hostname") != socket.gethostname():
         return True  # cannot tell from here; trust the file
     try:
-        os.kill(int(state.get("pid")), 0)
-        return True
+        pid = int(state.get("pid"))
+        os.kill(pid, 0)
     except (OSError, TypeError, ValueError):
         return False
+    recorded = state.get("proc_start")  # absent in older files: the pid alone decides
+    return recorded is None or process_start(pid) == recorded
 
 
 def _running_here(state: Dict[str, Any]) -> bool:
@@ -180,7 +183,9 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
     log_path = entry.get("stdout") or str(work / JOB_LOG)
     state, message = (_finished(results_dir, entry, own, slurm_state, state_file)
                       or (("failed", state_file.get("error")) if own == "failed" else None)
-                      or (("running", None) if own == "running" and _running_here(state_file) else None)
+                      # A live process beats sacct's lag, but never a final state SLURM reported.
+                      or (("running", None) if own == "running" and slurm_state not in FINAL_STATES
+                          and _running_here(state_file) else None)
                       or _from_slurm(slurm_state, requeues, own, work, entry)
                       or _from_state_file(own, state_file, work))
     if state == "failed" and not message:

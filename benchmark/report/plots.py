@@ -117,7 +117,7 @@ SCHEDULE_STYLES = [("--", "o"), ("-", "^")]
 BACKBONE_LINES = {"R-50-D8": (2.8, 2), "R-101-D8": (1.2, 3)}  # (line width, zorder)
 
 
-def row_style(published: pd.DataFrame, recipe: str, group: List[str]) -> Dict[str, str]:
+def row_style(published: pd.DataFrame, recipe: str, group: List[str]) -> Dict[str, Any]:
     p = published.loc[recipe]
     schedules = sorted({int(published.loc[r, "lr_schd"]) for r in group})
     linestyle, marker = SCHEDULE_STYLES[min(schedules.index(int(p["lr_schd"])), len(SCHEDULE_STYLES) - 1)]

@@ -19,7 +19,9 @@ File systems without ``flock`` (ENOLCK/ENOSYS/EOPNOTSUPP, e.g. NFSv3 without loc
 the mount option): the lock is then a second file, ``<name>.lock.held``, created exclusively. A
 holder on the same host whose pid no longer runs (or runs a newer process: the process start time
 differs) is stale, and the lock is taken over: its file is moved aside and checked, and put back
-when a faster taker had already replaced it. A holder on another host cannot be checked from
+when a faster taker had already replaced it. One narrow window stays: a third taker that creates the
+file while it is aside makes the put-back fail, and two processes then hold the job (flock, where the
+file system has it, has no such window). A holder on another host cannot be checked from
 here; the job counts as held until that file is removed, and the message gives its path.
 
 Within one process the lock is re-entrant (the local launcher holds it while ``run_job`` runs in
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Union
 
 from benchmark.errors import NLBenchError
+from benchmark.io.jobenv import process_start
 
 LOCKS_SUBDIR = Path("jobs") / "locks"
 HELD_ENV = "NLBENCH_JOB_LOCKS_HELD"
@@ -52,15 +55,6 @@ _HELD: Dict[str, "JobLock"] = {}  # locks this process holds, by path
 def lock_path(results_dir: Union[str, Path], key: str) -> Path:
     """The lock file of job ``key`` (``<profile>/<recipe>/seed<k>``)."""
     return Path(results_dir) / LOCKS_SUBDIR / f"{key.replace('/', '__')}.lock"
-
-
-def _proc_start(pid: int) -> Optional[str]:
-    """Start time of ``pid`` in clock ticks since boot (tells a reused pid from the one recorded)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ class Holder:
     @classmethod
     def me(cls, what: str) -> "Holder":
         return cls(socket.gethostname(), os.getpid(), datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   _proc_start(os.getpid()), what)
+                   process_start(os.getpid()), what)
 
     @classmethod
     def parse(cls, text: str) -> Optional["Holder"]:
@@ -93,7 +87,7 @@ class Holder:
         """Whether the holder still runs: None when it is on another host (cannot be told from here)."""
         if self.host != socket.gethostname():
             return None
-        start = _proc_start(self.pid)
+        start = process_start(self.pid)
         return start is not None and (self.proc_start is None or start == self.proc_start)
 
     def __str__(self) -> str:

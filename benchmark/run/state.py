@@ -1,7 +1,8 @@
 """A job's own files in its work dir: the human-readable ``job.log`` and ``job_state.json``.
 
   job.log          every attempt appends timestamped lines (rank 0 only)
-  job_state.json   {"state": running|done|failed|requeued, "stage", "attempt", "slurm_job_id", ...}
+  job_state.json   {"state": running|done|failed|requeued, "stage", "attempt", "slurm_job_id", "pid",
+                    "proc_start", ...}
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from benchmark.io.files import append_line, atomic_write_text
-from benchmark.io.jobenv import job_environment
+from benchmark.io.jobenv import job_environment, process_start
 
 JOB_LOG = "job.log"
 STATE_FILE = "job_state.json"
@@ -56,6 +57,7 @@ def write_state(work_dir: Path, state: str, **fields: Any) -> None:
         "updated_at": utc_now(),
         "hostname": env.hostname,
         "pid": os.getpid(),
+        "proc_start": process_start(os.getpid()),  # a reused pid is then told from this process
         "slurm_job_id": env.job_id,
         "attempt": env.attempt,
         **fields,
