@@ -29,6 +29,18 @@ def process_start(pid: int) -> Optional[str]:
         return None
 
 
+def process_alive(pid: int, recorded_start: Optional[str] = None) -> bool:
+    """Whether ``pid`` runs on this host and, when its start time was recorded, is still that process
+    (not a newer one that got the same pid)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass  # it runs, as another user
+    except OSError:
+        return False
+    return recorded_start is None or process_start(pid) == recorded_start
+
+
 def env_int(name: str, default: int, environ: Optional[Mapping[str, str]] = None) -> int:
     """An integer environment variable ('' or unset: ``default``); anything else is an NLBenchError."""
     raw = (os.environ if environ is None else environ).get(name)

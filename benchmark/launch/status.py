@@ -10,7 +10,6 @@ The planned rows are those listed in ``RESULTS/jobs/runs/*.json``; the newest ru
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import sys
@@ -20,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
 from benchmark.io.files import read_tail_lines
-from benchmark.io.jobenv import process_start
+from benchmark.io.jobenv import process_alive
 from benchmark.launch.sacct import FAILED_STATES, FINAL_STATES, PENDING_STATES, slurm_states
 from benchmark.run.records import diverged_record, record_kinds
 from benchmark.run.state import JOB_LOG, read_state
@@ -31,30 +30,34 @@ RUNS_SUBDIR = Path("jobs") / "runs"
 # ----------------------------------------------------------------------------- planned rows
 
 
-def load_runs(results_dir: Path, warnings: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-    """Every run file, oldest first; one line per file that cannot be read goes to ``warnings``."""
+Skipped = List[Tuple[Path, str]]  # (run file, why it was skipped)
+
+
+def load_runs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
+    """Every run file, oldest first; each file that cannot be read is added to ``skipped``."""
     folder = results_dir / RUNS_SUBDIR
+    skipped = [] if skipped is None else skipped
     runs = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
             reason = exc.strerror if isinstance(exc, OSError) else f"not valid JSON (truncated or corrupt): {exc}"
-            (warnings if warnings is not None else []).append(f"{path}: skipped: {reason}")
+            skipped.append((path, reason))
             continue
         if isinstance(run, dict) and isinstance(run.get("jobs"), list):
             run["_path"] = str(path)
             runs.append(run)
-        elif warnings is not None:
-            warnings.append(f"{path}: skipped: expected a run file (an object with a 'jobs' list)")
+        else:
+            skipped.append((path, "expected a run file (an object with a 'jobs' list)"))
     runs.sort(key=lambda r: (r.get("created_at", ""), r["_path"]))
     return runs
 
 
-def planned_jobs(results_dir: Path, warnings: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+def planned_jobs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
     """The newest entry for every job key, with its run's launcher."""
     latest: Dict[str, Dict[str, Any]] = {}
-    for run in load_runs(results_dir, warnings):
+    for run in load_runs(results_dir, skipped):
         for entry in run["jobs"]:
             if isinstance(entry, dict) and "key" in entry:
                 latest[entry["key"]] = {**entry, "launcher": run.get("launcher", "local"), "run_id": run.get("run_id")}
@@ -106,11 +109,9 @@ def _pid_alive(state: Dict[str, Any]) -> bool:
         return True  # cannot tell from here; trust the file
     try:
         pid = int(state.get("pid"))
-        os.kill(pid, 0)
-    except (OSError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return False
-    recorded = state.get("proc_start")  # absent in older files: the pid alone decides
-    return recorded is None or process_start(pid) == recorded
+    return process_alive(pid, state.get("proc_start"))  # no proc_start in older files: the pid decides
 
 
 def _running_here(state: Dict[str, Any]) -> bool:
@@ -208,8 +209,8 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
     }
 
 
-def collect_status(results_dir: Path, warnings: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-    entries = planned_jobs(results_dir, warnings)
+def collect_status(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
+    entries = planned_jobs(results_dir, skipped)
     slurm = slurm_states(e.get("slurm_job_id") for e in entries if e.get("launcher") == "slurm")
     return [row_status(results_dir, e, slurm) for e in entries]
 
@@ -244,13 +245,13 @@ def status_command(results: str = "results") -> int:
     folder = Path(results)
     if not (folder / RUNS_SUBDIR).is_dir():
         raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
-    warnings: List[str] = []
-    rows = collect_status(folder, warnings)
-    if not rows and warnings:  # nothing readable: the first broken file is the error
-        path, _, reason = warnings[0].partition(": skipped: ")
+    skipped: Skipped = []
+    rows = collect_status(folder, skipped)
+    if not rows and skipped:  # nothing readable: the first broken file is the error
+        path, reason = skipped[0]
         raise NLBenchError(reason, path)
-    for line in warnings:
-        print(f"warning: {line}", file=sys.stderr)
+    for path, reason in skipped:
+        print(f"warning: {path}: skipped: {reason}", file=sys.stderr)
     if not rows:
         raise NLBenchError("no planned rows in the run files", folder / RUNS_SUBDIR)
     print(format_status(rows))

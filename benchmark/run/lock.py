@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Union
 
 from benchmark.errors import NLBenchError
-from benchmark.io.jobenv import process_start
+from benchmark.io.jobenv import process_alive, process_start
 
 LOCKS_SUBDIR = Path("jobs") / "locks"
 HELD_ENV = "NLBENCH_JOB_LOCKS_HELD"
@@ -87,8 +87,7 @@ class Holder:
         """Whether the holder still runs: None when it is on another host (cannot be told from here)."""
         if self.host != socket.gethostname():
             return None
-        start = process_start(self.pid)
-        return start is not None and (self.proc_start is None or start == self.proc_start)
+        return process_alive(self.pid, self.proc_start)
 
     def __str__(self) -> str:
         what = f"{self.what}, " if self.what else ""
