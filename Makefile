@@ -1,4 +1,5 @@
-# The two commands that do everything on a fresh machine: `make demo` and `make test`.
+# The two commands that do everything on a fresh machine: `make demo` and `make test`. Afterwards
+# `.venv/bin/nlbench` (or `source .venv/bin/activate`, then `nlbench`) is the command line.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo reference-logs test test-all clean
+.PHONY: install browser demo examples reference-logs test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +31,19 @@ browser:
 		echo "browser: no chromium and no apt-get as root; the browser test will skip"; \
 	fi
 
-# Runs the main job on the embedded defaults: synthetic datasets, smoke profile, local launcher.
+# Runs the main job on the embedded defaults: synthetic datasets, smoke profile, local launcher. Everything
+# it writes goes to DEMO_RESULTS, which git ignores: the checkout stays clean (records say git_dirty: false).
+DEMO_RESULTS ?= results/demo-run
 demo: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+	PATH="$(abspath $(BIN)):$$PATH" NLBENCH_DEMO_RESULTS="$(DEMO_RESULTS)" bash scripts/demo.sh
+
+# The committed example outputs, from one demo run into results/demo: the README's tables (between its
+# nlbench:tables markers), results/demo/{summary.csv,tables.md,compare.md} and the two figures the README
+# shows, then docs/images/report_index.png (the report's first page in headless chromium, where there is
+# one: `make browser`). Run it, and commit what it changed, after a change that moves the smoke numbers.
+examples: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" NLBENCH_DEMO_RESULTS=results/demo NLBENCH_DEMO_README=README.md bash scripts/demo.sh
+	$(BIN)/python scripts/report_screenshot.py results/demo/report/index.html docs/images/report_index.png
 
 # The smoke references, frozen from one smoke run-all of every row into REFERENCE_RUN (rows already
 # done there are not run again): each row's train.log.json as results/reference/logs/smoke/<recipe>.log.json
@@ -51,4 +62,4 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/demo/records results/demo/work results/demo/jobs data/synthetic
+	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/demo/records results/demo/work results/demo/jobs $(DEMO_RESULTS) data/synthetic

@@ -159,6 +159,15 @@ def _run_all_args(p: argparse.ArgumentParser) -> None:
     _overrides(p, "override a value in every recipe (repeatable)")
 
 
+def _status_args(p: argparse.ArgumentParser) -> None:
+    _results(p)
+    p.add_argument("--watch", action="store_true",
+                   help="refresh until every row is final (done, failed or diverged); exit 0 when all are done, "
+                        "1 when one failed or diverged")
+    p.add_argument("--interval", type=float, default=10.0, metavar="S",
+                   help="--watch: seconds between refreshes (default 10)")
+
+
 def _collect_args(p: argparse.ArgumentParser) -> None:
     _results(p)
     p.add_argument("--out", default=None, help="CSV to write (default RESULTS/summary.csv)")
@@ -167,6 +176,8 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
 def _tables_args(p: argparse.ArgumentParser) -> None:
     _results(p)
     p.add_argument("--readme", default="README.md", help="README to update between its marker comments")
+    p.add_argument("--no-readme", action="store_true",
+                   help="write RESULTS/tables.md only, no README (what `make demo` does: the checkout stays clean)")
     p.add_argument("--check", action="store_true", help="exit 1 if the README's tables are stale; write nothing")
     p.add_argument("--published", action="store_true", help="print the published tables alone")
     p.add_argument("--metafile", metavar="FILE",
@@ -263,11 +274,11 @@ VERBS: Tuple[Verb, ...] = (
          "bf16 agreement, the gpu tests -> gpu_report.md/.json", _gpu_report_args),
     Verb("list", "benchmark.catalog:list_command", "list every recipe with its published numbers", _list_args),
     Verb("show", "benchmark.catalog:show_command", "print a fully resolved recipe", _recipe),
-    Verb("run-all", "benchmark.launch.run_all:run_all_command",
+    Verb("run-all", "benchmark.report.campaign:run_all_command",
          "plan and run every row (train -> eval -> eval ms+flip -> bench; --checkpoint released: no training)",
          _run_all_args),
     Verb("status", "benchmark.launch.status:status_command",
-         "state of every planned row: pending/running/done/failed/requeued/diverged", _results),
+         "state of every planned row: pending/running/done/failed/requeued/diverged", _status_args),
     Verb("collect", "benchmark.report.collect:collect_command",
          "gather run records into one table (mean/std/min/max over seeds)", _collect_args),
     Verb("tables", "benchmark.report.tables:tables_command",

@@ -25,7 +25,7 @@ import json
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
@@ -34,6 +34,10 @@ from benchmark.launch.cost import estimate_saved_gpu_hours
 from benchmark.launch.status import RUNS_SUBDIR, collect_status, format_status
 from benchmark.run.lock import holder_of
 from benchmark.run.records import diverged_record
+
+# What run-all ends with after the state table: the rows' figures against their references and the
+# verdicts. The report layer supplies it (report/compare.py: rows_verdicts), which this layer may not import.
+Summarize = Callable[[Path, Sequence[Tuple[str, str, str]]], str]
 
 
 def check_writable(results: Path) -> None:
@@ -79,7 +83,7 @@ def _launcher_rule(launcher: str, cluster: Optional[str]):
 def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,  # noqa: PLR0913
                     profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
                     no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained",
-                    parallel: int = 1) -> int:
+                    parallel: int = 1, summarize: Optional[Summarize] = None) -> int:
     """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed or diverged."""
     folder = Path(results)
     if parallel != 1 and launcher != "local":
@@ -109,8 +113,14 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
         fetch_released_once(plan.jobs)
     fetch_reference_logs_once(plan.jobs)
     if launcher == "local":
-        return _run_locally(plan.jobs, folder, parallel)
-    return _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
+        code = _run_locally(plan.jobs, folder, parallel)
+    else:
+        code = _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
+        if no_wait:
+            return code
+    if summarize is not None:
+        print(summarize(folder, sorted({(j.name, j.profile, j.checkpoint_source) for j in plan.jobs})))
+    return code
 
 
 def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
@@ -151,7 +161,7 @@ def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> 
         if parallel > 1 else ""
     print(f"running {len(jobs)} job(s) locally{side}; plan in {run_file}")
     outcome = local.run_local(jobs, results, parallel=parallel)
-    print(format_status([r for r in collect_status(results) if r["key"] in outcome]))
+    print(format_status([r for r in collect_status(results) if r["key"] in outcome], results))
     _print_guard_summary(jobs, results)
     return 0 if all(v == "done" for v in outcome.values()) else 1
 
@@ -176,7 +186,7 @@ def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_w
     slurm.wait(entries)
     keys = {e["key"] for e in entries}
     rows = [r for r in collect_status(results) if r["key"] in keys]
-    print(format_status(rows))
+    print(format_status(rows, results))
     _print_guard_summary(jobs, results)
     return 0 if all(r["state"] == "done" for r in rows) else 1
 

@@ -13,6 +13,7 @@ import json
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -215,7 +216,23 @@ def collect_status(results_dir: Path, skipped: Optional[Skipped] = None) -> List
     return [row_status(results_dir, e, slurm) for e in entries]
 
 
-def format_status(rows: List[Dict[str, Any]]) -> str:
+FINAL = ("done", "failed", "diverged")  # a row in one of these stays there until something runs it again
+
+
+def _shown_path(path: str, results_dir: Optional[Path]) -> str:
+    """A log path relative to the results folder when it lies inside it (shorter, and the same on every
+    machine that mounts the folder elsewhere)."""
+    if results_dir is None or not path:
+        return path
+    try:
+        return Path(path).resolve().relative_to(results_dir.resolve()).as_posix()
+    except ValueError:
+        return path
+
+
+def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None) -> str:
+    """The status table and the count per state; with ``results_dir``, log paths inside it are shown
+    relative to it."""
     from tabulate import tabulate
 
     table = []
@@ -229,8 +246,9 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
         recipe = r["recipe"] + ("" if r.get("checkpoint_source", "trained") == "trained"
                                 else f" ({r['checkpoint_source']} checkpoint)")
         table.append([recipe, r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
-                      r["job_id"], r["requeues"], it, message, r["log"]])
-    headers = ["recipe", "seed", "state", "job id", "requeues", "iteration", "failure (last log line)", "log"]
+                      r["job_id"], r["requeues"], it, message, _shown_path(r["log"], results_dir)])
+    log_header = "log" if results_dir is None else f"log (in {results_dir})"
+    headers = ["recipe", "seed", "state", "job id", "requeues", "iteration", "failure (last log line)", log_header]
     counts: Dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -240,19 +258,47 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
     return f"{text}\n\n{len(rows)} row(s): {summary}"
 
 
-def status_command(results: str = "results") -> int:
-    """`nlbench status`."""
-    folder = Path(results)
-    if not (folder / RUNS_SUBDIR).is_dir():
-        raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
+def _status_rows(folder: Path, warn: bool = True) -> List[Dict[str, Any]]:
     skipped: Skipped = []
     rows = collect_status(folder, skipped)
     if not rows and skipped:  # nothing readable: the first broken file is the error
         path, reason = skipped[0]
         raise NLBenchError(reason, path)
-    for path, reason in skipped:
+    for path, reason in skipped if warn else ():
         print(f"warning: {path}: skipped: {reason}", file=sys.stderr)
     if not rows:
         raise NLBenchError("no planned rows in the run files", folder / RUNS_SUBDIR)
-    print(format_status(rows))
-    return 0
+    return rows
+
+
+def status_command(results: str = "results", watch: bool = False, interval: float = 10.0) -> int:
+    """`nlbench status`; ``watch``: print the table again every ``interval`` seconds until every row is
+    final (done, failed or diverged), then exit 0 when all are done, 1 otherwise."""
+    folder = Path(results)
+    if not (folder / RUNS_SUBDIR).is_dir():
+        raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
+    if not watch:
+        print(format_status(_status_rows(folder), folder))
+        return 0
+    if not interval > 0:
+        raise NLBenchError(f"expected a number of seconds above 0, got {interval}", key="--interval")
+    return _watch(folder, interval)
+
+
+def _watch(folder: Path, interval: float) -> int:
+    """Refresh in place on a terminal (clear the screen); elsewhere (a CI log, a pipe) print each table
+    after a timestamp line, so the log reads as a history."""
+    tty = sys.stdout.isatty()
+    first = True
+    while True:
+        rows = _status_rows(folder, warn=first)
+        final = all(r["state"] in FINAL for r in rows)
+        stamp = time.strftime("%H:%M:%S")
+        head = (f"nlbench status {folder} at {stamp}: " + ("every row is final" if final else
+                                                            f"refreshing every {interval:g} s (Ctrl-C stops)"))
+        print(("\033[H\033[2J" if tty else "" if first else "\n") + head + "\n" + format_status(rows, folder),
+              flush=True)
+        if final:
+            return 0 if all(r["state"] == "done" for r in rows) else 1
+        first = False
+        time.sleep(interval)

@@ -108,7 +108,10 @@ def load_reference(spec: str) -> Reference:
         label = str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
         label = str(path)
-    return Reference(label, single("profile", "full"), device_class(single("device", None)), table)
+    profile = single("profile", "full")
+    if profile != "full":  # nlbench's own numbers, never to be read as the published ones
+        label = f"{profile} baseline {label}"
+    return Reference(label, profile, device_class(single("device", None)), table)
 
 
 def default_references(profiles: List[str]) -> Dict[str, Reference]:
@@ -249,6 +252,10 @@ def _header_lines(refs: Dict[str, Reference], tolerance: float, ignored: List[st
             lines.append(f"note: there are no {ref.profile}-profile records to compare with {ref.label}: "
                          "every row is missing")
         device = ref.device_class or "unknown (Mem and fps not compared)"
+        if ref.table[list(HARDWARE_METRICS)].isna().all().all():
+            lines.append(f"profile {ref.profile}: reference {ref.label}; it holds no Mem or fps, so they are not "
+                         "compared")
+            continue
         lines.append(f"profile {ref.profile}: reference {ref.label}; its Mem and fps were measured on {device}, "
                      f"so only records measured on a {device} are compared for them")
     lines.append(f"tolerance: {tolerance} mIoU points; Mem and fps: {HARDWARE_REL_TOL:.0%} of the reference")
@@ -297,6 +304,21 @@ def _table(checks: List[Check], method: str, tolerance: float) -> str:
     if method == "ci":
         return tabulate(_ci_rows(checks, tolerance), headers=CI_HEADERS, tablefmt="github", disable_numparse=True)
     return tabulate(_rows(checks), headers=HEADERS, tablefmt="github", disable_numparse=True)
+
+
+def _not_compared(checks: List[Check]) -> List[str]:
+    """The skipped checks, said once per reason instead of once per row: 'not compared: Mem (GB) (16
+    rows), Inf time (fps) (16 rows): no reference value'. The tables leave them out; JUnit keeps each."""
+    by_note: Dict[str, Dict[str, int]] = {}
+    for c in checks:
+        if c.verdict == "skipped":
+            counts = by_note.setdefault(c.note, {})
+            counts[METRICS[c.metric][0]] = counts.get(METRICS[c.metric][0], 0) + 1
+    def rows(n: int) -> str:
+        return f"{n} row" + ("s" if n != 1 else "")
+
+    return [f"not compared: {', '.join(f'{m} ({rows(n)})' for m, n in counts.items())}: {note}"
+            for note, counts in by_note.items()]
 
 
 def _tally(checks: List[Check], verdicts=VERDICTS) -> str:
@@ -388,12 +410,14 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     print("\n".join(header))
     body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
     for source, checks in sections:
-        table, tally = _table(checks, method, tolerance), _tally(checks, verdicts)
+        shown = [c for c in checks if c.verdict != "skipped"]  # the skipped ones: one line per reason
+        table, tally = _table(shown, method, tolerance), _tally(checks, verdicts)
         if source == RELEASED:
             print(f"\n{RELEASED_TITLE}")
             body += ["", "## Released checkpoints", "", RELEASED_TITLE]
-        print(f"{table}\n{tally}")
-        body += ["", table, "", tally]
+        folded = _not_compared(checks)
+        print("\n".join([table, *folded, tally]))
+        body += ["", table, "", *[f"- {line}" for line in folded], *([""] if folded else []), tally]
     if curves:
         print(f"\n{curve_text}")
         body += ["", "## Curves", "", curve_text]
@@ -415,3 +439,29 @@ def _curves_section(results: str, profiles: List[str], tolerance: float, referen
         return [], "curves: no training logs under the results folder's work/ to check", 0
     diverged = sum(r.verdict == "diverged" for r in rows)
     return rows, f"curves against each row's reference curve (docs/CURVES.md):\n\n{curve_lines(rows)}", diverged
+
+
+def rows_verdicts(results, rows: Sequence[Tuple[str, str, str]], tolerance: float = 0.5) -> str:
+    """The verdicts of some rows, (recipe, profile, checkpoint source) each, as `nlbench compare` gives
+    them by the tolerance method (what `run-all` ends with): their table, what was not compared and
+    why, the tally and the outcome. Figures of other rows in the folder are left out."""
+    summary = collect_or_warn(results)
+    wanted = set(rows)
+    summary = summary[[(r, p, s) in wanted for r, p, s in
+                       zip(summary["recipe"], summary["profile"], summary["checkpoint_source"])]]
+    if summary.empty:
+        return "verdicts: no records of these rows yet"
+    try:
+        refs = default_references(sorted(summary["profile"].unique()))
+    except NLBenchError as exc:
+        return f"verdicts: none ({exc})"
+    lines = [f"verdicts (nlbench compare, tolerance {tolerance}): profile {ref.profile} against {ref.label}"
+             for ref in refs.values()]
+    every: List[Check] = []
+    for source, checks in _sections(summary, refs, tolerance, "tolerance", SEED_STD_MIOU):
+        checks = [c for c in checks if (c.recipe, c.profile, c.source) in wanted]
+        every += checks
+        shown = [c for c in checks if c.verdict != "skipped"]
+        lines += ([RELEASED_TITLE] if source == RELEASED else []) + [_table(shown, "tolerance", tolerance),
+                                                                     *_not_compared(checks), _tally(checks)]
+    return "\n".join(lines + [f"{_outcome(every, 'tolerance')} (informative here: `nlbench compare` is the gate)"])

@@ -171,6 +171,19 @@ def _cells(row: pd.Series, sources: List[VerdictSource], columns: List[Tuple[str
     return cells
 
 
+def not_compared_lines(rows: List[Dict[str, Any]]) -> List[str]:
+    """What a table's cells leave uncompared, said once per reason under the table rather than in every
+    cell: 'not compared: Mem (GB) (8 of 8 rows), Inf time (fps) (8 of 8 rows): no reference value'."""
+    by_reason: Dict[str, Dict[str, int]] = {}
+    for row in rows:
+        for cell in row["cells"]:
+            if cell["not_compared"]:
+                counts = by_reason.setdefault(cell["not_compared"], {})
+                counts[cell["header"]] = counts.get(cell["header"], 0) + 1
+    return [f"not compared: {', '.join(f'{header} ({n} of {len(rows)} rows)' for header, n in counts.items())}: "
+            f"{reason}" for reason, counts in by_reason.items()]
+
+
 def _href(target: Path, page_dir: Path) -> str:
     return os.path.relpath(target, page_dir).replace(os.sep, "/")
 
@@ -325,7 +338,8 @@ def row_sections(row: pd.Series, seeds: Dict[int, Dict[str, Dict[str, Any]]], re
         Section("curves", "Training curves", "curves.html.j2",
                 {"svg": inline_svg(curves, "curves") if curves is not None else None,
                  "logs": [_href(p, page_dir) for p in logs]}),
-        Section("reference", "Against the published curve", "reference.html.j2", _reference_view(resolved, results_dir)
+        Section("reference", "Against the published curve" if profile == "full" else
+                f"Against the {profile} reference curve", "reference.html.j2", _reference_view(resolved, results_dir)
                 if logs else {"svg": None, "note": "no training log"}),
         Section("recipe", "Resolved recipe", "recipe.html.j2",
                 {"yaml": resolved.to_yaml(), "hash": resolved.hash, "profile": profile}),
@@ -350,6 +364,7 @@ def environment() -> Environment:
     env = Environment(loader=PackageLoader("benchmark.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["inline_markdown"] = inline_markdown
+    env.filters["not_compared"] = not_compared_lines
     return env
 
 

@@ -70,7 +70,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align:
 def _links(recipe_name: str, link_from: Path) -> List[str]:
     """The config and download cells: the recipe file, MMSeg's released checkpoint and its log."""
     recipe_file = RECIPES_DIR / f"{recipe_name}.yaml"
-    rel = os.path.relpath(recipe_file, link_from).replace(os.sep, "/")
+    if link_from.resolve().is_relative_to(REPO_ROOT):
+        rel = os.path.relpath(recipe_file, link_from).replace(os.sep, "/")
+    else:  # a results folder outside the checkout: the path in the repository, the same on every machine
+        rel = recipe_file.relative_to(REPO_ROOT).as_posix()
     config = f"[{recipe_name}]({rel})"
     links = release_links(recipe_name)
     if links is None:
@@ -245,10 +248,23 @@ def splice(readme_text: str, block: str) -> str:
     return readme_text[:start] + wrapped + readme_text[end + len(END):]
 
 
+def _label(path: str) -> str:
+    """A folder as the command line would name it from here: relative when it lies below the working
+    directory, so generated text does not carry one machine's absolute paths."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return path
+
+
 def tables_command(results: str = "results", readme: str = "README.md", check: bool = False,
-                   published: bool = False, metafile: Optional[str] = None) -> int:
-    """`nlbench tables`: write RESULTS/tables.md and the README's block; ``check`` only compares;
-    ``metafile`` writes the results as MMSeg's metafile.yaml instead (see report/metafile.py)."""
+                   published: bool = False, metafile: Optional[str] = None, no_readme: bool = False) -> int:
+    """`nlbench tables`: write RESULTS/tables.md and the README's block (``no_readme``: tables.md
+    only); ``check`` only compares; ``metafile`` writes the results as MMSeg's metafile.yaml instead
+    (see report/metafile.py)."""
+    if no_readme and check:
+        raise NLBenchError("--check compares the README's tables; it does not combine with --no-readme",
+                           key="--no-readme")
     table = load_published()
     if metafile is not None:
         return _metafile_command(results, table, Path(metafile), check or published)
@@ -257,20 +273,24 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
         print("\n".join(blocks), end="")
         return 0
     summary = collect_or_warn(results)
+    tables_md = Path(results) / "tables.md"
+    standalone = results_markdown(summary, table, _label(results), tables_md.resolve().parent)
+    if no_readme:
+        atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
+        print(f"tables: {tables_md}")
+        return 0
     readme_path = Path(readme)
     try:
         current = readme_path.read_text(encoding="utf-8") if readme_path.exists() else ""
     except OSError as exc:
         raise NLBenchError(f"cannot read: {exc.strerror or exc}", readme_path) from None
-    updated = splice(current, results_markdown(summary, table, str(results), readme_path.resolve().parent))
+    updated = splice(current, results_markdown(summary, table, _label(results), readme_path.resolve().parent))
     if check:
         if updated != current:
             print(f"{readme_path}: tables are stale; run `nlbench tables --results {results}`")
             return 1
         print(f"{readme_path}: tables are up to date")
         return 0
-    tables_md = Path(results) / "tables.md"
-    standalone = results_markdown(summary, table, str(results), tables_md.resolve().parent)
     atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
     if updated != current:
         atomic_write_text(readme_path, updated)

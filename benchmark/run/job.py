@@ -14,6 +14,10 @@ The train record covers every attempt of the run (engine/attempts.py): ``wall_ti
 ``gpu_hours`` are summed over the attempts, ``mem_gb`` is the largest peak of any attempt, and
 ``attempts`` counts them.
 
+Rank 0 writes the resolved recipe into the work dir (``recipe.yaml``) each time the job starts, as
+MMSeg keeps its config beside a run: what ran is read from the run itself, not from a recipe file
+that may have changed since.
+
 A job on a released checkpoint (``checkpoint_source="released"``) has no train stage: it evaluates
 and benchmarks MMSeg's released file of the row, and its records say so.
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
+from benchmark.io.files import atomic_write_text
 from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_env
 from benchmark.recipe import Recipe, load_recipe
 from benchmark.run.lock import JobHeld, JobLock, lock_path
@@ -338,6 +343,7 @@ def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
             log(f"job {job.key} attempt {env.attempt} on {env.hostname} (slurm job {env.job_id or '-'}, "
                 f"world size {env.world_size}); stages to run: {', '.join(pending) or 'none'}")
             write_state(work, "running", stage=pending[0] if pending else None, key=job.key)
+            save_recipe(job)
             distributed.on_abort(lambda text: _note_stopped(work, job, text, log))
         for stage in pending:
             if _run_one(job, stage, log, stop, written) == "diverged":
@@ -358,6 +364,21 @@ def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
         distributed.cleanup()
         if env.is_main:
             lock.release()
+
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def save_recipe(job: Job) -> Path:
+    """WORK_DIR/recipe.yaml: the job's resolved recipe (profile, overrides and seed applied), written
+    atomically; its header names the job, the recipe file and overrides it came from, and its hash."""
+    recipe = job.recipe
+    sets = " ".join(f"--set {o}" for o in job.overrides) or "none"
+    header = (f"# resolved recipe of job {job.key} (recipe hash {recipe.hash})\n"
+              f"# from {recipe.source or recipe.name}, profile {recipe.profile}, overrides: {sets}\n")
+    path = Path(job.work_dir) / RECIPE_FILE
+    atomic_write_text(path, header + recipe.to_yaml())
+    return path
 
 
 def _claim(job: Job, env: JobEnvironment, lock: JobLock, log: JobLog) -> Optional[List[str]]:
