@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmark.cli import main as cli
 from benchmark.launch.status import collect_status
@@ -27,6 +29,11 @@ def _kinds(results: Path, recipe: str):
     return sorted(p.name.split("-")[0] for p in folder.glob("*.json"))
 
 
+def ev_hash(results: Path, recipe: str) -> str:
+    path = next((results / "records" / recipe / "smoke" / "seed0").glob("eval-*.json"))
+    return json.loads(path.read_text())["provenance"]["recipe_hash"]
+
+
 def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the smoke recipes' relative data roots land here
     results = tmp_path / "results"
@@ -43,6 +50,20 @@ def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, c
         assert 0.0 <= ev["metrics"]["mIoU"] <= 100.0 and ev["iterations"] == 8
         assert ev["provenance"]["checkpoint_sha256"]
     assert (tmp_path / "data" / "synthetic").is_dir()
+    # run-all ends with each row's figures against the smoke baseline and the verdicts (compare's)
+    verdicts = out[out.index("verdicts (nlbench compare"):]
+    assert "against smoke baseline results/reference/smoke.csv" in verdicts
+    for name in names:
+        assert re.search(rf"\| {re.escape(name)} +\| smoke +\| mIoU +\| \d+\.\d\d +\| \d+\.\d\d +\| 1 ", verdicts)
+    assert "Mem (GB) (2 rows), Inf time (fps) (2 rows): no reference value" in verdicts
+    # every work dir holds the resolved recipe it ran, named by its hash (the records' recipe_hash)
+    for name in names:
+        work = results / "work" / "smoke" / name / "seed0"
+        text = (work / "recipe.yaml").read_text()
+        saved = yaml.safe_load(text)
+        assert saved["name"] == name and saved["profile"] == "smoke" and saved["runtime"]["seed"] == 0
+        assert saved["schedule"]["max_iters"] == 8 and saved["bench"]["total_images"] == 2  # the --set values
+        assert f"recipe hash {ev_hash(results, name)}" in text.splitlines()[0]
 
     # Everything is done: nothing runs again.
     assert cli(args) == 0
