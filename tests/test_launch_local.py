@@ -67,7 +67,9 @@ def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, c
 
     # Everything is done: nothing runs again.
     assert cli(args) == 0
-    assert "nothing to run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing to run" in out
+    assert all(name in out[out.index("verdicts (nlbench compare"):] for name in names)  # the rows' verdicts still
 
     # One stage's record lost: only that stage runs again; training is not repeated.
     name = names[0]

@@ -108,19 +108,28 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
     if not plan.jobs:
         print("nothing to run: every planned row is complete" + (" or was stopped by the guard" if plan.diverged
                                                                   else ""))
-        return 1 if plan.diverged else 0
-    if checkpoint == "released":
-        fetch_released_once(plan.jobs)
-    fetch_reference_logs_once(plan.jobs)
-    if launcher == "local":
-        code = _run_locally(plan.jobs, folder, parallel)
+        code = 1 if plan.diverged else 0
     else:
-        code = _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
-        if no_wait:
-            return code
+        if checkpoint == "released":
+            fetch_released_once(plan.jobs)
+        fetch_reference_logs_once(plan.jobs)
+        if launcher == "local":
+            code = _run_locally(plan.jobs, folder, parallel)
+        else:
+            code = _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
+            if no_wait:
+                return code
     if summarize is not None:
-        print(summarize(folder, sorted({(j.name, j.profile, j.checkpoint_source) for j in plan.jobs})))
+        print(summarize(folder, planned_rows(plan)))
     return code
+
+
+def planned_rows(plan: planning.Plan) -> List[Tuple[str, str, str]]:
+    """(recipe, profile, checkpoint source) of every row the plan names: those it runs and those it
+    skips as complete or stopped by the guard (keys <profile>/<recipe>/[released/]seed<k>)."""
+    rows = {(j.name, j.profile, j.checkpoint_source) for j in plan.jobs}
+    rows |= {(key.split("/")[1], key.split("/")[0], plan.checkpoint) for key in plan.skipped + plan.diverged}
+    return sorted(rows)
 
 
 def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
