@@ -135,3 +135,20 @@ def test_status_watch_refreshes_until_every_row_is_final(tmp_path, capsys):
     assert f"work/smoke/{job.name}/seed0/job.log" in out and str(tmp_path) + "/work" not in out  # relative logs
     assert cli(["status", "--results", str(tmp_path), "--watch", "--interval", "0"]) == 2
     assert "--interval" in capsys.readouterr().err
+
+
+def test_a_pending_local_job_whose_run_all_is_gone_is_final(tmp_path, capsys):
+    """A local run-all killed before it started a job leaves it without a state file: status calls it
+    failed (it will never start) instead of pending, so `status --watch` ends."""
+    plan = make_plan(tmp_path, lambda r: Resources(), pattern="*r50*20k_voc*", profile="smoke")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # the run-all, ended
+    gone.wait()
+    launcher = {"hostname": os.uname().nodename, "pid": gone.pid}
+    write_run(tmp_path, "local", [plan.jobs[0].to_dict()], {"launcher_process": launcher})
+    assert cli(["status", "--results", str(tmp_path), "--watch", "--interval", "0.1"]) == 1
+    out = capsys.readouterr().out
+    assert "every row is final" in out and "never started: the local run-all that planned it" in out
+    launcher["pid"] = os.getpid()  # a live run-all: its job is still to come
+    write_run(tmp_path, "local", [plan.jobs[0].to_dict()], {"launcher_process": launcher})
+    assert cli(["status", "--results", str(tmp_path)]) == 0
+    assert "1 row(s): 1 pending" in capsys.readouterr().out

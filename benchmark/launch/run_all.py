@@ -22,13 +22,16 @@ submitted (and a job that finds its lock taken on the node skips itself). Either
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
+from benchmark.io.jobenv import process_start
 from benchmark.launch import plan as planning
 from benchmark.launch.cost import estimate_saved_gpu_hours
 from benchmark.launch.status import RUNS_SUBDIR, collect_status, format_status
@@ -165,7 +168,10 @@ def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
 def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> int:
     from benchmark.launch import local
 
-    run_file = write_run(results, "local", [j.to_dict() for j in jobs], {})
+    # The process that runs the jobs: status tells a pending job of a run-all that is gone (killed,
+    # interrupted) from one still to come, so `status --watch` ends instead of waiting for ever.
+    me = {"hostname": socket.gethostname(), "pid": os.getpid(), "proc_start": process_start(os.getpid())}
+    run_file = write_run(results, "local", [j.to_dict() for j in jobs], {"launcher_process": me})
     side = f", {parallel} at a time (each in its own process; console output in {results}/jobs/local/)" \
         if parallel > 1 else ""
     print(f"running {len(jobs)} job(s) locally{side}; plan in {run_file}")

@@ -61,7 +61,8 @@ def planned_jobs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[D
     for run in load_runs(results_dir, skipped):
         for entry in run["jobs"]:
             if isinstance(entry, dict) and "key" in entry:
-                latest[entry["key"]] = {**entry, "launcher": run.get("launcher", "local"), "run_id": run.get("run_id")}
+                latest[entry["key"]] = {**entry, "launcher": run.get("launcher", "local"), "run_id": run.get("run_id"),
+                                        "launcher_process": run.get("launcher_process")}
     return [latest[k] for k in sorted(latest)]
 
 
@@ -161,8 +162,9 @@ def _from_slurm(slurm_state: Optional[str], requeues: int, own: Optional[str], w
     return None
 
 
-def _from_state_file(own: Optional[str], state_file: Dict[str, Any], work: Path) -> Verdict:
-    """The row's state from its job_state.json alone (a local job, or SLURM silent)."""
+def _from_state_file(own: Optional[str], state_file: Dict[str, Any], work: Path, entry: Dict[str, Any]) -> Verdict:
+    """The row's state from its job_state.json (a local job, or SLURM silent); a local job with none
+    whose run-all process is gone will never start."""
     if own == "requeued":
         return "requeued", None
     if own == "running":
@@ -171,6 +173,10 @@ def _from_state_file(own: Optional[str], state_file: Dict[str, Any], work: Path)
         return "failed", "process gone without finishing: " + (_last_line(str(work / JOB_LOG)) or "")
     if own == "done":
         return "failed", "job finished but not every stage has a record"
+    launcher = entry.get("launcher_process") or {}
+    if own is None and launcher.get("hostname") == socket.gethostname() and "pid" in launcher \
+            and not process_alive(int(launcher["pid"]), launcher.get("proc_start")):
+        return "failed", f"never started: the local run-all that planned it (pid {launcher['pid']}) is gone"
     return "pending", None
 
 
@@ -189,7 +195,7 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
                       or (("running", None) if own == "running" and slurm_state not in FINAL_STATES
                           and _running_here(state_file) else None)
                       or _from_slurm(slurm_state, requeues, own, work, entry)
-                      or _from_state_file(own, state_file, work))
+                      or _from_state_file(own, state_file, work, entry))
     if state == "failed" and not message:
         message = _last_line(str(work / JOB_LOG))
     return {
