@@ -75,7 +75,7 @@ cat <<EOF
 
 == done in ${elapsed} s
 tables:  $results/tables.md${readme:+ and $readme (between the nlbench:tables markers)}
-plots:   $results/plots/ (PNG and SVG; the README shows miou_smoke.png and one overlay_smoke_*.png)
+plots:   $results/plots/ (PNG and SVG)
 curves:  $results/curves.txt, $results/curves.json (exit status $curves)
 compare: $results/compare.md, $results/compare.xml (exit status $status)
 metafile: $results/metafile.yaml
