@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo reference-logs test test-all clean
+.PHONY: install browser demo reference-logs smoke-baseline test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,13 +36,23 @@ demo: $(STAMP)
 
 # The smoke references, frozen from one smoke run-all of every row into REFERENCE_RUN (rows already
 # done there are not run again): each row's train.log.json as results/reference/logs/smoke/<recipe>.log.json
-# (docs/CURVES.md) and the rows' mIoUs as results/reference/smoke.csv (what compare gates smoke runs
-# against). The default folder is written by this target alone.
+# (docs/CURVES.md), and results/reference/smoke.csv (what compare gates smoke runs against): from the
+# measured spread SPREAD when that file is there (smoke-baseline), else the run's means without a band.
+# The default folder is written by this target alone.
 REFERENCE_RUN ?= results/reference-run
 reference-logs: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local --parallel 2 --results $(REFERENCE_RUN)
 	$(BIN)/python -c "from benchmark.report.curves import write_reference_logs; write_reference_logs('$(REFERENCE_RUN)')"
-	$(BIN)/python -c "from benchmark.report.compare import write_baseline; write_baseline('$(REFERENCE_RUN)', 'results/reference/smoke.csv')"
+	if [ -f "$(SPREAD)" ]; then $(MAKE) smoke-baseline SPREAD="$(SPREAD)"; else \
+		$(BIN)/python -c "from benchmark.report.compare import write_baseline; write_baseline('$(REFERENCE_RUN)', '$(SMOKE_BASELINE)')"; fi
+
+# The smoke baseline re-frozen from a spread file (one line per run of a row at a seed, thread count and
+# instruction set; benchmark/report/baseline.py): each row's mean and its measured band. On a new kind of
+# machine, measure the spread there and run `make smoke-baseline SPREAD=that.csv`.
+SPREAD ?= results/reference/smoke_spread.csv
+SMOKE_BASELINE ?= results/reference/smoke.csv
+smoke-baseline: $(STAMP)
+	$(BIN)/python -c "from benchmark.report.baseline import freeze_command; freeze_command('$(SPREAD)', '$(SMOKE_BASELINE)')"
 
 # The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP) browser
