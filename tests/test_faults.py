@@ -106,6 +106,7 @@ def _fill(disk: Path, leave: int = 0, name: str = "filler") -> Path:
     return filler
 
 
+@pytest.mark.diskfull
 def test_a_full_disk_keeps_the_last_checkpoint_and_resume_uses_it(reference, small_disk, tmp_path):
     recipe, final = reference
     disk = small_disk("240m")  # two smoke checkpoints (~90 MB each) and a little more
@@ -133,6 +134,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_uses_it(reference, sma
     assert _same_weights(load_checkpoint(work / "latest.pth")["state_dict"], final)
 
 
+@pytest.mark.diskfull
 def test_a_full_disk_fails_a_record_a_table_and_a_log_line_cleanly(small_disk, tmp_path, capsys):
     from benchmark.run.records import load_records, provenance, write_record
 
@@ -172,6 +174,8 @@ def test_a_full_disk_fails_a_record_a_table_and_a_log_line_cleanly(small_disk, t
     assert not _temporary_files(disk)
 
 
+@pytest.mark.diskfull
+@pytest.mark.tensorboard
 def test_a_full_disk_under_the_tensorboard_scalars_is_one_error_naming_the_work_dir(small_disk, capsys):
     pytest.importorskip("torch.utils.tensorboard")
     from benchmark.engine.tensorboard_sink import TensorBoardSink
