@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo reference-logs smoke-baseline test test-all clean
+.PHONY: install browser demo reference-logs smoke-baseline smoke-spread test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,23 @@ SMOKE_BASELINE ?= results/reference/smoke.csv
 smoke-baseline: $(STAMP)
 	$(BIN)/python -c "from benchmark.report.baseline import freeze_command; freeze_command('$(SPREAD)', '$(SMOKE_BASELINE)')"
 
+# The smoke spread measured on this machine: a smoke run-all of every row at SPREAD_SEEDS seeds for each
+# instruction set (native, and capped to AVX2) and thread count (1, 2), each into SPREAD_RUN/<isa>-t<threads>
+# (rows done there are not run again), then one line per run in SPREAD_RUN/smoke_spread.csv. Long: 4 x
+# SPREAD_SEEDS smoke runs of every row (SPREAD_FILTER: a glob on recipe names). On a new kind of machine:
+#   make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv
+SPREAD_RUN ?= results/spread-run
+SPREAD_SEEDS ?= 5
+smoke-spread: $(STAMP)
+	for isa in native avx2; do for threads in 1 2; do \
+		cap=""; if [ $$isa = avx2 ]; then cap="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"; fi; \
+		env $$cap PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local \
+			--seeds $(SPREAD_SEEDS) --set runtime.cpu_threads=$$threads --results $(SPREAD_RUN)/$$isa-t$$threads \
+			$(if $(SPREAD_FILTER),--filter '$(SPREAD_FILTER)') \
+			|| exit 1; \
+	done; done
+	$(BIN)/python -c "from benchmark.report.baseline import collect_spread; print(collect_spread('$(SPREAD_RUN)', '$(SPREAD_RUN)/smoke_spread.csv'))"
+
 # The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP) browser
 	$(BIN)/lint-imports
@@ -62,4 +79,4 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/demo/records results/demo/work results/demo/jobs data/synthetic
+	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/spread-run results/demo/records results/demo/work results/demo/jobs data/synthetic

@@ -18,7 +18,7 @@ from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
 from benchmark.errors import NLBenchError
 from benchmark.recipe import REPO_ROOT
-from benchmark.report.baseline import baseline_from_spread, read_spread
+from benchmark.report.baseline import baseline_from_spread, collect_spread, cpu_model, read_spread
 from benchmark.report.compare import load_reference
 
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # a row with an ms+flip figure
@@ -127,7 +127,7 @@ def test_smoke_rows_are_held_to_their_measured_band(spread, tmp_path, capsys):
     line = next(x for x in out.splitlines() if x.startswith("FAIL smoke"))
     assert line.startswith(f"FAIL smoke {ROW} mIoU: 43.45 is 0.65 below the reference 44.10")
     assert "beyond its band ±0.60, from the measured spread (4 runs: 2 seeds; threads 1, 2; isa avx2, native" in line
-    assert "make smoke-baseline SPREAD=" in out
+    assert "make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv" in out
     failure = ET.parse(junit).getroot().find("testcase/failure")
     assert failure.get("message") == line
 
@@ -151,7 +151,7 @@ def test_an_old_baseline_without_bands_keeps_the_tolerance_said_once(tmp_path, c
     write_row(results, recipe=R101_769, profile="smoke", miou=20.55)
     code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--reference", str(baseline))
     assert code == 0 and "1 reproduced, 1 better" in out
-    assert out.count("carries no measured band") == 1 and "make smoke-baseline SPREAD=" in out
+    assert out.count("carries no measured band") == 1 and "make smoke-spread smoke-baseline SPREAD=" in out
 
     old["miou_band"] = "1.0"  # some band columns but not all: refused
     old.to_csv(baseline, index=False)
@@ -221,3 +221,20 @@ def test_compare_help_names_the_gate_flags():
                          timeout=60)
     assert "--min-seeds N" in res.stdout and "--fail-on {inconclusive}" in res.stdout
     assert "miou_band" in res.stdout
+
+
+def test_collect_spread_writes_one_line_per_run_of_each_isa_and_thread_count(tmp_path):
+    run = tmp_path / "spread-run"
+    for folder, seed, miou in (("native-t1", 0, 44.0), ("native-t1", 1, 44.4), ("avx2-t2", 0, 43.8)):
+        write_row(run / folder, recipe=ROW, profile="smoke", seed=seed, miou=miou)
+    write_row(run / "avx2-t2", recipe=R101_769, profile="smoke", miou=47.0, ms_flip=48.5)
+    write_row(run / "avx2-t2", recipe=ROW, profile="full", seed=3, miou=70.0)  # not a smoke run: left out
+    write_row(run / "notes", recipe=ROW, profile="smoke", seed=9, miou=1.0)  # not an <isa>-t<threads> folder
+    out = collect_spread(run, run / "smoke_spread.csv", cpu="Test CPU")
+    assert sorted(out.read_text().splitlines()) == sorted([
+        HEADER.strip(),
+        f"{ROW},0,1,native,Test CPU,44.00,", f"{ROW},1,1,native,Test CPU,44.40,",
+        f"{ROW},0,2,avx2,Test CPU,43.80,", f"{R101_769},0,2,avx2,Test CPU,47.00,48.50"])
+    assert cpu_model() and "\n" not in cpu_model()
+    with pytest.raises(NLBenchError, match="expected run folders named <isa>-t<threads>"):
+        collect_spread(run / "notes", tmp_path / "x.csv")

@@ -16,7 +16,9 @@ row against its own band rather than the fixed tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,7 +36,8 @@ SPREAD_ISAS = ("native", "avx2")
 BAND_METRICS = ("miou", "miou_ms_flip")
 BAND_COLUMNS = ("miou_band", "miou_ms_flip_band", "n_runs", "spread_over")
 # What a failing smoke row tells its user (the Makefile target of that name).
-REFREEZE_COMMAND = "make smoke-baseline SPREAD=<a spread CSV measured on that machine>"
+# `make smoke-spread` measures the spread on this machine; `smoke-baseline` freezes it (Makefile).
+REFREEZE_COMMAND = "make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv"
 
 
 def read_spread(path: Path) -> pd.DataFrame:
@@ -166,3 +169,53 @@ def freeze_command(spread, out_csv=None) -> None:
     widest = max(table["miou_band"], key=float)
     print(f"smoke-baseline: wrote {out}: {len(table)} rows from {sum(map(int, table['n_runs']))} runs of {spread}; "
           f"mIoU bands {min(table['miou_band'], key=float)} to {widest}")
+
+
+# ----------------------------------------------------------------------------- measuring the spread
+
+# `make smoke-spread` runs the smoke profile once per instruction set and thread count, each into
+# SPREAD_RUN/<isa>-t<threads>; collect_spread turns those runs into the spread file.
+_RUN_FOLDER = re.compile(r"(native|avx2)-t(\d+)")
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (/proc/cpuinfo on Linux; platform.processor() elsewhere)."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def spread_lines(results_dir: Path, cpu_threads: int, isa: str, cpu: str) -> pd.DataFrame:
+    """The spread file's lines of one run-all: each trained smoke (recipe, seed) with an mIoU."""
+    from benchmark.report.collect import runs
+    from benchmark.run.records import load_records
+
+    per_seed = runs(load_records(results_dir)[0])
+    per_seed = per_seed[(per_seed["profile"] == "smoke") & (per_seed["checkpoint_source"] == "trained")
+                        & per_seed["miou"].notna()]
+    lines = pd.DataFrame({"recipe": per_seed["recipe"], "seed": per_seed["seed"].astype(int),
+                          "cpu_threads": cpu_threads, "isa": isa, "cpu": cpu})
+    for metric in BAND_METRICS:
+        lines[metric] = [f"{v:.2f}" if v == v else "" for v in per_seed[metric]]
+    return lines
+
+
+def collect_spread(spread_run, out_csv, cpu: Optional[str] = None) -> Path:
+    """Every ``<isa>-t<threads>`` run under ``spread_run`` as one spread file ``out_csv`` (atomic)."""
+    folders = sorted(p for p in Path(spread_run).iterdir() if p.is_dir() and _RUN_FOLDER.fullmatch(p.name))
+    if not folders:
+        raise NLBenchError("expected run folders named <isa>-t<threads> (native-t1, avx2-t2, ...)", spread_run)
+    parts = []
+    for folder in folders:
+        isa, threads = _RUN_FOLDER.fullmatch(folder.name).groups()
+        parts.append(spread_lines(folder, int(threads), isa, cpu or cpu_model()))
+    table = pd.concat(parts, ignore_index=True)
+    if table.empty:
+        raise NLBenchError("no trained smoke-profile mIoU in any run folder", spread_run)
+    atomic_write_text(Path(out_csv), table[list(SPREAD_COLUMNS)].to_csv(index=False))
+    read_spread(Path(out_csv))  # what freezing will read: refuse here, not there
+    return Path(out_csv)

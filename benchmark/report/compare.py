@@ -436,7 +436,7 @@ def failure_lines(checks: List[Check], failing: Sequence[str]) -> List[str]:
         lines.append(f"... and {len(failed) - MAX_FAILURE_LINES} more failing check(s): see the table")
     if any(c.profile == "smoke" and c.verdict in FAILING for c in failed):
         lines.append("the smoke baseline holds for the kind of machine its spread was measured on; on a new kind of "
-                     "machine measure the smoke spread there (README \"The smoke baseline's band\") and re-freeze it: "
+                     "machine measure the smoke spread there and re-freeze it: "
                      f"{REFREEZE_COMMAND}")
     return lines
 
