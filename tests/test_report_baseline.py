@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_helpers import ROW, ROWS, write_row
+from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
 
 from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
@@ -140,12 +140,7 @@ def test_smoke_rows_are_held_to_their_measured_band(spread, tmp_path, capsys):
 
 
 def test_an_old_baseline_without_bands_keeps_the_tolerance_said_once(tmp_path, capsys):
-    old = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
-    old[["mem_gb", "fps", "miou_ms_flip"]] = ""
-    old["miou"] = "20.00"
-    old["profile"], old["device"] = "smoke", "cpu"
-    baseline = tmp_path / "smoke.csv"
-    old.to_csv(baseline, index=False)
+    baseline = flat_smoke_baseline(tmp_path / "smoke.csv")
     results = tmp_path / "r"
     write_row(results, recipe=ROW, profile="smoke", miou=20.45)
     write_row(results, recipe=R101_769, profile="smoke", miou=20.55)
@@ -153,6 +148,7 @@ def test_an_old_baseline_without_bands_keeps_the_tolerance_said_once(tmp_path, c
     assert code == 0 and "1 reproduced, 1 better" in out
     assert out.count("carries no measured band") == 1 and "make smoke-spread smoke-baseline SPREAD=" in out
 
+    old = pd.read_csv(baseline, dtype=str, keep_default_na=False)
     old["miou_band"] = "1.0"  # some band columns but not all: refused
     old.to_csv(baseline, index=False)
     code, _, err = run_inproc(capsys, "compare", "--results", str(results), "--reference", str(baseline))
