@@ -478,8 +478,9 @@ def _band_notes(refs: Dict[str, Reference], tolerance: float) -> List[str]:
 def _outcome(checks: List[Check], method: str) -> str:
     failing = [c for c in checks if c.verdict in FAILING]
     if method == "tolerance":
-        return (f"FAIL: {len(failing)} regression(s) beyond the tolerance" if failing
-                else "PASS: no regression beyond the tolerance")
+        measured = any(c.band_from.startswith("the measured spread") for c in checks)
+        band = "the band (the tolerance; a smoke row: its measured spread)" if measured else "the tolerance"
+        return f"FAIL: {len(failing)} regression(s) beyond {band}" if failing else f"PASS: no regression beyond {band}"
     undecided = sum(c.verdict == "inconclusive" for c in checks)
     if failing:
         return f"FAIL: {len(failing)} check(s) below the band at 95% confidence (or Mem/fps regressed)"
