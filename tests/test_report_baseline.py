@@ -128,7 +128,8 @@ def test_smoke_rows_are_held_to_their_measured_band(spread, tmp_path, capsys):
     assert line.startswith(f"FAIL smoke {ROW} mIoU: 43.45 is 0.65 below the reference 44.10")
     assert "beyond its band ±0.60, from the measured spread (4 runs: 2 seeds; threads 1, 2; isa avx2, native" in line
     assert "make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv" in out
-    assert out.splitlines()[-1] == "FAIL: 1 regression(s) beyond the band (the tolerance; a smoke row: its measured spread)"
+    assert out.splitlines()[-1] == ("FAIL: 1 regression(s) beyond the band (the tolerance; a smoke row: its "
+                                    "measured spread)")
     failure = ET.parse(junit).getroot().find("testcase/failure")
     assert failure.get("message") == line
 
