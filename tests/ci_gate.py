@@ -4,9 +4,9 @@
   or ``parity`` (the live-MMSegmentation parity tests need a separate MMSeg install): a SLURM test
   without its cluster, the browser test without chromium, the TensorBoard tests without tensorboard and
   the full-disk tests without a tmpfs fail the run instead of passing it silently.
-- At the end, how many tests of each marker passed, failed and were skipped, printed in the terminal
-  summary under CI=true and written to the file ``$NLBENCH_MARKER_SUMMARY`` names (``.ci/run`` prints it
-  after the suite).
+- At the end, how many tests of each marker passed, failed and were skipped: written to the file
+  ``$NLBENCH_MARKER_SUMMARY`` names when it is set (``.ci/run`` prints it after the suite), else printed
+  in the terminal summary under CI=true.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not (ci_on() or path):
         return
     lines = summary_lines(config)
-    if ci_on():
+    if ci_on() and not path:  # with a file, whoever named it prints it (.ci/run, after the suite)
         terminalreporter.write_sep("-", "CI=true: only gpu and parity tests may skip")
         for line in lines:
             terminalreporter.write_line(line)
