@@ -203,8 +203,13 @@ def verify_checkpoint(path: Path) -> Path:
 def repair_latest(work_dir: Path, intact: Path, log: Log) -> None:
     """Point ``latest.pth`` (corrupt or missing) at ``intact`` again, atomically. Without this a resume
     from the final ``iter_N.pth`` has nothing left to train, saves nothing, and leaves the corrupt
-    file for every later stage (eval, bench) to fail on."""
-    point_latest(work_dir, intact)
+    file for every later stage (eval, bench) to fail on. A repair that cannot be written (a full disk)
+    is a warning: the resume itself goes on, and the next save points ``latest.pth`` again."""
+    try:
+        point_latest(work_dir, intact)
+    except NLBenchError as exc:
+        log(f"warning: resume: {exc}; the next checkpoint saved points it again")
+        return
     log(f"resume: {work_dir / LATEST} now names {intact.name} again (replaced atomically)")
 
 
