@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo examples reference-logs test test-all clean
+.PHONY: install browser demo examples reference-logs smoke-baseline smoke-spread test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,15 +20,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # A headless browser for the HTML report's test (tests/test_report_html.py): Debian's chromium, where
-# apt is there and we are root; anywhere else this says so and the browser test skips. Never fails.
+# apt is there and we are root; anywhere else this says so and the browser test skips (under CI=true, a
+# failure: tests/ci_gate.py). Never fails itself.
 browser:
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
 		echo "browser: $$(command -v chromium || command -v chromium-browser)"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
-			>/dev/null) || echo "browser: apt-get could not install chromium; the browser test will skip"; \
+			>/dev/null) || echo "browser: apt-get could not install chromium; the browser test will skip (a failure under CI=true)"; \
 	else \
-		echo "browser: no chromium and no apt-get as root; the browser test will skip"; \
+		echo "browser: no chromium and no apt-get as root; the browser test will skip (a failure under CI=true)"; \
 	fi
 
 # Runs the main job on the embedded defaults: synthetic datasets, smoke profile, local launcher. Everything
@@ -47,13 +48,40 @@ examples: $(STAMP)
 
 # The smoke references, frozen from one smoke run-all of every row into REFERENCE_RUN (rows already
 # done there are not run again): each row's train.log.json as results/reference/logs/smoke/<recipe>.log.json
-# (docs/CURVES.md) and the rows' mIoUs as results/reference/smoke.csv (what compare gates smoke runs
-# against). The default folder is written by this target alone.
+# (docs/CURVES.md), and results/reference/smoke.csv (what compare gates smoke runs against): from the
+# measured spread SPREAD when that file is there (smoke-baseline), else the run's means without a band.
+# The default folder is written by this target alone.
 REFERENCE_RUN ?= results/reference-run
 reference-logs: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local --parallel 2 --results $(REFERENCE_RUN)
 	$(BIN)/python -c "from benchmark.report.curves import write_reference_logs; write_reference_logs('$(REFERENCE_RUN)')"
-	$(BIN)/python -c "from benchmark.report.compare import write_baseline; write_baseline('$(REFERENCE_RUN)', 'results/reference/smoke.csv')"
+	if [ -f "$(SPREAD)" ]; then $(MAKE) smoke-baseline SPREAD="$(SPREAD)"; else \
+		$(BIN)/python -c "from benchmark.report.compare import write_baseline; write_baseline('$(REFERENCE_RUN)', '$(SMOKE_BASELINE)')"; fi
+
+# The smoke baseline re-frozen from a spread file (one line per run of a row at a seed, thread count and
+# instruction set; benchmark/report/baseline.py): each row's mean and its measured band. On a new kind of
+# machine, measure the spread there and run `make smoke-baseline SPREAD=that.csv`.
+SPREAD ?= results/reference/smoke_spread.csv
+SMOKE_BASELINE ?= results/reference/smoke.csv
+smoke-baseline: $(STAMP)
+	$(BIN)/python -c "from benchmark.report.baseline import freeze_command; freeze_command('$(SPREAD)', '$(SMOKE_BASELINE)')"
+
+# The smoke spread measured on this machine: a smoke run-all of every row at SPREAD_SEEDS seeds for each
+# instruction set (native, and capped to AVX2) and thread count (1, 2), each into SPREAD_RUN/<isa>-t<threads>
+# (rows done there are not run again), then one line per run in SPREAD_RUN/smoke_spread.csv. Long: 4 x
+# SPREAD_SEEDS smoke runs of every row (SPREAD_FILTER: a glob on recipe names). On a new kind of machine:
+#   make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv
+SPREAD_RUN ?= results/spread-run
+SPREAD_SEEDS ?= 5
+smoke-spread: $(STAMP)
+	for isa in native avx2; do for threads in 1 2; do \
+		cap=""; if [ $$isa = avx2 ]; then cap="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"; fi; \
+		env $$cap PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local \
+			--seeds $(SPREAD_SEEDS) --set runtime.cpu_threads=$$threads --results $(SPREAD_RUN)/$$isa-t$$threads \
+			$(if $(SPREAD_FILTER),--filter '$(SPREAD_FILTER)') \
+			|| exit 1; \
+	done; done
+	$(BIN)/python -c "from benchmark.report.baseline import collect_spread; print(collect_spread('$(SPREAD_RUN)', '$(SPREAD_RUN)/smoke_spread.csv'))"
 
 # The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP) browser
@@ -62,4 +90,4 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/demo/records results/demo/work results/demo/jobs $(DEMO_RESULTS) data/synthetic
+	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/spread-run results/demo/records results/demo/work results/demo/jobs $(DEMO_RESULTS) data/synthetic

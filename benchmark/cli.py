@@ -223,7 +223,9 @@ def _curves_args(p: argparse.ArgumentParser) -> None:
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
     _results(p)
-    p.add_argument("--tolerance", type=float, default=0.5, help="mIoU points a row may fall short (default 0.5)")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="mIoU points a row may fall short (default 0.5); a smoke row whose baseline carries a "
+                        "measured band (results/reference/smoke.csv's miou_band) is held to that band instead")
     p.add_argument("--report", help="write a markdown report")
     p.add_argument("--junit", help="write a JUnit XML report (for CI)")
     p.add_argument("--reference", default=None, metavar="published|PATH.csv",
@@ -235,6 +237,11 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assumed-std", type=float, default=0.5,
                    help="ci: the seed std (mIoU) assumed for a row with one seed, to say how many seeds would "
                         "decide (default 0.5)")
+    p.add_argument("--min-seeds", type=int, default=None, metavar="N",
+                   help="ci: a trained row whose mIoU has fewer than N seeds fails (verdict too-few-seeds) instead "
+                        "of being inconclusive; released checkpoints and missing rows are exempt")
+    p.add_argument("--fail-on", choices=["inconclusive"], default=None,
+                   help="ci: inconclusive verdicts fail the gate too (exit 1)")
     p.add_argument("--curves", action="store_true",
                    help="also check every row's training curves against its reference curve (as `nlbench curves "
                         "--reference released`); a diverged row fails")

@@ -152,3 +152,35 @@ def ci_verdict(values: SeedStats, reference: float, tolerance: float, assumed_st
     verdict = decide(low, high, reference, tolerance)
     needed = seeds_to_decide(m, std, n, reference, tolerance) if verdict == "inconclusive" else None
     return CIVerdict(verdict, low, high, needed, std, assumed)
+
+
+# ----------------------------------------------------------------------------- a baseline's own noise
+
+# The smoke baseline's band (README "The smoke baseline's band"): a row measured R times (seeds, CPU
+# threads, instruction sets) has the mean m of its runs as its baseline and the band
+#     max(floor, SPREAD_MARGIN * max_i |x_i - m|)
+# around it. The largest deviation seen in R runs understates the next run's: for normal noise one new
+# run falls beyond 1x it with probability about 2/(R+1) (6% at R = 20), beyond 2x it about 0.1% at
+# R = 20 and 1% at R = 10 (Monte Carlo; a heavy-tailed t(3) noise: 1% and 2.6%), so at 2x a gate of the
+# 28 smoke mIoU checks raises a false alarm in a few percent of runs. The floor (compare's default
+# tolerance) keeps a row whose runs all agree from a band of zero.
+SPREAD_MARGIN = 2.0
+
+
+@dataclass(frozen=True)
+class NoiseBand:
+    mean: float  # the baseline: the mean of the runs (NaN when there are none)
+    band: float  # half-width of the band around it (NaN when there are no runs)
+    n: int  # runs
+    max_deviation: float  # the largest |run - mean| observed
+
+
+def noise_band(values: Iterable[float], floor: float = DEFAULT_TOLERANCE,
+               margin: float = SPREAD_MARGIN) -> NoiseBand:
+    """The baseline and band of repeated runs of one quantity (rule above); NaN values are left out."""
+    xs = [float(v) for v in values if v == v]
+    if not xs:
+        return NoiseBand(math.nan, math.nan, 0, math.nan)
+    mean = sum(xs) / len(xs)
+    deviation = max(abs(x - mean) for x in xs)
+    return NoiseBand(mean, max(floor, margin * deviation), len(xs), deviation)

@@ -38,3 +38,18 @@ def write_row(results, recipe: str = ROW, profile: str = "full", seed: int = 0, 
     if ms_flip is not None:
         write_record(results, make_record("eval_ms_flip", miou=ms_flip, **common))
     write_record(results, make_record("bench", fps=fps, mem_gb=mem_gb, **common))
+
+
+def flat_smoke_baseline(path, miou: str = "20.00"):
+    """A smoke baseline in the form write_baseline made before bands (no band columns): every row at
+    ``miou``, no ms+flip, Mem or fps. Returns ``path``."""
+    import pandas as pd
+
+    from benchmark.catalog import PUBLISHED_CSV
+
+    baseline = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
+    baseline[["mem_gb", "fps", "miou_ms_flip"]] = ""
+    baseline["miou"] = miou
+    baseline["profile"], baseline["device"] = "smoke", "cpu"
+    baseline.to_csv(path, index=False)
+    return path

@@ -32,6 +32,7 @@ class _Crash(Exception):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorboard
 def test_training_writes_tensorboard_scalars_and_resumes_without_duplicates(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     recipe = load_recipe(ROW, SETS, profile="smoke")
@@ -85,6 +86,7 @@ def test_without_tensorboard_training_logs_as_before_and_says_so_once(tmp_path, 
     assert len(said) == 1 and "pip install 'nlbench[tensorboard]'" in said[0]
 
 
+@pytest.mark.tensorboard
 def test_sink_writes_scalars_of_train_and_eval_lines(tmp_path):
     pytest.importorskip("tensorboard")
     old = tmp_path / "events.out.tfevents.1.old-run"

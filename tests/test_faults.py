@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -30,21 +31,29 @@ ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 QUIET = lambda _msg: None  # noqa: E731
 
 
+def _overrides(data_root: Path, max_iters: int = 4):
+    return [f"schedule.max_iters={max_iters}", "schedule.checkpoint_interval=2",
+            f"schedule.eval_interval={max_iters}", f"data.data_root={data_root}",
+            "data.synthetic.train=4", "data.synthetic.val=1", "data.crop_size=[32,32]", "data.imgs_per_gpu=1"]
+
+
 def _recipe(data_root: Path, max_iters: int = 4):
-    return load_recipe(ROW, [f"schedule.max_iters={max_iters}", "schedule.checkpoint_interval=2",
-                             f"schedule.eval_interval={max_iters}", f"data.data_root={data_root}",
-                             "data.synthetic.train=4", "data.synthetic.val=1", "data.crop_size=[32,32]",
-                             "data.imgs_per_gpu=1"],
-                       profile="smoke")
+    return load_recipe(ROW, _overrides(data_root, max_iters), profile="smoke")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted 4-iteration run: (recipe, its final weights)."""
+def reference_run(tmp_path_factory):
+    """An uninterrupted 4-iteration run: (recipe, its final weights, its work dir)."""
     base = tmp_path_factory.mktemp("reference")
     recipe = _recipe(base / "voc")
     train(recipe, base / "work", device="cpu", log=QUIET)
-    return recipe, load_checkpoint(base / "work" / "latest.pth")["state_dict"]
+    return recipe, load_checkpoint(base / "work" / "latest.pth")["state_dict"], base / "work"
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    """(recipe, final weights) of the uninterrupted run."""
+    return reference_run[:2]
 
 
 def _same_weights(a, b) -> bool:
@@ -97,6 +106,7 @@ def _fill(disk: Path, leave: int = 0, name: str = "filler") -> Path:
     return filler
 
 
+@pytest.mark.diskfull
 def test_a_full_disk_keeps_the_last_checkpoint_and_resume_uses_it(reference, small_disk, tmp_path):
     recipe, final = reference
     disk = small_disk("240m")  # two smoke checkpoints (~90 MB each) and a little more
@@ -124,6 +134,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_uses_it(reference, sma
     assert _same_weights(load_checkpoint(work / "latest.pth")["state_dict"], final)
 
 
+@pytest.mark.diskfull
 def test_a_full_disk_fails_a_record_a_table_and_a_log_line_cleanly(small_disk, tmp_path, capsys):
     from benchmark.run.records import load_records, provenance, write_record
 
@@ -163,6 +174,8 @@ def test_a_full_disk_fails_a_record_a_table_and_a_log_line_cleanly(small_disk, t
     assert not _temporary_files(disk)
 
 
+@pytest.mark.diskfull
+@pytest.mark.tensorboard
 def test_a_full_disk_under_the_tensorboard_scalars_is_one_error_naming_the_work_dir(small_disk, capsys):
     pytest.importorskip("torch.utils.tensorboard")
     from benchmark.engine.tensorboard_sink import TensorBoardSink
@@ -209,6 +222,71 @@ def test_a_corrupt_latest_falls_back_to_the_newest_intact_checkpoint(reference, 
     assert str(latest) in warning and str(work / "iter_2.pth") in warning and "sha256" in warning
     assert f"resume: continuing from {work / 'iter_2.pth'} at iteration 2" in said
     assert summary["start_iteration"] == 2 and summary["iterations"] == 4
+    assert _same_weights(load_checkpoint(latest)["state_dict"], final)
+
+
+def _zero_block(path: Path) -> None:
+    """4 KiB zeroed in the middle: torch's zip reader checks no CRC, the recorded sha256 does."""
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(b"\0" * 4096)
+
+
+def _resume_cli(work: Path, recipe, capsys) -> list:
+    """`nlbench train --resume` on ``work``: the lines it printed."""
+    data_root = recipe.data.data_root
+    args = ["train", ROW, "--profile", "smoke", "--work-dir", str(work), "--resume", "--device", "cpu"]
+    for override in _overrides(Path(data_root), recipe.schedule.max_iters):
+        args += ["--set", override]
+    assert cli_main(args) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_a_corrupt_final_latest_in_a_copied_work_dir_is_pointed_at_the_intact_last_checkpoint(reference_run,
+                                                                                             tmp_path, capsys):
+    # A work dir copied without its hard links (cp -r, rsync without -H): latest.pth is a file of its
+    # own. Only it is damaged; iter_4.pth, the final checkpoint, is intact.
+    recipe, final, finished = reference_run
+    work = tmp_path / "work"
+    shutil.copytree(finished, work)
+    latest = work / "latest.pth"
+    assert not os.path.samefile(latest, work / "iter_4.pth")
+    _zero_block(latest)
+    from benchmark.engine.checkpointer import verify_checkpoint
+
+    with pytest.raises(NLBenchError, match="matches no sha256"):
+        verify_checkpoint(latest)  # what the eval and bench stages would say before the repair
+
+    said = _resume_cli(work, recipe, capsys)
+    assert any(line.startswith(f"warning: resume: {latest} matches no sha256") and str(work / "iter_4.pth") in line
+               for line in said), said
+    assert f"resume: {latest} now names iter_4.pth again (replaced atomically)" in said
+    assert said[-1].startswith(f"nothing left to do: {latest} already holds all 4 iterations")
+    assert os.path.samefile(latest, work / "iter_4.pth") and verify_checkpoint(latest) == latest
+    assert _same_weights(load_checkpoint(latest)["state_dict"], final)
+    assert not _temporary_files(work)
+
+
+def test_a_corrupt_final_latest_hard_linked_to_its_iter_file_trains_the_last_iterations_again(reference_run,
+                                                                                              tmp_path, capsys):
+    # As training leaves it (cp -a keeps the hard link): damaging latest.pth damages iter_4.pth too,
+    # so the resume falls back to iter_2.pth and trains iterations 3 and 4 again.
+    recipe, final, finished = reference_run
+    work = tmp_path / "work"
+    subprocess.run(["cp", "-a", str(finished), str(work)], check=True)
+    latest = work / "latest.pth"
+    assert os.path.samefile(latest, work / "iter_4.pth")
+    _zero_block(latest)
+
+    said = _resume_cli(work, recipe, capsys)
+    assert any(line.startswith(f"warning: resume: {latest} matches no sha256") and str(work / "iter_2.pth") in line
+               for line in said), said
+    assert f"resume: {latest} now names iter_2.pth again (replaced atomically)" in said
+    assert f"resume: continuing from {work / 'iter_2.pth'} at iteration 2" in said
+    assert said[-1].startswith("done: 4 iterations")
+    manifest = read_manifest(work)
+    assert os.path.samefile(latest, work / "iter_4.pth") and file_sha256(latest) == manifest["iter_4.pth"]
     assert _same_weights(load_checkpoint(latest)["state_dict"], final)
 
 

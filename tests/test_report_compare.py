@@ -2,11 +2,9 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-import pandas as pd
 import pytest
-from report_helpers import ROW, ROWS, write_row
+from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
 
-from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
 from benchmark.report.collect import collect
 from benchmark.report.compare import compare, device_class, load_reference, write_baseline
@@ -81,12 +79,7 @@ def test_device_class():
 
 
 def test_smoke_records_use_the_smoke_baseline_never_the_published_numbers(tmp_path, capsys):
-    baseline = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
-    baseline[["mem_gb", "fps", "miou_ms_flip"]] = ""
-    baseline["miou"] = "20.00"
-    baseline["profile"], baseline["device"] = "smoke", "cpu"
-    ref_csv = tmp_path / "smoke.csv"
-    baseline.to_csv(ref_csv, index=False)
+    ref_csv = flat_smoke_baseline(tmp_path / "smoke.csv")
     results = tmp_path / "results"
     write_row(results, recipe=ROW, profile="smoke", miou=20.3)
     # against the published table the smoke row is not compared at all

@@ -133,6 +133,7 @@ def test_inline_svg_prefixes_every_id_and_reference():
     assert "url(#p1-" in svg or 'href="#p1-' in svg
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (make browser installs Debian's)")
 def test_console_errors_are_seen(tmp_path):
     # The check below must be able to fail: a page with a script error is caught.
@@ -143,6 +144,7 @@ def test_console_errors_are_seen(tmp_path):
     assert any("broken" in line for line in page.console), page.console
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (make browser installs Debian's)")
 def test_report_in_headless_chromium(report):
     index = load((report / "index.html").as_uri())

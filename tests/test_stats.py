@@ -133,3 +133,14 @@ def test_compare_ci_one_seed_uses_the_assumed_std(tmp_path, capsys):
     assert "one seed gives no interval; 2 more seeds (3 in all) would decide at an assumed std of 0.25" in out
     assert cli(["compare", "--results", str(tmp_path), "--method", "ci", "--assumed-std", "0"]) == 2
     assert "--assumed-std" in capsys.readouterr().err
+
+
+def test_noise_band_is_twice_the_largest_deviation_floored():
+    from benchmark.stats import noise_band
+
+    got = noise_band([44.0, 44.4, 43.8, 44.2, float("nan")])  # mean 44.1; deviations 0.1, 0.3, 0.3, 0.1
+    assert (got.n, got.mean, got.max_deviation, got.band) == (4, pytest.approx(44.1), pytest.approx(0.3),
+                                                                 pytest.approx(0.6))
+    assert noise_band([47.0, 47.0]).band == 0.5  # runs that agree: the floor
+    assert noise_band([1.0, 2.0], floor=0.1, margin=1.0).band == pytest.approx(0.5)
+    assert noise_band([]).n == 0

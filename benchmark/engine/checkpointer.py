@@ -7,8 +7,10 @@ format, so ``sha256sum -c checkpoints.sha256`` checks them by hand). The hash is
 bytes as they are written and recorded, atomically, after the file is complete and before
 ``latest.pth`` points at it. A resume verifies ``latest.pth`` against it (torch's zip reader checks
 no CRC: a checkpoint with a zeroed block loads without a word); when it does not match or cannot be
-read, the newest intact ``iter_N.pth`` is used instead, with a warning naming both, and when none is
-intact the resume is one clear error. A work dir from before hashes were recorded (no
+read, the newest intact ``iter_N.pth`` is used instead, with a warning naming both, and ``latest.pth``
+is pointed at it again (a run whose final checkpoint is the intact one has nothing left to train and
+would otherwise leave the corrupt file to every later stage); when none is intact the resume is one
+clear error. A work dir from before hashes were recorded (no
 ``checkpoints.sha256``) resumes as before, from the first of those files that loads.
 """
 
@@ -198,6 +200,19 @@ def verify_checkpoint(path: Path) -> Path:
     return path
 
 
+def repair_latest(work_dir: Path, intact: Path, log: Log) -> None:
+    """Point ``latest.pth`` (corrupt or missing) at ``intact`` again, atomically. Without this a resume
+    from the final ``iter_N.pth`` has nothing left to train, saves nothing, and leaves the corrupt
+    file for every later stage (eval, bench) to fail on. A repair that cannot be written (a full disk)
+    is a warning: the resume itself goes on, and the next save points ``latest.pth`` again."""
+    try:
+        point_latest(work_dir, intact)
+    except NLBenchError as exc:
+        log(f"warning: resume: {exc}; the next checkpoint saved points it again")
+        return
+    log(f"resume: {work_dir / LATEST} now names {intact.name} again (replaced atomically)")
+
+
 def read_resume_state(work_dir: Path, log: Log, info: DistInfo) -> Optional[ResumePoint]:
     """Where a resume continues from (see ``choose_resume_checkpoint``), or None (with a note) when
     there is nothing to resume. Rank 0 verifies and chooses; every rank loads what it chose."""
@@ -207,6 +222,8 @@ def read_resume_state(work_dir: Path, log: Log, info: DistInfo) -> Optional[Resu
         chosen = choose_resume_checkpoint(work_dir, log)
         if chosen is None:
             log(f"resume: no {latest} and no iter_N.pth; starting from iteration 0")
+        elif chosen.path != latest:
+            repair_latest(work_dir, chosen.path, log)
     if info.world_size == 1:
         return chosen
     name = distributed.broadcast_object(chosen.path.name if chosen is not None else None)

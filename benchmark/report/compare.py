@@ -14,6 +14,9 @@ each in its own table with its own verdicts. Two methods decide the mIoU verdict
   ci                   the 95% Student-t interval over seeds against that band: reproduced, below, above,
                        inconclusive (with the seeds that would decide); rules in benchmark/stats.py
 Mem and fps keep the 10% band under both methods (their spread is the machine's, not the seeds').
+A smoke baseline frozen from its measured spread (report/baseline.py) carries a band per row and metric;
+its rows are held to that band instead of the tolerance. ``--min-seeds N`` and ``--fail-on
+inconclusive`` (ci) make too few seeds, or an undecided verdict, fail the gate.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from benchmark.catalog import PUBLISHED_CSV, load_published
 from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.recipe import REPO_ROOT
+from benchmark.report.baseline import REFREEZE_COMMAND, read_bands
 from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, of_source
 from benchmark.stats import CI_VERDICTS, SEED_STD_MIOU, ci_verdict, from_summary
 
@@ -51,6 +55,8 @@ METHODS = ("tolerance", "ci")
 # The ci method's tally: its own verdicts for mIoU, the band's for Mem and fps, then the rest.
 CI_TALLY = (*CI_VERDICTS, "better", "regressed", "missing", "skipped")
 FAILING = ("regressed", "below")
+TOO_FEW_SEEDS = "too-few-seeds"  # compare --method ci --min-seeds N: a row with fewer seeds fails
+FAIL_ON = ("inconclusive",)  # what --fail-on may add to the failing verdicts
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ class Reference:
     profile: str  # which records it is compared with
     device_class: Optional[str]  # where its Mem/fps were measured (None: unknown, never compared)
     table: pd.DataFrame  # load_published's frame: recipe -> miou, miou_ms_flip, mem_gb, fps
+    # A baseline's measured bands (report/baseline.py's BAND_COLUMNS by recipe); None: every mIoU row
+    # keeps the tolerance (the published table, or a smoke baseline frozen before its spread was measured).
+    bands: Optional[pd.DataFrame] = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,8 @@ class Check:
     source: str = TRAINED  # the checkpoint source of the results (collect's checkpoint_source)
     low: float = float("nan")  # the ci method's 95% interval (NaN: none, or the tolerance method)
     high: float = float("nan")
+    band: float = float("nan")  # half-width of the band around the reference (NaN: no reference value)
+    band_from: str = "the tolerance"  # where that band comes from, for people
 
 
 def device_class(name: Optional[str]) -> Optional[str]:
@@ -111,7 +122,7 @@ def load_reference(spec: str) -> Reference:
     profile = single("profile", "full")
     if profile != "full":  # nlbench's own numbers, never to be read as the published ones
         label = f"{profile} baseline {label}"
-    return Reference(label, profile, device_class(single("device", None)), table)
+    return Reference(label, profile, device_class(single("device", None)), table, read_bands(path, extra))
 
 
 def default_references(profiles: List[str]) -> Dict[str, Reference]:
@@ -131,7 +142,9 @@ def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
     """Freeze a run's means as a reference CSV (how results/reference/smoke.csv was made):
     ``python -c "from benchmark.report.compare import write_baseline; write_baseline('results/demo',
     'results/reference/smoke.csv')"``. mIoU and mIoU(ms+flip) are kept to two decimals; Mem and fps
-    are left empty, since on a CPU they describe the machine rather than the code."""
+    are left empty, since on a CPU they describe the machine rather than the code. It has no band columns
+    (one run says nothing of the spread), so compare holds its rows to the tolerance; a baseline with its
+    measured bands is frozen from a spread file (report/baseline.py, ``make smoke-baseline``)."""
     from benchmark.report.collect import collect
 
     summary = of_source(collect(results_dir), TRAINED)  # a baseline is made of trained rows only
@@ -149,9 +162,20 @@ def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
     return Path(out_csv)
 
 
-def _verdict(metric: str, ref: float, rep: float, tolerance: float) -> str:
+def band_for(ref: Reference, recipe: str, metric: str, reference: float, tolerance: float) -> Tuple[float, str]:
+    """(half-width of the band around ``reference``, where it comes from): Mem and fps 10% of the
+    reference; mIoU the baseline's measured band where it has one, else the tolerance."""
+    if metric in HARDWARE_METRICS:
+        return abs(reference) * HARDWARE_REL_TOL, f"{HARDWARE_REL_TOL:.0%} of the reference"
+    if ref.bands is not None and recipe in ref.bands.index:
+        band, runs = ref.bands.loc[recipe, f"{metric}_band"], ref.bands.loc[recipe, "n_runs"]
+        if band == band:
+            return float(band), f"the measured spread ({ref.bands.loc[recipe, 'spread_over'] or f'{runs:.0f} runs'})"
+    return tolerance, "the tolerance"
+
+
+def _verdict(metric: str, ref: float, rep: float, allowed: float) -> str:
     higher_better = METRICS[metric][1]
-    allowed = abs(ref) * HARDWARE_REL_TOL if metric in HARDWARE_METRICS else tolerance
     gain = (rep - ref) if higher_better else (ref - rep)
     if gain < -allowed - 1e-9:
         return "regressed"
@@ -175,7 +199,7 @@ def compare(summary: pd.DataFrame, ref: Reference, tolerance: float, source: str
                 rep, std, n = float(got[f"{metric}_mean"]), float(got[f"{metric}_std"]), int(got[f"{metric}_n"])
             else:
                 rep, std, n = nan, nan, 0
-            note = ""
+            note, verdict = "", ""
             if reference != reference:
                 verdict, note = "skipped", "no reference value"
             elif n == 0:
@@ -184,10 +208,12 @@ def compare(summary: pd.DataFrame, ref: Reference, tolerance: float, source: str
                 verdict = "skipped"
                 note = (f"measured on {got['device_name']}, reference on {ref.device_class or 'an unknown device'}: "
                         "not comparable")
-            else:
-                verdict = _verdict(metric, reference, rep, tolerance)
+            band, band_from = band_for(ref, recipe, metric, reference, tolerance)
+            if verdict == "":
+                verdict = _verdict(metric, reference, rep, band)
             delta = rep - reference if verdict in ("reproduced", "better", "regressed") else nan
-            checks.append(Check(recipe, ref.profile, metric, reference, rep, std, n, delta, verdict, note, source))
+            checks.append(Check(recipe, ref.profile, metric, reference, rep, std, n, delta, verdict, note, source,
+                                band=band, band_from=band_from))
     return checks
 
 
@@ -200,9 +226,10 @@ def apply_ci(checks: List[Check], tolerance: float, assumed_std: float = SEED_ST
             out.append(c)
             continue
         released = c.source == RELEASED
-        got = ci_verdict(from_summary(c.reproduced, c.std, c.n), c.reference, tolerance, assumed_std,
+        band = c.band if c.band == c.band else tolerance  # a baseline's measured band, else the tolerance
+        got = ci_verdict(from_summary(c.reproduced, c.std, c.n), c.reference, band, assumed_std,
                          fixed_weights=released)
-        note = _ci_note(c, got, released, tolerance)
+        note = _ci_note(c, got, released, band)
         out.append(replace(c, verdict=got.verdict, note=note, low=got.low, high=got.high))
     return out
 
@@ -279,7 +306,10 @@ def _band(c: Check, tolerance: float) -> str:
     digits = METRICS[c.metric][2]
     if c.reference != c.reference:
         return "-"
-    allowed = abs(c.reference) * HARDWARE_REL_TOL if c.metric in HARDWARE_METRICS else tolerance
+    if c.band == c.band:
+        allowed = c.band
+    else:
+        allowed = abs(c.reference) * HARDWARE_REL_TOL if c.metric in HARDWARE_METRICS else tolerance
     return f"[{c.reference - allowed:.{digits}f}, {c.reference + allowed:.{digits}f}]"
 
 
@@ -335,18 +365,20 @@ def _case_text(c: Check, method: str, tolerance: float) -> str:
 
 
 def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tolerance: float = 0.5,
-                curves: Sequence = ()) -> None:
-    """``curves``: rows of ``report.curves`` (compare --curves), one testcase each, failed when diverged."""
+                curves: Sequence = (), failing: Sequence[str] = FAILING) -> None:
+    """``curves``: rows of ``report.curves`` (compare --curves), one testcase each, failed when diverged.
+    ``failing``: the verdicts that fail (``failing_verdicts``: --min-seeds, --fail-on add to them)."""
     suite = ET.Element("testsuite", name="nlbench.compare", tests=str(len(checks)),
-                       failures=str(sum(c.verdict in FAILING for c in checks)),
-                       skipped=str(sum(c.verdict in ("missing", "skipped", "inconclusive") for c in checks)),
+                       failures=str(sum(c.verdict in failing for c in checks)),
+                       skipped=str(sum(c.verdict in ("missing", "skipped", "inconclusive") and c.verdict not in failing
+                                       for c in checks)),
                        errors="0")
     for c in checks:
         source = "" if c.source == TRAINED else f"{c.source}."
         case = ET.SubElement(suite, "testcase", classname=f"nlbench.{c.profile}.{source}{c.recipe}", name=c.metric)
         text = _case_text(c, method, tolerance)
-        if c.verdict in FAILING:
-            ET.SubElement(case, "failure", message=text).text = text
+        if c.verdict in failing:
+            ET.SubElement(case, "failure", message=_failure_line(c)).text = text
         elif c.verdict in ("missing", "skipped", "inconclusive"):
             ET.SubElement(case, "skipped", message=f"{c.verdict}: {c.note}")
         else:
@@ -371,42 +403,151 @@ def _sections(summary: pd.DataFrame, refs: Dict[str, Reference], tolerance: floa
     return out
 
 
+# ----------------------------------------------------------------------------- the gate's own noise and demands
+
+
+def apply_min_seeds(checks: List[Check], min_seeds: Optional[int]) -> List[Check]:
+    """compare --method ci --min-seeds N: a trained row's mIoU verdict from fewer than N seeds becomes
+    ``too-few-seeds``, a failure (not inconclusive). Released checkpoints (fixed weights: no seed
+    spread), Mem/fps and missing or skipped checks are left as they are."""
+    if not min_seeds:
+        return checks
+    out = []
+    for c in checks:
+        if c.source == RELEASED or c.metric in HARDWARE_METRICS or c.verdict not in CI_VERDICTS or c.n >= min_seeds:
+            out.append(c)
+            continue
+        note = (f"{c.n} seed{'s' if c.n != 1 else ''}, fewer than --min-seeds {min_seeds} "
+                f"(the interval alone says {c.verdict})")
+        out.append(replace(c, verdict=TOO_FEW_SEEDS, note=note))
+    return out
+
+
+def failing_verdicts(min_seeds: Optional[int] = None, fail_on: Optional[str] = None) -> Tuple[str, ...]:
+    """The verdicts that fail the gate: regressed and below, too-few-seeds with --min-seeds, and
+    inconclusive with --fail-on inconclusive."""
+    return FAILING + ((TOO_FEW_SEEDS,) if min_seeds else ()) + ((fail_on,) if fail_on else ())
+
+
+def _strict_outcome(checks: List[Check], min_seeds: Optional[int], fail_on: Optional[str]) -> Optional[str]:
+    """The FAIL line of the ci method with --min-seeds / --fail-on (None when nothing fails)."""
+    parts = []
+    below = sum(c.verdict in FAILING for c in checks)
+    if below:
+        parts.append(f"{below} check(s) below the band at 95% confidence (or Mem/fps regressed)")
+    few = [c for c in checks if c.verdict == TOO_FEW_SEEDS]
+    if few:
+        rows = len({(c.recipe, c.profile) for c in few})
+        parts.append(f"{len(few)} mIoU check(s) of {rows} row(s) with fewer than {min_seeds} seeds "
+                     f"(--min-seeds {min_seeds}; most seeds of such a row: {max(c.n for c in few)})")
+    undecided = sum(c.verdict == fail_on for c in checks) if fail_on else 0
+    if undecided:
+        parts.append(f"{undecided} check(s) {fail_on} (--fail-on {fail_on})")
+    return f"FAIL: {'; '.join(parts)}" if parts else None
+
+
+MAX_FAILURE_LINES = 8
+
+
+def failure_lines(checks: List[Check], failing: Sequence[str]) -> List[str]:
+    """One line per failing check (at most MAX_FAILURE_LINES): which row, by how much, against which
+    band and where the band comes from; for a failing smoke row also how to re-freeze its baseline."""
+    # The misses of a measured band first: they say the most; seed counts and undecided verdicts after.
+    failed = sorted((c for c in checks if c.verdict in failing), key=lambda c: c.verdict not in FAILING)
+    lines = [_failure_line(c) for c in failed[:MAX_FAILURE_LINES]]
+    if len(failed) > MAX_FAILURE_LINES:
+        lines.append(f"... and {len(failed) - MAX_FAILURE_LINES} more failing check(s): see the table")
+    if any(c.profile == "smoke" and c.verdict in FAILING for c in failed):
+        lines.append("the smoke baseline holds for the kind of machine its spread was measured on; on a new kind of "
+                     "machine measure the smoke spread there and re-freeze it: "
+                     f"{REFREEZE_COMMAND}")
+    return lines
+
+
+def _failure_line(c: Check) -> str:
+    label, higher_better, digits = METRICS[c.metric]
+    where = f"FAIL {c.profile} {c.recipe} {label}"
+    if c.verdict == TOO_FEW_SEEDS or c.verdict == "inconclusive":
+        return f"{where}: {c.verdict}: {c.note}"
+    gap = abs(c.reproduced - c.reference)
+    side = "below" if (c.reproduced < c.reference) else "above"
+    band = f"±{c.band:.{digits}f}, from {c.band_from}"
+    if c.verdict == "below":
+        return (f"{where}: mean {c.reproduced:.{digits}f} of {c.n} seed(s), 95% interval {_interval(c)}, wholly under "
+                f"the band {_band(c, c.band)} ({band}); {gap:.{digits}f} {side} the reference {c.reference:.{digits}f}")
+    worse = "lower" if higher_better else "higher"
+    return (f"{where}: {c.reproduced:.{digits}f} is {gap:.{digits}f} {side} the reference {c.reference:.{digits}f} "
+            f"({worse} is worse), beyond its band {band}")
+
+
+def _band_notes(refs: Dict[str, Reference], tolerance: float) -> List[str]:
+    """Said once per reference: whose band the mIoU rows are held to."""
+    from benchmark.stats import SPREAD_MARGIN
+
+    lines = []
+    for ref in refs.values():
+        if ref.bands is not None:
+            lines.append(f"profile {ref.profile}: each mIoU row is held to its own measured band ({ref.label}'s "
+                         f"miou_band / miou_ms_flip_band: {SPREAD_MARGIN:g} x the largest deviation of its runs "
+                         "from their mean, at least the default tolerance); rows without one keep the tolerance")
+        elif ref.profile == "smoke":
+            lines.append(f"profile smoke: {ref.label} carries no measured band (frozen before its spread was "
+                         f"measured), so its rows keep the ±{tolerance} tolerance; `{REFREEZE_COMMAND}` re-freezes it")
+    return lines
+
+
 def _outcome(checks: List[Check], method: str) -> str:
     failing = [c for c in checks if c.verdict in FAILING]
     if method == "tolerance":
-        return (f"FAIL: {len(failing)} regression(s) beyond the tolerance" if failing
-                else "PASS: no regression beyond the tolerance")
+        measured = any(c.band_from.startswith("the measured spread") for c in checks)
+        band = "the band (the tolerance; a smoke row: its measured spread)" if measured else "the tolerance"
+        return f"FAIL: {len(failing)} regression(s) beyond {band}" if failing else f"PASS: no regression beyond {band}"
     undecided = sum(c.verdict == "inconclusive" for c in checks)
     if failing:
         return f"FAIL: {len(failing)} check(s) below the band at 95% confidence (or Mem/fps regressed)"
     return f"PASS: nothing below the band at 95% confidence ({undecided} inconclusive)"
 
 
-def _check_options(tolerance: float, method: str, assumed_std: float) -> None:
+def _check_options(tolerance: float, method: str, assumed_std: float, min_seeds: Optional[int] = None,
+                   fail_on: Optional[str] = None) -> None:
     check_number(tolerance, "--tolerance", "tolerance")
     if method not in METHODS:
         raise NLBenchError(f"expected one of {', '.join(METHODS)}, got {method!r}", key="--method")
     check_number(assumed_std, "--assumed-std", "std", strict=True)
+    if min_seeds is not None and (isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 1):
+        raise NLBenchError(f"expected a whole number of seeds >= 1, got {min_seeds!r}", key="--min-seeds")
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise NLBenchError(f"expected one of {', '.join(FAIL_ON)}, got {fail_on!r}", key="--fail-on")
+    if (min_seeds is not None or fail_on is not None) and method != "ci":
+        flag = "--min-seeds" if min_seeds is not None else "--fail-on"
+        raise NLBenchError("only the ci method counts seeds and has inconclusive verdicts: add --method ci", key=flag)
 
 
-def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,
+def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,  # noqa: PLR0913
                     junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
                     assumed_std: float = SEED_STD_MIOU, curves: bool = False,
-                    curves_reference: str = "released") -> int:
+                    curves_reference: str = "released", min_seeds: Optional[int] = None,
+                    fail_on: Optional[str] = None) -> int:
     """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
-    ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py)."""
-    _check_options(tolerance, method, assumed_std)
+    ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py).
+    ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
+    _check_options(tolerance, method, assumed_std, min_seeds, fail_on)
     summary = collect_or_warn(results)
     profiles = sorted(summary["profile"].unique())
     refs = {ref.profile: ref for ref in [load_reference(reference)]} if reference else default_references(profiles)
     ignored = [p for p in profiles if p not in refs]
-    header = _header_lines(refs, tolerance, ignored, profiles) + ([_ci_header(assumed_std)] if method == "ci" else [])
-    sections = _sections(summary, refs, tolerance, method, assumed_std)
+    header = (_header_lines(refs, tolerance, ignored, profiles) + _band_notes(refs, tolerance)
+              + ([_ci_header(assumed_std)] if method == "ci" else []))
+    sections = [(source, apply_min_seeds(checks, min_seeds))
+                for source, checks in _sections(summary, refs, tolerance, method, assumed_std)]
     every = [c for _, checks in sections for c in checks]
+    failing = failing_verdicts(min_seeds, fail_on)
     curve_rows, curve_text, diverged = (_curves_section(results, profiles, tolerance, curves_reference)
                                         if curves else ([], "", 0))
-    outcome = _outcome(every, method) + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else "")
-    verdicts = CI_TALLY if method == "ci" else VERDICTS
+    strict = _strict_outcome(every, min_seeds, fail_on) if (min_seeds or fail_on) else None
+    outcome = ((strict or _outcome(every, method))
+               + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else ""))
+    verdicts = CI_TALLY + ((TOO_FEW_SEEDS,) if min_seeds else ()) if method == "ci" else VERDICTS
     print("\n".join(header))
     body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
     for source, checks in sections:
@@ -421,12 +562,14 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     if curves:
         print(f"\n{curve_text}")
         body += ["", "## Curves", "", curve_text]
-    print(outcome)
+    reasons = failure_lines(every, failing)
+    print("\n".join([*reasons, outcome]))
     if report:
-        atomic_write_text(Path(report), "\n".join(body + ["", f"**{outcome}**", ""]))
+        atomic_write_text(Path(report), "\n".join(body + ["", *[f"- {line}" for line in reasons], "",
+                                                           f"**{outcome}**", ""]))
     if junit:
-        write_junit(Path(junit), every, method, tolerance, curve_rows)
-    return 1 if any(c.verdict in FAILING for c in every) or diverged else 0
+        write_junit(Path(junit), every, method, tolerance, curve_rows, failing)
+    return 1 if any(c.verdict in failing for c in every) or diverged else 0
 
 
 def _curves_section(results: str, profiles: List[str], tolerance: float, reference: str):

@@ -1,0 +1,238 @@
+"""The smoke baseline that carries its own spread, and the ci gate's demands (--min-seeds, --fail-on).
+
+The spread files here are written by hand in the spread file's documented columns, and the expected
+baselines and bands worked out by hand from the rule (mean of the runs; band = max(0.5, 2 x the
+largest |run - mean|), widened by the mean's rounding and rounded up to 0.01).
+"""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
+
+from benchmark.catalog import PUBLISHED_CSV
+from benchmark.cli import main as cli
+from benchmark.errors import NLBenchError
+from benchmark.recipe import REPO_ROOT
+from benchmark.report.baseline import baseline_from_spread, collect_spread, cpu_model, read_spread
+from benchmark.report.compare import load_reference
+
+R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # a row with an ms+flip figure
+HEADER = "recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip\n"
+CPU = "AMD EPYC 9454P 48-Core Processor"
+# ROW: mean 44.10, largest deviation 0.30 -> band 0.60. R101_769: mIoU all 47.00 -> the floor 0.50;
+# ms+flip 48.0/49.0/48.5/48.5 -> mean 48.50, deviation 0.50 -> band 1.00.
+SPREAD = HEADER + "".join([
+    f"{ROW},0,1,native,{CPU},44.0,\n",
+    f"{ROW},1,2,native,{CPU},44.4,\n",
+    f"{ROW},0,1,avx2,{CPU},43.8,\n",
+    f"{ROW},1,2,avx2,{CPU},44.2,\n",
+    f"{R101_769},0,1,native,{CPU},47.0,48.0\n",
+    f"{R101_769},1,1,native,{CPU},47.0,49.0\n",
+    f"{R101_769},0,2,avx2,{CPU},47.0,48.5\n",
+    f"{R101_769},1,2,avx2,{CPU},47.0,48.5\n",
+])
+
+
+def run_inproc(capsys, *args):
+    code = cli(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def spread(tmp_path):
+    path = tmp_path / "smoke_spread.csv"
+    path.write_text(SPREAD)
+    return path
+
+
+def freeze(spread: Path, out: Path) -> subprocess.CompletedProcess:
+    """`make smoke-baseline` as a user runs it, with this interpreter's environment as the venv."""
+    venv = Path(sys.prefix)
+    return subprocess.run(["make", "-s", "-o", str(venv / ".installed"), "smoke-baseline", f"VENV={venv}",
+                           f"SPREAD={spread}", f"SMOKE_BASELINE={out}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_make_smoke_baseline_freezes_each_rows_mean_and_band(spread, tmp_path):
+    out = tmp_path / "smoke.csv"
+    res = freeze(spread, out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"wrote {out}: 2 rows from 8 runs" in res.stdout and "mIoU bands 0.50 to 0.60" in res.stdout
+    table = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("recipe")
+    assert table.loc[ROW, ["miou", "miou_band", "miou_ms_flip", "miou_ms_flip_band", "n_runs"]].tolist() == [
+        "44.10", "0.60", "", "", "4"]
+    assert table.loc[R101_769, ["miou", "miou_band", "miou_ms_flip", "miou_ms_flip_band"]].tolist() == [
+        "47.00", "0.50", "48.50", "1.00"]
+    assert table.loc[ROW, "spread_over"] == f"4 runs: 2 seeds; threads 1, 2; isa avx2, native; cpu {CPU}"
+    published = pd.read_csv(PUBLISHED_CSV, dtype=str).set_index("recipe")
+    assert table.loc[ROW, "backbone"] == published.loc[ROW, "backbone"]
+    assert set(table["profile"]) == {"smoke"} and set(table["mem_gb"]) == {""}
+    ref = load_reference(str(out))
+    assert ref.profile == "smoke" and ref.bands.loc[ROW, "miou_band"] == 0.6
+
+
+def test_the_written_band_covers_the_rounding_of_the_mean(tmp_path):
+    path = tmp_path / "s.csv"
+    # mean 10.0036..., written 10.00: the band 0.5 (the floor) widens by 0.0036 and rounds up to 0.51
+    path.write_text(HEADER + "".join(f"{ROW},{s},1,native,x,{v},\n" for s, v in enumerate([10.0, 10.004, 10.007])))
+    row = baseline_from_spread(path).set_index("recipe").loc[ROW]
+    assert (row["miou"], row["miou_band"]) == ("10.00", "0.51")
+
+
+@pytest.mark.parametrize("line, message", [
+    (f"{ROW},0,1,sse4,x,40.0,", "isa: line 2: expected one of native, avx2, got 'sse4'"),
+    ("no_such_row,0,1,native,x,40.0,", "recipe: line 2: expected a row of results/published.csv"),
+    (f"{ROW},zero,1,native,x,40.0,", "seed: line 2: expected a whole number, got 'zero'"),
+    (f"{ROW},0,1,native,x,,", "miou: line 2: expected an mIoU in points, got ''"),
+    (f"{ROW},0,1,native,x,140,", "miou: line 2: expected an mIoU in points, 0 to 100"),
+])
+def test_a_bad_spread_line_is_one_error_naming_file_line_and_column(tmp_path, line, message):
+    path = tmp_path / "s.csv"
+    path.write_text(HEADER + line + "\n")
+    with pytest.raises(NLBenchError) as info:
+        read_spread(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_a_spread_file_without_its_columns_fails_make_on_one_line(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text(f"recipe,miou\n{ROW},40\n")
+    res = freeze(path, tmp_path / "out.csv")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert f"smoke-baseline: error: {path}: missing columns ['seed', 'cpu_threads', 'isa', 'cpu'" in res.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_smoke_rows_are_held_to_their_measured_band(spread, tmp_path, capsys):
+    baseline = tmp_path / "smoke.csv"
+    baseline.write_text(baseline_from_spread(spread).to_csv(index=False))
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    write_row(inside, recipe=ROW, profile="smoke", miou=44.65)  # +0.55: outside ±0.5, inside ±0.60
+    write_row(inside, recipe=R101_769, profile="smoke", miou=47.2, ms_flip=47.6)  # ms+flip -0.90 within ±1.00
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(inside), "--reference", str(baseline))
+    assert code == 0 and "3 reproduced, 0 better, 0 regressed" in out, out
+    assert out.count("is held to its own measured band") == 1
+
+    write_row(outside, recipe=ROW, profile="smoke", miou=43.45)  # -0.65: beyond ±0.60
+    junit = tmp_path / "c.xml"
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(outside), "--reference", str(baseline),
+                              "--junit", str(junit))
+    assert code == 1
+    line = next(x for x in out.splitlines() if x.startswith("FAIL smoke"))
+    assert line.startswith(f"FAIL smoke {ROW} mIoU: 43.45 is 0.65 below the reference 44.10")
+    assert "beyond its band ±0.60, from the measured spread (4 runs: 2 seeds; threads 1, 2; isa avx2, native" in line
+    assert "make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv" in out
+    assert out.splitlines()[-1] == ("FAIL: 1 regression(s) beyond the band (the tolerance; a smoke row: its "
+                                    "measured spread)")
+    failure = ET.parse(junit).getroot().find("testcase/failure")
+    assert failure.get("message") == line
+
+    # the ci method holds the interval to the same band: [43.50, 44.70] for ROW
+    for seed, value in ((1, 43.9), (2, 44.3)):
+        write_row(inside, recipe=ROW, profile="smoke", seed=seed, miou=value)
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(inside), "--reference", str(baseline),
+                              "--method", "ci")
+    assert "[43.50, 44.70]" in out
+
+
+def test_an_old_baseline_without_bands_keeps_the_tolerance_said_once(tmp_path, capsys):
+    baseline = flat_smoke_baseline(tmp_path / "smoke.csv")
+    results = tmp_path / "r"
+    write_row(results, recipe=ROW, profile="smoke", miou=20.45)
+    write_row(results, recipe=R101_769, profile="smoke", miou=20.55)
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--reference", str(baseline))
+    assert code == 0 and "1 reproduced, 1 better" in out
+    assert out.count("carries no measured band") == 1 and "make smoke-spread smoke-baseline SPREAD=" in out
+
+    old = pd.read_csv(baseline, dtype=str, keep_default_na=False)
+    old["miou_band"] = "1.0"  # some band columns but not all: refused
+    old.to_csv(baseline, index=False)
+    code, _, err = run_inproc(capsys, "compare", "--results", str(results), "--reference", str(baseline))
+    assert code == 2 and "missing band columns ['miou_ms_flip_band', 'n_runs', 'spread_over']" in err
+
+
+def one_seed_of_every_row(results: Path) -> None:
+    published = pd.read_csv(PUBLISHED_CSV).set_index("recipe")
+    for recipe in ROWS:
+        flip = published.loc[recipe, "miou_ms_flip"]
+        write_row(results, recipe=recipe, miou=float(published.loc[recipe, "miou"]),
+                  ms_flip=None if flip != flip else float(flip))
+
+
+def test_min_seeds_fails_a_one_seed_run_that_ci_alone_passes(tmp_path, capsys):
+    results = tmp_path / "r"
+    one_seed_of_every_row(results)
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--method", "ci")
+    assert code == 0 and out.rstrip().endswith("PASS: nothing below the band at 95% confidence (28 inconclusive)")
+
+    junit = tmp_path / "c.xml"
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--method", "ci", "--min-seeds", "3",
+                              "--junit", str(junit))
+    assert code == 1
+    assert out.splitlines()[-1] == ("FAIL: 28 mIoU check(s) of 16 row(s) with fewer than 3 seeds "
+                                    "(--min-seeds 3; most seeds of such a row: 1)")
+    assert "0 inconclusive" in out and "28 too-few-seeds" in out
+    assert f"FAIL full {ROW} mIoU: too-few-seeds: 1 seed, fewer than --min-seeds 3" in out
+    assert ET.parse(junit).getroot().get("failures") == "28"
+
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--method", "ci", "--fail-on",
+                              "inconclusive")
+    assert code == 1 and out.splitlines()[-1] == "FAIL: 28 check(s) inconclusive (--fail-on inconclusive)"
+
+
+def test_min_seeds_is_met_by_enough_seeds_and_asks_nothing_of_released_checkpoints(tmp_path, capsys):
+    from report_helpers import make_record
+
+    from benchmark.run.records import write_record
+
+    results = tmp_path / "r"
+    for seed, value in enumerate((78.2, 78.25, 78.3)):  # published 78.24: three seeds, interval inside ±0.5
+        write_row(results, recipe=ROW, seed=seed, miou=value)
+    released = {**make_record("eval", recipe=R101_769, miou=78.57), "checkpoint_source": "released"}
+    write_record(results, released)
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--method", "ci", "--min-seeds", "3")
+    assert code == 0 and "too-few-seeds" not in out.replace("0 too-few-seeds", ""), out
+    code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--method", "ci", "--min-seeds", "4")
+    assert code == 1 and "FAIL: 1 mIoU check(s) of 1 row(s) with fewer than 4 seeds" in out
+    assert "(the interval alone says reproduced)" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-seeds", "3"], "--min-seeds: only the ci method counts seeds"),
+    (["--fail-on", "inconclusive"], "--fail-on: only the ci method"),
+    (["--method", "ci", "--min-seeds", "0"], "--min-seeds: expected a whole number of seeds >= 1, got 0"),
+])
+def test_gate_flags_refuse_what_they_cannot_mean(tmp_path, capsys, args, message):
+    write_row(tmp_path / "r", recipe=ROW)
+    code, _, err = run_inproc(capsys, "compare", "--results", str(tmp_path / "r"), *args)
+    assert code == 2 and message in err
+
+
+def test_compare_help_names_the_gate_flags():
+    res = subprocess.run([sys.executable, "-m", "benchmark", "compare", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert "--min-seeds N" in res.stdout and "--fail-on {inconclusive}" in res.stdout
+    assert "miou_band" in res.stdout
+
+
+def test_collect_spread_writes_one_line_per_run_of_each_isa_and_thread_count(tmp_path):
+    run = tmp_path / "spread-run"
+    for folder, seed, miou in (("native-t1", 0, 44.0), ("native-t1", 1, 44.4), ("avx2-t2", 0, 43.8)):
+        write_row(run / folder, recipe=ROW, profile="smoke", seed=seed, miou=miou)
+    write_row(run / "avx2-t2", recipe=R101_769, profile="smoke", miou=47.0, ms_flip=48.5)
+    write_row(run / "avx2-t2", recipe=ROW, profile="full", seed=3, miou=70.0)  # not a smoke run: left out
+    write_row(run / "notes", recipe=ROW, profile="smoke", seed=9, miou=1.0)  # not an <isa>-t<threads> folder
+    out = collect_spread(run, run / "smoke_spread.csv", cpu="Test CPU")
+    assert sorted(out.read_text().splitlines()) == sorted([
+        HEADER.strip(),
+        f"{ROW},0,1,native,Test CPU,44.00,", f"{ROW},1,1,native,Test CPU,44.40,",
+        f"{ROW},0,2,avx2,Test CPU,43.80,", f"{R101_769},0,2,avx2,Test CPU,47.00,48.50"])
+    assert cpu_model() and "\n" not in cpu_model()
+    with pytest.raises(NLBenchError, match="expected run folders named <isa>-t<threads>"):
+        collect_spread(run / "notes", tmp_path / "x.csv")
