@@ -159,6 +159,105 @@ def test_a_folder_without_logs_is_an_error(tmp_path):
         read_curve(tmp_path)
 
 
+# ----------------------------------------------------------------------------- where an evaluation sits
+
+EVALS_40K = list(range(4000, 40001, 4000))
+CONFIG_WITH_EVALUATION = CONFIG + "evaluation = dict(interval=4000, metric='mIoU')\n"
+
+
+def log_2020(path: Path, val_mode: str = "val", meta=None, start: int = 50, stop: int = MAX_ITERS,
+             resumed_at=None) -> Path:
+    """A log as mmcv < 1.3.11 wrote it (the published NonLocal logs): a train line every 50 iterations
+    except at an evaluation iteration (every 4000), whose val line (``iter`` = 500 validation images)
+    follows the 3950 line; the next train line is 4050. ``resumed_at``: the file of a run resumed from
+    that checkpoint, which trains that iteration again and evaluates it again (no train line either)."""
+    lines = [meta] if meta else []
+    if resumed_at is not None:
+        lines.append(val_line(resumed_at, 61.0 + resumed_at / 4000, mode=val_mode))
+    for it in range(start, stop + 1, 50):
+        if it % 4000:
+            lines.append(train_line(it, 1.0))
+        if it % 4000 == 0 and it != resumed_at:
+            lines.append(val_line(it, 60.0 + it / 4000, mode=val_mode))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def log_1311(path: Path, start: int = 50, stop: int = MAX_ITERS, first_alone: bool = False) -> Path:
+    """A log as mmcv >= 1.3.11 writes it: the train line of 4000, then the val line (mode "val").
+    ``first_alone``: a resumed file, whose first line is the checkpoint's iteration trained again."""
+    lines = [meta_line()]
+    its = ([start] if first_alone else []) + list(range(start + 50 if first_alone else start, stop + 1, 50))
+    for it in its:
+        lines.append(train_line(it, 1.0))
+        if it % 4000 == 0:
+            lines.append(val_line(it, 60.0 + it / 4000))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _meta_2020() -> str:
+    """The 2020 logs' meta line: env_info, seed, exp_name; no config text."""
+    return json.dumps({"env_info": ENV_INFO, "seed": 0, "exp_name": "nonlocal_r50-d8_512x1024_40k_cityscapes.py"})
+
+
+@pytest.mark.parametrize("val_mode", ["val", "train"])
+@pytest.mark.parametrize("interval_from", ["config text", "schedule", "the skipped train line"])
+def test_2020_pattern_puts_each_evaluation_at_its_eval_iteration(tmp_path, val_mode, interval_from):
+    meta = {"config text": json.dumps({"env_info": ENV_INFO, "seed": 0, "config": CONFIG_WITH_EVALUATION}),
+            "schedule": _meta_2020(), "the skipped train line": _meta_2020()}[interval_from]
+    path = log_2020(tmp_path / "a.log.json", val_mode=val_mode, meta=meta)
+    lines = path.read_text().splitlines()
+    assert '"iter": 3950' in lines[79] and '"iter": 500' in lines[80] and '"iter": 4050' in lines[81]
+    schedule = {"eval_interval": 4000, "max_iters": MAX_ITERS} if interval_from == "schedule" else {}
+    curve = read_curve(path, **schedule)
+    assert [e.iteration for e in curve.evals] == EVALS_40K and curve.warnings == ()
+    assert [e.mIoU for e in curve.evals] == [60.0 + k for k in range(1, 11)]
+    assert 4000 not in {p.iteration for p in curve.train} and len(curve.train) == 790
+
+
+def test_mmcv_1311_pattern_train_line_then_val_line(tmp_path):
+    path = log_1311(tmp_path / "a.log.json")
+    for schedule in ({}, {"eval_interval": 4000, "max_iters": MAX_ITERS}):
+        curve = read_curve(path, **schedule)
+        assert [e.iteration for e in curve.evals] == EVALS_40K and len(curve.train) == 800
+
+
+def test_resumed_pairs_merge_with_the_evaluation_of_the_resumed_iteration(tmp_path):
+    # 2020: the first file stopped after 17000 (last checkpoint 16000); the resumed file trains 16000
+    # again and evaluates it again: it opens with that val line, then 16050.
+    first = log_2020(tmp_path / "20200605_210748.log.json", meta=_meta_2020(), stop=17000)
+    second = log_2020(tmp_path / "20200606_101010.log.json", meta=_meta_2020(), start=16050, resumed_at=16000)
+    curve = read_curve([second, first])
+    assert [e.iteration for e in curve.evals] == EVALS_40K and curve.warnings == ()
+    assert curve.sources == (str(first), str(second))
+    # mmcv >= 1.3.11: the resumed file's first line is 16000's train line (one iteration), then its val line.
+    first = log_1311(tmp_path / "b1.log.json", stop=17000)
+    second = log_1311(tmp_path / "b2.log.json", start=16000, first_alone=True)
+    assert [e.iteration for e in read_curve([first, second]).evals] == EVALS_40K
+
+
+def test_nlbench_smoke_reference_eval_interval_not_a_multiple_of_the_log_interval(tmp_path):
+    # nlbench's own 0.x log states its interval (meta key and recipe YAML): an evaluation at 45 between
+    # the train lines of 40 and 50, and the last one at the end (90) without its train line.
+    meta = {"env_info": "", "seed": 0, "config": "schedule:\n  max_iters: 90\n  eval_interval: 45\n", "max_iters": 90}
+    lines = [json.dumps(meta)] + [train_line(it, 1.0) for it in range(10, 41, 10)] + [val_line(45, 50.0, images=4)]
+    lines += [train_line(it, 1.0) for it in range(50, 81, 10)] + [val_line(90, 55.0, images=4)]
+    path = tmp_path / "smoke.log.json"
+    path.write_text("\n".join(lines) + "\n")
+    assert [(e.iteration, e.mIoU) for e in read_curve(path).evals] == [(45, 50.0), (90, 55.0)]
+
+
+def test_a_run_is_compared_at_every_eval_point_of_each_pattern(tmp_path):
+    run = {"seed0": _run_log(tmp_path / "run.jsonl", stop=MAX_ITERS, mious=[60.0 + k for k in range(1, 11)])}
+    for name, path in [("2020", log_2020(tmp_path / "a.log.json", meta=_meta_2020())),
+                       ("2020 train", log_2020(tmp_path / "b.log.json", val_mode="train")),
+                       ("1.3.11", log_1311(tmp_path / "c.log.json"))]:
+        found = assess(run, read_curve(path), max_iters=MAX_ITERS)
+        assert [r.iteration for r in found.evals] == EVALS_40K, name
+        assert all(r.delta == 0.0 for r in found.evals) and found.verdict == ON_TRACK, (name, found.summary())
+
+
 # ----------------------------------------------------------------------------- 1.x and nlbench
 
 
@@ -200,10 +299,11 @@ def test_nlbench_jsonl(tmp_path):
 # ----------------------------------------------------------------------------- checks
 
 
-def _run_log(path: Path, base_lr: float = 0.01, every: int = 50, mious=(60.0, 70.0), loss=lambda it: 1.0):
+def _run_log(path: Path, base_lr: float = 0.01, every: int = 50, mious=(60.0, 70.0), loss=lambda it: 1.0,
+             stop: int = 8000):
     """An nlbench run's train.log.jsonl: exact (unrounded) lr, loss means over its own interval."""
     lines = [{"event": "start", "iteration": 0, "max_iters": MAX_ITERS, "effective_batch": 8}]
-    for it in range(every, 8001, every):
+    for it in range(every, stop + 1, every):
         lines.append({"iteration": it, "lr": poly_lr(base_lr, 1e-4, 0.9, it - 1, MAX_ITERS), "loss": loss(it)})
         if it % 4000 == 0:
             lines.append({"event": "eval", "iteration": it, "aAcc": 95.0, "mIoU": mious[it // 4000 - 1],

@@ -136,7 +136,8 @@ def reference_label(path: Path) -> str:
 
 
 def reference_curve(recipe: Recipe, spec: Optional[str] = RELEASED, offline: bool = False) -> Curve:
-    return read_curve(resolve_reference(recipe, spec, offline))
+    return read_curve(resolve_reference(recipe, spec, offline), recipe.schedule.eval_interval,
+                      recipe.schedule.max_iters)
 
 
 def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cache_dir: Optional[PathLike] = None,
@@ -150,7 +151,7 @@ def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cac
         except NLBenchError as exc:
             failures.append(f"{recipe.name}: {exc}")
             continue
-        curve = read_curve(target)
+        curve = read_curve(target, recipe.schedule.eval_interval, recipe.schedule.max_iters)
         print(f"{recipe.name}: {target} (sha256 {file_sha256(target)[:12]}..., {len(curve.train)} train and "
               f"{len(curve.evals)} evaluation lines)")
         if curve.last_iteration != recipe.schedule.max_iters:

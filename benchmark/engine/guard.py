@@ -49,7 +49,9 @@ class Guard:
         if self.info.is_main:
             try:
                 path = resolve_reference(self.recipe, self.config.reference)
-                self.reference, self.label = read_curve(path), reference_label(path)
+                sched = self.recipe.schedule
+                self.reference = read_curve(path, sched.eval_interval, sched.max_iters)
+                self.label = reference_label(path)
             except NLBenchError as exc:
                 error = exc
         if distributed.any_rank(error is not None):

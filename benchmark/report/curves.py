@@ -12,8 +12,10 @@ when that is all there is).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,9 @@ from benchmark.catalog import select_recipe_paths
 from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
 from benchmark.curves.reader import Curve, read_curve
 from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_label, resolve_reference
+from benchmark.engine.mmseg_log import as_2020_pattern
 from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_bytes, write_json
+from benchmark.io.files import atomic_write_text, write_json
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 
 RUN_LOGS = ("train.log.jsonl", "train.log.json")
@@ -69,9 +72,10 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
         if not logs:
             raise NLBenchError(f"no training log of this row (looked in "
                                f"{Path(results_dir) / 'work' / recipe.profile / recipe.name}/seed*/)", key=recipe.name)
-        runs = {seed: read_curve(path) for seed, path in logs.items()}
+        sched = recipe.schedule
+        runs = {seed: read_curve(path, sched.eval_interval, sched.max_iters) for seed, path in logs.items()}
         path = resolve_reference(recipe, reference, offline=offline)
-        ref = read_curve(path)
+        ref = read_curve(path, sched.eval_interval, sched.max_iters)
     except NLBenchError as exc:
         if strict:
             raise
@@ -297,8 +301,30 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
 # ----------------------------------------------------------------------------- smoke reference logs
 
 
+def reference_log_text(source: Path, recipe: Recipe) -> str:
+    """A run's ``train.log.json`` as a reference log in the 2020 pattern, checked with the reader: it
+    must give the train lines and every evaluation of the run's schedule, at its iteration."""
+    try:
+        lines = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise NLBenchError(f"cannot read the run's MMSeg-form log: {exc}", source) from None
+    sched = recipe.schedule
+    text = "".join(json.dumps(line) + "\n" for line in as_2020_pattern(lines, sched.eval_interval, sched.max_iters))
+    done = read_curve(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        written = Path(tmp) / source.name
+        written.write_text(text)
+        back = read_curve(written, sched.eval_interval, sched.max_iters)
+    got, want = [e.iteration for e in back.evals], [e.iteration for e in done.evals]
+    if not back.train or not got or got != want:
+        raise NLBenchError("a reference log needs train lines and evaluations at the run's eval iterations "
+                           f"(read back: {got}, run: {want})", source)
+    return text
+
+
 def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
-    """Freeze a smoke run's MMSeg-form logs as the rows' reference logs. `make reference-logs` runs a
+    """Freeze a smoke run's MMSeg-form logs as the rows' reference logs, in the pattern of the
+    published 2020 logs (no train line at an evaluation iteration: ``reference_log_text``). `make reference-logs` runs a
     smoke run-all into results/reference-run and then ``python -c "from benchmark.report.curves import
     write_reference_logs; write_reference_logs('results/reference-run')"``.
     One file per row, ``<out_dir>/<profile>/<recipe>.log.json``, so each row finds a log of its own
@@ -311,11 +337,8 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
             if (seed_dir / "train.log.jsonl").is_file():
                 missing.append(path.stem)  # trained by an nlbench that wrote no MMSeg-form log
             continue
-        curve = read_curve(source)
-        if not curve.train or not curve.evals:
-            raise NLBenchError("a reference log needs train and evaluation lines", source)
         target = Path(out_dir) / profile / f"{path.stem}.log.json"
-        atomic_write_bytes(target, source.read_bytes())
+        atomic_write_text(target, reference_log_text(source, load_recipe(path, profile=profile)))
         written.append(target)
     if missing:
         raise NLBenchError(f"no train.log.json for {', '.join(missing)}: trained before nlbench wrote one; "
