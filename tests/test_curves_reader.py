@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.curves.checks import DIVERGED, DRIFTING, ON_TRACK, Settings, assess, margin_at
+from benchmark.curves.checks import DIVERGED, DRIFTING, ON_TRACK, Settings, assess, eval_margins, one_sided_z
 from benchmark.curves.reader import read_curve
 from benchmark.engine.train import poly_lr
 from benchmark.errors import NLBenchError
@@ -320,26 +320,41 @@ def test_schedule_matches_to_five_decimals_and_a_wrong_lr_shows_at_the_first_log
     wrong = assess({"seed0": _run_log(tmp_path / "wrong.jsonl", base_lr=0.02)}, reference, max_iters=MAX_ITERS)
     assert wrong.schedule.mismatch[0] == 50 and wrong.schedule.mismatch[2] == 0.00999
     assert "lr at iteration 50 is 0.01998, the reference says 0.00999" in wrong.schedule.describe()
-    assert wrong.verdict == DRIFTING and "schedule differs" in wrong.reasons
+    # Beyond the printed rounding at an iteration of the reference's own schedule: certain, diverged there.
+    assert wrong.schedule.certain and wrong.verdict == DIVERGED and wrong.diverged_at == 50
+    assert wrong.reasons[0].startswith("schedule differs: lr at iteration 50 is 0.01998")
+    # One printed unit off (a rounding tie) differs but is not certain: drifting.
+    shifted = [p.__class__(**{**p.__dict__, "lr": p.lr + 0.00001}) if p.iteration == 100 else p
+               for p in reference.train]
+    tie = assess({"seed0": _run_log(tmp_path / "good2.jsonl")}, reference.__class__(
+        **{**reference.__dict__, "train": tuple(shifted)}), max_iters=MAX_ITERS)
+    assert tie.schedule.mismatch[0] == 100 and not tie.schedule.certain
+    assert tie.verdict == DRIFTING and "schedule differs" in tie.reasons
 
 
-def test_mIoU_margin_tightens_linearly_and_two_consecutive_misses_diverge(tmp_path):
-    s = Settings()
-    assert [round(margin_at(i, 10, s), 3) for i in (0, 4, 9)] == [3.0, 1.889, 0.5]
+def test_mIoU_margins_from_the_noise_model_and_two_consecutive_misses_diverge(tmp_path):
+    # Two eval points (60, 70): no fluctuation to measure, so the spread is the floor, 0.5; one seed
+    # against one: sigma 0.5 * sqrt(2); one point can end a stop (K - patience + 1 = 1) and it gets the
+    # mIoU half of the 1% budget: z(0.005); drifting: z(0.1 / 2).
     reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
-    # 4000: 58.0 vs 60 - 3.0 -> within; 8000: 69.6 vs 70 - 0.5 -> within.
-    fine = assess({"s0": _run_log(tmp_path / "a.jsonl", mious=(58.0, 69.6))}, reference, max_iters=MAX_ITERS)
+    [m1, m2] = eval_margins([60.0, 70.0], [[], []], Settings())
+    assert m1.spread == 0.5 and m1.sigma == pytest.approx(0.5 * math.sqrt(2))
+    assert m1.stop == pytest.approx(one_sided_z(0.005) * 0.5 * math.sqrt(2))
+    assert m1.stop == pytest.approx(2.5758 * 0.70711, abs=1e-4)  # z(0.995) from a normal table
+    assert m1.drift == pytest.approx(1.6449 * 0.70711, abs=1e-4)  # z(0.95)
+    fine = assess({"s0": _run_log(tmp_path / "a.jsonl", mious=(59.0, 69.5))}, reference, max_iters=MAX_ITERS)
     assert fine.verdict == ON_TRACK and [r.below for r in fine.evals] == [False, False]
-    one = assess({"s0": _run_log(tmp_path / "b.jsonl", mious=(56.0, 69.6))}, reference, max_iters=MAX_ITERS)
+    one = assess({"s0": _run_log(tmp_path / "b.jsonl", mious=(58.0, 69.5))}, reference, max_iters=MAX_ITERS)
     assert one.verdict == DRIFTING and [r.verdict for r in one.evals] == [DRIFTING, DRIFTING]
+    assert [r.below for r in one.evals] == [True, False]  # one point below the stop margin is not a stop
     two = assess({"s0": _run_log(tmp_path / "c.jsonl", mious=(50.0, 60.0))}, reference, max_iters=MAX_ITERS)
     assert two.verdict == DIVERGED and two.diverged_at == 8000
     assert [r.verdict for r in two.evals] == [DRIFTING, DIVERGED]
-    # Several seeds: judged by their mean, each seed listed.
+    # Several seeds: judged by their mean, each seed listed; their own spread widens the margins.
     seeds = assess({"s0": _run_log(tmp_path / "d.jsonl", mious=(50.0, 60.0)),
                     "s1": _run_log(tmp_path / "e.jsonl", mious=(66.0, 80.0))}, reference, max_iters=MAX_ITERS)
     assert seeds.evals[1].seeds == {"s0": 60.0, "s1": 80.0} and seeds.evals[1].mean == 70.0
-    assert seeds.verdict == ON_TRACK
+    assert seeds.evals[0].spread == pytest.approx(math.sqrt(128)) and seeds.verdict == ON_TRACK
 
 
 def test_loss_band_over_the_published_interval_and_a_non_finite_loss(tmp_path):
@@ -347,12 +362,20 @@ def test_loss_band_over_the_published_interval_and_a_non_finite_loss(tmp_path):
     # nlbench logs every 10 iterations: its points are averaged over each published 50-iteration window.
     wobble = _run_log(tmp_path / "a.jsonl", every=10, loss=lambda it: 1.1 if it % 20 else 0.9)
     ok = assess({"s0": wobble}, reference, max_iters=MAX_ITERS)
-    assert ok.loss.ok and ok.loss.compared == 160 - 80  # the first 10% (4000 iterations) is warm-up
+    assert ok.loss.ok and ok.loss.compared == 160 - 16  # the first 2% (800 iterations) is warm-up
     assert abs(ok.loss.worst[1] - 1.0) <= 0.021
+    # 30% above from 6000 on: beyond the 15% band and the (here nil) noise, the stop rule fires within
+    # one block of LOSS_BLOCK windows.
     high = assess({"s0": _run_log(tmp_path / "b.jsonl", loss=lambda it: 1.3 if it > 6000 else 1.0)}, reference,
                   max_iters=MAX_ITERS)
-    assert not high.loss.ok and high.loss.failed_at == 6100 and high.verdict == DRIFTING
-    assert "OUT OF BAND from iteration 6100" in high.loss.describe()
+    assert high.verdict == DIVERGED and 6050 <= high.loss.failed_at <= 6250
+    assert high.diverged_at == high.loss.failed_at
+    assert "ABOVE THE REFERENCE at iteration" in high.loss.describe()
+    # 30% below: out of the band (drifting), never a stop.
+    low = assess({"s0": _run_log(tmp_path / "l.jsonl", loss=lambda it: 0.7 if it > 6000 else 1.0)}, reference,
+                 max_iters=MAX_ITERS)
+    assert low.verdict == DRIFTING and low.loss.failed_at is None and 6050 <= low.loss.drift_at <= 6250
+    assert "OUT OF BAND from iteration" in low.loss.describe()
     single = assess({"s0": _run_log(tmp_path / "c.jsonl", loss=lambda it: 1.3 if it == 6000 else 1.0)}, reference,
                     max_iters=MAX_ITERS)
     assert single.loss.ok and single.loss.outside == (6000,)  # one noisy window alone does not count

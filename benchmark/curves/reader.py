@@ -29,6 +29,7 @@ from benchmark.errors import NLBenchError
 PathLike = Union[str, Path]
 FORMATS = ("mmseg0x", "mmengine", "nlbench")
 METRIC_KEYS = ("aAcc", "mIoU", "mAcc")
+MMENGINE_WINDOW = 10  # mmengine's LogProcessor(window_size=10): 1.x train values are means of 10 iterations
 # Keys of a train line that are bookkeeping, not logged quantities.
 _BOOKKEEPING = {"mode", "epoch", "iter", "iteration", "step", "lr", "base_lr", "memory", "time", "data_time",
                 "peak_mem_gb", "mem_kind", "event"}
@@ -45,6 +46,9 @@ class TrainPoint:
     memory_mib: Optional[float] = None
     time_s: Optional[float] = None
     data_time_s: Optional[float] = None
+    # Iterations the values average when fewer than the log interval: mmengine's LogProcessor keeps a
+    # window of the last 10 (MMSeg 1.x), whatever the interval. None: the whole interval.
+    span: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,11 @@ def _terms(entry: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def _train_point(entry: Dict[str, Any], iteration: int, memory_mib: Optional[float]) -> TrainPoint:
+def _train_point(entry: Dict[str, Any], iteration: int, memory_mib: Optional[float],
+                 span: Optional[int] = None) -> TrainPoint:
     return TrainPoint(iteration=iteration, lr=_lr(entry.get("lr")), loss=_number(entry.get("loss")),
                       terms=_terms(entry), memory_mib=memory_mib, time_s=_number(entry.get("time")),
-                      data_time_s=_number(entry.get("data_time")))
+                      data_time_s=_number(entry.get("data_time")), span=span)
 
 
 # ----------------------------------------------------------------------------- one file
@@ -236,7 +241,7 @@ class CurveBuilder:
         elif any(k in entry for k in ("mIoU", "aAcc")):
             self._put_eval(entry, iteration, where)
         elif "loss" in entry or "lr" in entry:
-            self._put_train(_train_point(entry, iteration, _number(entry.get("memory"))))
+            self._put_train(_train_point(entry, iteration, _number(entry.get("memory")), MMENGINE_WINDOW))
 
     def _nlbench(self, entry: Dict[str, Any], where: str) -> None:
         self._format("nlbench")

@@ -127,6 +127,14 @@ def resolve_reference(recipe: Recipe, spec: Optional[str] = RELEASED, offline: b
     return path
 
 
+def reference_kind(recipe: Recipe, spec: Optional[str] = RELEASED) -> str:
+    """What the reference curve is, in the words the outputs use: "published" (MMSeg's log of the
+    row), "smoke reference" (the committed log of a non-full profile) or "reference" (a local file)."""
+    if spec in (None, RELEASED):
+        return "published" if recipe.profile == "full" else f"{recipe.profile} reference"
+    return "reference"
+
+
 def reference_label(path: Path) -> str:
     """A path as people read it: relative to the checkout when inside it."""
     try:

@@ -294,6 +294,8 @@ def train(
         saved = checkpoints.due(done)
         if saved:
             checkpoints.save(done, run.model, run.optimizer, run.scaler)
+        if done % sched.log_interval == 0 and guard.should_stop_at_line(done):  # schedule or loss: certain early
+            _stop_diverged(done, saved, run, checkpoints, logger, guard)
         # A preempted job saves here, at an iteration boundary, rather than losing everything since
         # the last periodic checkpoint (up to a tenth of the run).
         if _stop_now(stop_requested, done, sched.max_iters):
@@ -352,15 +354,21 @@ def _periodic_eval(recipe: Recipe, run: Training, info: DistInfo, peak: Training
         metrics = _evaluate(recipe, run, info)
     logger.evaluation(done, metrics)
     if guard.should_stop(done):
-        if not saved:
-            checkpoints.save(done, run.model, run.optimizer, run.scaler)
-        evidence = guard.evidence(stopped_at=done)
-        logger.event("diverged", iteration=done, **(evidence or {}))
-        logger.note(f"guard: stopped at iteration {done} (guard.action stop); state saved, --resume continues")
-        checkpoints.ended(done, "diverged")
-        logger.close()
-        raise RunDiverged(done, guard.message(), evidence or {})
+        _stop_diverged(done, saved, run, checkpoints, logger, guard)
     return metrics
+
+
+def _stop_diverged(done: int, saved: bool, run: Training, checkpoints: Checkpointer, logger: TrainLogger,
+                   guard: Guard) -> None:
+    """The guard stopped the run at ``done``: state saved (a resume continues), RunDiverged raised."""
+    if not saved:
+        checkpoints.save(done, run.model, run.optimizer, run.scaler)
+    evidence = guard.evidence(stopped_at=done)
+    logger.event("diverged", iteration=done, **(evidence or {}))
+    logger.note(f"guard: stopped at iteration {done} (guard.action stop); state saved, --resume continues")
+    checkpoints.ended(done, "diverged")
+    logger.close()
+    raise RunDiverged(done, guard.message(), evidence or {})
 
 
 def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer, logger: TrainLogger,

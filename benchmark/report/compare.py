@@ -381,7 +381,7 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     header = _header_lines(refs, tolerance, ignored, profiles) + ([_ci_header(assumed_std)] if method == "ci" else [])
     sections = _sections(summary, refs, tolerance, method, assumed_std)
     every = [c for _, checks in sections for c in checks]
-    curve_rows, curve_text, diverged = (_curves_section(results, profiles, tolerance, curves_reference)
+    curve_rows, curve_text, diverged = (_curves_section(results, profiles, curves_reference)
                                         if curves else ([], "", 0))
     outcome = _outcome(every, method) + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else "")
     verdicts = CI_TALLY if method == "ci" else VERDICTS
@@ -405,12 +405,11 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     return 1 if any(c.verdict in FAILING for c in every) or diverged else 0
 
 
-def _curves_section(results: str, profiles: List[str], tolerance: float, reference: str):
-    """compare --curves: (rows, text, number diverged); the margin at a row's last eval point is the
-    compare tolerance."""
+def _curves_section(results: str, profiles: List[str], reference: str):
+    """compare --curves: (rows, text, number diverged), with the guard's noise-model margins."""
     from benchmark.report.curves import curve_lines, curve_rows
 
-    rows = curve_rows(Path(results), profiles, tolerance, reference)
+    rows = curve_rows(Path(results), profiles, reference)
     if not rows:
         return [], "curves: no training logs under the results folder's work/ to check", 0
     diverged = sum(r.verdict == "diverged" for r in rows)

@@ -1,9 +1,10 @@
 """`nlbench curves`: every seed's training curves of a row against the row's reference curve.
 
 Per row: the checks of ``benchmark.curves.checks`` (schedule, effective batch, loss, mIoU at each
-eval point), a table of the eval points (published mIoU, each seed's, their mean, delta, margin,
-verdict), and an overlay figure (PNG + SVG) of loss, lr and mIoU against iteration: the reference
-in black, each seed in colour, the seeds' band shaded. ``compare --curves`` adds the verdicts to its
+eval point), a table of the eval points (the reference's mIoU, each seed's, their mean, delta, the
+noise model's seed spread, drift and stop margins, verdict), and an overlay figure (PNG + SVG) of
+loss, lr and mIoU against iteration: the reference in black, each seed in colour, the seeds' band
+shaded. ``compare --curves`` adds the verdicts to its
 report and JUnit file and ``plots`` draws the overlays, both through this module. docs/CURVES.md.
 
 The runs are read from ``RESULTS/work/<profile>/<recipe>/seed<k>/train.log.jsonl`` (``train.log.json``
@@ -26,7 +27,7 @@ from tabulate import tabulate
 from benchmark.catalog import select_recipe_paths
 from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
 from benchmark.curves.reader import Curve, read_curve
-from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_label, resolve_reference
+from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_kind, reference_label, resolve_reference
 from benchmark.engine.mmseg_log import as_2020_pattern
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, write_json
@@ -64,7 +65,7 @@ def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
 
 
 def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = RELEASED,
-               final_margin: Optional[float] = None, offline: bool = False, strict: bool = True) -> RowCurves:
+               offline: bool = False, strict: bool = True) -> RowCurves:
     """One row's runs against its reference. With ``strict`` False a missing log or reference gives a
     row without an assessment (and a note) instead of an NLBenchError."""
     logs = run_logs(results_dir, recipe.profile, recipe.name)
@@ -84,8 +85,8 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
         for line in curve.warnings:
             print(f"warning: {line}", file=sys.stderr)
     max_iters = next((c.max_iters for c in runs.values() if c.max_iters), recipe.schedule.max_iters)
-    found = assess(runs, ref, settings_from(recipe.guard, final_margin), max_iters,
-                   published_recipe(recipe).effective_batch)
+    found = assess(runs, ref, settings_from(recipe.guard), max_iters, published_recipe(recipe).effective_batch,
+                   reference_kind(recipe, reference))
     return RowCurves(recipe, runs, ref, reference_label(path), found)
 
 
@@ -113,8 +114,9 @@ def eval_table(row: RowCurves) -> str:
     body = []
     for r in row.assessment.evals:
         body.append([str(r.iteration), _fmt(r.published), *[_fmt(r.seeds.get(s)) for s in seeds], _fmt(r.mean),
-                     _fmt(r.delta, sign=True), _fmt(r.margin), r.verdict])
-    headers = ["iteration", "published mIoU", *seeds, "mean", "delta", "margin", "verdict"]
+                     _fmt(r.delta, sign=True), _fmt(r.spread), _fmt(r.drift_margin), _fmt(r.margin), r.verdict])
+    headers = ["iteration", f"{row.assessment.reference_kind} mIoU", *seeds, "mean", "delta", "seed spread",
+               "drift margin", "stop margin", "verdict"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -123,7 +125,7 @@ def format_row(row: RowCurves) -> str:
     if row.assessment is None:
         return f"{head}: not assessed: {row.note}"
     a = row.assessment
-    batch = f"{_fmt(a.effective_batch, 0)} (published {_fmt(a.published_batch, 0)})"
+    batch = f"{_fmt(a.effective_batch, 0)} ({a.reference_kind} {_fmt(a.published_batch, 0)})"
     lines = [f"{head}: reference {row.reference_label} ({row.reference.format}); runs: {', '.join(row.runs)}",
              f"  schedule: {a.schedule.describe()}",
              f"  effective batch: {batch}" + (" DIFFERS: said beside every verdict" if a.batch_note else ""),
@@ -185,8 +187,10 @@ def plot_overlay(row: RowCurves):
                     marker="o" if key == "mIoU" else None, markersize=4, label=seed)
         if key == "mIoU" and row.assessment is not None and row.assessment.evals:
             evals = row.assessment.evals
+            ax.plot([r.iteration for r in evals], [r.published - r.drift_margin for r in evals], color="grey",
+                    linestyle=":", linewidth=1, label="reference - drift margin")
             ax.plot([r.iteration for r in evals], [r.published - r.margin for r in evals], color="grey",
-                    linestyle="--", linewidth=1, label="reference - margin (the mIoU check)")
+                    linestyle="--", linewidth=1, label="reference - stop margin")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
@@ -233,17 +237,16 @@ def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str
 # ----------------------------------------------------------------------------- compare --curves
 
 
-def curve_rows(results_dir: Path, profiles: Sequence[str], tolerance: float,
-               reference: str = RELEASED) -> List[RowCurves]:
+def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str = RELEASED) -> List[RowCurves]:
     """Every row of ``profiles`` with runs, against its reference (``reference`` as in overlay_plots;
-    published logs from the cache only: a gate downloads nothing); ``tolerance`` is the margin at the
-    last eval point."""
+    published logs from the cache only: a gate downloads nothing), with the guard's noise-model
+    margins (compare's tolerance is for the final numbers, not for a curve's eval points)."""
     rows = []
     for profile in profiles:
         for path in select_recipe_paths(None):
             recipe = load_recipe(path, profile=profile)
             if run_logs(results_dir, profile, recipe.name):
-                rows.append(assess_row(recipe, results_dir, reference, tolerance, offline=True, strict=False))
+                rows.append(assess_row(recipe, results_dir, reference, offline=True, strict=False))
     return rows
 
 
