@@ -141,18 +141,36 @@ class Guard:
         if self.reference is not None and self._line_pending:
             self._line_pending = False
             a = self._assess()
-            if a.verdict == DIVERGED and a.diverged_at is not None and a.diverged_at > self._said_diverged:
+            if self._by_line(a) and a.diverged_at > self._said_diverged:
                 self._said_diverged = a.diverged_at
                 action = " (guard.action warn: training goes on)" if self.config.action == "warn" else ""
                 self.say(f"guard: iter {done}: verdict {a.summary()}{action}")
                 stop = self._diverged_here(done)
         return distributed.any_rank(stop)
 
+    @staticmethod
+    def _by_line(a: Assessment) -> bool:
+        """Diverged by a check a train line decides (schedule, loss), not by the mIoU of evaluations."""
+        return a.verdict == DIVERGED and a.diverged_at is not None and not a.reasons[0].startswith("mIoU")
+
     def _diverged_here(self, done: int) -> bool:
-        """The run is diverged now, action is stop, and training has iterations left (a run that reached
-        its end is never stopped)."""
+        """Stop here: action is stop, training has iterations left (a run that reached its end is never
+        stopped), and the run is diverged by the schedule or loss, or by mIoU with this evaluation the last
+        of ``patience`` consecutive ones below the stop margin (a resumed run is stopped again only then)."""
         a = self.assessment
-        return (a.verdict == DIVERGED and self.config.action == "stop" and done < self.recipe.schedule.max_iters)
+        if a.verdict != DIVERGED or self.config.action != "stop" or done >= self.recipe.schedule.max_iters:
+            return False
+        if self._by_line(a):
+            return True
+        rows = list(a.evals)
+        if not rows or rows[-1].iteration != done:
+            return False
+        trailing = 0
+        for row in reversed(rows):
+            if not row.below:
+                break
+            trailing += 1
+        return trailing >= self.config.patience
 
     def _say_eval(self, done: int) -> None:
         a = self.assessment
