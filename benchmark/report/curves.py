@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
-from benchmark.catalog import select_recipe_paths
+from benchmark.catalog import load_published, released_differences, select_recipe_paths
 from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
 from benchmark.curves.reader import Curve, read_curve
 from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_kind, reference_label, resolve_reference
@@ -127,6 +127,7 @@ def format_row(row: RowCurves) -> str:
     a = row.assessment
     batch = f"{_fmt(a.effective_batch, 0)} ({a.reference_kind} {_fmt(a.published_batch, 0)})"
     lines = [f"{head}: reference {row.reference_label} ({row.reference.format}); runs: {', '.join(row.runs)}",
+             *_release_lines(row),
              f"  schedule: {a.schedule.describe()}",
              f"  effective batch: {batch}" + (" DIFFERS: said beside every verdict" if a.batch_note else ""),
              f"  loss: {a.loss.describe()}"]
@@ -136,6 +137,23 @@ def format_row(row: RowCurves) -> str:
         lines.append("  mIoU: no eval point of the reference was reached")
     lines.append(f"  verdict: {a.summary()}")
     return "\n".join(lines)
+
+
+def _release_lines(row: RowCurves) -> List[str]:
+    """For the published log of a row: whose run it is, and the figures published for its checkpoint
+    (where a later release replaced the table's, those differ: catalog.released_differences)."""
+    release = row.recipe.release
+    if row.assessment is None or row.assessment.reference_kind != "published" or release is None:
+        return []
+    published = load_published()
+    if row.recipe.name not in published.index:
+        return []
+    p = published.loc[row.recipe.name]
+    figures = f"mIoU {p['released_miou_text'] or '-'}, ms+flip {p['released_miou_ms_flip_text'] or '-'}"
+    differs = released_differences(published).get(row.recipe.name)
+    return [f"  published log: the training run of the released checkpoint {release.stamp} ({figures} published "
+            "for it" + (f"; the table's {p['miou_text']} / {p['miou_ms_flip_text'] or '-'} are an earlier "
+                        "checkpoint's)" if differs else ")")]
 
 
 def row_json(row: RowCurves) -> Dict[str, Any]:
