@@ -31,6 +31,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from benchmark.catalog import load_published, release_links, released_differences, released_table
+from benchmark.curves.reference import reference_kind
 from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_text
 from benchmark.launch.cost import estimate_gpu_hours
@@ -325,8 +326,8 @@ def row_sections(row: pd.Series, seeds: Dict[int, Dict[str, Dict[str, Any]]], re
         Section("curves", "Training curves", "curves.html.j2",
                 {"svg": inline_svg(curves, "curves") if curves is not None else None,
                  "logs": [_href(p, page_dir) for p in logs]}),
-        Section("reference", "Against the published curve", "reference.html.j2", _reference_view(resolved, results_dir)
-                if logs else {"svg": None, "note": "no training log"}),
+        Section("reference", f"Against the {reference_kind(resolved)} curve", "reference.html.j2",
+                _reference_view(resolved, results_dir) if logs else {"svg": None, "note": "no training log"}),
         Section("recipe", "Resolved recipe", "recipe.html.j2",
                 {"yaml": resolved.to_yaml(), "hash": resolved.hash, "profile": profile}),
     ]
