@@ -20,6 +20,7 @@ from benchmark.errors import DIVERGED_EXIT_CODE, RunDiverged, TrainingInterrupte
 from benchmark.launch.status import collect_status
 from benchmark.recipe import load_recipe
 from benchmark.report.compare import write_baseline
+from benchmark.report.curves import write_reference_logs
 
 pytestmark = pytest.mark.slow
 
@@ -268,6 +269,21 @@ def test_a_run_is_compared_at_every_eval_point_of_a_reference_in_each_pattern(ba
     [row] = json.loads(report.read_text())["rows"]
     assert [e["iteration"] for e in row["evals"]] == [4, 8, 12]
     assert [round(e["delta"], 2) for e in row["evals"]] == [0.0, 0.0, 0.0]
+
+
+def test_reference_logs_are_frozen_in_the_2020_pattern(base):
+    results = base["root"] / "results-freeze"
+    work = results / "work" / "smoke" / ROW / "seed0"
+    work.mkdir(parents=True)
+    (work / "train.log.json").write_bytes((base["work"] / "train.log.json").read_bytes())
+    [written] = write_reference_logs(results, out_dir=base["root"] / "frozen")
+    assert written == base["root"] / "frozen" / "smoke" / f"{ROW}.log.json"
+    lines = [json.loads(line) for line in written.read_text().splitlines()]
+    trains = [e["iter"] for e in lines if e.get("mode") == "train"]
+    assert trains == [2, 6, 10]  # no train line at the evaluation iterations 4, 8, 12
+    vals = [(i, e["iter"]) for i, e in enumerate(lines) if "mIoU" in e]
+    assert [lines[i - 1]["iter"] for i, _ in vals] == [2, 6, 10] and {n for _, n in vals} == {2}  # 2 val images
+    assert [e.iteration for e in read_curve(written).evals] == [4, 8, 12]
 
 
 def test_diverged_exit_code_is_its_own():

@@ -248,6 +248,28 @@ def test_nlbench_smoke_reference_eval_interval_not_a_multiple_of_the_log_interva
     assert [(e.iteration, e.mIoU) for e in read_curve(path).evals] == [(45, 50.0), (90, 55.0)]
 
 
+@pytest.mark.parametrize("pattern", ["mmcv1.3.11", "2020"])
+def test_nlbench_0x_writer_in_either_pattern_reads_back_at_the_eval_iterations(tmp_path, pattern):
+    from benchmark.engine.mmseg_log import MMSeg0xLogSink
+    from benchmark.recipe import load_recipe
+
+    recipe = load_recipe("nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024", ["schedule.max_iters=12",
+                         "schedule.eval_interval=4", "schedule.log_interval=2"], profile="smoke")
+    sink = MMSeg0xLogSink(tmp_path / "train.log.json", recipe, fresh=True, pattern=pattern)
+    sink.write({"event": "start", "iteration": 0, "max_iters": 12, "effective_batch": 2, "train_images": 4,
+                "val_images": 2})
+    for it in range(2, 13, 2):
+        sink.write({"iteration": it, "lr": 0.01, "loss": 1.0, "loss_decode": 0.7, "loss_aux": 0.3, "time": 0.1})
+        if it % 4 == 0:
+            sink.write({"event": "eval", "iteration": it, "aAcc": 50.0, "mIoU": 5.39, "mAcc": 10.0})
+    lines = [json.loads(line) for line in (tmp_path / "train.log.json").read_text().splitlines()]
+    trains = [e["iter"] for e in lines if e.get("mode") == "train"]
+    assert trains == ([2, 4, 6, 8, 10, 12] if pattern == "mmcv1.3.11" else [2, 6, 10])
+    assert [e["iter"] for e in lines if e.get("mode") == "val"] == [2, 2, 2] and lines[0]["eval_interval"] == 4
+    assert [(e.iteration, e.mIoU) for e in read_curve(tmp_path / "train.log.json").evals] == [
+        (4, 5.39), (8, 5.39), (12, 5.39)]
+
+
 def test_a_run_is_compared_at_every_eval_point_of_each_pattern(tmp_path):
     run = {"seed0": _run_log(tmp_path / "run.jsonl", stop=MAX_ITERS, mious=[60.0 + k for k in range(1, 11)])}
     for name, path in [("2020", log_2020(tmp_path / "a.log.json", meta=_meta_2020())),

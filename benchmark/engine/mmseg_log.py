@@ -24,7 +24,7 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 import torch
 import yaml
@@ -45,16 +45,16 @@ def is_eval_iteration(iteration: int, eval_interval: int, max_iters: int) -> boo
     return iteration % eval_interval == 0 or iteration == max_iters
 
 
-def as_2020_pattern(lines: List[Dict[str, Any]], eval_interval: int, max_iters: int) -> List[Dict[str, Any]]:
+def as_2020_pattern(lines: List[Dict[str, Any]], eval_iterations: Collection[int]) -> List[Dict[str, Any]]:
     """A 0.x log's lines (meta, train, val) as MMSeg wrote them before mmcv 1.3.11: the train line of
-    an evaluation iteration that a val line follows is dropped; val lines keep ``iter`` = the number of
-    validation images. Lines already in that pattern are left as they are."""
+    an evaluation iteration (one of ``eval_iterations``) that a val line follows is dropped; val lines
+    keep ``iter`` = the number of validation images. Lines already in that pattern are left as they are."""
     out: List[Dict[str, Any]] = []
     for index, line in enumerate(lines):
         following = lines[index + 1] if index + 1 < len(lines) else {}
         is_val_next = "mIoU" in following or "aAcc" in following
         train = line.get("mode") == "train" and "mIoU" not in line and "aAcc" not in line
-        if train and is_val_next and is_eval_iteration(int(line["iter"]), eval_interval, max_iters):
+        if train and is_val_next and line.get("iter") in eval_iterations:
             continue
         out.append(line)
     return out

@@ -324,14 +324,14 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
 
 def reference_log_text(source: Path, recipe: Recipe) -> str:
     """A run's ``train.log.json`` as a reference log in the 2020 pattern, checked with the reader: it
-    must give the train lines and every evaluation of the run's schedule, at its iteration."""
+    must give the train lines and every evaluation of the run, each at its iteration."""
     try:
         lines = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
         raise NLBenchError(f"cannot read the run's MMSeg-form log: {exc}", source) from None
     sched = recipe.schedule
-    text = "".join(json.dumps(line) + "\n" for line in as_2020_pattern(lines, sched.eval_interval, sched.max_iters))
-    done = read_curve(source)
+    done = read_curve(source, sched.eval_interval, sched.max_iters)
+    text = "".join(json.dumps(line) + "\n" for line in as_2020_pattern(lines, {e.iteration for e in done.evals}))
     with tempfile.TemporaryDirectory() as tmp:
         written = Path(tmp) / source.name
         written.write_text(text)
