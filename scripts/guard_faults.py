@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from benchmark.curves.reader import read_curve
+from benchmark.curves.reference import reference_curve
 from benchmark.data.datasets import SegDataset
 from benchmark.engine.train import train
 from benchmark.errors import RunDiverged
@@ -84,6 +87,21 @@ def run_case(row: str, name: str, overrides: List[str], work: Path, data_root: P
             "wall s": f"{time.perf_counter() - started:.0f}"}
 
 
+def seed_spread(row: str, healthy: Sequence[Path]) -> str:
+    """The smoke seed-to-seed mIoU std at each eval point (the reference seed and the healthy seeds):
+    what ``guard.spread_floor`` of the smoke profile should be at least (docs/CURVES.md)."""
+    recipe = load_recipe(row, profile="smoke")
+    sched = recipe.schedule
+    curves = [reference_curve(recipe)] + [read_curve(p / "train.log.jsonl") for p in healthy]
+    parts = []
+    for point in curves[0].evals:
+        values = [e.mIoU for c in curves for e in c.evals if e.iteration == point.iteration]
+        std = statistics.stdev(values) if len(values) > 1 else float("nan")
+        parts.append(f"at {point.iteration}: {', '.join(f'{v:.2f}' for v in values)} (std {std:.2f})")
+    return (f"smoke mIoU of the reference seed and the healthy seeds (schedule {sched.max_iters} iterations) "
+            f"{'; '.join(parts)}; the smoke profile's guard.spread_floor is {recipe.guard.spread_floor}")
+
+
 def table(rows: Sequence[Dict[str, str]]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -110,7 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             work = root / name.replace(" ", "_").replace("/", "div")
             rows.append(run_case(args.row, name, overrides, work, data_root, shuffled))
             print(f"{name}: first warning {rows[-1]['first warning']}; stop {rows[-1]['stop']}", flush=True)
-    text = f"{args.row} [smoke], guard.reference released (the smoke reference log), action stop\n\n{table(rows)}\n"
+        spread = seed_spread(args.row, [root / f"healthy_seed_{k}" for k in args.seeds])
+    text = (f"{args.row} [smoke], guard.reference released (the smoke reference log), action stop\n\n{table(rows)}\n\n"
+            f"{spread}\n")
     print("\n" + text)
     if args.out:
         Path(args.out).write_text(text)
