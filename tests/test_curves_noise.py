@@ -100,3 +100,14 @@ def test_loss_stop_rule_keeps_a_healthy_run_at_the_band_edge_and_stops_a_run_wel
     noise = local_noise([rng.gauss(0.0, 0.08) for _ in range(2000)])
     assert abs(sum(n for n in noise if n) / len(noise) - 0.08) < 0.01
     assert LOSS_SHARE + MIOU_SHARE == 1.0
+
+
+def test_the_replaced_guard_keys_are_refused_naming_the_new_ones(capsys):
+    from benchmark.cli import main as cli
+
+    code = cli(["show", "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024", "--set", "guard.margin=3.0",
+                "--set", "guard.final_margin=0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "guard.margin and guard.final_margin: replaced by guard.false_stop" in err and "guard.spread_floor" in err
+    assert cli(["show", "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024", "--set", "guard.spread_floor=1.0"]) == 0
