@@ -406,6 +406,24 @@ def test_loss_band_over_the_published_interval_and_a_non_finite_loss(tmp_path):
     assert nan.verdict == DIVERGED and nan.loss.nonfinite == 300
 
 
+def test_a_1x_reference_point_weighs_as_the_mean_of_its_last_10_iterations(tmp_path):
+    # mmengine writes, every 50 iterations, the mean of the last 10 (LogProcessor window 10). A run
+    # logging every 10 iterations: its point at each multiple of 50 covers exactly those 10 iterations.
+    lines = [{"lr": 0.01, "base_lr": 0.01, "loss": 1.0, "time": 0.9, "iter": it, "step": it}
+             for it in range(50, 8001, 50)]
+    path = tmp_path / "vis_data" / "scalars.json"
+    path.parent.mkdir()
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    reference = read_curve(tmp_path)
+    assert {p.span for p in reference.train} == {10}
+    run = _run_log(tmp_path / "a.jsonl", every=10, loss=lambda it: 1.0 if it % 50 == 0 else 2.0)
+    found = assess({"s0": run}, reference, max_iters=MAX_ITERS)
+    assert found.loss.compared > 100 and found.loss.ok and found.loss.worst[1] == 1.0
+    # The same numbers as a 0.x log (50-iteration means): the run's window mean is (4 x 2 + 1) / 5 = 1.8.
+    zero_x = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    assert assess({"s0": run}, zero_x, max_iters=MAX_ITERS).loss.worst[1] == pytest.approx(1.8)
+
+
 def test_effective_batch_differing_is_said_beside_the_verdict(tmp_path):
     reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
     run = _run_log(tmp_path / "a.jsonl")
