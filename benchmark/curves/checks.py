@@ -274,13 +274,23 @@ def local_noise(values: Sequence[float], neighbours: int = LOSS_NEIGHBOURS, leas
     return out
 
 
-def _trailing_noise(values: Sequence[float], end: int) -> Tuple[Optional[float], int]:
-    """The noise std that the second differences of the last 2 * LOSS_NEIGHBOURS points up to ``end``
-    show (only what a training run has logged so far), and how many residuals that used."""
-    resid = [values[i] - (values[i - 1] + values[i + 1]) / 2 for i in range(max(1, end - 2 * LOSS_NEIGHBOURS), end)]
-    if len(resid) < LOSS_LEAST:
-        return None, len(resid)
-    return math.sqrt(sum(e * e for e in resid) / len(resid) / 1.5), len(resid)
+def _trailing_noise(values: Sequence[float]) -> List[Tuple[Optional[float], int]]:
+    """Per point ``end``: the noise std that the second differences of the last 2 * LOSS_NEIGHBOURS
+    points up to it show (only what a training run has logged so far), and how many residuals that
+    used (None below LOSS_LEAST). Running sums keep it linear in the number of points."""
+    squares = [0.0, 0.0]  # squares[i + 1]: the sum of the squared residuals at points 1..i
+    for i in range(1, len(values) - 1):
+        residual = values[i] - (values[i - 1] + values[i + 1]) / 2
+        squares.append(squares[-1] + residual * residual)
+    out: List[Tuple[Optional[float], int]] = []
+    for end in range(len(values)):
+        first, last = max(1, end - 2 * LOSS_NEIGHBOURS), end - 1
+        count = max(last - first + 1, 0)
+        if count < LOSS_LEAST:
+            out.append((None, count))
+        else:
+            out.append((math.sqrt((squares[last + 1] - squares[first]) / count / 1.5), count))
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -300,8 +310,9 @@ def loss_stop(ratios: Sequence[float], tested: int, settings: Settings) -> Tuple
     overlap), so an estimate from few windows asks for more. Only a loss above the reference stops."""
     band = math.log1p(settings.loss_band)
     level = 1.0 - LOSS_SHARE * settings.false_stop / max(tested, 1)
+    noise = _trailing_noise(ratios)
     for end in range(LOSS_BLOCK - 1, len(ratios)):
-        sigma, count = _trailing_noise(ratios, end)
+        sigma, count = noise[end]
         if sigma is None:
             continue
         needed = band + _t_quantile(level, max(count // 2, 1)) * sigma / math.sqrt(LOSS_BLOCK)
