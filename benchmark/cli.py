@@ -211,7 +211,7 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
 
 def _curves_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe name, recipe YAML, or a glob on recipe names ('*': every row with runs)")
-    _overrides(p, "override a recipe value, e.g. --set guard.margin=2.0 (YAML-typed; repeatable)")
+    _overrides(p, "override a recipe value, e.g. --set guard.spread_floor=1.0 (YAML-typed; repeatable)")
     p.add_argument("--profile", default="full", help="profile of the runs: full (default) or smoke")
     _results(p)
     p.add_argument("--reference", default="released", metavar="released|PATH",
@@ -299,8 +299,9 @@ VERBS: Tuple[Verb, ...] = (
          "a static HTML report: the tables with verdicts, the plots, one page per row (no server, no JavaScript)",
          _report_args),
     Verb("curves", "benchmark.report.curves:curves_command",
-         "training curves against the row's published log: schedule, batch, loss and mIoU checks, overlay; "
-         "exit 1 when a row diverged", _curves_args),
+         "training curves against the row's published log (a smoke reference in the smoke profile): schedule, "
+         "batch, loss and mIoU checks with the guard's noise-model margins, overlay; exit 1 when a row diverged",
+         _curves_args),
     Verb("logs", "", "published training logs: `logs fetch` downloads them into the cache", _logs_args),
 )
 

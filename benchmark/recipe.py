@@ -191,19 +191,32 @@ class ReleaseConfig(_Strict):
 
 
 class GuardConfig(_Strict):
-    """The training guard: the run's curves against its row's reference curve at every evaluation
+    """The training guard: the run's curves against its row's reference curve while it trains
     (benchmark/curves/checks.py, docs/CURVES.md). Not part of ``Recipe.hash``: it watches a run and
     never changes what it computes, so a run can be resumed with another guard setting."""
 
     # "released" (the row's published log; the committed smoke reference log in the smoke profile),
     # a path to a log file or folder, or null (no guard).
     reference: Optional[str] = None
-    margin: float = Field(3.0, ge=0.0)  # mIoU points allowed below the reference at the first eval point
-    final_margin: float = Field(0.5, ge=0.0)  # ... at the last one (compare's default tolerance)
-    patience: int = Field(2, ge=1)  # consecutive eval points below the margin that make a run diverged
+    # The margins come from a noise model (docs/CURVES.md) so that a run as good as the reference is
+    # stopped with probability at most false_stop over its whole schedule.
+    false_stop: float = Field(0.01, gt=0.0, lt=0.5)
+    false_drift: float = Field(0.10, gt=0.0, lt=1.0)  # ... and called drifting at most this often
+    spread_floor: float = Field(0.5, gt=0.0)  # mIoU: the least seed-to-seed std assumed at any eval point
+    patience: int = Field(2, ge=1)  # consecutive eval points below the stop margin that make a run diverged
     action: Literal["warn", "stop"] = "warn"
-    loss_band: float = Field(0.15, gt=0.0)  # relative band of the loss check
-    warmup: float = Field(0.1, ge=0.0, lt=1.0)  # fraction of max_iters before the loss is compared
+    loss_band: float = Field(0.15, gt=0.0)  # relative: how far a healthy run's loss may sit from the reference's
+    warmup: float = Field(0.02, ge=0.0, lt=1.0)  # fraction of max_iters before the loss is compared
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        old = [k for k in ("margin", "final_margin") if isinstance(data, dict) and k in data]
+        if old:
+            raise ValueError(f"guard.{' and guard.'.join(old)}: replaced by guard.false_stop (the chance that a run "
+                             "as good as the reference is stopped, default 0.01) and guard.spread_floor (the least "
+                             "seed-to-seed mIoU std, default 0.5), from which the margins follow (docs/CURVES.md)")
+        return data
 
 
 class Recipe(_Strict):

@@ -1,9 +1,9 @@
 """Curves end to end on real smoke runs: nlbench's MMSeg-form log read back, the guard stopping a run
-whose reference mIoU is planted 10 points higher (record, status, resume), `curves` failing on it,
+whose reference mIoU is planted 30 points higher (record, status, resume), `curves` failing on it,
 `compare --curves` and `plots` with a reference log, and a wrong schedule.lr flagged at once.
 
 One tiny schedule (12 iterations, an evaluation every 4) keeps the whole file to a few seconds of
-training; the reference log is the base run's own ``train.log.json`` with its mIoU raised by 10.
+training; the reference log is the base run's own ``train.log.json`` with its mIoU raised by 30.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pytest
 from benchmark.cli import main as cli
 from benchmark.curves.reader import read_curve
 from benchmark.engine.train import poly_lr, train
-from benchmark.errors import DIVERGED_EXIT_CODE, TrainingInterrupted
+from benchmark.errors import DIVERGED_EXIT_CODE, RunDiverged, TrainingInterrupted
 from benchmark.launch.status import collect_status
 from benchmark.recipe import load_recipe
 from benchmark.report.compare import write_baseline
+from benchmark.report.curves import write_reference_logs
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def base(tmp_path_factory):
     for line in (work / "train.log.json").read_text().splitlines():
         entry = json.loads(line)
         if entry.get("mode") == "val":
-            entry["mIoU"] = round(entry["mIoU"] + 0.10, 4)  # fractions in the 0.x form: +10 points
+            entry["mIoU"] = round(entry["mIoU"] + 0.30, 4)  # fractions in the 0.x form: +30 points
         lines.append(json.dumps(entry))
     planted.write_text("\n".join(lines) + "\n")
     return {"root": root, "tiny": tiny, "recipe": recipe, "work": work, "planted": planted, "summary": summary}
@@ -86,7 +87,7 @@ def test_guard_stops_a_diverged_run_record_status_resume_and_curves(base, capsys
     args = ["run-all", "--profile", "smoke", "--filter", ROW, "--results", str(results), *_sets(base["tiny"] + guard)]
     assert cli(args) == 1  # a row diverged
     out = capsys.readouterr().out
-    assert "guard: iter 4: " in out and ": BELOW; verdict drifting" in out
+    assert "guard: iter 4: " in out and ": BELOW the stop margin; verdict drifting" in out
     assert "guard: stopped at iteration 8" in out
     assert "guard: 1 row(s) diverged and were stopped (smoke/" + ROW + "/seed0 at iter 8)" in out
     assert "4 smoke-size iteration(s) not run have no GPU-hour estimate" in out
@@ -101,8 +102,8 @@ def test_guard_stops_a_diverged_run_record_status_resume_and_curves(base, capsys
     assert evidence["verdict"] == "diverged" and evidence["action"] == "stop"
     reproduced = [e["mIoU"] for e in evidence["evals"]]
     assert [e["iteration"] for e in evidence["evals"]] == [4, 8]
-    assert [e["published"] for e in evidence["evals"]] == pytest.approx([m + 10 for m in reproduced], abs=0.011)
-    expected = f"diverged at iter 8: mIoU {reproduced[-1]:.2f}, published {evidence['evals'][-1]['published']:.2f}"
+    assert [e["published"] for e in evidence["evals"]] == pytest.approx([m + 30 for m in reproduced], abs=0.011)
+    expected = f"diverged at iter 8: mIoU {reproduced[-1]:.2f}, reference {evidence['evals'][-1]['published']:.2f}"
     assert evidence["message"] == expected
     work = results / "work" / "smoke" / ROW / "seed0"
     assert (work / "iter_8.pth").is_file() and not (work / "iter_12.pth").exists()
@@ -135,13 +136,15 @@ def _resume_then_curves(base, results, work, capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "schedule: ok: lr equal to 5 decimals at all 6 common logged iterations (first: 2)" in out
-    assert "verdict: diverged: mIoU below the margin at 2 consecutive eval points" in out
+    assert "verdict: diverged: mIoU below the stop margin at 2 consecutive eval points" in out
     body = json.loads(report.read_text())
     [row] = body["rows"]
     assert body["diverged"] == 1 and row["verdict"] == "diverged" and row["seeds"] == ["seed0"]
     assert [e["iteration"] for e in row["evals"]] == [4, 8, 12]
-    assert all(e["delta"] == pytest.approx(-10.0, abs=0.011) for e in row["evals"])
-    assert [e["margin"] for e in row["evals"]] == [3.0, 1.75, 0.5]
+    assert all(e["delta"] == pytest.approx(-30.0, abs=0.011) for e in row["evals"])
+    # The noise model: the run's mIoU is flat, so the spread is the smoke profile's floor, 5.0, at each
+    # of the 3 points; one seed against one (sigma 5 sqrt 2); 2 points can end a stop: z(1 - 0.005 / 2) = 2.807.
+    assert [e["margin"] for e in row["evals"]] == pytest.approx([2.807 * 5 * 1.41421] * 3, abs=1e-2)
     assert (base["root"] / "plots" / f"overlay_smoke_{ROW}.png").stat().st_size > 10_000
     assert (base["root"] / "plots" / f"overlay_smoke_{ROW}.svg").is_file()
 
@@ -206,6 +209,81 @@ def test_wrong_schedule_lr_is_flagged_at_the_first_logged_iteration(base):
     warning = [line for line in said if "guard: WARNING: the schedule is not the reference's" in line]
     assert len(warning) == 1, said
     assert "lr at iteration 2 is 0.01850, the reference says 0.04624" in warning[0]
+
+
+def test_wrong_lr_with_action_stop_is_stopped_at_the_first_train_line(base):
+    recipe = load_recipe(ROW, [*base["tiny"], "schedule.lr=0.02", f"guard.reference={base['planted']}",
+                               "guard.action=stop"], profile="smoke")
+    said = []
+    with pytest.raises(RunDiverged) as stopped:
+        train(recipe, base["root"] / "wrong-lr-stop", device="cpu", log=said.append)
+    assert stopped.value.iteration == 2  # the first train line: certain, no evaluation needed
+    evidence = stopped.value.evidence
+    assert evidence["diverged_at"] == 2 and evidence["evals"] == []
+    assert evidence["message"].startswith("diverged at iter 2: schedule differs: lr at iteration 2 is 0.01850")
+
+
+def _rule_lines(recipe, pattern: str, val_mode: str = "val", start: int = 2, stop: int = 12, resumed_at=None):
+    """A reference log of the tiny schedule (a train line every 2 iterations, an evaluation every 4)
+    written from the 0.x format's rules, not by nlbench: mmcv >= 1.3.11 puts the train line of an
+    evaluation iteration before its val line; before 1.3.11 (the published 2020 logs) that train line
+    is missing; ``iter`` of a val line counts validation images (2); no meta line, as in some logs."""
+    sched = recipe.schedule
+    lines = []
+    if resumed_at is not None:  # a resumed file re-trains and re-evaluates its checkpoint's iteration
+        lines.append({"mode": val_mode, "epoch": 1, "iter": 2, "lr": 0.0, "aAcc": 0.5, "mIoU": 0.0539, "mAcc": 0.1})
+    for it in range(start, stop + 1, 2):
+        lr = round(poly_lr(sched.lr, sched.min_lr, sched.power, it - 1, sched.max_iters), 5)
+        if not (pattern == "2020" and it % 4 == 0):
+            lines.append({"mode": "train", "epoch": 1, "iter": it, "lr": lr, "data_time": 0.01, "decode.loss_seg": 2.0,
+                          "aux.loss_seg": 0.8, "loss": 2.8, "time": 0.1})
+        if it % 4 == 0 and it != resumed_at:
+            lines.append({"mode": val_mode, "epoch": 1, "iter": 2, "lr": lr, "aAcc": 0.5, "mIoU": 0.0539,
+                          "mAcc": 0.1})
+    return "".join(json.dumps(line) + "\n" for line in lines)
+
+
+@pytest.mark.parametrize("pattern", ["2020 val", "2020 train", "mmcv1.3.11", "2020 resumed pair"])
+def test_a_run_is_compared_at_every_eval_point_of_a_reference_in_each_pattern(base, pattern, capsys):
+    folder = base["root"] / f"reference {pattern}"
+    folder.mkdir()
+    recipe = base["recipe"]
+    if pattern == "2020 resumed pair":  # the first file crashed after 6; resumed from the checkpoint at 4
+        (folder / "a.log.json").write_text(_rule_lines(recipe, "2020", stop=6))
+        (folder / "b.log.json").write_text(_rule_lines(recipe, "2020", start=6, resumed_at=4))
+        reference = folder
+    else:
+        reference = folder / "ref.log.json"
+        reference.write_text(_rule_lines(recipe, pattern.split()[0], val_mode=pattern.split()[-1]
+                                         if pattern.startswith("2020") else "val"))
+    results = base["root"] / "results-patterns"
+    work = results / "work" / "smoke" / ROW / "seed0"
+    if not work.exists():
+        work.mkdir(parents=True)
+        for name in ("train.log.jsonl", "train.log.json"):
+            (work / name).write_bytes((base["work"] / name).read_bytes())
+    report = folder / "curves.json"
+    assert cli(["curves", ROW, "--profile", "smoke", "--results", str(results), "--reference", str(reference),
+                "--json", str(report), "--out", str(folder), *_sets(base["tiny"])]) == 0
+    print(capsys.readouterr().out)
+    [row] = json.loads(report.read_text())["rows"]
+    assert [e["iteration"] for e in row["evals"]] == [4, 8, 12]
+    assert [round(e["delta"], 2) for e in row["evals"]] == [0.0, 0.0, 0.0]
+
+
+def test_reference_logs_are_frozen_in_the_2020_pattern(base):
+    results = base["root"] / "results-freeze"
+    work = results / "work" / "smoke" / ROW / "seed0"
+    work.mkdir(parents=True)
+    (work / "train.log.json").write_bytes((base["work"] / "train.log.json").read_bytes())
+    [written] = write_reference_logs(results, out_dir=base["root"] / "frozen")
+    assert written == base["root"] / "frozen" / "smoke" / f"{ROW}.log.json"
+    lines = [json.loads(line) for line in written.read_text().splitlines()]
+    trains = [e["iter"] for e in lines if e.get("mode") == "train"]
+    assert trains == [2, 6, 10]  # no train line at the evaluation iterations 4, 8, 12
+    vals = [(i, e["iter"]) for i, e in enumerate(lines) if "mIoU" in e]
+    assert [lines[i - 1]["iter"] for i, _ in vals] == [2, 6, 10] and {n for _, n in vals} == {2}  # 2 val images
+    assert [e.iteration for e in read_curve(written).evals] == [4, 8, 12]
 
 
 def test_diverged_exit_code_is_its_own():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.curves.checks import DIVERGED, DRIFTING, ON_TRACK, Settings, assess, margin_at
+from benchmark.curves.checks import DIVERGED, DRIFTING, ON_TRACK, Settings, assess, eval_margins, one_sided_z
 from benchmark.curves.reader import read_curve
 from benchmark.engine.train import poly_lr
 from benchmark.errors import NLBenchError
@@ -159,6 +159,127 @@ def test_a_folder_without_logs_is_an_error(tmp_path):
         read_curve(tmp_path)
 
 
+# ----------------------------------------------------------------------------- where an evaluation sits
+
+EVALS_40K = list(range(4000, 40001, 4000))
+CONFIG_WITH_EVALUATION = CONFIG + "evaluation = dict(interval=4000, metric='mIoU')\n"
+
+
+def log_2020(path: Path, val_mode: str = "val", meta=None, start: int = 50, stop: int = MAX_ITERS,
+             resumed_at=None) -> Path:
+    """A log as mmcv < 1.3.11 wrote it (the published NonLocal logs): a train line every 50 iterations
+    except at an evaluation iteration (every 4000), whose val line (``iter`` = 500 validation images)
+    follows the 3950 line; the next train line is 4050. ``resumed_at``: the file of a run resumed from
+    that checkpoint, which trains that iteration again and evaluates it again (no train line either)."""
+    lines = [meta] if meta else []
+    if resumed_at is not None:
+        lines.append(val_line(resumed_at, 61.0 + resumed_at / 4000, mode=val_mode))
+    for it in range(start, stop + 1, 50):
+        if it % 4000:
+            lines.append(train_line(it, 1.0))
+        if it % 4000 == 0 and it != resumed_at:
+            lines.append(val_line(it, 60.0 + it / 4000, mode=val_mode))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def log_1311(path: Path, start: int = 50, stop: int = MAX_ITERS, first_alone: bool = False) -> Path:
+    """A log as mmcv >= 1.3.11 writes it: the train line of 4000, then the val line (mode "val").
+    ``first_alone``: a resumed file, whose first line is the checkpoint's iteration trained again."""
+    lines = [meta_line()]
+    its = ([start] if first_alone else []) + list(range(start + 50 if first_alone else start, stop + 1, 50))
+    for it in its:
+        lines.append(train_line(it, 1.0))
+        if it % 4000 == 0:
+            lines.append(val_line(it, 60.0 + it / 4000))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _meta_2020() -> str:
+    """The 2020 logs' meta line: env_info, seed, exp_name; no config text."""
+    return json.dumps({"env_info": ENV_INFO, "seed": 0, "exp_name": "nonlocal_r50-d8_512x1024_40k_cityscapes.py"})
+
+
+@pytest.mark.parametrize("val_mode", ["val", "train"])
+@pytest.mark.parametrize("interval_from", ["config text", "schedule", "the skipped train line"])
+def test_2020_pattern_puts_each_evaluation_at_its_eval_iteration(tmp_path, val_mode, interval_from):
+    meta = {"config text": json.dumps({"env_info": ENV_INFO, "seed": 0, "config": CONFIG_WITH_EVALUATION}),
+            "schedule": _meta_2020(), "the skipped train line": _meta_2020()}[interval_from]
+    path = log_2020(tmp_path / "a.log.json", val_mode=val_mode, meta=meta)
+    lines = path.read_text().splitlines()
+    assert '"iter": 3950' in lines[79] and '"iter": 500' in lines[80] and '"iter": 4050' in lines[81]
+    schedule = {"eval_interval": 4000, "max_iters": MAX_ITERS} if interval_from == "schedule" else {}
+    curve = read_curve(path, **schedule)
+    assert [e.iteration for e in curve.evals] == EVALS_40K and curve.warnings == ()
+    assert [e.mIoU for e in curve.evals] == [60.0 + k for k in range(1, 11)]
+    assert 4000 not in {p.iteration for p in curve.train} and len(curve.train) == 790
+
+
+def test_mmcv_1311_pattern_train_line_then_val_line(tmp_path):
+    path = log_1311(tmp_path / "a.log.json")
+    for schedule in ({}, {"eval_interval": 4000, "max_iters": MAX_ITERS}):
+        curve = read_curve(path, **schedule)
+        assert [e.iteration for e in curve.evals] == EVALS_40K and len(curve.train) == 800
+
+
+def test_resumed_pairs_merge_with_the_evaluation_of_the_resumed_iteration(tmp_path):
+    # 2020: the first file stopped after 17000 (last checkpoint 16000); the resumed file trains 16000
+    # again and evaluates it again: it opens with that val line, then 16050.
+    first = log_2020(tmp_path / "20200605_210748.log.json", meta=_meta_2020(), stop=17000)
+    second = log_2020(tmp_path / "20200606_101010.log.json", meta=_meta_2020(), start=16050, resumed_at=16000)
+    curve = read_curve([second, first])
+    assert [e.iteration for e in curve.evals] == EVALS_40K and curve.warnings == ()
+    assert curve.sources == (str(first), str(second))
+    # mmcv >= 1.3.11: the resumed file's first line is 16000's train line (one iteration), then its val line.
+    first = log_1311(tmp_path / "b1.log.json", stop=17000)
+    second = log_1311(tmp_path / "b2.log.json", start=16000, first_alone=True)
+    assert [e.iteration for e in read_curve([first, second]).evals] == EVALS_40K
+
+
+def test_nlbench_smoke_reference_eval_interval_not_a_multiple_of_the_log_interval(tmp_path):
+    # nlbench's own 0.x log states its interval (meta key and recipe YAML): an evaluation at 45 between
+    # the train lines of 40 and 50, and the last one at the end (90) without its train line.
+    meta = {"env_info": "", "seed": 0, "config": "schedule:\n  max_iters: 90\n  eval_interval: 45\n", "max_iters": 90}
+    lines = [json.dumps(meta)] + [train_line(it, 1.0) for it in range(10, 41, 10)] + [val_line(45, 50.0, images=4)]
+    lines += [train_line(it, 1.0) for it in range(50, 81, 10)] + [val_line(90, 55.0, images=4)]
+    path = tmp_path / "smoke.log.json"
+    path.write_text("\n".join(lines) + "\n")
+    assert [(e.iteration, e.mIoU) for e in read_curve(path).evals] == [(45, 50.0), (90, 55.0)]
+
+
+@pytest.mark.parametrize("pattern", ["mmcv1.3.11", "2020"])
+def test_nlbench_0x_writer_in_either_pattern_reads_back_at_the_eval_iterations(tmp_path, pattern):
+    from benchmark.engine.mmseg_log import MMSeg0xLogSink
+    from benchmark.recipe import load_recipe
+
+    recipe = load_recipe("nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024", ["schedule.max_iters=12",
+                         "schedule.eval_interval=4", "schedule.log_interval=2"], profile="smoke")
+    sink = MMSeg0xLogSink(tmp_path / "train.log.json", recipe, fresh=True, pattern=pattern)
+    sink.write({"event": "start", "iteration": 0, "max_iters": 12, "effective_batch": 2, "train_images": 4,
+                "val_images": 2})
+    for it in range(2, 13, 2):
+        sink.write({"iteration": it, "lr": 0.01, "loss": 1.0, "loss_decode": 0.7, "loss_aux": 0.3, "time": 0.1})
+        if it % 4 == 0:
+            sink.write({"event": "eval", "iteration": it, "aAcc": 50.0, "mIoU": 5.39, "mAcc": 10.0})
+    lines = [json.loads(line) for line in (tmp_path / "train.log.json").read_text().splitlines()]
+    trains = [e["iter"] for e in lines if e.get("mode") == "train"]
+    assert trains == ([2, 4, 6, 8, 10, 12] if pattern == "mmcv1.3.11" else [2, 6, 10])
+    assert [e["iter"] for e in lines if e.get("mode") == "val"] == [2, 2, 2] and lines[0]["eval_interval"] == 4
+    assert [(e.iteration, e.mIoU) for e in read_curve(tmp_path / "train.log.json").evals] == [
+        (4, 5.39), (8, 5.39), (12, 5.39)]
+
+
+def test_a_run_is_compared_at_every_eval_point_of_each_pattern(tmp_path):
+    run = {"seed0": _run_log(tmp_path / "run.jsonl", stop=MAX_ITERS, mious=[60.0 + k for k in range(1, 11)])}
+    for name, path in [("2020", log_2020(tmp_path / "a.log.json", meta=_meta_2020())),
+                       ("2020 train", log_2020(tmp_path / "b.log.json", val_mode="train")),
+                       ("1.3.11", log_1311(tmp_path / "c.log.json"))]:
+        found = assess(run, read_curve(path), max_iters=MAX_ITERS)
+        assert [r.iteration for r in found.evals] == EVALS_40K, name
+        assert all(r.delta == 0.0 for r in found.evals) and found.verdict == ON_TRACK, (name, found.summary())
+
+
 # ----------------------------------------------------------------------------- 1.x and nlbench
 
 
@@ -200,10 +321,11 @@ def test_nlbench_jsonl(tmp_path):
 # ----------------------------------------------------------------------------- checks
 
 
-def _run_log(path: Path, base_lr: float = 0.01, every: int = 50, mious=(60.0, 70.0), loss=lambda it: 1.0):
+def _run_log(path: Path, base_lr: float = 0.01, every: int = 50, mious=(60.0, 70.0), loss=lambda it: 1.0,
+             stop: int = 8000):
     """An nlbench run's train.log.jsonl: exact (unrounded) lr, loss means over its own interval."""
     lines = [{"event": "start", "iteration": 0, "max_iters": MAX_ITERS, "effective_batch": 8}]
-    for it in range(every, 8001, every):
+    for it in range(every, stop + 1, every):
         lines.append({"iteration": it, "lr": poly_lr(base_lr, 1e-4, 0.9, it - 1, MAX_ITERS), "loss": loss(it)})
         if it % 4000 == 0:
             lines.append({"event": "eval", "iteration": it, "aAcc": 95.0, "mIoU": mious[it // 4000 - 1],
@@ -220,26 +342,41 @@ def test_schedule_matches_to_five_decimals_and_a_wrong_lr_shows_at_the_first_log
     wrong = assess({"seed0": _run_log(tmp_path / "wrong.jsonl", base_lr=0.02)}, reference, max_iters=MAX_ITERS)
     assert wrong.schedule.mismatch[0] == 50 and wrong.schedule.mismatch[2] == 0.00999
     assert "lr at iteration 50 is 0.01998, the reference says 0.00999" in wrong.schedule.describe()
-    assert wrong.verdict == DRIFTING and "schedule differs" in wrong.reasons
+    # Beyond the printed rounding at an iteration of the reference's own schedule: certain, diverged there.
+    assert wrong.schedule.certain and wrong.verdict == DIVERGED and wrong.diverged_at == 50
+    assert wrong.reasons[0].startswith("schedule differs: lr at iteration 50 is 0.01998")
+    # One printed unit off (a rounding tie) differs but is not certain: drifting.
+    shifted = [p.__class__(**{**p.__dict__, "lr": p.lr + 0.00001}) if p.iteration == 100 else p
+               for p in reference.train]
+    tie = assess({"seed0": _run_log(tmp_path / "good2.jsonl")}, reference.__class__(
+        **{**reference.__dict__, "train": tuple(shifted)}), max_iters=MAX_ITERS)
+    assert tie.schedule.mismatch[0] == 100 and not tie.schedule.certain
+    assert tie.verdict == DRIFTING and "schedule differs" in tie.reasons
 
 
-def test_mIoU_margin_tightens_linearly_and_two_consecutive_misses_diverge(tmp_path):
-    s = Settings()
-    assert [round(margin_at(i, 10, s), 3) for i in (0, 4, 9)] == [3.0, 1.889, 0.5]
+def test_mIoU_margins_from_the_noise_model_and_two_consecutive_misses_diverge(tmp_path):
+    # Two eval points (60, 70): no fluctuation to measure, so the spread is the floor, 0.5; one seed
+    # against one: sigma 0.5 * sqrt(2); one point can end a stop (K - patience + 1 = 1) and it gets the
+    # mIoU half of the 1% budget: z(0.005); drifting: z(0.1 / 2).
     reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
-    # 4000: 58.0 vs 60 - 3.0 -> within; 8000: 69.6 vs 70 - 0.5 -> within.
-    fine = assess({"s0": _run_log(tmp_path / "a.jsonl", mious=(58.0, 69.6))}, reference, max_iters=MAX_ITERS)
+    [m1, m2] = eval_margins([60.0, 70.0], [[], []], Settings())
+    assert m1.spread == 0.5 and m1.sigma == pytest.approx(0.5 * math.sqrt(2))
+    assert m1.stop == pytest.approx(one_sided_z(0.005) * 0.5 * math.sqrt(2))
+    assert m1.stop == pytest.approx(2.5758 * 0.70711, abs=1e-4)  # z(0.995) from a normal table
+    assert m1.drift == pytest.approx(1.6449 * 0.70711, abs=1e-4)  # z(0.95)
+    fine = assess({"s0": _run_log(tmp_path / "a.jsonl", mious=(59.0, 69.5))}, reference, max_iters=MAX_ITERS)
     assert fine.verdict == ON_TRACK and [r.below for r in fine.evals] == [False, False]
-    one = assess({"s0": _run_log(tmp_path / "b.jsonl", mious=(56.0, 69.6))}, reference, max_iters=MAX_ITERS)
+    one = assess({"s0": _run_log(tmp_path / "b.jsonl", mious=(58.0, 69.5))}, reference, max_iters=MAX_ITERS)
     assert one.verdict == DRIFTING and [r.verdict for r in one.evals] == [DRIFTING, DRIFTING]
+    assert [r.below for r in one.evals] == [True, False]  # one point below the stop margin is not a stop
     two = assess({"s0": _run_log(tmp_path / "c.jsonl", mious=(50.0, 60.0))}, reference, max_iters=MAX_ITERS)
     assert two.verdict == DIVERGED and two.diverged_at == 8000
     assert [r.verdict for r in two.evals] == [DRIFTING, DIVERGED]
-    # Several seeds: judged by their mean, each seed listed.
+    # Several seeds: judged by their mean, each seed listed; their own spread widens the margins.
     seeds = assess({"s0": _run_log(tmp_path / "d.jsonl", mious=(50.0, 60.0)),
                     "s1": _run_log(tmp_path / "e.jsonl", mious=(66.0, 80.0))}, reference, max_iters=MAX_ITERS)
     assert seeds.evals[1].seeds == {"s0": 60.0, "s1": 80.0} and seeds.evals[1].mean == 70.0
-    assert seeds.verdict == ON_TRACK
+    assert seeds.evals[0].spread == pytest.approx(math.sqrt(128)) and seeds.verdict == ON_TRACK
 
 
 def test_loss_band_over_the_published_interval_and_a_non_finite_loss(tmp_path):
@@ -247,18 +384,44 @@ def test_loss_band_over_the_published_interval_and_a_non_finite_loss(tmp_path):
     # nlbench logs every 10 iterations: its points are averaged over each published 50-iteration window.
     wobble = _run_log(tmp_path / "a.jsonl", every=10, loss=lambda it: 1.1 if it % 20 else 0.9)
     ok = assess({"s0": wobble}, reference, max_iters=MAX_ITERS)
-    assert ok.loss.ok and ok.loss.compared == 160 - 80  # the first 10% (4000 iterations) is warm-up
+    assert ok.loss.ok and ok.loss.compared == 160 - 16  # the first 2% (800 iterations) is warm-up
     assert abs(ok.loss.worst[1] - 1.0) <= 0.021
+    # 30% above from 6000 on: beyond the 15% band and the (here nil) noise, the stop rule fires within
+    # one block of LOSS_BLOCK windows.
     high = assess({"s0": _run_log(tmp_path / "b.jsonl", loss=lambda it: 1.3 if it > 6000 else 1.0)}, reference,
                   max_iters=MAX_ITERS)
-    assert not high.loss.ok and high.loss.failed_at == 6100 and high.verdict == DRIFTING
-    assert "OUT OF BAND from iteration 6100" in high.loss.describe()
+    assert high.verdict == DIVERGED and 6050 <= high.loss.failed_at <= 6250
+    assert high.diverged_at == high.loss.failed_at
+    assert "ABOVE THE REFERENCE at iteration" in high.loss.describe()
+    # 30% below: out of the band (drifting), never a stop.
+    low = assess({"s0": _run_log(tmp_path / "l.jsonl", loss=lambda it: 0.7 if it > 6000 else 1.0)}, reference,
+                 max_iters=MAX_ITERS)
+    assert low.verdict == DRIFTING and low.loss.failed_at is None and 6050 <= low.loss.drift_at <= 6250
+    assert "OUT OF BAND from iteration" in low.loss.describe()
     single = assess({"s0": _run_log(tmp_path / "c.jsonl", loss=lambda it: 1.3 if it == 6000 else 1.0)}, reference,
                     max_iters=MAX_ITERS)
     assert single.loss.ok and single.loss.outside == (6000,)  # one noisy window alone does not count
     nan = assess({"s0": _run_log(tmp_path / "d.jsonl", loss=lambda it: math.nan if it >= 300 else 1.0)}, reference,
                  max_iters=MAX_ITERS)
     assert nan.verdict == DIVERGED and nan.loss.nonfinite == 300
+
+
+def test_a_1x_reference_point_weighs_as_the_mean_of_its_last_10_iterations(tmp_path):
+    # mmengine writes, every 50 iterations, the mean of the last 10 (LogProcessor window 10). A run
+    # logging every 10 iterations: its point at each multiple of 50 covers exactly those 10 iterations.
+    lines = [{"lr": 0.01, "base_lr": 0.01, "loss": 1.0, "time": 0.9, "iter": it, "step": it}
+             for it in range(50, 8001, 50)]
+    path = tmp_path / "vis_data" / "scalars.json"
+    path.parent.mkdir()
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    reference = read_curve(tmp_path)
+    assert {p.span for p in reference.train} == {10}
+    run = _run_log(tmp_path / "a.jsonl", every=10, loss=lambda it: 1.0 if it % 50 == 0 else 2.0)
+    found = assess({"s0": run}, reference, max_iters=MAX_ITERS)
+    assert found.loss.compared > 100 and found.loss.ok and found.loss.worst[1] == 1.0
+    # The same numbers as a 0.x log (50-iteration means): the run's window mean is (4 x 2 + 1) / 5 = 1.8.
+    zero_x = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    assert assess({"s0": run}, zero_x, max_iters=MAX_ITERS).loss.worst[1] == pytest.approx(1.8)
 
 
 def test_effective_batch_differing_is_said_beside_the_verdict(tmp_path):

@@ -2,9 +2,10 @@
 
 Three formats, one JSON object per line (docs/CURVES.md spells out each one and its traps):
   mmseg0x   MMSeg 0.x ``*.log.json`` (mmcv's TextLoggerHook): an optional meta line, ``mode`` train/val
-            lines; a val line's ``iter`` counts validation images, its training iteration is that of
-            the train line before it; metrics as fractions; ``lr`` may be a dict of parameter groups.
-            nlbench's own ``train.log.json`` is written in this form.
+            lines; a val line's ``iter`` counts validation images: its training iteration is the
+            evaluation iteration its place in the file points to (``eval_iteration``: before mmcv
+            1.3.11 there is no train line at an evaluation iteration); metrics as fractions; ``lr``
+            may be a dict of parameter groups. nlbench's own ``train.log.json`` is in this form.
   mmengine  MMSeg 1.x ``scalars.json``: ``step`` is the training iteration of every line; metrics in
             percent.
   nlbench   nlbench's ``train.log.jsonl``: ``iteration`` on train lines, ``event`` lines (start, eval).
@@ -28,6 +29,7 @@ from benchmark.errors import NLBenchError
 PathLike = Union[str, Path]
 FORMATS = ("mmseg0x", "mmengine", "nlbench")
 METRIC_KEYS = ("aAcc", "mIoU", "mAcc")
+MMENGINE_WINDOW = 10  # mmengine's LogProcessor(window_size=10): 1.x train values are means of 10 iterations
 # Keys of a train line that are bookkeeping, not logged quantities.
 _BOOKKEEPING = {"mode", "epoch", "iter", "iteration", "step", "lr", "base_lr", "memory", "time", "data_time",
                 "peak_mem_gb", "mem_kind", "event"}
@@ -44,6 +46,9 @@ class TrainPoint:
     memory_mib: Optional[float] = None
     time_s: Optional[float] = None
     data_time_s: Optional[float] = None
+    # Iterations the values average when fewer than the log interval: mmengine's LogProcessor keeps a
+    # window of the last 10 (MMSeg 1.x), whatever the interval. None: the whole interval.
+    span: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -128,10 +133,11 @@ def _terms(entry: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def _train_point(entry: Dict[str, Any], iteration: int, memory_mib: Optional[float]) -> TrainPoint:
+def _train_point(entry: Dict[str, Any], iteration: int, memory_mib: Optional[float],
+                 span: Optional[int] = None) -> TrainPoint:
     return TrainPoint(iteration=iteration, lr=_lr(entry.get("lr")), loss=_number(entry.get("loss")),
                       terms=_terms(entry), memory_mib=memory_mib, time_s=_number(entry.get("time")),
-                      data_time_s=_number(entry.get("data_time")))
+                      data_time_s=_number(entry.get("data_time")), span=span)
 
 
 # ----------------------------------------------------------------------------- one file
@@ -140,17 +146,26 @@ def _train_point(entry: Dict[str, Any], iteration: int, memory_mib: Optional[flo
 class CurveBuilder:
     """Turns log lines (parsed JSON objects) into points; later lines win for the same iteration.
 
-    Used for whole files (``read_curve``) and line by line while a run trains (the guard)."""
+    Used for whole files (``read_curve``) and line by line while a run trains (the guard). MMSeg 0.x
+    val lines are placed at their training iteration by ``finish`` (``eval_iteration``), once the
+    file's meta line and the train lines around them are known; ``eval_interval`` and ``max_iters``
+    are the schedule to use when the log does not state its own."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, eval_interval: Optional[int] = None, max_iters: Optional[int] = None):
         self.source = source
+        self.schedule = (eval_interval, max_iters)
         self.formats: List[str] = []
         self.train: Dict[int, TrainPoint] = {}
         self.evals: Dict[int, EvalPoint] = {}
         self.meta: Dict[str, Any] = {}
         self.warnings: List[str] = []
-        self.first_iteration: Optional[int] = None
-        self._last_train: Optional[int] = None  # 0.x: a val line belongs to the train line before it
+        self._order: List[int] = []  # 0.x train iterations in file order
+        self._pending: List[Tuple[Dict[str, Any], str, int]] = []  # 0.x val lines: (entry, where, trains before)
+
+    @property
+    def first_iteration(self) -> Optional[int]:
+        its = list(self.train) + list(self.evals)
+        return min(its) if its else None
 
     def warn(self, where: str, message: str) -> None:
         self.warnings.append(f"{self.source}:{where}: skipped: {message}")
@@ -177,9 +192,6 @@ class CurveBuilder:
 
     def _put_train(self, point: TrainPoint) -> None:
         self.train[point.iteration] = point
-        self._last_train = point.iteration
-        if self.first_iteration is None:
-            self.first_iteration = point.iteration
 
     def _put_eval(self, entry: Dict[str, Any], iteration: int, where: str) -> None:
         metrics = _percent(entry)
@@ -187,17 +199,11 @@ class CurveBuilder:
             self.warn(where, "evaluation line without a numeric mIoU")
             return
         self.evals[iteration] = EvalPoint(iteration, metrics["mIoU"], metrics["aAcc"], metrics["mAcc"])
-        if self.first_iteration is None:
-            self.first_iteration = iteration
 
     def _mmseg0x(self, entry: Dict[str, Any], where: str) -> None:
         self._format("mmseg0x")
         if any(k in entry for k in ("mIoU", "aAcc")):  # a val line, whatever its mode says
-            if self._last_train is None:
-                self.warn(where, "evaluation line before any train line: its training iteration is unknown "
-                                 "(its 'iter' counts validation images)")
-                return
-            self._put_eval(entry, self._last_train, where)
+            self._pending.append((entry, where, len(self._order)))
             return
         iteration = _count(entry.get("iter"))
         if iteration is None or iteration == 0:
@@ -205,6 +211,27 @@ class CurveBuilder:
             return
         memory = _number(entry.get("memory"))
         self._put_train(_train_point(entry, iteration, memory))
+        self._order.append(iteration)
+
+    def finish(self) -> "CurveBuilder":
+        """Place the 0.x val lines read so far at their training iterations (``eval_iteration``)."""
+        interval = _meta_interval(self.meta) or self.schedule[0]
+        max_iters = _meta_int(self.meta, "max_iters", r"max_iters\s*=\s*(\d+)") or self.schedule[1]
+        gaps = [b - a for a, b in zip(self._order, self._order[1:]) if b > a]
+        log_interval = max(set(gaps), key=gaps.count) if gaps else None
+        around = [(self._order[k - 1] if k else None, self._order[k] if k < len(self._order) else None)
+                  for _, _, k in self._pending]
+        skipped = log_interval is not None and any(
+            before is not None and after is not None and after - before == 2 * log_interval for before, after in around)
+        for (entry, where, _), (before, after) in zip(self._pending, around):
+            iteration = eval_iteration(before, after, interval, max_iters, log_interval if skipped else None)
+            if iteration is None:
+                self.warn(where, "evaluation line whose training iteration is unknown (its 'iter' counts validation "
+                                 "images; no train line before it and no evaluation interval)")
+            else:
+                self._put_eval(entry, iteration, where)
+        self._pending = []
+        return self
 
     def _mmengine(self, entry: Dict[str, Any], where: str) -> None:
         self._format("mmengine")
@@ -214,7 +241,7 @@ class CurveBuilder:
         elif any(k in entry for k in ("mIoU", "aAcc")):
             self._put_eval(entry, iteration, where)
         elif "loss" in entry or "lr" in entry:
-            self._put_train(_train_point(entry, iteration, _number(entry.get("memory"))))
+            self._put_train(_train_point(entry, iteration, _number(entry.get("memory")), MMENGINE_WINDOW))
 
     def _nlbench(self, entry: Dict[str, Any], where: str) -> None:
         self._format("nlbench")
@@ -235,16 +262,54 @@ class CurveBuilder:
             self._put_train(_train_point(entry, iteration, None if gb is None else gb * 1024.0))
 
 
+# ----------------------------------------------------------------------------- where an evaluation sits
+
+
+def eval_iteration(before: Optional[int], after: Optional[int], interval: Optional[int],
+                   max_iters: Optional[int], skipped_interval: Optional[int] = None) -> Optional[int]:
+    """The training iteration of a 0.x val line, from the train lines logged just before and after it
+    in its file (docs/CURVES.md). Before mmcv 1.3.11 (the published 2020 logs) the train line of the
+    evaluation iteration is missing: the val line follows 3950 and 4050 comes next; from 1.3.11 on the
+    train line of 4000 comes first. Either way the evaluation belongs to a multiple of the evaluation
+    interval: the first one at or after the train line before it (the end of the schedule at most),
+    or, in a resumed file that begins with a val line, the last one before the train line after it.
+    Without an interval, a log whose train lines skip one log interval around its val lines
+    (``skipped_interval``: that interval) puts them at the skipped line; else at the train line before."""
+    if interval:
+        if before is not None:
+            iteration = -(-before // interval) * interval
+            return min(iteration, max_iters) if max_iters else iteration
+        if after is not None and (after - 1) // interval > 0:
+            return (after - 1) // interval * interval
+        return None
+    if skipped_interval:
+        if before is not None:
+            return before + skipped_interval
+        return after - skipped_interval if after is not None and after > skipped_interval else None
+    return before
+
+
 # ----------------------------------------------------------------------------- meta
 
 
-def _meta_int(meta: Dict[str, Any], key: str, pattern: str) -> Optional[int]:
+def _meta_int(meta: Dict[str, Any], key: str, *patterns: str) -> Optional[int]:
     """An integer from the meta line: its own key (nlbench writes them), else the config text."""
     value = _count(meta.get(key))
     if value is not None:
         return value
-    match = re.search(pattern, str(meta.get("config") or ""))
-    return int(match.group(1)) if match else None
+    for pattern in patterns:
+        match = re.search(pattern, str(meta.get("config") or ""), flags=re.MULTILINE)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _meta_interval(meta: Dict[str, Any]) -> Optional[int]:
+    """The evaluation interval a 0.x log states: MMSeg's config text (``evaluation = dict(interval=4000,
+    ...)``), or nlbench's meta key / recipe YAML (``eval_interval: 30``)."""
+    value = _meta_int(meta, "eval_interval", r"evaluation\s*=\s*dict\([^)]*?\binterval\s*=\s*(\d+)",
+                      r"^\s*eval_interval:\s*(\d+)\s*$")
+    return value or None
 
 
 def _gpu_count(meta: Dict[str, Any]) -> Optional[int]:
@@ -276,10 +341,11 @@ def _read_lines(path: Path) -> List[str]:
     return text.splitlines()
 
 
-def read_file(path: PathLike) -> CurveBuilder:
-    """One log file's points; an unreadable file, or one with no usable line, is an NLBenchError."""
+def read_file(path: PathLike, eval_interval: Optional[int] = None, max_iters: Optional[int] = None) -> CurveBuilder:
+    """One log file's points; an unreadable file, or one with no usable line, is an NLBenchError.
+    ``eval_interval`` and ``max_iters``: the schedule, for a 0.x log that does not state its own."""
     path = Path(path)
-    builder = CurveBuilder(str(path))
+    builder = CurveBuilder(str(path), eval_interval, max_iters)
     for number, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
@@ -289,6 +355,7 @@ def read_file(path: PathLike) -> CurveBuilder:
             builder.warn(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
             continue
         builder.add(entry, f"line {number}")
+    builder.finish()
     if not builder.train and not builder.evals:
         raise NLBenchError("no train or evaluation line: expected an MMSeg *.log.json / scalars.json or an "
                            "nlbench train.log.jsonl" + (f" ({len(builder.warnings)} line(s) unusable)"
@@ -299,7 +366,7 @@ def read_file(path: PathLike) -> CurveBuilder:
 def merge(builders: Sequence[CurveBuilder]) -> Curve:
     """The files of one run as one curve: ordered by their first iteration (a resumed run's file
     continues the count), later files winning for an iteration both logged."""
-    ordered = sorted(builders, key=lambda b: (b.first_iteration or 0, b.source))
+    ordered = sorted((b.finish() for b in builders), key=lambda b: (b.first_iteration or 0, b.source))
     train: Dict[int, TrainPoint] = {}
     evals: Dict[int, EvalPoint] = {}
     meta: Dict[str, Any] = {}
@@ -329,10 +396,13 @@ def log_files(path: PathLike) -> List[Path]:
     raise NLBenchError("no training log here (expected *.log.json, scalars.json or train.log.jsonl)", path)
 
 
-def read_curve(paths: Union[PathLike, Iterable[PathLike]]) -> Curve:
-    """One run's curve from a log file, a folder of them, or several files (a resumed run)."""
+def read_curve(paths: Union[PathLike, Iterable[PathLike]], eval_interval: Optional[int] = None,
+               max_iters: Optional[int] = None) -> Curve:
+    """One run's curve from a log file, a folder of them, or several files (a resumed run).
+    ``eval_interval`` / ``max_iters``: the schedule the run was meant to have, used where a 0.x log
+    does not state its own evaluation interval (``eval_iteration``)."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files = [f for item in items for f in log_files(item)]
     if not files:
         raise NLBenchError("no training log given")
-    return merge([read_file(f) for f in files])
+    return merge([read_file(f, eval_interval, max_iters) for f in files])

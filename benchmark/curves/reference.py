@@ -127,6 +127,14 @@ def resolve_reference(recipe: Recipe, spec: Optional[str] = RELEASED, offline: b
     return path
 
 
+def reference_kind(recipe: Recipe, spec: Optional[str] = RELEASED) -> str:
+    """What the reference curve is, in the words the outputs use: "published" (MMSeg's log of the
+    row), "smoke reference" (the committed log of a non-full profile) or "reference" (a local file)."""
+    if spec in (None, RELEASED):
+        return "published" if recipe.profile == "full" else f"{recipe.profile} reference"
+    return "reference"
+
+
 def reference_label(path: Path) -> str:
     """A path as people read it: relative to the checkout when inside it."""
     try:
@@ -136,7 +144,8 @@ def reference_label(path: Path) -> str:
 
 
 def reference_curve(recipe: Recipe, spec: Optional[str] = RELEASED, offline: bool = False) -> Curve:
-    return read_curve(resolve_reference(recipe, spec, offline))
+    return read_curve(resolve_reference(recipe, spec, offline), recipe.schedule.eval_interval,
+                      recipe.schedule.max_iters)
 
 
 def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cache_dir: Optional[PathLike] = None,
@@ -150,7 +159,7 @@ def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cac
         except NLBenchError as exc:
             failures.append(f"{recipe.name}: {exc}")
             continue
-        curve = read_curve(target)
+        curve = read_curve(target, recipe.schedule.eval_interval, recipe.schedule.max_iters)
         print(f"{recipe.name}: {target} (sha256 {file_sha256(target)[:12]}..., {len(curve.train)} train and "
               f"{len(curve.evals)} evaluation lines)")
         if curve.last_iteration != recipe.schedule.max_iters:

@@ -11,6 +11,12 @@ read those (docs/CURVES.md has the format). One ``LogSink`` of the training logg
   - a val line after each evaluation: mode "val", epoch, iter = the number of validation images,
     lr, and aAcc/mIoU/mAcc as fractions (percent to 2 decimals, divided by 100, as MMSeg 0.x).
 ``epoch`` is the pass over the training set the iteration fell in, as mmcv's loader counted it.
+
+Two placements of an evaluation (``PATTERNS``, docs/CURVES.md): "mmcv1.3.11" (the default, what
+MMSeg 0.x writes with mmcv >= 1.3.11: the train line of the evaluation iteration, then the val line)
+and "2020" (what the published NonLocal logs show, written before mmcv 1.3.11: no train line at an
+evaluation iteration, the val line after the train line before it). ``as_2020_pattern`` turns a
+finished log of the first kind into the second (the smoke reference logs are frozen that way).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 import torch
 import yaml
@@ -31,6 +37,27 @@ MMSEG_LOG_NAME = "train.log.json"
 DECIMALS = 5
 # nlbench's loss terms -> the keys of the published 2020 NonLocal logs.
 LOSS_KEYS = (("loss_decode", "decode.loss_seg"), ("loss_aux", "aux.loss_seg"), ("loss", "loss"))
+PATTERNS = ("mmcv1.3.11", "2020")
+
+
+def is_eval_iteration(iteration: int, eval_interval: int, max_iters: int) -> bool:
+    """nlbench evaluates every ``eval_interval`` iterations and at the end (engine/train.py)."""
+    return iteration % eval_interval == 0 or iteration == max_iters
+
+
+def as_2020_pattern(lines: List[Dict[str, Any]], eval_iterations: Collection[int]) -> List[Dict[str, Any]]:
+    """A 0.x log's lines (meta, train, val) as MMSeg wrote them before mmcv 1.3.11: the train line of
+    an evaluation iteration (one of ``eval_iterations``) that a val line follows is dropped; val lines
+    keep ``iter`` = the number of validation images. Lines already in that pattern are left as they are."""
+    out: List[Dict[str, Any]] = []
+    for index, line in enumerate(lines):
+        following = lines[index + 1] if index + 1 < len(lines) else {}
+        is_val_next = "mIoU" in following or "aAcc" in following
+        train = line.get("mode") == "train" and "mIoU" not in line and "aAcc" not in line
+        if train and is_val_next and line.get("iter") in eval_iterations:
+            continue
+        out.append(line)
+    return out
 
 
 def _round(value: Any) -> Any:
@@ -56,8 +83,10 @@ def _config_text(recipe: Recipe) -> str:
 class MMSeg0xLogSink:
     """Writes ``train.log.json`` (rank 0), one O_APPEND write per line."""
 
-    def __init__(self, path: Path, recipe: Recipe, fresh: bool):
-        self.path, self.recipe = path, recipe
+    def __init__(self, path: Path, recipe: Recipe, fresh: bool, pattern: str = "mmcv1.3.11"):
+        if pattern not in PATTERNS:
+            raise ValueError(f"pattern {pattern!r}: expected one of {PATTERNS}")
+        self.path, self.recipe, self.pattern = path, recipe, pattern
         path.parent.mkdir(parents=True, exist_ok=True)
         if fresh:
             atomic_write_text(path, "")  # a fresh log; an unwritable work dir is one clear error
@@ -91,7 +120,8 @@ class MMSeg0xLogSink:
         line = {"env_info": _env_info(str(entry.get("device", "")), world), "seed": self.recipe.runtime.seed,
                 "exp_name": f"{self.recipe.name}.yaml", "config": _config_text(self.recipe),
                 "nlbench_version": __version__, "max_iters": entry.get("max_iters"), "effective_batch": self.batch,
-                "world_size": world, "samples_per_gpu": self.recipe.data.imgs_per_gpu}
+                "world_size": world, "samples_per_gpu": self.recipe.data.imgs_per_gpu,
+                "eval_interval": self.recipe.schedule.eval_interval}
         if entry.get("resumed"):
             line["resumed_from"] = entry.get("iteration")
         append_json_line(self.path, line)
@@ -99,6 +129,9 @@ class MMSeg0xLogSink:
     def _train(self, entry: Dict[str, Any]) -> None:
         iteration = int(entry["iteration"])
         self.last_iteration, self.last_lr = iteration, _round(entry.get("lr"))
+        sched = self.recipe.schedule
+        if self.pattern == "2020" and is_eval_iteration(iteration, sched.eval_interval, sched.max_iters):
+            return  # mmcv < 1.3.11: the eval hook emptied the log buffer before this line was written
         line: Dict[str, Any] = {"mode": "train", "epoch": self._epoch(iteration), "iter": iteration,
                                 "lr": self.last_lr}
         if entry.get("mem_kind") == "cuda_max_allocated" and entry.get("peak_mem_gb") is not None:

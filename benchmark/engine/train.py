@@ -268,7 +268,7 @@ def train(
     ``step_callback(iteration_done, model)`` is called on every rank after each optimizer step.
     ``stop_requested()`` is asked after each step (any rank saying yes stops every rank at the same
     iteration): the state is saved as ``iter_N.pth``/``latest.pth`` and TrainingInterrupted raised.
-    The guard (recipe ``guard``) may stop a diverged run at an evaluation: saved, RunDiverged raised.
+    The guard (recipe ``guard``) may stop a diverged run at a train line or evaluation: saved, RunDiverged.
     """
     started = time.perf_counter()
     info = distributed.init_distributed(device)
@@ -294,8 +294,8 @@ def train(
         saved = checkpoints.due(done)
         if saved:
             checkpoints.save(done, run.model, run.optimizer, run.scaler)
-        # A preempted job saves here, at an iteration boundary, rather than losing everything since
-        # the last periodic checkpoint (up to a tenth of the run).
+        _guard_line(done, saved, run, checkpoints, logger, guard)  # schedule or loss: may stop a run early
+        # A preempted job saves at an iteration boundary rather than losing up to a tenth of the run.
         if _stop_now(stop_requested, done, sched.max_iters):
             _interrupt(done, saved, run, checkpoints, logger, log if info.is_main else None)
         if done % sched.eval_interval == 0 or done == sched.max_iters:
@@ -352,15 +352,28 @@ def _periodic_eval(recipe: Recipe, run: Training, info: DistInfo, peak: Training
         metrics = _evaluate(recipe, run, info)
     logger.evaluation(done, metrics)
     if guard.should_stop(done):
-        if not saved:
-            checkpoints.save(done, run.model, run.optimizer, run.scaler)
-        evidence = guard.evidence(stopped_at=done)
-        logger.event("diverged", iteration=done, **(evidence or {}))
-        logger.note(f"guard: stopped at iteration {done} (guard.action stop); state saved, --resume continues")
-        checkpoints.ended(done, "diverged")
-        logger.close()
-        raise RunDiverged(done, guard.message(), evidence or {})
+        _stop_diverged(done, saved, run, checkpoints, logger, guard)
     return metrics
+
+
+def _guard_line(done: int, saved: bool, run: Training, checkpoints: Checkpointer, logger: TrainLogger,
+                guard: Guard) -> None:
+    """After a train line (every log interval, on every rank): the guard's schedule and loss checks."""
+    if done % logger.log_interval == 0 and guard.should_stop_at_line(done):
+        _stop_diverged(done, saved, run, checkpoints, logger, guard)
+
+
+def _stop_diverged(done: int, saved: bool, run: Training, checkpoints: Checkpointer, logger: TrainLogger,
+                   guard: Guard) -> None:
+    """The guard stopped the run at ``done``: state saved (a resume continues), RunDiverged raised."""
+    if not saved:
+        checkpoints.save(done, run.model, run.optimizer, run.scaler)
+    evidence = guard.evidence(stopped_at=done)
+    logger.event("diverged", iteration=done, **(evidence or {}))
+    logger.note(f"guard: stopped at iteration {done} (guard.action stop); state saved, --resume continues")
+    checkpoints.ended(done, "diverged")
+    logger.close()
+    raise RunDiverged(done, guard.message(), evidence or {})
 
 
 def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer, logger: TrainLogger,

@@ -1,9 +1,10 @@
 """`nlbench curves`: every seed's training curves of a row against the row's reference curve.
 
 Per row: the checks of ``benchmark.curves.checks`` (schedule, effective batch, loss, mIoU at each
-eval point), a table of the eval points (published mIoU, each seed's, their mean, delta, margin,
-verdict), and an overlay figure (PNG + SVG) of loss, lr and mIoU against iteration: the reference
-in black, each seed in colour, the seeds' band shaded. ``compare --curves`` adds the verdicts to its
+eval point), a table of the eval points (the reference's mIoU, each seed's, their mean, delta, the
+noise model's seed spread, drift and stop margins, verdict), and an overlay figure (PNG + SVG) of
+loss, lr and mIoU against iteration: the reference in black, each seed in colour, the seeds' band
+shaded. ``compare --curves`` adds the verdicts to its
 report and JUnit file and ``plots`` draws the overlays, both through this module. docs/CURVES.md.
 
 The runs are read from ``RESULTS/work/<profile>/<recipe>/seed<k>/train.log.jsonl`` (``train.log.json``
@@ -12,8 +13,10 @@ when that is all there is).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +24,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
-from benchmark.catalog import select_recipe_paths
+from benchmark.catalog import load_published, released_differences, select_recipe_paths
 from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
 from benchmark.curves.reader import Curve, read_curve
-from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_label, resolve_reference
+from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_kind, reference_label, resolve_reference
+from benchmark.engine.mmseg_log import as_2020_pattern
 from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_bytes, write_json
+from benchmark.io.files import atomic_write_text, write_json
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 
 RUN_LOGS = ("train.log.jsonl", "train.log.json")
@@ -61,7 +65,7 @@ def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
 
 
 def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = RELEASED,
-               final_margin: Optional[float] = None, offline: bool = False, strict: bool = True) -> RowCurves:
+               offline: bool = False, strict: bool = True) -> RowCurves:
     """One row's runs against its reference. With ``strict`` False a missing log or reference gives a
     row without an assessment (and a note) instead of an NLBenchError."""
     logs = run_logs(results_dir, recipe.profile, recipe.name)
@@ -69,9 +73,10 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
         if not logs:
             raise NLBenchError(f"no training log of this row (looked in "
                                f"{Path(results_dir) / 'work' / recipe.profile / recipe.name}/seed*/)", key=recipe.name)
-        runs = {seed: read_curve(path) for seed, path in logs.items()}
+        sched = recipe.schedule
+        runs = {seed: read_curve(path, sched.eval_interval, sched.max_iters) for seed, path in logs.items()}
         path = resolve_reference(recipe, reference, offline=offline)
-        ref = read_curve(path)
+        ref = read_curve(path, sched.eval_interval, sched.max_iters)
     except NLBenchError as exc:
         if strict:
             raise
@@ -80,8 +85,8 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
         for line in curve.warnings:
             print(f"warning: {line}", file=sys.stderr)
     max_iters = next((c.max_iters for c in runs.values() if c.max_iters), recipe.schedule.max_iters)
-    found = assess(runs, ref, settings_from(recipe.guard, final_margin), max_iters,
-                   published_recipe(recipe).effective_batch)
+    found = assess(runs, ref, settings_from(recipe.guard), max_iters, published_recipe(recipe).effective_batch,
+                   reference_kind(recipe, reference))
     return RowCurves(recipe, runs, ref, reference_label(path), found)
 
 
@@ -109,8 +114,9 @@ def eval_table(row: RowCurves) -> str:
     body = []
     for r in row.assessment.evals:
         body.append([str(r.iteration), _fmt(r.published), *[_fmt(r.seeds.get(s)) for s in seeds], _fmt(r.mean),
-                     _fmt(r.delta, sign=True), _fmt(r.margin), r.verdict])
-    headers = ["iteration", "published mIoU", *seeds, "mean", "delta", "margin", "verdict"]
+                     _fmt(r.delta, sign=True), _fmt(r.spread), _fmt(r.drift_margin), _fmt(r.margin), r.verdict])
+    headers = ["iteration", f"{row.assessment.reference_kind} mIoU", *seeds, "mean", "delta", "seed spread",
+               "drift margin", "stop margin", "verdict"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -119,8 +125,9 @@ def format_row(row: RowCurves) -> str:
     if row.assessment is None:
         return f"{head}: not assessed: {row.note}"
     a = row.assessment
-    batch = f"{_fmt(a.effective_batch, 0)} (published {_fmt(a.published_batch, 0)})"
+    batch = f"{_fmt(a.effective_batch, 0)} ({a.reference_kind} {_fmt(a.published_batch, 0)})"
     lines = [f"{head}: reference {row.reference_label} ({row.reference.format}); runs: {', '.join(row.runs)}",
+             *_release_lines(row),
              f"  schedule: {a.schedule.describe()}",
              f"  effective batch: {batch}" + (" DIFFERS: said beside every verdict" if a.batch_note else ""),
              f"  loss: {a.loss.describe()}"]
@@ -130,6 +137,23 @@ def format_row(row: RowCurves) -> str:
         lines.append("  mIoU: no eval point of the reference was reached")
     lines.append(f"  verdict: {a.summary()}")
     return "\n".join(lines)
+
+
+def _release_lines(row: RowCurves) -> List[str]:
+    """For the published log of a row: whose run it is, and the figures published for its checkpoint
+    (where a later release replaced the table's, those differ: catalog.released_differences)."""
+    release = row.recipe.release
+    if row.assessment is None or row.assessment.reference_kind != "published" or release is None:
+        return []
+    published = load_published()
+    if row.recipe.name not in published.index:
+        return []
+    p = published.loc[row.recipe.name]
+    figures = f"mIoU {p['released_miou_text'] or '-'}, ms+flip {p['released_miou_ms_flip_text'] or '-'}"
+    differs = released_differences(published).get(row.recipe.name)
+    return [f"  published log: the training run of the released checkpoint {release.stamp} ({figures} published "
+            "for it" + (f"; the table's {p['miou_text']} / {p['miou_ms_flip_text'] or '-'} are an earlier "
+                        "checkpoint's)" if differs else ")")]
 
 
 def row_json(row: RowCurves) -> Dict[str, Any]:
@@ -181,8 +205,10 @@ def plot_overlay(row: RowCurves):
                     marker="o" if key == "mIoU" else None, markersize=4, label=seed)
         if key == "mIoU" and row.assessment is not None and row.assessment.evals:
             evals = row.assessment.evals
+            ax.plot([r.iteration for r in evals], [r.published - r.drift_margin for r in evals], color="grey",
+                    linestyle=":", linewidth=1, label="reference - drift margin")
             ax.plot([r.iteration for r in evals], [r.published - r.margin for r in evals], color="grey",
-                    linestyle="--", linewidth=1, label="reference - margin (the mIoU check)")
+                    linestyle="--", linewidth=1, label="reference - stop margin")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
@@ -229,17 +255,16 @@ def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str
 # ----------------------------------------------------------------------------- compare --curves
 
 
-def curve_rows(results_dir: Path, profiles: Sequence[str], tolerance: float,
-               reference: str = RELEASED) -> List[RowCurves]:
+def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str = RELEASED) -> List[RowCurves]:
     """Every row of ``profiles`` with runs, against its reference (``reference`` as in overlay_plots;
-    published logs from the cache only: a gate downloads nothing); ``tolerance`` is the margin at the
-    last eval point."""
+    published logs from the cache only: a gate downloads nothing), with the guard's noise-model
+    margins (compare's tolerance is for the final numbers, not for a curve's eval points)."""
     rows = []
     for profile in profiles:
         for path in select_recipe_paths(None):
             recipe = load_recipe(path, profile=profile)
             if run_logs(results_dir, profile, recipe.name):
-                rows.append(assess_row(recipe, results_dir, reference, tolerance, offline=True, strict=False))
+                rows.append(assess_row(recipe, results_dir, reference, offline=True, strict=False))
     return rows
 
 
@@ -297,8 +322,30 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
 # ----------------------------------------------------------------------------- smoke reference logs
 
 
+def reference_log_text(source: Path, recipe: Recipe) -> str:
+    """A run's ``train.log.json`` as a reference log in the 2020 pattern, checked with the reader: it
+    must give the train lines and every evaluation of the run, each at its iteration."""
+    try:
+        lines = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise NLBenchError(f"cannot read the run's MMSeg-form log: {exc}", source) from None
+    sched = recipe.schedule
+    done = read_curve(source, sched.eval_interval, sched.max_iters)
+    text = "".join(json.dumps(line) + "\n" for line in as_2020_pattern(lines, {e.iteration for e in done.evals}))
+    with tempfile.TemporaryDirectory() as tmp:
+        written = Path(tmp) / source.name
+        written.write_text(text)
+        back = read_curve(written, sched.eval_interval, sched.max_iters)
+    got, want = [e.iteration for e in back.evals], [e.iteration for e in done.evals]
+    if not back.train or not got or got != want:
+        raise NLBenchError("a reference log needs train lines and evaluations at the run's eval iterations "
+                           f"(read back: {got}, run: {want})", source)
+    return text
+
+
 def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
-    """Freeze a smoke run's MMSeg-form logs as the rows' reference logs. `make reference-logs` runs a
+    """Freeze a smoke run's MMSeg-form logs as the rows' reference logs, in the pattern of the
+    published 2020 logs (no train line at an evaluation iteration: ``reference_log_text``). `make reference-logs` runs a
     smoke run-all into results/reference-run and then ``python -c "from benchmark.report.curves import
     write_reference_logs; write_reference_logs('results/reference-run')"``.
     One file per row, ``<out_dir>/<profile>/<recipe>.log.json``, so each row finds a log of its own
@@ -311,11 +358,8 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
             if (seed_dir / "train.log.jsonl").is_file():
                 missing.append(path.stem)  # trained by an nlbench that wrote no MMSeg-form log
             continue
-        curve = read_curve(source)
-        if not curve.train or not curve.evals:
-            raise NLBenchError("a reference log needs train and evaluation lines", source)
         target = Path(out_dir) / profile / f"{path.stem}.log.json"
-        atomic_write_bytes(target, source.read_bytes())
+        atomic_write_text(target, reference_log_text(source, load_recipe(path, profile=profile)))
         written.append(target)
     if missing:
         raise NLBenchError(f"no train.log.json for {', '.join(missing)}: trained before nlbench wrote one; "

@@ -30,7 +30,8 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from benchmark.catalog import load_published, release_links
+from benchmark.catalog import load_published, release_links, released_differences, released_table
+from benchmark.curves.reference import reference_kind
 from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_text
 from benchmark.launch.cost import estimate_gpu_hours
@@ -338,9 +339,8 @@ def row_sections(row: pd.Series, seeds: Dict[int, Dict[str, Dict[str, Any]]], re
         Section("curves", "Training curves", "curves.html.j2",
                 {"svg": inline_svg(curves, "curves") if curves is not None else None,
                  "logs": [_href(p, page_dir) for p in logs]}),
-        Section("reference", "Against the published curve" if profile == "full" else
-                f"Against the {profile} reference curve", "reference.html.j2", _reference_view(resolved, results_dir)
-                if logs else {"svg": None, "note": "no training log"}),
+        Section("reference", f"Against the {reference_kind(resolved)} curve", "reference.html.j2",
+                _reference_view(resolved, results_dir) if logs else {"svg": None, "note": "no training log"}),
         Section("recipe", "Resolved recipe", "recipe.html.j2",
                 {"yaml": resolved.to_yaml(), "hash": resolved.hash, "profile": profile}),
     ]
@@ -391,11 +391,13 @@ def _index_context(summary: pd.DataFrame, published: pd.DataFrame, sources: List
                             "svg": inline_svg(fig, f"{kind}-{profile}")}
                            for kind, fig in profile_figures(trained, per_seed, results_dir, published, profile)]
         profiles.append(view)
-    released_views = [_profile_view(released, published, sources, profile, RELEASED, out_dir)
+    released_views = [_profile_view(released, released_table(published), sources, profile, RELEASED, out_dir)
                       for profile in sorted(released["profile"].unique(), key=_profile_order)]
+    released_note = " ".join([RELEASED_NOTE, *[f"{r}: {note}; its mIoU is judged against the released checkpoint's "
+                                               "figures." for r, note in released_differences(published).items()]])
     commits = sorted({str(c) for c in summary["git_commit"].dropna()})
     return {"results": str(results_dir), "records": summary.attrs.get("records", 0), "profiles": profiles,
-            "released": released_views, "released_note": RELEASED_NOTE, "sources": sources,
+            "released": released_views, "released_note": released_note, "sources": sources,
             "warnings": warnings, "commits": commits, "newest": str(summary["created_at"].max())}
 
 
