@@ -73,6 +73,14 @@ def use_cpu_threads(threads: Optional[int], device: torch.device) -> None:
         torch.set_num_threads(threads)
 
 
+def use_tf32(allowed: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions as the recipe's ``runtime.tf32`` says, set
+    explicitly either way: torch allows it for cuDNN by default, and the published runs (V100s, which
+    have no TF32) computed in true fp32. No effect on a CPU, where the flags are still set."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' -> this rank's CUDA device when CUDA is available, else CPU; 'cuda' -> cuda:LOCAL_RANK."""
     if device == "auto":

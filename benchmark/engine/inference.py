@@ -138,26 +138,17 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got {got}")
 
 
-def inference_channels_last(recipe, device: Device) -> bool:
-    """Whether ``predict_logits``' input is channels_last by default: when the recipe asks, and always
-    on a CPU, where the convolutions then run on the activations as they lie. Given NCHW tensors oneDNN first copies
-    each input, and then each output, into its blocked layout: copies as large as the activations
-    (320 MB for the decode head's 2560-channel input at 1024x2048), which cost peak memory and page
-    faults. The same fp32 arithmetic in another summation order (logits agree to float rounding);
-    evaluation asks for the recipe's layout, so that its figures stay exactly what they were."""
-    return bool(recipe.runtime.channels_last) or torch.device(device).type == "cpu"
-
-
 def predict_logits(model: nn.Module, image_rgb_uint8: np.ndarray, recipe, device: Device = "cpu",
                    scale: Optional[Sequence[int]] = None, channels_last: Optional[bool] = None) -> torch.Tensor:
     """(C, H, W) float logits at the original image size, on ``device``, from the recipe's test
     pipeline and test mode. ``scale`` replaces ``recipe.data.img_scale`` (used by ms+flip);
-    ``channels_last``: the input's layout (default ``inference_channels_last``)."""
+    ``channels_last``: the input's layout (default: the recipe's ``runtime.channels_last``, off
+    as in MMSeg: NCHW, so that oneDNN runs MMSeg's convolution kernels; docs/FIDELITY.md)."""
     _check_image(image_rgb_uint8)
     h, w = image_rgb_uint8.shape[:2]
     size = keep_ratio_size(h, w, tuple(scale if scale is not None else recipe.data.img_scale))
     with torch.inference_mode():
-        layout = inference_channels_last(recipe, device) if channels_last is None else channels_last
+        layout = recipe.runtime.channels_last if channels_last is None else channels_last
         x = to_input_tensor(resize_image(image_rgb_uint8, size), device, layout)
         logits = infer(model, x, recipe)
         return resize_logits(logits, (h, w), _align_corners(model))[0]

@@ -19,7 +19,7 @@ import torch
 from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.data.classes import PALETTES
 from benchmark.data.datasets import read_image_file
-from benchmark.engine.distributed import resolve_device
+from benchmark.engine.distributed import resolve_device, use_tf32
 from benchmark.engine.inference import predict_logits
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes
@@ -53,6 +53,7 @@ def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logit
             device: Optional[torch.device] = None) -> dict:
     """Run one prediction and write the outputs; returns a small summary."""
     device = device or torch.device("cpu")
+    use_tf32(recipe.runtime.tf32)
     image = read_image_file(image_path)
     model = build_segmentor(recipe.model)
     load_weights(model, checkpoint)
