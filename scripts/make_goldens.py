@@ -107,11 +107,16 @@ def sharpness(model, x):
 
 
 def thin_model(config_name, test_cfg, probe):
-    """The thin model with the smallest theta/phi gain (doubling from 1) whose attention is sharp on ``probe``."""
+    return sharp_model(lambda: build(config_name, test_cfg), probe)
+
+
+def sharp_model(make, probe):
+    """``make()``'s model with weights from ``set_weights`` at the smallest theta/phi gain (doubling
+    from 1) whose attention is sharp on ``probe``; also used by scripts/parity_full.py."""
     gain = 1.0
     while True:
         torch.manual_seed(0)
-        model = build(config_name, test_cfg)
+        model = make()
         set_weights(model, torch.Generator().manual_seed(1), gain)
         top, mean = sharpness(model, probe)
         if mean >= TARGET_ROW_MAX or gain >= 256:
