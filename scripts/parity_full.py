@@ -129,7 +129,8 @@ def main() -> int:
     }
     if args.reuse_mmseg and (work / f"mmseg_{tag}.npy").exists():
         del runs["mmseg"]
-    rss = {name: run_child(command, REPO)["peak_rss_gb"] for name, command in runs.items()}
+    measured = {name: run_child(command, REPO) for name, command in runs.items()}
+    rss = {name: figures["peak_rss_gb"] for name, figures in measured.items()}
     theirs = np.load(work / f"mmseg_{tag}.npy")
     print(f"isa {args.isa} ({json.dumps(ISAS[args.isa])}), extra {args.extra}, max|logit| {np.abs(theirs).max():.4g}")
     for name in ("predict", "eval"):
@@ -138,6 +139,8 @@ def main() -> int:
     ratio = f" ({rss['predict'] / rss['mmseg']:.2f}x)" if "mmseg" in rss else ""
     print(f"  peak RSS: {mmseg_rss}nlbench predict {rss['predict']:.2f} GB{ratio}, "
           f"nlbench eval path {rss['eval']:.2f} GB")
+    for name, figures in measured.items():
+        print(f"  {name} process: {figures['wall_s']:.1f} s wall, {figures['cpu_s']:.1f} s CPU (user + sys)")
     return 0
 
 

@@ -61,3 +61,30 @@ def test_goldens_are_small_sharp_and_from_mmseg():
     assert meta["mmseg_version"] == "1.2.2"
     # A near one-hot attention is what makes layout and kernel differences visible (docs/PARITY.md).
     assert meta["attention"]["mean_row_max"] >= 0.9 and meta["attention"]["max_weight"] >= 0.99
+
+
+@pytest.mark.slow
+def test_fast_is_a_named_option_beside_the_default(tmp_path, capsys):
+    """`predict --fast` runs the fast setting's choices (SDPA, channels_last, TF32) and says so; the
+    default runs MMSeg's (explicit attention, NCHW, TF32 off)."""
+    import cv2
+    import numpy as np
+    import torch
+    from golden_figures import WHOLE_RECIPE, thin_overrides
+
+    from benchmark.engine.predict import predict_command
+    from benchmark.engine.settings import fast_recipe
+    from benchmark.recipe import load_recipe
+
+    overrides = thin_overrides(summary(), "whole")
+    default = load_recipe(WHOLE_RECIPE, overrides)
+    fast = fast_recipe(default, torch.device("cpu"))
+    assert (default.model.non_local.impl, default.runtime.channels_last, default.runtime.tf32) == ("explicit", False,
+                                                                                                   False)
+    assert (fast.model.non_local.impl, fast.runtime.channels_last, fast.runtime.tf32) == ("sdpa", True, True)
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.load(GOLDENS / "goldens.npz")["image"][:, :, ::-1])
+    assert predict_command(WHOLE_RECIPE, str(GOLDENS / "thin_nonlocal.pth"), str(image), str(tmp_path / "p.png"),
+                           str(tmp_path / "fast.npy"), overrides, device="cpu", fast=True) == 0
+    assert "(fast setting)" in capsys.readouterr().out
+    assert np.load(tmp_path / "fast.npy").shape == (19, 60, 120)

@@ -98,9 +98,14 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
 
 def eval_command(recipe: str, checkpoint: str, overrides: Sequence[str] = (), profile: str = "full",
                  ms_flip: bool = False, data_root: Optional[str] = None, json_out: Optional[str] = None,
-                 device: str = "auto") -> int:
-    """`nlbench eval`: print the metrics; ``json_out`` (--json) also writes them to that file."""
+                 device: str = "auto", fast: bool = False) -> int:
+    """`nlbench eval`: print the metrics; ``json_out`` (--json) also writes them to that file; ``fast``:
+    the fast setting's inference choices (engine/settings.py), not MMSeg's arithmetic."""
     resolved = load_recipe(recipe, overrides, profile)
+    if fast:
+        from benchmark.engine.settings import fast_recipe
+
+        resolved = fast_recipe(resolved, distributed.resolve_device(device))
     try:
         result = evaluate(resolved, checkpoint, ms_flip=ms_flip, data_root=data_root, device=device)
         is_main = distributed.get_rank() == 0
@@ -111,7 +116,7 @@ def eval_command(recipe: str, checkpoint: str, overrides: Sequence[str] = (), pr
         distributed.cleanup()
     if not is_main:
         return 0
-    mode = "ms+flip" if ms_flip else "single scale"
+    mode = ("ms+flip" if ms_flip else "single scale") + (", fast setting" if fast else "")
     print(f"{resolved.name} [{resolved.profile}], {mode}, {result['num_images']} val images, "
           f"checkpoint {result['checkpoint']}")
     print(format_metrics(result))

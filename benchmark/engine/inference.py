@@ -30,6 +30,7 @@ from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
 from benchmark.data.transforms import MEAN_RGB, STD_RGB
+from benchmark.engine.steps import autocast
 
 # One definition of MMSeg's RGB normalisation, shared with the training pipeline.
 MEAN, STD = MEAN_RGB, STD_RGB
@@ -150,8 +151,9 @@ def predict_logits(model: nn.Module, image_rgb_uint8: np.ndarray, recipe, device
     with torch.inference_mode():
         layout = recipe.runtime.channels_last if channels_last is None else channels_last
         x = to_input_tensor(resize_image(image_rgb_uint8, size), device, layout)
-        logits = infer(model, x, recipe)
-        return resize_logits(logits, (h, w), _align_corners(model))[0]
+        with autocast(recipe.runtime.amp, x.device):  # fp32 unless the recipe names bf16 / fp16
+            logits = infer(model, x, recipe)
+            return resize_logits(logits, (h, w), _align_corners(model))[0].float()
 
 
 def ms_flip_scales(img_scale: Sequence[int], ratios: Sequence[float]) -> List[Tuple[int, int]]:
@@ -173,7 +175,8 @@ def predict_ms_flip_probs(model: nn.Module, image_rgb_uint8: np.ndarray, recipe,
             x = to_input_tensor(resized, device, recipe.runtime.channels_last)
             for flip in (False, True):
                 view = x.flip(-1) if flip else x
-                logits = resize_logits(infer(model, view, recipe), (h, w), align_corners)
+                with autocast(recipe.runtime.amp, x.device):
+                    logits = resize_logits(infer(model, view, recipe), (h, w), align_corners).float()
                 probs = logits.softmax(dim=1)
                 if flip:
                     probs = probs.flip(-1)
