@@ -81,6 +81,12 @@ def use_tf32(allowed: bool) -> None:
     torch.backends.cudnn.allow_tf32 = allowed
 
 
+def use_runtime(runtime, device: torch.device) -> None:
+    """A recipe's ``runtime`` section's process-wide settings: CPU threads and TF32 (train, eval, bench)."""
+    use_cpu_threads(runtime.cpu_threads, device)
+    use_tf32(runtime.tf32)
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' -> this rank's CUDA device when CUDA is available, else CPU; 'cuda' -> cuda:LOCAL_RANK."""
     if device == "auto":

@@ -75,8 +75,7 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
 
     started = time.perf_counter()
     info = distributed.init_distributed(device)
-    distributed.use_cpu_threads(recipe.runtime.cpu_threads, info.device)
-    distributed.use_tf32(recipe.runtime.tf32)
+    distributed.use_runtime(recipe.runtime, info.device)
     path = resolve_checkpoint(recipe, checkpoint) if info.is_main else None
     distributed.barrier()  # a download happens once, on rank 0
     path = resolve_checkpoint(recipe, checkpoint) if path is None else path
