@@ -5,7 +5,8 @@
     dot_product:       y = (theta^T phi / N) g,  N = number of positions
     out = x + BN(conv1x1 C' -> C, no bias)(y)
 
-The default ``impl="sdpa"`` never builds the N x N attention matrix: embedded_gaussian goes through
+``impl="sdpa"`` (the class's default; the recipes' ``fast`` setting) never builds the N x N
+attention matrix: embedded_gaussian goes through
 ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels), and
 dot_product, having no softmax, is evaluated as theta (phi^T g) / N, which is exactly associative.
 At a 1024x2048 input N = 128*256 = 32768, so the matrix would be 4 GiB per image in fp32.
