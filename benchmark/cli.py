@@ -69,7 +69,14 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="input image (PNG/JPEG, any size)")
     p.add_argument("--out", required=True, help="output colour prediction PNG (dataset palette)")
     p.add_argument("--logits", help="also write float32 logits (C, H, W) at the image's resolution as .npy")
+    _fast(p)
     _device(p, "cpu, cuda, cuda:N or auto (default)")
+
+
+def _fast(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fast", action="store_true",
+                   help="nlbench's fast setting instead of MMSeg's arithmetic: SDPA attention, channels_last, TF32, "
+                        "bf16 where native (docs/FIDELITY.md; each is also a recipe value for --set)")
 
 
 def _prepare_args(p: argparse.ArgumentParser) -> None:
@@ -115,6 +122,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ms-flip", action="store_true", help="multi-scale + flip test (the published mIoU(ms+flip))")
     _data_root(p)
     p.add_argument("--json", dest="json_out", help="write the metrics as JSON")
+    _fast(p)
     _device(p)
 
 

@@ -55,9 +55,10 @@ class NonLocalConfig(_Strict):
     reduction: int = Field(2, ge=1)
     use_scale: bool = True
     mode: Literal["embedded_gaussian", "dot_product"] = "embedded_gaussian"
-    # "sdpa" runs torch's scaled_dot_product_attention; "explicit" builds the attention matrix
-    # (reference path for tests, never for large inputs).
-    impl: Literal["sdpa", "explicit"] = "sdpa"
+    # "explicit": mmcv's arithmetic (the attention matrix, in blocks of rows when inferring at large
+    # sizes), the default; "sdpa": torch's scaled_dot_product_attention, part of the `fast` setting
+    # (docs/FIDELITY.md, "Attention").
+    impl: Literal["sdpa", "explicit"] = "explicit"
 
 
 class HeadConfig(_Strict):
@@ -148,6 +149,9 @@ class RuntimeConfig(_Strict):
     # torch.compile of the training step's model (and of the `fast` bench setting's); off by default.
     compile: bool = False
     cudnn_benchmark: bool = True  # on in training, as published
+    # TF32 for CUDA matmuls and cuDNN convolutions; off as on the published V100s (true fp32). Train,
+    # eval, predict and bench set both flags from it; the bench's `fast` setting turns it on.
+    tf32: bool = False
     sync_bn: bool = True  # used whenever the world size is > 1
     # Intra-op threads of a run on the CPU (train, eval, bench); null: torch's default (the cores).
     # CPU float sums depend on how the work is split over threads, so a fixed count gives the same

@@ -245,3 +245,27 @@ def test_resnet34_d8_is_the_deeper_basic_block_trunk():
     assert [b.conv1.dilation[0] for b in deeper.layer3] == [1, 2, 2, 2, 2, 2]
     assert [b.conv1.dilation[0] for b in deeper.layer4] == [2, 4, 4]
     assert all(b.conv2.dilation[0] == 1 for b in deeper.layer4)
+
+
+def test_explicit_attention_is_mmcv_arithmetic_whole_or_in_row_blocks(monkeypatch):
+    """The explicit path divides by sqrt(C') as mmcv does (C' = 12: not a power of 4, so a product
+    with 1/sqrt(C') would round differently), and its row blocks, used without autograd above the
+    size limit, give bit-identical results to the whole matrix."""
+    from benchmark.models import nonlocal_block
+
+    torch.manual_seed(0)
+    block = NonLocal2d(24, reduction=2, impl="explicit")
+    theta, phi, g = (torch.randn(2, 300, 12) * 4 for _ in range(3))
+    reference = torch.matmul(theta, phi.transpose(1, 2))
+    reference /= 12**0.5
+    reference = torch.matmul(reference.softmax(dim=-1), g)
+    with torch.no_grad():
+        whole = block.attend(theta, phi, g)
+        monkeypatch.setattr(nonlocal_block, "EXPLICIT_FULL_MATRIX_BYTES", 2 * 300 * 4 * 7)  # blocks of 7 rows
+        blocks = block.attend(theta, phi, g)
+    assert torch.equal(whole, reference) and torch.equal(blocks, whole)
+    # With autograd the whole matrix is built (mmcv's backward), whatever the limit.
+    theta.requires_grad_(True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        block.attend(theta, phi, g)
+    assert max(e.cpu_memory_usage for e in prof.events()) >= 2 * 300 * 300 * 4

@@ -41,7 +41,7 @@ import torch.distributed as dist
 
 from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.data.datasets import build_dataset
-from benchmark.engine.distributed import PeakMemory, device_info, resolve_device, use_cpu_threads
+from benchmark.engine.distributed import PeakMemory, device_info, resolve_device, use_runtime
 from benchmark.engine.settings import (
     PUBLISHED,
     SETTING_NAMES,
@@ -263,7 +263,7 @@ def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto"
     published figures at the top level, the fast ones under ``fast``; one process, this rank's device."""
     started = time.perf_counter()
     dev = resolve_device(device, job_environment().local_rank)
-    use_cpu_threads(recipe.runtime.cpu_threads, dev)
+    use_runtime(recipe.runtime, dev)  # TF32 here holds outside the settings' measurements, which set their own
     cfg = recipe.bench
     result: Dict[str, Any] = {
         "recipe": recipe.name, "profile": recipe.profile, "fps_device": dev.type, "test_mode": recipe.test.mode,

@@ -73,6 +73,20 @@ def use_cpu_threads(threads: Optional[int], device: torch.device) -> None:
         torch.set_num_threads(threads)
 
 
+def use_tf32(allowed: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions as the recipe's ``runtime.tf32`` says, set
+    explicitly either way: torch allows it for cuDNN by default, and the published runs (V100s, which
+    have no TF32) computed in true fp32. No effect on a CPU, where the flags are still set."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
+def use_runtime(runtime, device: torch.device) -> None:
+    """A recipe's ``runtime`` section's process-wide settings: CPU threads and TF32 (train, eval, bench)."""
+    use_cpu_threads(runtime.cpu_threads, device)
+    use_tf32(runtime.tf32)
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' -> this rank's CUDA device when CUDA is available, else CPU; 'cuda' -> cuda:LOCAL_RANK."""
     if device == "auto":

@@ -25,12 +25,22 @@ from benchmark.io.files import write_json
 from benchmark.recipe import Recipe, load_recipe
 
 
+def image_scores(model: nn.Module, image, recipe: Recipe, device: torch.device, ms_flip: bool = False) -> torch.Tensor:
+    """(C, H, W) scores of one val image whose argmax evaluation scores: the logits of the recipe's
+    test pipeline and mode (in its layout: NCHW unless runtime.channels_last), or the ms+flip
+    probabilities."""
+    from benchmark.engine.inference import predict_logits, predict_ms_flip_probs
+
+    if ms_flip:
+        return predict_ms_flip_probs(model, image, recipe, device)
+    return predict_logits(model, image, recipe, device)
+
+
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms_flip: bool = False,
                    progress: bool = True) -> Dict[str, Any]:
     """Metrics of ``model`` (already on ``info.device``, in eval mode) over ``dataset``, in percent."""
     from benchmark.data.classes import CLASS_NAMES
-    from benchmark.engine.inference import predict_logits, predict_ms_flip_probs
 
     metric = SegMetric(CLASS_NAMES[recipe.data.dataset])
     indices = range(info.rank, len(dataset), info.world_size)
@@ -43,12 +53,7 @@ def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms
         image, label = dataset.read_image(i), dataset.read_label(i)
         if image.shape[:2] != label.shape:  # as training checks it (read_sample): one clear error
             raise dataset.size_error(i, image, label)
-        if ms_flip:
-            scores = predict_ms_flip_probs(model, image, recipe, info.device)
-        else:
-            # The recipe's layout: evaluation figures as they always were (no CPU channels_last).
-            scores = predict_logits(model, image, recipe, info.device, channels_last=recipe.runtime.channels_last)
-        metric.update(scores.argmax(dim=0), label)
+        metric.update(image_scores(model, image, recipe, info.device, ms_flip).argmax(dim=0), label)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -70,7 +75,7 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
 
     started = time.perf_counter()
     info = distributed.init_distributed(device)
-    distributed.use_cpu_threads(recipe.runtime.cpu_threads, info.device)
+    distributed.use_runtime(recipe.runtime, info.device)
     path = resolve_checkpoint(recipe, checkpoint) if info.is_main else None
     distributed.barrier()  # a download happens once, on rank 0
     path = resolve_checkpoint(recipe, checkpoint) if path is None else path
@@ -92,9 +97,14 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
 
 def eval_command(recipe: str, checkpoint: str, overrides: Sequence[str] = (), profile: str = "full",
                  ms_flip: bool = False, data_root: Optional[str] = None, json_out: Optional[str] = None,
-                 device: str = "auto") -> int:
-    """`nlbench eval`: print the metrics; ``json_out`` (--json) also writes them to that file."""
+                 device: str = "auto", fast: bool = False) -> int:
+    """`nlbench eval`: print the metrics; ``json_out`` (--json) also writes them to that file; ``fast``:
+    the fast setting's inference choices (engine/settings.py), not MMSeg's arithmetic."""
     resolved = load_recipe(recipe, overrides, profile)
+    if fast:
+        from benchmark.engine.settings import fast_recipe
+
+        resolved = fast_recipe(resolved, distributed.resolve_device(device))
     try:
         result = evaluate(resolved, checkpoint, ms_flip=ms_flip, data_root=data_root, device=device)
         is_main = distributed.get_rank() == 0
@@ -105,7 +115,7 @@ def eval_command(recipe: str, checkpoint: str, overrides: Sequence[str] = (), pr
         distributed.cleanup()
     if not is_main:
         return 0
-    mode = "ms+flip" if ms_flip else "single scale"
+    mode = ("ms+flip" if ms_flip else "single scale") + (", fast setting" if fast else "")
     print(f"{resolved.name} [{resolved.profile}], {mode}, {result['num_images']} val images, "
           f"checkpoint {result['checkpoint']}")
     print(format_metrics(result))

@@ -30,6 +30,7 @@ from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
 from benchmark.data.transforms import MEAN_RGB, STD_RGB
+from benchmark.engine.steps import autocast
 
 # One definition of MMSeg's RGB normalisation, shared with the training pipeline.
 MEAN, STD = MEAN_RGB, STD_RGB
@@ -138,29 +139,21 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got {got}")
 
 
-def inference_channels_last(recipe, device: Device) -> bool:
-    """Whether ``predict_logits``' input is channels_last by default: when the recipe asks, and always
-    on a CPU, where the convolutions then run on the activations as they lie. Given NCHW tensors oneDNN first copies
-    each input, and then each output, into its blocked layout: copies as large as the activations
-    (320 MB for the decode head's 2560-channel input at 1024x2048), which cost peak memory and page
-    faults. The same fp32 arithmetic in another summation order (logits agree to float rounding);
-    evaluation asks for the recipe's layout, so that its figures stay exactly what they were."""
-    return bool(recipe.runtime.channels_last) or torch.device(device).type == "cpu"
-
-
 def predict_logits(model: nn.Module, image_rgb_uint8: np.ndarray, recipe, device: Device = "cpu",
                    scale: Optional[Sequence[int]] = None, channels_last: Optional[bool] = None) -> torch.Tensor:
     """(C, H, W) float logits at the original image size, on ``device``, from the recipe's test
     pipeline and test mode. ``scale`` replaces ``recipe.data.img_scale`` (used by ms+flip);
-    ``channels_last``: the input's layout (default ``inference_channels_last``)."""
+    ``channels_last``: the input's layout (default: the recipe's ``runtime.channels_last``, off
+    as in MMSeg: NCHW, so that oneDNN runs MMSeg's convolution kernels; docs/FIDELITY.md)."""
     _check_image(image_rgb_uint8)
     h, w = image_rgb_uint8.shape[:2]
     size = keep_ratio_size(h, w, tuple(scale if scale is not None else recipe.data.img_scale))
     with torch.inference_mode():
-        layout = inference_channels_last(recipe, device) if channels_last is None else channels_last
+        layout = recipe.runtime.channels_last if channels_last is None else channels_last
         x = to_input_tensor(resize_image(image_rgb_uint8, size), device, layout)
-        logits = infer(model, x, recipe)
-        return resize_logits(logits, (h, w), _align_corners(model))[0]
+        with autocast(recipe.runtime.amp, x.device):  # fp32 unless the recipe names bf16 / fp16
+            logits = infer(model, x, recipe)
+            return resize_logits(logits, (h, w), _align_corners(model))[0].float()
 
 
 def ms_flip_scales(img_scale: Sequence[int], ratios: Sequence[float]) -> List[Tuple[int, int]]:
@@ -182,7 +175,8 @@ def predict_ms_flip_probs(model: nn.Module, image_rgb_uint8: np.ndarray, recipe,
             x = to_input_tensor(resized, device, recipe.runtime.channels_last)
             for flip in (False, True):
                 view = x.flip(-1) if flip else x
-                logits = resize_logits(infer(model, view, recipe), (h, w), align_corners)
+                with autocast(recipe.runtime.amp, x.device):
+                    logits = resize_logits(infer(model, view, recipe), (h, w), align_corners).float()
                 probs = logits.softmax(dim=1)
                 if flip:
                     probs = probs.flip(-1)

@@ -19,8 +19,9 @@ import torch
 from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.data.classes import PALETTES
 from benchmark.data.datasets import read_image_file
-from benchmark.engine.distributed import resolve_device
+from benchmark.engine.distributed import resolve_device, use_tf32
 from benchmark.engine.inference import predict_logits
+from benchmark.engine.settings import fast_recipe
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes
 from benchmark.models.segmentor import build_segmentor
@@ -53,6 +54,7 @@ def predict(recipe: Recipe, checkpoint: Path, image_path: Path, out: Path, logit
             device: Optional[torch.device] = None) -> dict:
     """Run one prediction and write the outputs; returns a small summary."""
     device = device or torch.device("cpu")
+    use_tf32(recipe.runtime.tf32)
     image = read_image_file(image_path)
     model = build_segmentor(recipe.model)
     load_weights(model, checkpoint)
@@ -80,10 +82,13 @@ def check_target(path: Path, flag: str) -> None:
 
 
 def predict_command(recipe: str, checkpoint: str, image: str, out: str, logits: Optional[str] = None,
-                    overrides: Sequence[str] = (), profile: str = "full", device: str = "auto") -> int:
-    """`nlbench predict`."""
+                    overrides: Sequence[str] = (), profile: str = "full", device: str = "auto",
+                    fast: bool = False) -> int:
+    """`nlbench predict` (``fast``: the fast setting's inference choices, engine/settings.py)."""
     resolved = load_recipe(recipe, overrides, profile)
     dev = resolve_device(device)
+    if fast:
+        resolved = fast_recipe(resolved, dev)
     logits_out = Path(logits) if logits else None
     check_target(Path(out), "--out")
     if logits_out is not None:
@@ -91,6 +96,7 @@ def predict_command(recipe: str, checkpoint: str, image: str, out: str, logits: 
     summary = predict(resolved, resolve_checkpoint(resolved, checkpoint), Path(image), Path(out), logits_out, dev)
     shape = f"{summary['classes']}x{summary['height']}x{summary['width']}"
     extra = f", logits {shape} -> {logits_out}" if logits_out else ""
-    print(f"{image}: {summary['width']}x{summary['height']}, {resolved.test.mode} inference on {dev} "
+    setting = "fast setting" if fast else "MMSeg's arithmetic"
+    print(f"{image}: {summary['width']}x{summary['height']}, {resolved.test.mode} inference on {dev} ({setting}) "
           f"in {summary['seconds']:.2f} s -> {out}{extra}")
     return 0

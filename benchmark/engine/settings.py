@@ -73,6 +73,16 @@ def fast_setting(recipe: Recipe, device: torch.device) -> Setting:
                    pin_memory=device.type == "cuda")
 
 
+def fast_recipe(recipe: Recipe, device: torch.device) -> Recipe:
+    """``recipe`` with the ``fast`` setting's inference choices (``predict --fast``, ``eval --fast``):
+    SDPA attention, channels_last, TF32 allowed, cudnn benchmark, bf16 autocast where native. Not
+    MMSeg's arithmetic: the defaults are (docs/FIDELITY.md)."""
+    chosen = fast_setting(recipe, device)
+    runtime = recipe.runtime.model_copy(update={"channels_last": chosen.channels_last, "tf32": chosen.tf32,
+                                                "amp": chosen.amp, "cudnn_benchmark": chosen.cudnn_benchmark})
+    return recipe.model_copy(update={"model": model_config(recipe, chosen), "runtime": runtime})
+
+
 def setting(name: str, recipe: Recipe, device: torch.device) -> Setting:
     return PUBLISHED if name == "published" else fast_setting(recipe, device)
 

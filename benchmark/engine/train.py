@@ -272,7 +272,7 @@ def train(
     """
     started = time.perf_counter()
     info = distributed.init_distributed(device)
-    distributed.use_cpu_threads(recipe.runtime.cpu_threads, info.device)
+    distributed.use_runtime(recipe.runtime, info.device)
     work_dir, sched = Path(work_dir), recipe.schedule
     run = build_training(recipe, work_dir, resume, data_root, info, log)
     logger, guard = _start_log(recipe, run, info, work_dir, resume, log)

@@ -5,11 +5,17 @@
     dot_product:       y = (theta^T phi / N) g,  N = number of positions
     out = x + BN(conv1x1 C' -> C, no bias)(y)
 
-The default ``impl="sdpa"`` never builds the N x N attention matrix: embedded_gaussian goes through
+``impl="sdpa"`` (the class's default; the recipes' ``fast`` setting) never builds the N x N
+attention matrix: embedded_gaussian goes through
 ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels), and
 dot_product, having no softmax, is evaluated as theta (phi^T g) / N, which is exactly associative.
 At a 1024x2048 input N = 128*256 = 32768, so the matrix would be 4 GiB per image in fp32.
-``impl="explicit"`` builds the matrix as mmcv does; it is a reference for tests only.
+``impl="explicit"`` is mmcv's arithmetic, operation for operation: theta^T phi, divided in place by
+sqrt(C'), softmax, times g. It is what the recipes run by default (docs/FIDELITY.md). Without
+autograd and above ``EXPLICIT_FULL_MATRIX_BYTES`` it computes the same matrix in blocks of query rows
+(each row of a matrix product and of a softmax is computed from that row's inputs alone, so every
+element is the same arithmetic); with autograd it builds the whole matrix, as mmcv does, so that the
+gradients' sums keep mmcv's order too.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from benchmark.models.layers import ConvBlock, NormLayer, constant_norm_init_, k
 
 Mode = Literal["embedded_gaussian", "dot_product"]
 Impl = Literal["sdpa", "explicit"]
+
+# Largest attention matrix the explicit path builds whole when no gradient is needed (256 MiB: an
+# N of 8192, a 512x1024 crop at stride 8); above it, blocks of query rows of at most this size.
+EXPLICIT_FULL_MATRIX_BYTES = 256 * 2**20
 
 
 class NonLocal2d(nn.Module):
@@ -72,13 +82,31 @@ class NonLocal2d(nn.Module):
                 # The fused kernels also need a unit stride along the last (channel) dimension.
                 q, k, v = (t.contiguous().unsqueeze(1) for t in (theta, phi, g))
                 return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
-            weights = torch.softmax(theta @ phi.transpose(-2, -1) * scale, dim=-1)
-            return weights @ g
+            return self.explicit_attention(theta, phi, g)
         # dot_product: no softmax, so (theta phi^T) g == theta (phi^T g); the right-hand form is
         # O(N C'^2) instead of O(N^2 C') and needs no N x N buffer.
         if self.impl == "sdpa":
             return theta @ (phi.transpose(-2, -1) @ g) / n_keys
         return (theta @ phi.transpose(-2, -1) / n_keys) @ g
+
+    def explicit_attention(self, theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """mmcv's embedded_gaussian: (theta phi^T) /= sqrt(C') (a division, as mmcv writes it; a
+        product with 1/sqrt(C') rounds differently unless C' is a power of 4), softmax, then g."""
+        n_queries, n_keys = theta.shape[-2], phi.shape[-2]
+        keys_t = phi.transpose(-2, -1)
+        row_bytes = n_keys * theta.element_size() * theta.shape[0]
+        whole = torch.is_grad_enabled() and any(t.requires_grad for t in (theta, phi, g))
+        if whole or n_queries * row_bytes <= EXPLICIT_FULL_MATRIX_BYTES:
+            return self._explicit_rows(theta, keys_t, g)
+        rows = max(1, EXPLICIT_FULL_MATRIX_BYTES // row_bytes)
+        return torch.cat([self._explicit_rows(theta[:, i:i + rows], keys_t, g)
+                          for i in range(0, n_queries, rows)], dim=1)
+
+    def _explicit_rows(self, theta: torch.Tensor, keys_t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        weights = torch.matmul(theta, keys_t)
+        if self.use_scale:
+            weights /= self.inter_channels**0.5
+        return torch.matmul(weights.softmax(dim=-1), g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape

@@ -273,6 +273,9 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
         "cpu_threads": facts.get("cpu_threads"),
         "world_size": env.world_size,
         "dtype": dtype,
+        # TF32 (CUDA matmuls and cuDNN convolutions) as the run set it: recipe runtime.tf32, off by
+        # default as on the published V100s; the bench's settings record their own in `measurement`.
+        "tf32": recipe.runtime.tf32,
         "hostname": env.hostname,
         "slurm_job_id": env.slurm_job_id,
         "slurm_array_job_id": env.slurm_array_job_id,
