@@ -159,11 +159,12 @@ def ci_verdict(values: SeedStats, reference: float, tolerance: float, assumed_st
 # The smoke baseline's band (README "The smoke baseline's band"): a row measured R times (seeds, CPU
 # threads, instruction sets) has the mean m of its runs as its baseline and the band
 #     max(floor, SPREAD_MARGIN * max_i |x_i - m|)
-# around it. The largest deviation seen in R runs understates the next run's: for normal noise one new
-# run falls beyond 1x it with probability about 2/(R+1) (6% at R = 20), beyond 2x it about 0.1% at
-# R = 20 and 1% at R = 10 (Monte Carlo; a heavy-tailed t(3) noise: 1% and 2.6%), so at 2x a gate of the
-# 28 smoke mIoU checks raises a false alarm in a few percent of runs. The floor (compare's default
-# tolerance) keeps a row whose runs all agree from a band of zero.
+# around it. The largest deviation seen in R runs understates the next run's. Measured by Monte Carlo
+# (tests/test_stats.py): for normal noise one new run falls beyond 1x it in about 12.6% of cases at
+# R = 10 and 5.9% at R = 20, beyond 2x it in about 1% at R = 10 and 0.1% at R = 20 (a heavy-tailed t(3)
+# noise: 2.6% and 0.9%), so at 2x a gate of the 28 smoke mIoU checks raises a false alarm in a few
+# percent of runs. The floor (compare's default tolerance) keeps a row whose runs all agree from a band
+# of zero.
 SPREAD_MARGIN = 2.0
 
 

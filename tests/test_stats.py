@@ -144,3 +144,25 @@ def test_noise_band_is_twice_the_largest_deviation_floored():
     assert noise_band([47.0, 47.0]).band == 0.5  # runs that agree: the floor
     assert noise_band([1.0, 2.0], floor=0.1, margin=1.0).band == pytest.approx(0.5)
     assert noise_band([]).n == 0
+
+
+@pytest.mark.parametrize("runs, beyond_1x, beyond_2x", [(10, (0.10, 0.15), (0.007, 0.013)),
+                                                         (20, (0.045, 0.075), (0.0005, 0.0018))])
+def test_twice_the_largest_deviation_is_rarely_exceeded_by_a_new_run(runs, beyond_1x, beyond_2x):
+    # The README's and benchmark/stats.py's numbers, by Monte Carlo for normal noise: a row measured
+    # `runs` times, its band noise_band's (floor 0); how often does one more run fall outside it? The
+    # bounds are the claimed rates +- about 5 standard errors of 100000 trials.
+    import numpy as np
+
+    from benchmark.stats import SPREAD_MARGIN, noise_band
+
+    rng = np.random.default_rng(20261206)
+    trials = 100_000
+    x = rng.standard_normal((trials, runs))
+    mean = x.mean(axis=1)
+    largest = np.abs(x - mean[:, None]).max(axis=1)
+    for i in range(20):  # the vectorised rule is noise_band's
+        assert noise_band(x[i], floor=0.0).band == pytest.approx(SPREAD_MARGIN * largest[i])
+    miss = np.abs(rng.standard_normal(trials) - mean)
+    assert beyond_1x[0] < (miss > largest).mean() < beyond_1x[1]  # the largest deviation alone: too tight
+    assert beyond_2x[0] < (miss > SPREAD_MARGIN * largest).mean() < beyond_2x[1]
