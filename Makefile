@@ -46,25 +46,26 @@ examples: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" NLBENCH_DEMO_RESULTS=results/demo NLBENCH_DEMO_README=README.md bash scripts/demo.sh
 	$(BIN)/python scripts/report_screenshot.py results/demo/report/index.html docs/images/report_index.png
 
-# The smoke references, frozen from one smoke run-all of every row into REFERENCE_RUN (rows already
+# The smoke reference logs, frozen from one smoke run-all of every row into REFERENCE_RUN (rows already
 # done there are not run again): each row's train.log.json as results/reference/logs/smoke/<recipe>.log.json
-# (docs/CURVES.md), and results/reference/smoke.csv (what compare gates smoke runs against): from the
-# measured spread SPREAD when that file is there (smoke-baseline), else the run's means without a band.
-# The default folder is written by this target alone.
+# (docs/CURVES.md). The smoke baseline results/reference/smoke.csv is the mean of a measured spread, not of
+# this one run, so it is left alone; only with SPREAD=FILE given explicitly is it re-frozen from FILE
+# (smoke-baseline). The default folder is written by this target alone.
 REFERENCE_RUN ?= results/reference-run
 reference-logs: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local --parallel 2 --results $(REFERENCE_RUN)
-	$(BIN)/python -c "from benchmark.report.curves import write_reference_logs; write_reference_logs('$(REFERENCE_RUN)')"
-	if [ -f "$(SPREAD)" ]; then $(MAKE) smoke-baseline SPREAD="$(SPREAD)"; else \
-		$(BIN)/python -c "from benchmark.report.compare import write_baseline; write_baseline('$(REFERENCE_RUN)', '$(SMOKE_BASELINE)')"; fi
+	$(BIN)/python -m benchmark.report.freeze logs '$(REFERENCE_RUN)'
+	$(if $(filter file undefined,$(origin SPREAD)),@echo "reference-logs: smoke baseline left as it is (SPREAD=FILE re-freezes it)",$(MAKE) smoke-baseline SPREAD='$(SPREAD)')
 
 # The smoke baseline re-frozen from a spread file (one line per run of a row at a seed, thread count and
-# instruction set; benchmark/report/baseline.py): each row's mean and its measured band. On a new kind of
-# machine, measure the spread there and run `make smoke-baseline SPREAD=that.csv`.
+# instruction set; benchmark/report/baseline.py): each row's mean and its measured band, written to
+# SMOKE_BASELINE, and the spread copied beside it as smoke_spread.csv (the committed baseline's source
+# data: results/reference/smoke_spread.csv). On a new kind of machine, measure the spread there and run
+# `make smoke-baseline SPREAD=that.csv`.
 SPREAD ?= results/reference/smoke_spread.csv
 SMOKE_BASELINE ?= results/reference/smoke.csv
 smoke-baseline: $(STAMP)
-	$(BIN)/python -c "from benchmark.report.baseline import freeze_command; freeze_command('$(SPREAD)', '$(SMOKE_BASELINE)')"
+	$(BIN)/python -m benchmark.report.freeze baseline '$(SPREAD)' '$(SMOKE_BASELINE)'
 
 # The smoke spread measured on this machine: a smoke run-all of every row at SPREAD_SEEDS seeds for each
 # instruction set (native, and capped to AVX2) and thread count (1, 2), each into SPREAD_RUN/<isa>-t<threads>
@@ -81,7 +82,7 @@ smoke-spread: $(STAMP)
 			$(if $(SPREAD_FILTER),--filter '$(SPREAD_FILTER)') \
 			|| exit 1; \
 	done; done
-	$(BIN)/python -c "from benchmark.report.baseline import collect_spread; print(collect_spread('$(SPREAD_RUN)', '$(SPREAD_RUN)/smoke_spread.csv'))"
+	$(BIN)/python -m benchmark.report.freeze spread '$(SPREAD_RUN)' '$(SPREAD_RUN)/smoke_spread.csv'
 
 # The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP) browser

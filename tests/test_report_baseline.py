@@ -236,3 +236,38 @@ def test_collect_spread_writes_one_line_per_run_of_each_isa_and_thread_count(tmp
     assert cpu_model() and "\n" not in cpu_model()
     with pytest.raises(NLBenchError, match="expected run folders named <isa>-t<threads>"):
         collect_spread(run / "notes", tmp_path / "x.csv")
+
+
+def test_a_missing_spread_run_folder_is_one_line_exit_2(tmp_path):
+    # what `make smoke-spread` runs after its run-alls
+    res = subprocess.run([sys.executable, "-m", "benchmark.report.freeze", "spread", str(tmp_path / "none"),
+                          str(tmp_path / "s.csv")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"smoke-spread: error: {tmp_path / 'none'}: expected a folder of spread runs (make smoke-spread writes one)"]
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_freezing_keeps_the_spread_beside_the_baseline(spread, tmp_path, capsys):
+    from benchmark.report.freeze import main as freeze_main
+
+    out = tmp_path / "reference" / "smoke.csv"
+    out.parent.mkdir()
+    assert freeze_main(["baseline", str(spread), str(out)]) == 0
+    kept = out.parent / "smoke_spread.csv"
+    assert kept.read_text() == SPREAD and f"the spread kept as {kept}" in capsys.readouterr().out
+    assert freeze_main(["baseline", str(kept), str(out)]) == 0  # re-frozen from the kept spread itself
+    assert kept.read_text() == SPREAD and "kept" not in capsys.readouterr().out
+    assert freeze_main(["logs", str(tmp_path / "no-run")]) == 2
+    assert capsys.readouterr().err.startswith("reference-logs: error: ")
+
+
+@pytest.mark.parametrize("spread_arg, freezes", [([], False), (["SPREAD=elsewhere.csv"], True)])
+def test_reference_logs_refreezes_the_baseline_only_from_an_explicit_spread(spread_arg, freezes):
+    venv = Path(sys.prefix)
+    res = subprocess.run(["make", "-n", "-o", str(venv / ".installed"), "reference-logs", f"VENV={venv}",
+                          *spread_arg], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "benchmark.report.freeze logs" in res.stdout
+    assert ("benchmark.report.freeze baseline 'elsewhere.csv'" in res.stdout) == freezes
+    assert "write_baseline" not in res.stdout and ("smoke baseline left as it is" in res.stdout) != freezes

@@ -7,7 +7,7 @@ sets) into a spread file, one line a run, in the columns ``SPREAD_COLUMNS``:
 
 (``isa`` is ``native`` or ``avx2``, the latter meaning ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2;
 ``cpu`` the CPU's model name; ``miou_ms_flip`` empty for a row that has none). Freezing it
-(``make smoke-baseline SPREAD=FILE``) writes the baseline in published.csv's columns plus
+(``make smoke-baseline SPREAD=FILE``, benchmark/report/freeze.py) writes the baseline in published.csv's columns plus
 ``profile``/``device`` and the band columns ``BAND_COLUMNS``: per row and metric the mean of the runs
 and the band of benchmark.stats.noise_band (twice the largest deviation from that mean, at least the
 default tolerance), rounded outwards to the two decimals it is written with. compare then holds a smoke
@@ -156,21 +156,6 @@ def read_bands(path: Path, extra: pd.DataFrame) -> Optional[pd.DataFrame]:
     return bands
 
 
-def freeze_command(spread, out_csv=None) -> None:
-    """``make smoke-baseline``: freeze, then say what was written (a bad spread file: one line, exit 2)."""
-    import sys
-
-    try:
-        out = write_spread_baseline(spread, out_csv)
-    except NLBenchError as exc:
-        print(f"smoke-baseline: error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
-    table = pd.read_csv(out, dtype=str, keep_default_na=False)
-    widest = max(table["miou_band"], key=float)
-    print(f"smoke-baseline: wrote {out}: {len(table)} rows from {sum(map(int, table['n_runs']))} runs of {spread}; "
-          f"mIoU bands {min(table['miou_band'], key=float)} to {widest}")
-
-
 # ----------------------------------------------------------------------------- measuring the spread
 
 # `make smoke-spread` runs the smoke profile once per instruction set and thread count, each into
@@ -206,6 +191,8 @@ def spread_lines(results_dir: Path, cpu_threads: int, isa: str, cpu: str) -> pd.
 
 def collect_spread(spread_run, out_csv, cpu: Optional[str] = None) -> Path:
     """Every ``<isa>-t<threads>`` run under ``spread_run`` as one spread file ``out_csv`` (atomic)."""
+    if not Path(spread_run).is_dir():
+        raise NLBenchError("expected a folder of spread runs (make smoke-spread writes one)", spread_run)
     folders = sorted(p for p in Path(spread_run).iterdir() if p.is_dir() and _RUN_FOLDER.fullmatch(p.name))
     if not folders:
         raise NLBenchError("expected run folders named <isa>-t<threads> (native-t1, avx2-t2, ...)", spread_run)

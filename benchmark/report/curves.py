@@ -346,8 +346,8 @@ def reference_log_text(source: Path, recipe: Recipe) -> str:
 def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
     """Freeze a smoke run's MMSeg-form logs as the rows' reference logs, in the pattern of the
     published 2020 logs (no train line at an evaluation iteration: ``reference_log_text``). `make reference-logs` runs a
-    smoke run-all into results/reference-run and then ``python -c "from benchmark.report.curves import
-    write_reference_logs; write_reference_logs('results/reference-run')"``.
+    smoke run-all into results/reference-run and then ``python -m benchmark.report.freeze logs
+    results/reference-run``.
     One file per row, ``<out_dir>/<profile>/<recipe>.log.json``, so each row finds a log of its own
     schedule. Each is read back with the reader before it is written."""
     written, missing = [], []
