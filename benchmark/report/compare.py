@@ -140,12 +140,11 @@ def default_references(profiles: List[str]) -> Dict[str, Reference]:
 
 
 def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
-    """Freeze a run's means as a reference CSV (how results/reference/smoke.csv was made):
-    ``python -c "from benchmark.report.compare import write_baseline; write_baseline('results/demo',
-    'results/reference/smoke.csv')"``. mIoU and mIoU(ms+flip) are kept to two decimals; Mem and fps
-    are left empty, since on a CPU they describe the machine rather than the code. It has no band columns
-    (one run says nothing of the spread), so compare holds its rows to the tolerance; a baseline with its
-    measured bands is frozen from a spread file (report/baseline.py, ``make smoke-baseline``)."""
+    """Freeze one run's means as a reference CSV of one's own (``--reference FILE``). mIoU and
+    mIoU(ms+flip) are kept to two decimals; Mem and fps are left empty, since on a CPU they describe the
+    machine rather than the code. It has no band columns (one run says nothing of the spread), so compare
+    holds its rows to the tolerance; the committed smoke baseline is instead frozen with its measured
+    bands from a spread file (report/baseline.py, ``make smoke-baseline``)."""
     from benchmark.report.collect import collect
 
     summary = of_source(collect(results_dir), TRAINED)  # a baseline is made of trained rows only
