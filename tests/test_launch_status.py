@@ -134,3 +134,20 @@ def test_sacct_late_array_record_does_not_make_a_running_task_requeued():
     requeued = "50_0|REQUEUED\n50_1|COMPLETED\n50_2|RUNNING\n50_0|CANCELLED by 0\n50_0|PENDING\n"
     assert parse_sacct(requeued) == {"50_0": ("PENDING", 2), "50_1": ("COMPLETED", 0), "50_2": ("RUNNING", 0)}
     assert parse_sacct("") == {} and parse_sacct("|\n") == {}
+
+
+def test_shown_path_is_relative_inside_its_folder_and_untouched_outside(tmp_path, monkeypatch):
+    # the one helper behind status's log column, compare's reference label and the tables' results label
+    from benchmark.io.files import shown_path
+
+    results = tmp_path / "results"
+    log = results / "jobs" / "r" / "seed0.log"
+    log.parent.mkdir(parents=True)
+    assert shown_path(log, results) == "jobs/r/seed0.log"
+    assert shown_path(str(results), results) == "."
+    outside = tmp_path / "elsewhere" / "x.log"
+    assert shown_path(outside, results) == str(outside)
+    (tmp_path / "link").symlink_to(results)  # the same folder reached another way
+    assert shown_path(tmp_path / "link" / "jobs", results) == "jobs"
+    monkeypatch.chdir(results)
+    assert shown_path("jobs/r", Path.cwd()) == "jobs/r" and shown_path("../elsewhere", Path.cwd()) == "../elsewhere"

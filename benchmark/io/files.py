@@ -86,6 +86,15 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+def shown_path(path: PathLike, base: PathLike) -> str:
+    """``path`` as people read it: relative to the folder ``base`` when it lies inside it (``.`` for base
+    itself), so that text shows the same path on every machine; as given otherwise."""
+    try:
+        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def file_sha256(path: PathLike) -> str:
     """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
     digest = hashlib.sha256()

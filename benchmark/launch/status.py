@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
-from benchmark.io.files import read_tail_lines
+from benchmark.io.files import read_tail_lines, shown_path
 from benchmark.io.jobenv import process_alive
 from benchmark.launch.sacct import FAILED_STATES, FINAL_STATES, PENDING_STATES, slurm_states
 from benchmark.run.records import diverged_record, record_kinds
@@ -225,17 +225,6 @@ def collect_status(results_dir: Path, skipped: Optional[Skipped] = None) -> List
 FINAL = ("done", "failed", "diverged")  # a row in one of these stays there until something runs it again
 
 
-def _shown_path(path: str, results_dir: Optional[Path]) -> str:
-    """A log path relative to the results folder when it lies inside it (shorter, and the same on every
-    machine that mounts the folder elsewhere)."""
-    if results_dir is None or not path:
-        return path
-    try:
-        return Path(path).resolve().relative_to(results_dir.resolve()).as_posix()
-    except ValueError:
-        return path
-
-
 def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None) -> str:
     """The status table and the count per state; with ``results_dir``, log paths inside it are shown
     relative to it."""
@@ -246,13 +235,14 @@ def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None
         it = "-" if r["iteration"] is None else str(r["iteration"])
         if r["max_iters"]:
             it += f"/{r['max_iters']}"
+        log = shown_path(r["log"], results_dir) if results_dir is not None and r["log"] else r["log"]
         message = (r["message"] or "")
         if len(message) > 100:
             message = message[:97] + "..."
         recipe = r["recipe"] + ("" if r.get("checkpoint_source", "trained") == "trained"
                                 else f" ({r['checkpoint_source']} checkpoint)")
         table.append([recipe, r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
-                      r["job_id"], r["requeues"], it, message, _shown_path(r["log"], results_dir)])
+                      r["job_id"], r["requeues"], it, message, log])
     log_header = "log" if results_dir is None else f"log (in {results_dir})"
     headers = ["recipe", "seed", "state", "job id", "requeues", "iteration", "failure (last log line)", log_header]
     counts: Dict[str, int] = {}

@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS, load_published, released_table
 from benchmark.errors import NLBenchError, check_number
-from benchmark.io.files import atomic_write_bytes, atomic_write_text
+from benchmark.io.files import atomic_write_bytes, atomic_write_text, shown_path
 from benchmark.recipe import REPO_ROOT
 from benchmark.report.baseline import REFREEZE_COMMAND, read_bands
 from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, of_source
@@ -116,10 +116,7 @@ def load_reference(spec: str) -> Reference:
             raise NLBenchError(f"expected one value in the whole column, got {values}", path, column)
         return values[0] if values else default
 
-    try:  # inside the checkout: a path that reads the same on every machine
-        label = str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        label = str(path)
+    label = shown_path(path, REPO_ROOT)  # inside the checkout: a path that reads the same on every machine
     profile = single("profile", "full")
     if profile != "full":  # nlbench's own numbers, never to be read as the published ones
         label = f"{profile} baseline {label}"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from benchmark.catalog import load_published, release_links
 from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_text
+from benchmark.io.files import atomic_write_text, shown_path
 from benchmark.recipe import RECIPES_DIR, REPO_ROOT
 from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, of_source
 
@@ -248,15 +248,6 @@ def splice(readme_text: str, block: str) -> str:
     return readme_text[:start] + wrapped + readme_text[end + len(END):]
 
 
-def _label(path: str) -> str:
-    """A folder as the command line would name it from here: relative when it lies below the working
-    directory, so generated text does not carry one machine's absolute paths."""
-    try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
-    except ValueError:
-        return path
-
-
 def tables_command(results: str = "results", readme: str = "README.md", check: bool = False,
                    published: bool = False, metafile: Optional[str] = None, no_readme: bool = False) -> int:
     """`nlbench tables`: write RESULTS/tables.md and the README's block (``no_readme``: tables.md
@@ -274,7 +265,8 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
         return 0
     summary = collect_or_warn(results)
     tables_md = Path(results) / "tables.md"
-    standalone = results_markdown(summary, table, _label(results), tables_md.resolve().parent)
+    label = shown_path(results, Path.cwd())  # as the command line names it from here, on any machine
+    standalone = results_markdown(summary, table, label, tables_md.resolve().parent)
     if no_readme:
         atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
         print(f"tables: {tables_md}")
@@ -284,7 +276,7 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
         current = readme_path.read_text(encoding="utf-8") if readme_path.exists() else ""
     except OSError as exc:
         raise NLBenchError(f"cannot read: {exc.strerror or exc}", readme_path) from None
-    updated = splice(current, results_markdown(summary, table, _label(results), readme_path.resolve().parent))
+    updated = splice(current, results_markdown(summary, table, label, readme_path.resolve().parent))
     if check:
         if updated != current:
             print(f"{readme_path}: tables are stale; run `nlbench tables --results {results}`")
