@@ -255,6 +255,21 @@ def test_fast_setting_still_autocasts_inference():
     assert set(spy.seen) == {torch.float16}
 
 
+@pytest.mark.parametrize("overrides, dtype", [(["runtime.amp=bf16"], "float32"), (["test.amp=bf16"], "bfloat16")])
+def test_eval_result_records_the_inference_dtype(overrides, dtype, monkeypatch, tmp_path):
+    """The eval record's provenance dtype is the inference's (test.amp), not the training's."""
+    from benchmark.engine import evaluate
+
+    monkeypatch.setattr(evaluate, "open_split", lambda *a, **k: None)  # no data or weights needed here
+    monkeypatch.setattr(evaluate, "load_weights", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: {})
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"")
+    out = evaluate.evaluate(load_recipe(CITY, overrides, profile="smoke"), str(checkpoint), device="cpu",
+                            progress=False)
+    assert out["dtype"] == dtype
+
+
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc allocator setting")
 def test_allocator_setting_applies_on_glibc():
     from benchmark.engine.inference import keep_freed_memory_for_reuse
