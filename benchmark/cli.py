@@ -76,7 +76,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 def _fast(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="nlbench's fast setting instead of MMSeg's arithmetic: SDPA attention, channels_last, TF32, "
-                        "bf16 where native (docs/FIDELITY.md; each is also a recipe value for --set)")
+                        "bf16 autocast where native (test.amp; docs/FIDELITY.md; each also a recipe value for --set)")
 
 
 def _prepare_args(p: argparse.ArgumentParser) -> None:

@@ -121,6 +121,10 @@ class TestConfig(_Strict):
     stride: Optional[PairInt] = None  # (h, w)
     ms_flip_ratios: Tuple[PositiveFloat, ...] = Field((0.5, 0.75, 1.0, 1.25, 1.5, 1.75), min_length=1)
     ms_flip_published: bool = False
+    # Autocast for inference (periodic eval, the eval stage, predict); null: fp32, as MMSeg 1.x
+    # evaluates (mmengine's ValLoop/TestLoop fp16 is off unless asked, whatever the training's amp).
+    # runtime.amp is the training's only; `--fast` sets this one (engine/settings.py).
+    amp: Optional[Literal["bf16", "fp16"]] = None
 
     @model_validator(mode="after")
     def _slide_needs_windows(self) -> "TestConfig":

@@ -193,6 +193,83 @@ def test_rejects_non_rgb_uint8():
         predict_logits(Pointwise(), np.zeros((8, 8, 3), dtype=np.float32), recipe)
 
 
+class AutocastSpy(Pointwise):
+    """Pointwise, remembering for every call the CPU autocast dtype it ran under (None: fp32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: List[object] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return super().forward(x)
+
+
+def _run_both_paths(model: nn.Module, recipe) -> None:
+    image = _image(20, 30)
+    predict_logits(model, image, recipe)
+    predict_ms_flip_probs(model, image, recipe.model_copy(
+        update={"test": recipe.test.model_copy(update={"ms_flip_ratios": (1.0,)})}))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_training_amp_does_not_reach_inference(amp):
+    """runtime.amp is the training's alone: predict, eval and the periodic evaluations (single scale
+    and ms+flip) run fp32, as MMSeg 1.x evaluates (mmengine's ValLoop/TestLoop fp16 off)."""
+    spy = AutocastSpy()
+    _run_both_paths(spy, load_recipe(CITY, [f"runtime.amp={amp}"], profile="smoke"))
+    assert len(spy.seen) == 3 and set(spy.seen) == {None}
+
+
+def test_training_amp_leaves_inference_logits_bit_identical(smoke_model):
+    image = _image(20, 30)
+    fp32 = predict_logits(smoke_model, image, load_recipe(CITY, profile="smoke"))
+    trained_bf16 = predict_logits(smoke_model, image, load_recipe(CITY, ["runtime.amp=bf16"], profile="smoke"))
+    inferred_bf16 = predict_logits(smoke_model, image, load_recipe(CITY, ["test.amp=bf16"], profile="smoke"))
+    assert trained_bf16.dtype == torch.float32 and torch.equal(trained_bf16, fp32)
+    assert inferred_bf16.dtype == torch.float32 and not torch.equal(inferred_bf16, fp32)  # it did autocast
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_test_amp_names_the_inference_autocast(amp):
+    spy = AutocastSpy()
+    _run_both_paths(spy, load_recipe(CITY, [f"test.amp={amp}"], profile="smoke"))
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert len(spy.seen) == 3 and set(spy.seen) == {want}
+
+
+def test_fast_setting_still_autocasts_inference():
+    """`--fast` (settings.fast_recipe) sets test.amp: the recipe's runtime.amp when it names one, else
+    bf16 where the device computes it natively; the training's runtime.amp is left as it was."""
+    from benchmark.engine.settings import fast_recipe, native_bf16
+
+    cpu = torch.device("cpu")
+    plain = fast_recipe(load_recipe(CITY, profile="smoke"), cpu)
+    assert plain.test.amp == ("bf16" if native_bf16(cpu) else None) and plain.runtime.amp is None
+    fp16 = fast_recipe(load_recipe(CITY, ["runtime.amp=fp16"], profile="smoke"), cpu)
+    assert (fp16.test.amp, fp16.runtime.amp) == ("fp16", "fp16")
+    own = fast_recipe(load_recipe(CITY, ["runtime.amp=fp16", "test.amp=bf16"], profile="smoke"), cpu)
+    assert own.test.amp == "bf16"
+    spy = AutocastSpy()
+    _run_both_paths(spy, fp16)
+    assert set(spy.seen) == {torch.float16}
+
+
+@pytest.mark.parametrize("overrides, dtype", [(["runtime.amp=bf16"], "float32"), (["test.amp=bf16"], "bfloat16")])
+def test_eval_result_records_the_inference_dtype(overrides, dtype, monkeypatch, tmp_path):
+    """The eval record's provenance dtype is the inference's (test.amp), not the training's."""
+    from benchmark.engine import evaluate
+
+    monkeypatch.setattr(evaluate, "open_split", lambda *a, **k: None)  # no data or weights needed here
+    monkeypatch.setattr(evaluate, "load_weights", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: {})
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"")
+    out = evaluate.evaluate(load_recipe(CITY, overrides, profile="smoke"), str(checkpoint), device="cpu",
+                            progress=False)
+    assert out["dtype"] == dtype
+
+
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc allocator setting")
 def test_allocator_setting_applies_on_glibc():
     from benchmark.engine.inference import keep_freed_memory_for_reuse

@@ -90,7 +90,7 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
         "checkpoint": str(path),
         "wall_time_s": time.perf_counter() - started,
         "world_size": info.world_size,
-        **device_info(info.device),
+        **device_info(info.device, amp=recipe.test.amp),  # its dtype: the inference's (test.amp)
     })
     return metrics
 

@@ -133,6 +133,12 @@ def _align_corners(model: nn.Module) -> bool:
     return bool(getattr(model, "align_corners", False))
 
 
+def inference_autocast(recipe, device: torch.device):
+    """The one place inference picks its precision: ``test.amp`` (null: fp32), never the training's
+    ``runtime.amp`` (MMSeg 1.x evaluates in fp32 whatever the training's amp; docs/FIDELITY.md)."""
+    return autocast(recipe.test.amp, device)
+
+
 def _check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
@@ -151,7 +157,7 @@ def predict_logits(model: nn.Module, image_rgb_uint8: np.ndarray, recipe, device
     with torch.inference_mode():
         layout = recipe.runtime.channels_last if channels_last is None else channels_last
         x = to_input_tensor(resize_image(image_rgb_uint8, size), device, layout)
-        with autocast(recipe.runtime.amp, x.device):  # fp32 unless the recipe names bf16 / fp16
+        with inference_autocast(recipe, x.device):
             logits = infer(model, x, recipe)
             return resize_logits(logits, (h, w), _align_corners(model))[0].float()
 
@@ -175,7 +181,7 @@ def predict_ms_flip_probs(model: nn.Module, image_rgb_uint8: np.ndarray, recipe,
             x = to_input_tensor(resized, device, recipe.runtime.channels_last)
             for flip in (False, True):
                 view = x.flip(-1) if flip else x
-                with autocast(recipe.runtime.amp, x.device):
+                with inference_autocast(recipe, x.device):
                     logits = resize_logits(infer(model, view, recipe), (h, w), align_corners).float()
                 probs = logits.softmax(dim=1)
                 if flip:

@@ -75,12 +75,14 @@ def fast_setting(recipe: Recipe, device: torch.device) -> Setting:
 
 def fast_recipe(recipe: Recipe, device: torch.device) -> Recipe:
     """``recipe`` with the ``fast`` setting's inference choices (``predict --fast``, ``eval --fast``):
-    SDPA attention, channels_last, TF32 allowed, cudnn benchmark, bf16 autocast where native. Not
+    SDPA attention, channels_last, TF32 allowed, cudnn benchmark, and ``test.amp`` (the inference
+    autocast) set to the recipe's own ``test.amp`` or else the setting's (bf16 where native). Not
     MMSeg's arithmetic: the defaults are (docs/FIDELITY.md)."""
     chosen = fast_setting(recipe, device)
     runtime = recipe.runtime.model_copy(update={"channels_last": chosen.channels_last, "tf32": chosen.tf32,
-                                                "amp": chosen.amp, "cudnn_benchmark": chosen.cudnn_benchmark})
-    return recipe.model_copy(update={"model": model_config(recipe, chosen), "runtime": runtime})
+                                                "cudnn_benchmark": chosen.cudnn_benchmark})
+    test = recipe.test.model_copy(update={"amp": recipe.test.amp or chosen.amp})
+    return recipe.model_copy(update={"model": model_config(recipe, chosen), "runtime": runtime, "test": test})
 
 
 def setting(name: str, recipe: Recipe, device: torch.device) -> Setting:
