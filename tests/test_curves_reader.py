@@ -430,3 +430,60 @@ def test_effective_batch_differing_is_said_beside_the_verdict(tmp_path):
     small = assess({"s0": run.__class__(**{**run.__dict__, "effective_batch": 2})}, reference, max_iters=MAX_ITERS)
     assert small.batch_note == "effective batch 2, published 8"
     assert small.summary() == "on track [effective batch 2, published 8]"
+
+
+def _poly(iteration: int, power: float, max_iters: int) -> float:
+    """The lr iteration ``iteration`` (1-based, as a 0.x line says it) runs with, written out: (base - min)
+    (1 - (iteration - 1) / max_iters) ^ power + min, base 0.01, min 1e-4."""
+    return (0.01 - 1e-4) * (1.0 - (iteration - 1) / max_iters) ** power + 1e-4
+
+
+def _lr_run(path: Path, lr) -> object:
+    lines = [{"event": "start", "iteration": 0, "max_iters": MAX_ITERS, "effective_batch": 8}]
+    lines += [{"iteration": it, "lr": lr(it), "loss": 1.0} for it in range(50, 8001, 50)]
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    return read_curve(path)
+
+
+@pytest.mark.parametrize("power, run_max_iters", [(1.0, MAX_ITERS), (0.9, 80000)])
+def test_a_wrong_poly_power_or_max_iters_is_diverged_where_the_lr_is_beyond_the_rounding(tmp_path, power,
+                                                                                         run_max_iters):
+    # The reference: the published schedule (power 0.9, 40k), every lr printed to 5 decimals.
+    lines = [meta_line()] + [json.dumps({"mode": "train", "epoch": 1, "iter": it,
+                                         "lr": round(_poly(it, 0.9, MAX_ITERS), 5), "loss": 1.0})
+                             for it in range(50, 8001, 50)]
+    (tmp_path / "ref.log.json").write_text("\n".join(lines) + "\n")
+    reference = read_curve(tmp_path / "ref.log.json")
+    run = _lr_run(tmp_path / "run.jsonl", lambda it: _poly(it, power, run_max_iters))
+    units = {it: abs(round(_poly(it, power, run_max_iters), 5) - round(_poly(it, 0.9, MAX_ITERS), 5)) / 1e-5
+             for it in range(50, 8001, 50)}
+    first = min(it for it, u in units.items() if u > 0.5)
+    beyond = min(it for it, u in units.items() if u > 1.5)
+    assert round(units[first]) == 1 and beyond > first  # it first differs by one unit: a rounding tie there
+    assert max(units.values()) > 10  # and by many further on
+    # The run states the reference's length (40k) while its lr follows another schedule.
+    found = assess({"s0": run}, reference, max_iters=MAX_ITERS)
+    assert found.schedule.mismatch[0] == first and found.schedule.certain_at[0] == beyond
+    assert found.schedule.certain and found.verdict == DIVERGED and found.diverged_at == beyond
+    assert found.diverged_by == "schedule" and f"lr at iteration {beyond} is" in found.reasons[0]
+    assert [p.iteration for p in found.evals] == []
+
+
+def test_the_check_that_made_a_run_diverged_is_named(tmp_path):
+    from benchmark.engine.guard import Guard
+
+    reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    miou = assess({"s0": _run_log(tmp_path / "m.jsonl", mious=(50.0, 60.0))}, reference, max_iters=MAX_ITERS)
+    loss = assess({"s0": _run_log(tmp_path / "l.jsonl", loss=lambda it: 1.3 if it > 6000 else 1.0)}, reference,
+                  max_iters=MAX_ITERS)
+    nan = assess({"s0": _run_log(tmp_path / "n.jsonl", loss=lambda it: math.nan if it >= 300 else 1.0)}, reference,
+                 max_iters=MAX_ITERS)
+    lr = assess({"s0": _run_log(tmp_path / "r.jsonl", base_lr=0.02)}, reference, max_iters=MAX_ITERS)
+    fine = assess({"s0": _run_log(tmp_path / "f.jsonl")}, reference, max_iters=MAX_ITERS)
+    assert [a.diverged_by for a in (miou, loss, nan, lr, fine)] == ["mIoU", "loss", "loss not finite", "schedule",
+                                                                    None]
+    # The guard stops at a train line for the line checks only, whatever the reasons' wording.
+    assert [Guard._by_line(a) for a in (miou, loss, nan, lr, fine)] == [False, True, True, True, False]
+    reworded = miou.__class__(**{**miou.__dict__, "reasons": ("below the stop margin",)})
+    assert not Guard._by_line(reworded)
+    assert Guard._by_line(loss.__class__(**{**loss.__dict__, "reasons": ("mIoU-like wording",)}))

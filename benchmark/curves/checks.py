@@ -28,6 +28,10 @@ from benchmark.stats import SEED_STD_MIOU
 
 ON_TRACK, DRIFTING, DIVERGED = "on track", "drifting", "diverged"
 VERDICTS = (ON_TRACK, DRIFTING, DIVERGED)
+# What can make a run diverged: a train line decides the first three, an evaluation the last.
+BY_LOSS_VALUE, BY_SCHEDULE, BY_LOSS, BY_MIOU = "loss not finite", "schedule", "loss", "mIoU"
+DIVERGED_BY = (BY_LOSS_VALUE, BY_SCHEDULE, BY_LOSS, BY_MIOU)
+BY_LINE = (BY_LOSS_VALUE, BY_SCHEDULE, BY_LOSS)
 LR_DECIMALS = 5  # mmcv's TextLoggerHook rounds every float it writes to 5 decimals
 
 
@@ -64,6 +68,9 @@ class ScheduleCheck:
     first_iteration: Optional[int]
     mismatch: Optional[Tuple[int, float, float]] = None  # (iteration, run lr, reference lr) of the first difference
     max_iters: Tuple[Optional[int], Optional[int]] = (None, None)  # (run, reference)
+    # The first difference beyond the printed rounding of both logs (more than one unit): a wrong poly
+    # power or max_iters first differs by one unit, a rounding tie, and only later by more.
+    certain_at: Optional[Tuple[int, float, float]] = None
 
     @property
     def length_differs(self) -> bool:
@@ -77,21 +84,18 @@ class ScheduleCheck:
     @property
     def certain(self) -> bool:
         """The lr differs by more than the printed rounding of both logs at an iteration of the
-        reference's own schedule: not noise, the run's schedule is another (stops a run at once)."""
-        if self.mismatch is None or self.length_differs:
-            return False
-        _, got, want = self.mismatch
-        return abs(round(got, LR_DECIMALS) - round(want, LR_DECIMALS)) > 1.01 * LR_UNIT
+        reference's own schedule: not noise, the run's schedule is another (stops a run there)."""
+        return self.certain_at is not None and not self.length_differs
 
     def describe(self) -> str:
         run, ref = self.max_iters
         parts = []
         if self.length_differs:
             parts.append(f"the reference log is of a {ref}-iteration schedule, this run's has {run}")
-        if self.mismatch is not None:
-            it, got, want = self.mismatch
-            parts.append(f"lr at iteration {it} is {got:.{LR_DECIMALS}f}, the reference says "
-                         f"{want:.{LR_DECIMALS}f} (check schedule.lr, max_iters and power)")
+        for n, found in enumerate(dict.fromkeys(m for m in (self.certain_at, self.mismatch) if m is not None)):
+            it, got, want = found
+            parts.append(f"lr at iteration {it} is {got:.{LR_DECIMALS}f}, the reference says {want:.{LR_DECIMALS}f}"
+                         + (" (check schedule.lr, max_iters and power)" if n == 0 else " (first one unit off)"))
         if parts:
             return "DIFFERS: " + "; ".join(parts)
         if not self.compared:
@@ -159,6 +163,7 @@ class Assessment:
     diverged_at: Optional[int] = None
     reasons: Tuple[str, ...] = field(default_factory=tuple)
     reference_kind: str = "published"  # "published", "smoke reference" or "reference" (reference.reference_kind)
+    diverged_by: Optional[str] = None  # the check that made it diverged: one of DIVERGED_BY (None: not diverged)
 
     @property
     def batch_note(self) -> str:
@@ -186,20 +191,24 @@ def relative(got: float, want: float) -> float:
 # ----------------------------------------------------------------------------- schedule
 
 
+def _beyond_rounding(got: float, want: float) -> bool:
+    """Two lrs that differ by more than one printed unit after rounding: not from the same schedule."""
+    return abs(round(got, LR_DECIMALS) - round(want, LR_DECIMALS)) > 1.01 * LR_UNIT
+
+
 def check_schedule(runs: Sequence[Curve], reference: Curve, max_iters: Optional[int]) -> ScheduleCheck:
     ref_lr = {p.iteration: p.lr for p in reference.train if p.lr is not None}
     common = sorted({p.iteration for run in runs for p in run.train if p.lr is not None} & set(ref_lr))
-    mismatch = None
+    mismatch = certain = None
     for run in runs:
-        for p in run.train:
-            want = ref_lr.get(p.iteration)
-            if p.lr is None or want is None:
-                continue
-            if round(p.lr, LR_DECIMALS) != round(want, LR_DECIMALS):
-                if mismatch is None or p.iteration < mismatch[0]:
-                    mismatch = (p.iteration, p.lr, want)
-                break
-    return ScheduleCheck(len(common), common[0] if common else None, mismatch, (max_iters, reference.max_iters))
+        pairs = [(p.iteration, p.lr, ref_lr[p.iteration]) for p in run.train
+                 if p.lr is not None and p.iteration in ref_lr]
+        first = next((x for x in pairs if round(x[1], LR_DECIMALS) != round(x[2], LR_DECIMALS)), None)
+        beyond = next((x for x in pairs if _beyond_rounding(x[1], x[2])), None)
+        mismatch = min(filter(None, (mismatch, first)), default=None)
+        certain = min(filter(None, (certain, beyond)), default=None)
+    return ScheduleCheck(len(common), common[0] if common else None, mismatch, (max_iters, reference.max_iters),
+                         certain)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -430,23 +439,27 @@ def _eval_rows(runs: Mapping[str, Curve], reference: Curve, settings: Settings) 
     return rows
 
 
+Verdict = Tuple[str, List[str], Optional[int], Optional[str]]  # (verdict, reasons, diverged at, diverged by)
+
+
 def _verdict_until(iteration: float, schedule: ScheduleCheck, loss: LossCheck, rows: Sequence[EvalRow],
-                   patience: int) -> Tuple[str, List[str], Optional[int]]:
-    """The verdict counting what the logs held up to ``iteration``: (verdict, reasons, diverged at)."""
+                   patience: int) -> Verdict:
+    """The verdict counting what the logs held up to ``iteration``."""
     seen = [r for r in rows if r.iteration <= iteration]
     streak_at = _streak_start([r.iteration for r in seen], {r.iteration for r in seen if r.below}, patience)
     if loss.nonfinite is not None and loss.nonfinite <= iteration:
-        return DIVERGED, [f"loss not finite at iteration {loss.nonfinite}"], loss.nonfinite
-    if schedule.certain and schedule.mismatch[0] <= iteration:
-        return DIVERGED, [f"schedule differs: {schedule.describe()[len('DIFFERS: '):]}"], schedule.mismatch[0]
+        return DIVERGED, [f"loss not finite at iteration {loss.nonfinite}"], loss.nonfinite, BY_LOSS_VALUE
+    if schedule.certain and schedule.certain_at[0] <= iteration:
+        return (DIVERGED, [f"schedule differs: {schedule.describe()[len('DIFFERS: '):]}"], schedule.certain_at[0],
+                BY_SCHEDULE)
     if loss.failed_at is not None and loss.failed_at <= iteration:
         return DIVERGED, [f"loss above the reference's beyond its band and noise at iteration {loss.failed_at} "
-                          f"(x{loss.stop_ratio:.2f})"], loss.failed_at
+                          f"(x{loss.stop_ratio:.2f})"], loss.failed_at, BY_LOSS
     if streak_at is not None:
         row = next(r for r in seen if r.iteration == streak_at)
         return DIVERGED, [f"mIoU below the stop margin at {patience} consecutive eval points (at iter "
                           f"{row.iteration}: {row.mean:.2f}, reference {row.published:.2f}, margin "
-                          f"{row.margin:.2f})"], streak_at
+                          f"{row.margin:.2f})"], streak_at, BY_MIOU
     reasons: List[str] = []
     if schedule.length_differs or (schedule.mismatch is not None and schedule.mismatch[0] <= iteration):
         reasons.append("schedule differs")
@@ -457,7 +470,7 @@ def _verdict_until(iteration: float, schedule: ScheduleCheck, loss: LossCheck, r
         last = below[-1]
         reasons.append(f"mIoU below the drift margin at iter {last.iteration} ({last.mean:.2f} vs "
                        f"{last.published:.2f} - {last.drift_margin:.2f})")
-    return (DRIFTING if reasons else ON_TRACK), reasons, None
+    return (DRIFTING if reasons else ON_TRACK), reasons, None, None
 
 
 def assess(runs: Mapping[str, Curve], reference: Curve, settings: Settings = Settings(),
@@ -473,11 +486,11 @@ def assess(runs: Mapping[str, Curve], reference: Curve, settings: Settings = Set
     rows = _eval_rows(runs, reference, settings)
     rows = [EvalRow(**{**asdict(r), "verdict": _verdict_until(r.iteration, schedule, loss, rows,
                                                               settings.patience)[0]}) for r in rows]
-    verdict, reasons, at = _verdict_until(math.inf, schedule, loss, rows, settings.patience)
+    verdict, reasons, at, by = _verdict_until(math.inf, schedule, loss, rows, settings.patience)
     batches = {c.effective_batch for c in curves if c.effective_batch is not None}
     batch = batches.pop() if len(batches) == 1 else None
     return Assessment(verdict, schedule, loss, tuple(rows), batch,
-                      reference.effective_batch or published_batch, at, tuple(reasons), reference_kind)
+                      reference.effective_batch or published_batch, at, tuple(reasons), reference_kind, by)
 
 
 def settings_from(guard: Any) -> Settings:
