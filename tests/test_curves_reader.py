@@ -487,3 +487,33 @@ def test_the_check_that_made_a_run_diverged_is_named(tmp_path):
     reworded = miou.__class__(**{**miou.__dict__, "reasons": ("below the stop margin",)})
     assert not Guard._by_line(reworded)
     assert Guard._by_line(loss.__class__(**{**loss.__dict__, "reasons": ("mIoU-like wording",)}))
+
+
+LAST_EVALS_CLOSE = {  # max_iters 45, an evaluation every 20 and at the end, a train line every 10
+    "2020": ['{"env_info": "", "seed": 0, "config": "evaluation = dict(interval=20, metric=\'mIoU\')\\n'
+             'runner = dict(type=\'IterBasedRunner\', max_iters=45)\\n"}',
+             '{"mode": "train", "epoch": 1, "iter": 10, "lr": 0.0098, "loss": 1.2}',
+             '{"mode": "val", "epoch": 1, "iter": 4, "lr": 0.00959, "aAcc": 0.5, "mIoU": 0.2, "mAcc": 0.3}',
+             '{"mode": "train", "epoch": 1, "iter": 30, "lr": 0.00374, "loss": 1.1}',
+             '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00154, "aAcc": 0.5, "mIoU": 0.4, "mAcc": 0.3}',
+             '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00034, "aAcc": 0.5, "mIoU": 0.45, "mAcc": 0.3}'],
+    "mmcv1.3.11": ['{"env_info": "", "seed": 0, "max_iters": 45, "eval_interval": 20}',
+                   '{"mode": "train", "epoch": 1, "iter": 10, "lr": 0.0098, "loss": 1.2}',
+                   '{"mode": "train", "epoch": 1, "iter": 20, "lr": 0.00959, "loss": 1.2}',
+                   '{"mode": "val", "epoch": 1, "iter": 4, "lr": 0.00959, "aAcc": 0.5, "mIoU": 0.2, "mAcc": 0.3}',
+                   '{"mode": "train", "epoch": 1, "iter": 30, "lr": 0.00374, "loss": 1.1}',
+                   '{"mode": "train", "epoch": 1, "iter": 40, "lr": 0.00154, "loss": 1.1}',
+                   '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00154, "aAcc": 0.5, "mIoU": 0.4, "mAcc": 0.3}',
+                   '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00034, "aAcc": 0.5, "mIoU": 0.45, "mAcc": 0.3}'],
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(LAST_EVALS_CLOSE))
+def test_two_val_lines_without_a_train_line_between_them_are_two_evaluations(tmp_path, pattern):
+    # The end of the schedule (45) is no multiple of the interval and comes within one log interval of
+    # the evaluation at 40: its val line follows 40's with no train line between them.
+    path = tmp_path / "a.log.json"
+    path.write_text("\n".join(LAST_EVALS_CLOSE[pattern]) + "\n")
+    curve = read_curve(path)
+    assert [(e.iteration, e.mIoU) for e in curve.evals] == [(20, 20.0), (40, 40.0), (45, 45.0)]
+    assert curve.warnings == ()
