@@ -517,3 +517,12 @@ def test_two_val_lines_without_a_train_line_between_them_are_two_evaluations(tmp
     curve = read_curve(path)
     assert [(e.iteration, e.mIoU) for e in curve.evals] == [(20, 20.0), (40, 40.0), (45, 45.0)]
     assert curve.warnings == ()
+
+
+def test_one_rule_says_where_training_evaluates_and_one_constant_the_spread_floor():
+    from benchmark.recipe import GuardConfig, ScheduleConfig
+    from benchmark.stats import SEED_STD_MIOU
+
+    sched = ScheduleConfig(max_iters=45, eval_interval=20, checkpoint_interval=20, log_interval=10)
+    assert [it for it in range(1, 46) if sched.evaluates_at(it)] == [20, 40, 45]
+    assert GuardConfig().spread_floor == Settings().spread_floor == SEED_STD_MIOU == 0.5
