@@ -49,8 +49,12 @@ class Settings:
 # bound keeps the sum at ``false_stop``.
 MIOU_SHARE = LOSS_SHARE = 0.5
 LOSS_BLOCK = 5  # consecutive loss windows whose mean the loss stop rule tests
-LOSS_NEIGHBOURS = 20  # the loss noise at a window: the fluctuation of the 2 x this windows before it
-LOSS_LEAST = 8  # residuals needed before the loss can stop a run
+# The loss noise: the second differences of the block means LOSS_LAG windows apart (blocks that far
+# apart barely correlate, however the windows' noise does), over the last LOSS_HISTORY of them.
+LOSS_LAG = 2 * LOSS_BLOCK
+LOSS_HISTORY = 100
+LOSS_LEAST = 10  # residuals needed before the loss can stop a run
+LOSS_DF_PER = 7  # overlapping residuals per degree of freedom of the noise estimate (docs/CURVES.md)
 # A seed that is low at one eval point tends to be low at the next: the spread the reference's
 # fluctuation implies assumes that correlation up to this (docs/CURVES.md).
 MIOU_RHO = 0.5
@@ -269,36 +273,49 @@ def second_difference_variance(rho: float) -> float:
     return 1.5 - 2.0 * rho + rho * rho / 2.0
 
 
-def local_noise(values: Sequence[float], neighbours: int = LOSS_NEIGHBOURS, least: int = 3,
+def second_differences(values: Sequence[float], lag: int = 1) -> List[float]:
+    """v[j] - (v[j - lag] + v[j + lag]) / 2 for every j that has both (entry i is the one of j = i + lag):
+    a locally straight trend cancels, the noise stays."""
+    return [values[j] - (values[j - lag] + values[j + lag]) / 2 for j in range(lag, len(values) - lag)]
+
+
+def noise_std(mean_square: float, rho: float = 0.0) -> float:
+    """The std of the noise whose second differences have this mean square (``second_difference_variance``
+    of ``rho``, the correlation of points ``lag`` apart)."""
+    return math.sqrt(mean_square / second_difference_variance(rho))
+
+
+def local_noise(values: Sequence[float], neighbours: int = 20, least: int = 3,
                 rho: float = 0.0) -> List[Optional[float]]:
     """Per point, the std of its noise that the second differences of the points around it show
-    (``neighbours`` either side; a locally straight trend adds nothing; ``second_difference_variance``
-    of ``rho``, the correlation assumed between consecutive points). None where fewer than ``least``."""
-    resid = [values[j] - (values[j - 1] + values[j + 1]) / 2 for j in range(1, len(values) - 1)]
+    (``neighbours`` either side; ``rho``, the correlation assumed between consecutive points). None where
+    fewer than ``least``."""
+    resid = second_differences(values)
     out: List[Optional[float]] = []
     for k in range(len(values)):
         near = resid[max(k - 1 - neighbours, 0):max(k - 1 + neighbours + 1, 0)]
-        out.append(math.sqrt(sum(e * e for e in near) / len(near) / second_difference_variance(rho))
-                   if len(near) >= max(least, 1) else None)
+        out.append(noise_std(sum(e * e for e in near) / len(near), rho) if len(near) >= max(least, 1) else None)
     return out
 
 
 def _trailing_noise(values: Sequence[float]) -> List[Tuple[Optional[float], int]]:
-    """Per point ``end``: the noise std that the second differences of the last 2 * LOSS_NEIGHBOURS
-    points up to it show (only what a training run has logged so far), and how many residuals that
-    used (None below LOSS_LEAST). Running sums keep it linear in the number of points."""
-    squares = [0.0, 0.0]  # squares[i + 1]: the sum of the squared residuals at points 1..i
-    for i in range(1, len(values) - 1):
-        residual = values[i] - (values[i - 1] + values[i + 1]) / 2
+    """Per window ``end``: the std of the mean of the LOSS_BLOCK windows ending there, from the second
+    differences LOSS_LAG apart of those block means logged so far (the last LOSS_HISTORY of them), and
+    how many residuals that used (None below LOSS_LEAST). Measured on the block means themselves, it
+    holds however the windows' noise correlates. Running sums keep it linear in the number of windows."""
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    means = [(sums[end + 1] - sums[end + 1 - LOSS_BLOCK]) / LOSS_BLOCK for end in range(LOSS_BLOCK - 1, len(values))]
+    squares = [0.0]  # squares[i]: the sum of the first i squared residuals
+    for residual in second_differences(means, LOSS_LAG):
         squares.append(squares[-1] + residual * residual)
     out: List[Tuple[Optional[float], int]] = []
     for end in range(len(values)):
-        first, last = max(1, end - 2 * LOSS_NEIGHBOURS), end - 1
-        count = max(last - first + 1, 0)
-        if count < LOSS_LEAST:
-            out.append((None, count))
-        else:
-            out.append((math.sqrt((squares[last + 1] - squares[first]) / count / 1.5), count))
+        last = min(end - (LOSS_BLOCK - 1) - 2 * LOSS_LAG + 1, len(squares) - 1)  # residuals known at end
+        first = max(last - LOSS_HISTORY, 0)
+        count = max(last - first, 0)
+        out.append((noise_std((squares[last] - squares[first]) / count) if count >= LOSS_LEAST else None, count))
     return out
 
 
@@ -313,10 +330,11 @@ def loss_stop(ratios: Sequence[float], tested: int, settings: Settings) -> Tuple
     """Where the loss stop rule fires over log(run / reference) per window: (index, ratio needed).
 
     It fires at the first block of LOSS_BLOCK windows whose mean log-ratio is above log(1 + band) plus
-    q times the block mean's noise: the noise from the fluctuation of the log-ratios logged so far
+    q times the block mean's noise: the noise from the fluctuation of the block means logged so far
     (``_trailing_noise``), q the Student-t quantile of (LOSS_SHARE * false_stop) / ``tested`` (a union
-    bound over every block the schedule tests) with half as many degrees of freedom as residuals (they
-    overlap), so an estimate from few windows asks for more. Only a loss above the reference stops."""
+    bound over every block the schedule tests) with one degree of freedom per LOSS_DF_PER residuals
+    (they overlap: 6.6 residuals make one for independent windows, 9.3 for windows correlated 0.7), so
+    an estimate from few windows asks for more. Only a loss above the reference stops."""
     band = math.log1p(settings.loss_band)
     level = 1.0 - LOSS_SHARE * settings.false_stop / max(tested, 1)
     noise = _trailing_noise(ratios)
@@ -324,7 +342,7 @@ def loss_stop(ratios: Sequence[float], tested: int, settings: Settings) -> Tuple
         sigma, count = noise[end]
         if sigma is None:
             continue
-        needed = band + _t_quantile(level, max(count // 2, 1)) * sigma / math.sqrt(LOSS_BLOCK)
+        needed = band + _t_quantile(level, max(count // LOSS_DF_PER, 1)) * sigma
         if sum(ratios[end - LOSS_BLOCK + 1:end + 1]) / LOSS_BLOCK > needed:
             return end, math.exp(needed)
     return None, None
