@@ -69,8 +69,8 @@ class Reference:
     # A baseline's measured bands (report/baseline.py's BAND_COLUMNS by recipe); None: every mIoU row
     # keeps the tolerance (the published table, or a smoke baseline frozen before its spread was measured).
     bands: Optional[pd.DataFrame] = None
-    # The table has the figures published for each released checkpoint (catalog.RELEASED_COLUMNS):
-    # released weights are held to those, not to the table's.
+    # The table has the figures published for each released checkpoint (catalog.RELEASED_COLUMNS) in a
+    # full-profile table: released weights are held to those, not to the table's.
     released_figures: bool = False
 
 
@@ -126,7 +126,9 @@ def load_reference(spec: str) -> Reference:
     profile = single("profile", "full")
     if profile != "full":  # nlbench's own numbers, never to be read as the published ones
         label = f"{profile} baseline {label}"
-    released = any(column in extra.columns for column in RELEASED_COLUMNS.values())
+    # MMSeg's released figures are full-size results: a smoke table copied from published.csv keeps them
+    # as stale columns beside its own numbers.
+    released = profile == "full" and any(column in extra.columns for column in RELEASED_COLUMNS.values())
     return Reference(label, profile, device_class(single("device", None)), table, read_bands(path, extra), released)
 
 
