@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from benchmark.errors import NLBenchError
+from benchmark.stats import SEED_STD_MIOU
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = Path(os.environ.get("NLBENCH_RECIPES", REPO_ROOT / "recipes"))
@@ -144,6 +145,11 @@ class ScheduleConfig(_Strict):
     eval_interval: int = Field(gt=0)
     log_interval: int = Field(50, gt=0)
 
+    def evaluates_at(self, iteration: int) -> bool:
+        """Training evaluates after ``iteration`` (1-based): every ``eval_interval`` and at the end, as
+        mmengine's IterBasedTrainLoop (engine/train.py; the MMSeg-form log places its val lines by it)."""
+        return iteration % self.eval_interval == 0 or iteration == self.max_iters
+
 
 class RuntimeConfig(_Strict):
     gpus: int = Field(gt=0)  # GPUs of the published run; effective batch = gpus * imgs_per_gpu
@@ -210,7 +216,7 @@ class GuardConfig(_Strict):
     # stopped with probability at most false_stop over its whole schedule.
     false_stop: float = Field(0.01, gt=0.0, lt=0.5)
     false_drift: float = Field(0.10, gt=0.0, lt=1.0)  # ... and called drifting at most this often
-    spread_floor: float = Field(0.5, gt=0.0)  # mIoU: the least seed-to-seed std assumed at any eval point
+    spread_floor: float = Field(SEED_STD_MIOU, gt=0.0)  # mIoU: the least seed-to-seed std assumed at any eval point
     patience: int = Field(2, ge=1)  # consecutive eval points below the stop margin that make a run diverged
     action: Literal["warn", "stop"] = "warn"
     loss_band: float = Field(0.15, gt=0.0)  # relative: how far a healthy run's loss may sit from the reference's

@@ -430,3 +430,99 @@ def test_effective_batch_differing_is_said_beside_the_verdict(tmp_path):
     small = assess({"s0": run.__class__(**{**run.__dict__, "effective_batch": 2})}, reference, max_iters=MAX_ITERS)
     assert small.batch_note == "effective batch 2, published 8"
     assert small.summary() == "on track [effective batch 2, published 8]"
+
+
+def _poly(iteration: int, power: float, max_iters: int) -> float:
+    """The lr iteration ``iteration`` (1-based, as a 0.x line says it) runs with, written out: (base - min)
+    (1 - (iteration - 1) / max_iters) ^ power + min, base 0.01, min 1e-4."""
+    return (0.01 - 1e-4) * (1.0 - (iteration - 1) / max_iters) ** power + 1e-4
+
+
+def _lr_run(path: Path, lr) -> object:
+    lines = [{"event": "start", "iteration": 0, "max_iters": MAX_ITERS, "effective_batch": 8}]
+    lines += [{"iteration": it, "lr": lr(it), "loss": 1.0} for it in range(50, 8001, 50)]
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    return read_curve(path)
+
+
+@pytest.mark.parametrize("power, run_max_iters", [(1.0, MAX_ITERS), (0.9, 80000)])
+def test_a_wrong_poly_power_or_max_iters_is_diverged_where_the_lr_is_beyond_the_rounding(tmp_path, power,
+                                                                                         run_max_iters):
+    # The reference: the published schedule (power 0.9, 40k), every lr printed to 5 decimals.
+    lines = [meta_line()] + [json.dumps({"mode": "train", "epoch": 1, "iter": it,
+                                         "lr": round(_poly(it, 0.9, MAX_ITERS), 5), "loss": 1.0})
+                             for it in range(50, 8001, 50)]
+    (tmp_path / "ref.log.json").write_text("\n".join(lines) + "\n")
+    reference = read_curve(tmp_path / "ref.log.json")
+    run = _lr_run(tmp_path / "run.jsonl", lambda it: _poly(it, power, run_max_iters))
+    units = {it: abs(round(_poly(it, power, run_max_iters), 5) - round(_poly(it, 0.9, MAX_ITERS), 5)) / 1e-5
+             for it in range(50, 8001, 50)}
+    first = min(it for it, u in units.items() if u > 0.5)
+    beyond = min(it for it, u in units.items() if u > 1.5)
+    assert round(units[first]) == 1 and beyond > first  # it first differs by one unit: a rounding tie there
+    assert max(units.values()) > 10  # and by many further on
+    # The run states the reference's length (40k) while its lr follows another schedule.
+    found = assess({"s0": run}, reference, max_iters=MAX_ITERS)
+    assert found.schedule.mismatch[0] == first and found.schedule.certain_at[0] == beyond
+    assert found.schedule.certain and found.verdict == DIVERGED and found.diverged_at == beyond
+    assert found.diverged_by == "schedule" and f"lr at iteration {beyond} is" in found.reasons[0]
+    assert [p.iteration for p in found.evals] == []
+
+
+def test_the_check_that_made_a_run_diverged_is_named(tmp_path):
+    from benchmark.engine.guard import Guard
+
+    reference = read_curve(published_log(tmp_path / "ref.log.json", every=50, losses=lambda it: 1.0))
+    miou = assess({"s0": _run_log(tmp_path / "m.jsonl", mious=(50.0, 60.0))}, reference, max_iters=MAX_ITERS)
+    loss = assess({"s0": _run_log(tmp_path / "l.jsonl", loss=lambda it: 1.3 if it > 6000 else 1.0)}, reference,
+                  max_iters=MAX_ITERS)
+    nan = assess({"s0": _run_log(tmp_path / "n.jsonl", loss=lambda it: math.nan if it >= 300 else 1.0)}, reference,
+                 max_iters=MAX_ITERS)
+    lr = assess({"s0": _run_log(tmp_path / "r.jsonl", base_lr=0.02)}, reference, max_iters=MAX_ITERS)
+    fine = assess({"s0": _run_log(tmp_path / "f.jsonl")}, reference, max_iters=MAX_ITERS)
+    assert [a.diverged_by for a in (miou, loss, nan, lr, fine)] == ["mIoU", "loss", "loss not finite", "schedule",
+                                                                    None]
+    # The guard stops at a train line for the line checks only, whatever the reasons' wording.
+    assert [Guard._by_line(a) for a in (miou, loss, nan, lr, fine)] == [False, True, True, True, False]
+    reworded = miou.__class__(**{**miou.__dict__, "reasons": ("below the stop margin",)})
+    assert not Guard._by_line(reworded)
+    assert Guard._by_line(loss.__class__(**{**loss.__dict__, "reasons": ("mIoU-like wording",)}))
+
+
+LAST_EVALS_CLOSE = {  # max_iters 45, an evaluation every 20 and at the end, a train line every 10
+    "2020": ['{"env_info": "", "seed": 0, "config": "evaluation = dict(interval=20, metric=\'mIoU\')\\n'
+             'runner = dict(type=\'IterBasedRunner\', max_iters=45)\\n"}',
+             '{"mode": "train", "epoch": 1, "iter": 10, "lr": 0.0098, "loss": 1.2}',
+             '{"mode": "val", "epoch": 1, "iter": 4, "lr": 0.00959, "aAcc": 0.5, "mIoU": 0.2, "mAcc": 0.3}',
+             '{"mode": "train", "epoch": 1, "iter": 30, "lr": 0.00374, "loss": 1.1}',
+             '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00154, "aAcc": 0.5, "mIoU": 0.4, "mAcc": 0.3}',
+             '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00034, "aAcc": 0.5, "mIoU": 0.45, "mAcc": 0.3}'],
+    "mmcv1.3.11": ['{"env_info": "", "seed": 0, "max_iters": 45, "eval_interval": 20}',
+                   '{"mode": "train", "epoch": 1, "iter": 10, "lr": 0.0098, "loss": 1.2}',
+                   '{"mode": "train", "epoch": 1, "iter": 20, "lr": 0.00959, "loss": 1.2}',
+                   '{"mode": "val", "epoch": 1, "iter": 4, "lr": 0.00959, "aAcc": 0.5, "mIoU": 0.2, "mAcc": 0.3}',
+                   '{"mode": "train", "epoch": 1, "iter": 30, "lr": 0.00374, "loss": 1.1}',
+                   '{"mode": "train", "epoch": 1, "iter": 40, "lr": 0.00154, "loss": 1.1}',
+                   '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00154, "aAcc": 0.5, "mIoU": 0.4, "mAcc": 0.3}',
+                   '{"mode": "val", "epoch": 2, "iter": 4, "lr": 0.00034, "aAcc": 0.5, "mIoU": 0.45, "mAcc": 0.3}'],
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(LAST_EVALS_CLOSE))
+def test_two_val_lines_without_a_train_line_between_them_are_two_evaluations(tmp_path, pattern):
+    # The end of the schedule (45) is no multiple of the interval and comes within one log interval of
+    # the evaluation at 40: its val line follows 40's with no train line between them.
+    path = tmp_path / "a.log.json"
+    path.write_text("\n".join(LAST_EVALS_CLOSE[pattern]) + "\n")
+    curve = read_curve(path)
+    assert [(e.iteration, e.mIoU) for e in curve.evals] == [(20, 20.0), (40, 40.0), (45, 45.0)]
+    assert curve.warnings == ()
+
+
+def test_one_rule_says_where_training_evaluates_and_one_constant_the_spread_floor():
+    from benchmark.recipe import GuardConfig, ScheduleConfig
+    from benchmark.stats import SEED_STD_MIOU
+
+    sched = ScheduleConfig(max_iters=45, eval_interval=20, checkpoint_interval=20, log_interval=10)
+    assert [it for it in range(1, 46) if sched.evaluates_at(it)] == [20, 40, 45]
+    assert GuardConfig().spread_floor == Settings().spread_floor == SEED_STD_MIOU == 0.5

@@ -28,6 +28,10 @@ from benchmark.stats import SEED_STD_MIOU
 
 ON_TRACK, DRIFTING, DIVERGED = "on track", "drifting", "diverged"
 VERDICTS = (ON_TRACK, DRIFTING, DIVERGED)
+# What can make a run diverged: a train line decides the first three, an evaluation the last.
+BY_LOSS_VALUE, BY_SCHEDULE, BY_LOSS, BY_MIOU = "loss not finite", "schedule", "loss", "mIoU"
+DIVERGED_BY = (BY_LOSS_VALUE, BY_SCHEDULE, BY_LOSS, BY_MIOU)
+BY_LINE = (BY_LOSS_VALUE, BY_SCHEDULE, BY_LOSS)
 LR_DECIMALS = 5  # mmcv's TextLoggerHook rounds every float it writes to 5 decimals
 
 
@@ -45,8 +49,12 @@ class Settings:
 # bound keeps the sum at ``false_stop``.
 MIOU_SHARE = LOSS_SHARE = 0.5
 LOSS_BLOCK = 5  # consecutive loss windows whose mean the loss stop rule tests
-LOSS_NEIGHBOURS = 20  # the loss noise at a window: the fluctuation of the 2 x this windows before it
-LOSS_LEAST = 8  # residuals needed before the loss can stop a run
+# The loss noise: the second differences of the block means LOSS_LAG windows apart (blocks that far
+# apart barely correlate, however the windows' noise does), over the last LOSS_HISTORY of them.
+LOSS_LAG = 2 * LOSS_BLOCK
+LOSS_HISTORY = 100
+LOSS_LEAST = 10  # residuals needed before the loss can stop a run
+LOSS_DF_PER = 7  # overlapping residuals per degree of freedom of the noise estimate (docs/CURVES.md)
 # A seed that is low at one eval point tends to be low at the next: the spread the reference's
 # fluctuation implies assumes that correlation up to this (docs/CURVES.md).
 MIOU_RHO = 0.5
@@ -64,6 +72,9 @@ class ScheduleCheck:
     first_iteration: Optional[int]
     mismatch: Optional[Tuple[int, float, float]] = None  # (iteration, run lr, reference lr) of the first difference
     max_iters: Tuple[Optional[int], Optional[int]] = (None, None)  # (run, reference)
+    # The first difference beyond the printed rounding of both logs (more than one unit): a wrong poly
+    # power or max_iters first differs by one unit, a rounding tie, and only later by more.
+    certain_at: Optional[Tuple[int, float, float]] = None
 
     @property
     def length_differs(self) -> bool:
@@ -77,21 +88,18 @@ class ScheduleCheck:
     @property
     def certain(self) -> bool:
         """The lr differs by more than the printed rounding of both logs at an iteration of the
-        reference's own schedule: not noise, the run's schedule is another (stops a run at once)."""
-        if self.mismatch is None or self.length_differs:
-            return False
-        _, got, want = self.mismatch
-        return abs(round(got, LR_DECIMALS) - round(want, LR_DECIMALS)) > 1.01 * LR_UNIT
+        reference's own schedule: not noise, the run's schedule is another (stops a run there)."""
+        return self.certain_at is not None and not self.length_differs
 
     def describe(self) -> str:
         run, ref = self.max_iters
         parts = []
         if self.length_differs:
             parts.append(f"the reference log is of a {ref}-iteration schedule, this run's has {run}")
-        if self.mismatch is not None:
-            it, got, want = self.mismatch
-            parts.append(f"lr at iteration {it} is {got:.{LR_DECIMALS}f}, the reference says "
-                         f"{want:.{LR_DECIMALS}f} (check schedule.lr, max_iters and power)")
+        for n, found in enumerate(dict.fromkeys(m for m in (self.certain_at, self.mismatch) if m is not None)):
+            it, got, want = found
+            parts.append(f"lr at iteration {it} is {got:.{LR_DECIMALS}f}, the reference says {want:.{LR_DECIMALS}f}"
+                         + (" (check schedule.lr, max_iters and power)" if n == 0 else " (first one unit off)"))
         if parts:
             return "DIFFERS: " + "; ".join(parts)
         if not self.compared:
@@ -159,6 +167,7 @@ class Assessment:
     diverged_at: Optional[int] = None
     reasons: Tuple[str, ...] = field(default_factory=tuple)
     reference_kind: str = "published"  # "published", "smoke reference" or "reference" (reference.reference_kind)
+    diverged_by: Optional[str] = None  # the check that made it diverged: one of DIVERGED_BY (None: not diverged)
 
     @property
     def batch_note(self) -> str:
@@ -186,20 +195,24 @@ def relative(got: float, want: float) -> float:
 # ----------------------------------------------------------------------------- schedule
 
 
+def _beyond_rounding(got: float, want: float) -> bool:
+    """Two lrs that differ by more than one printed unit after rounding: not from the same schedule."""
+    return abs(round(got, LR_DECIMALS) - round(want, LR_DECIMALS)) > 1.01 * LR_UNIT
+
+
 def check_schedule(runs: Sequence[Curve], reference: Curve, max_iters: Optional[int]) -> ScheduleCheck:
     ref_lr = {p.iteration: p.lr for p in reference.train if p.lr is not None}
     common = sorted({p.iteration for run in runs for p in run.train if p.lr is not None} & set(ref_lr))
-    mismatch = None
+    mismatch = certain = None
     for run in runs:
-        for p in run.train:
-            want = ref_lr.get(p.iteration)
-            if p.lr is None or want is None:
-                continue
-            if round(p.lr, LR_DECIMALS) != round(want, LR_DECIMALS):
-                if mismatch is None or p.iteration < mismatch[0]:
-                    mismatch = (p.iteration, p.lr, want)
-                break
-    return ScheduleCheck(len(common), common[0] if common else None, mismatch, (max_iters, reference.max_iters))
+        pairs = [(p.iteration, p.lr, ref_lr[p.iteration]) for p in run.train
+                 if p.lr is not None and p.iteration in ref_lr]
+        first = next((x for x in pairs if round(x[1], LR_DECIMALS) != round(x[2], LR_DECIMALS)), None)
+        beyond = next((x for x in pairs if _beyond_rounding(x[1], x[2])), None)
+        mismatch = min(filter(None, (mismatch, first)), default=None)
+        certain = min(filter(None, (certain, beyond)), default=None)
+    return ScheduleCheck(len(common), common[0] if common else None, mismatch, (max_iters, reference.max_iters),
+                         certain)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -260,36 +273,49 @@ def second_difference_variance(rho: float) -> float:
     return 1.5 - 2.0 * rho + rho * rho / 2.0
 
 
-def local_noise(values: Sequence[float], neighbours: int = LOSS_NEIGHBOURS, least: int = 3,
+def second_differences(values: Sequence[float], lag: int = 1) -> List[float]:
+    """v[j] - (v[j - lag] + v[j + lag]) / 2 for every j that has both (entry i is the one of j = i + lag):
+    a locally straight trend cancels, the noise stays."""
+    return [values[j] - (values[j - lag] + values[j + lag]) / 2 for j in range(lag, len(values) - lag)]
+
+
+def noise_std(mean_square: float, rho: float = 0.0) -> float:
+    """The std of the noise whose second differences have this mean square (``second_difference_variance``
+    of ``rho``, the correlation of points ``lag`` apart)."""
+    return math.sqrt(mean_square / second_difference_variance(rho))
+
+
+def local_noise(values: Sequence[float], neighbours: int = 20, least: int = 3,
                 rho: float = 0.0) -> List[Optional[float]]:
     """Per point, the std of its noise that the second differences of the points around it show
-    (``neighbours`` either side; a locally straight trend adds nothing; ``second_difference_variance``
-    of ``rho``, the correlation assumed between consecutive points). None where fewer than ``least``."""
-    resid = [values[j] - (values[j - 1] + values[j + 1]) / 2 for j in range(1, len(values) - 1)]
+    (``neighbours`` either side; ``rho``, the correlation assumed between consecutive points). None where
+    fewer than ``least``."""
+    resid = second_differences(values)
     out: List[Optional[float]] = []
     for k in range(len(values)):
         near = resid[max(k - 1 - neighbours, 0):max(k - 1 + neighbours + 1, 0)]
-        out.append(math.sqrt(sum(e * e for e in near) / len(near) / second_difference_variance(rho))
-                   if len(near) >= max(least, 1) else None)
+        out.append(noise_std(sum(e * e for e in near) / len(near), rho) if len(near) >= max(least, 1) else None)
     return out
 
 
 def _trailing_noise(values: Sequence[float]) -> List[Tuple[Optional[float], int]]:
-    """Per point ``end``: the noise std that the second differences of the last 2 * LOSS_NEIGHBOURS
-    points up to it show (only what a training run has logged so far), and how many residuals that
-    used (None below LOSS_LEAST). Running sums keep it linear in the number of points."""
-    squares = [0.0, 0.0]  # squares[i + 1]: the sum of the squared residuals at points 1..i
-    for i in range(1, len(values) - 1):
-        residual = values[i] - (values[i - 1] + values[i + 1]) / 2
+    """Per window ``end``: the std of the mean of the LOSS_BLOCK windows ending there, from the second
+    differences LOSS_LAG apart of those block means logged so far (the last LOSS_HISTORY of them), and
+    how many residuals that used (None below LOSS_LEAST). Measured on the block means themselves, it
+    holds however the windows' noise correlates. Running sums keep it linear in the number of windows."""
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    means = [(sums[end + 1] - sums[end + 1 - LOSS_BLOCK]) / LOSS_BLOCK for end in range(LOSS_BLOCK - 1, len(values))]
+    squares = [0.0]  # squares[i]: the sum of the first i squared residuals
+    for residual in second_differences(means, LOSS_LAG):
         squares.append(squares[-1] + residual * residual)
     out: List[Tuple[Optional[float], int]] = []
     for end in range(len(values)):
-        first, last = max(1, end - 2 * LOSS_NEIGHBOURS), end - 1
-        count = max(last - first + 1, 0)
-        if count < LOSS_LEAST:
-            out.append((None, count))
-        else:
-            out.append((math.sqrt((squares[last + 1] - squares[first]) / count / 1.5), count))
+        last = min(end - (LOSS_BLOCK - 1) - 2 * LOSS_LAG + 1, len(squares) - 1)  # residuals known at end
+        first = max(last - LOSS_HISTORY, 0)
+        count = max(last - first, 0)
+        out.append((noise_std((squares[last] - squares[first]) / count) if count >= LOSS_LEAST else None, count))
     return out
 
 
@@ -304,10 +330,11 @@ def loss_stop(ratios: Sequence[float], tested: int, settings: Settings) -> Tuple
     """Where the loss stop rule fires over log(run / reference) per window: (index, ratio needed).
 
     It fires at the first block of LOSS_BLOCK windows whose mean log-ratio is above log(1 + band) plus
-    q times the block mean's noise: the noise from the fluctuation of the log-ratios logged so far
+    q times the block mean's noise: the noise from the fluctuation of the block means logged so far
     (``_trailing_noise``), q the Student-t quantile of (LOSS_SHARE * false_stop) / ``tested`` (a union
-    bound over every block the schedule tests) with half as many degrees of freedom as residuals (they
-    overlap), so an estimate from few windows asks for more. Only a loss above the reference stops."""
+    bound over every block the schedule tests) with one degree of freedom per LOSS_DF_PER residuals
+    (they overlap: 6.6 residuals make one for independent windows, 9.3 for windows correlated 0.7), so
+    an estimate from few windows asks for more. Only a loss above the reference stops."""
     band = math.log1p(settings.loss_band)
     level = 1.0 - LOSS_SHARE * settings.false_stop / max(tested, 1)
     noise = _trailing_noise(ratios)
@@ -315,7 +342,7 @@ def loss_stop(ratios: Sequence[float], tested: int, settings: Settings) -> Tuple
         sigma, count = noise[end]
         if sigma is None:
             continue
-        needed = band + _t_quantile(level, max(count // 2, 1)) * sigma / math.sqrt(LOSS_BLOCK)
+        needed = band + _t_quantile(level, max(count // LOSS_DF_PER, 1)) * sigma
         if sum(ratios[end - LOSS_BLOCK + 1:end + 1]) / LOSS_BLOCK > needed:
             return end, math.exp(needed)
     return None, None
@@ -430,23 +457,27 @@ def _eval_rows(runs: Mapping[str, Curve], reference: Curve, settings: Settings) 
     return rows
 
 
+Verdict = Tuple[str, List[str], Optional[int], Optional[str]]  # (verdict, reasons, diverged at, diverged by)
+
+
 def _verdict_until(iteration: float, schedule: ScheduleCheck, loss: LossCheck, rows: Sequence[EvalRow],
-                   patience: int) -> Tuple[str, List[str], Optional[int]]:
-    """The verdict counting what the logs held up to ``iteration``: (verdict, reasons, diverged at)."""
+                   patience: int) -> Verdict:
+    """The verdict counting what the logs held up to ``iteration``."""
     seen = [r for r in rows if r.iteration <= iteration]
     streak_at = _streak_start([r.iteration for r in seen], {r.iteration for r in seen if r.below}, patience)
     if loss.nonfinite is not None and loss.nonfinite <= iteration:
-        return DIVERGED, [f"loss not finite at iteration {loss.nonfinite}"], loss.nonfinite
-    if schedule.certain and schedule.mismatch[0] <= iteration:
-        return DIVERGED, [f"schedule differs: {schedule.describe()[len('DIFFERS: '):]}"], schedule.mismatch[0]
+        return DIVERGED, [f"loss not finite at iteration {loss.nonfinite}"], loss.nonfinite, BY_LOSS_VALUE
+    if schedule.certain and schedule.certain_at[0] <= iteration:
+        return (DIVERGED, [f"schedule differs: {schedule.describe()[len('DIFFERS: '):]}"], schedule.certain_at[0],
+                BY_SCHEDULE)
     if loss.failed_at is not None and loss.failed_at <= iteration:
         return DIVERGED, [f"loss above the reference's beyond its band and noise at iteration {loss.failed_at} "
-                          f"(x{loss.stop_ratio:.2f})"], loss.failed_at
+                          f"(x{loss.stop_ratio:.2f})"], loss.failed_at, BY_LOSS
     if streak_at is not None:
         row = next(r for r in seen if r.iteration == streak_at)
         return DIVERGED, [f"mIoU below the stop margin at {patience} consecutive eval points (at iter "
                           f"{row.iteration}: {row.mean:.2f}, reference {row.published:.2f}, margin "
-                          f"{row.margin:.2f})"], streak_at
+                          f"{row.margin:.2f})"], streak_at, BY_MIOU
     reasons: List[str] = []
     if schedule.length_differs or (schedule.mismatch is not None and schedule.mismatch[0] <= iteration):
         reasons.append("schedule differs")
@@ -457,7 +488,7 @@ def _verdict_until(iteration: float, schedule: ScheduleCheck, loss: LossCheck, r
         last = below[-1]
         reasons.append(f"mIoU below the drift margin at iter {last.iteration} ({last.mean:.2f} vs "
                        f"{last.published:.2f} - {last.drift_margin:.2f})")
-    return (DRIFTING if reasons else ON_TRACK), reasons, None
+    return (DRIFTING if reasons else ON_TRACK), reasons, None, None
 
 
 def assess(runs: Mapping[str, Curve], reference: Curve, settings: Settings = Settings(),
@@ -473,11 +504,11 @@ def assess(runs: Mapping[str, Curve], reference: Curve, settings: Settings = Set
     rows = _eval_rows(runs, reference, settings)
     rows = [EvalRow(**{**asdict(r), "verdict": _verdict_until(r.iteration, schedule, loss, rows,
                                                               settings.patience)[0]}) for r in rows]
-    verdict, reasons, at = _verdict_until(math.inf, schedule, loss, rows, settings.patience)
+    verdict, reasons, at, by = _verdict_until(math.inf, schedule, loss, rows, settings.patience)
     batches = {c.effective_batch for c in curves if c.effective_batch is not None}
     batch = batches.pop() if len(batches) == 1 else None
     return Assessment(verdict, schedule, loss, tuple(rows), batch,
-                      reference.effective_batch or published_batch, at, tuple(reasons), reference_kind)
+                      reference.effective_batch or published_batch, at, tuple(reasons), reference_kind, by)
 
 
 def settings_from(guard: Any) -> Settings:

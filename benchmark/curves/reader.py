@@ -160,7 +160,9 @@ class CurveBuilder:
         self.meta: Dict[str, Any] = {}
         self.warnings: List[str] = []
         self._order: List[int] = []  # 0.x train iterations in file order
-        self._pending: List[Tuple[Dict[str, Any], str, int]] = []  # 0.x val lines: (entry, where, trains before)
+        # 0.x val lines: (entry, where, (meta lines before, train lines before)): the slot between two lines
+        self._pending: List[Tuple[Dict[str, Any], str, Tuple[int, int]]] = []
+        self._metas = 0  # meta lines read: a resumed run appending to its file writes one more
 
     @property
     def first_iteration(self) -> Optional[int]:
@@ -185,6 +187,7 @@ class CurveBuilder:
         else:  # MMSeg 0.x's meta line: env_info, seed, exp_name, config, ...
             self._format("mmseg0x")
             self.meta.update(entry)
+            self._metas += 1
 
     def _format(self, name: str) -> None:
         if name not in self.formats:
@@ -203,7 +206,7 @@ class CurveBuilder:
     def _mmseg0x(self, entry: Dict[str, Any], where: str) -> None:
         self._format("mmseg0x")
         if any(k in entry for k in ("mIoU", "aAcc")):  # a val line, whatever its mode says
-            self._pending.append((entry, where, len(self._order)))
+            self._pending.append((entry, where, (self._metas, len(self._order))))
             return
         iteration = _count(entry.get("iter"))
         if iteration is None or iteration == 0:
@@ -214,17 +217,23 @@ class CurveBuilder:
         self._order.append(iteration)
 
     def finish(self) -> "CurveBuilder":
-        """Place the 0.x val lines read so far at their training iterations (``eval_iteration``)."""
+        """Place the 0.x val lines read so far at their training iterations (``eval_iteration``). A val
+        line right after another (no train line between them: an evaluation at a max_iters that is no
+        multiple of the interval, within one log interval of the one before) is the next evaluation."""
         interval = _meta_interval(self.meta) or self.schedule[0]
         max_iters = _meta_int(self.meta, "max_iters", r"max_iters\s*=\s*(\d+)") or self.schedule[1]
         gaps = [b - a for a, b in zip(self._order, self._order[1:]) if b > a]
         log_interval = max(set(gaps), key=gaps.count) if gaps else None
         around = [(self._order[k - 1] if k else None, self._order[k] if k < len(self._order) else None)
-                  for _, _, k in self._pending]
+                  for _, _, (_, k) in self._pending]
         skipped = log_interval is not None and any(
             before is not None and after is not None and after - before == 2 * log_interval for before, after in around)
-        for (entry, where, _), (before, after) in zip(self._pending, around):
+        previous: Tuple[Optional[Tuple[int, int]], Optional[int]] = (None, None)  # (slot, iteration)
+        for (entry, where, slot), (before, after) in zip(self._pending, around):
             iteration = eval_iteration(before, after, interval, max_iters, log_interval if skipped else None)
+            if slot == previous[0] and previous[1] is not None and interval:
+                iteration = min(previous[1] + interval, max_iters) if max_iters else previous[1] + interval
+            previous = (slot, iteration)
             if iteration is None:
                 self.warn(where, "evaluation line whose training iteration is unknown (its 'iter' counts validation "
                                  "images; no train line before it and no evaluation interval)")

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from benchmark.curves.checks import DIVERGED, Assessment, assess, check_schedule, settings_from
+from benchmark.curves.checks import BY_LINE, DIVERGED, Assessment, assess, check_schedule, settings_from
 from benchmark.curves.reader import Curve, CurveBuilder, merge, read_curve, read_file
 from benchmark.curves.reference import reference_kind, reference_label, resolve_reference
 from benchmark.engine import distributed
@@ -151,7 +151,7 @@ class Guard:
     @staticmethod
     def _by_line(a: Assessment) -> bool:
         """Diverged by a check a train line decides (schedule, loss), not by the mIoU of evaluations."""
-        return a.verdict == DIVERGED and a.diverged_at is not None and not a.reasons[0].startswith("mIoU")
+        return a.verdict == DIVERGED and a.diverged_at is not None and a.diverged_by in BY_LINE
 
     def _diverged_here(self, done: int) -> bool:
         """Stop here: action is stop, training has iterations left (a run that reached its end is never
@@ -207,7 +207,7 @@ class Guard:
             "verdict": a.verdict, "action": self.config.action, "reference": self.label, "stopped_at": stopped_at,
             "message": self.message(), "schedule": a.schedule.describe(), "loss": a.loss.describe(),
             "effective_batch": a.effective_batch, "published_batch": a.published_batch, "batch_note": a.batch_note,
-            "diverged_at": a.diverged_at,
+            "diverged_at": a.diverged_at, "diverged_by": a.diverged_by,
             "evals": [{"iteration": r.iteration, "mIoU": r.mean, "published": r.published, "margin": r.margin,
                        "drift_margin": r.drift_margin, "spread": r.spread, "below": r.below,
                        "drifting": r.drifting} for r in a.evals],

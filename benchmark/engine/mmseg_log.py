@@ -40,11 +40,6 @@ LOSS_KEYS = (("loss_decode", "decode.loss_seg"), ("loss_aux", "aux.loss_seg"), (
 PATTERNS = ("mmcv1.3.11", "2020")
 
 
-def is_eval_iteration(iteration: int, eval_interval: int, max_iters: int) -> bool:
-    """nlbench evaluates every ``eval_interval`` iterations and at the end (engine/train.py)."""
-    return iteration % eval_interval == 0 or iteration == max_iters
-
-
 def as_2020_pattern(lines: List[Dict[str, Any]], eval_iterations: Collection[int]) -> List[Dict[str, Any]]:
     """A 0.x log's lines (meta, train, val) as MMSeg wrote them before mmcv 1.3.11: the train line of
     an evaluation iteration (one of ``eval_iterations``) that a val line follows is dropped; val lines
@@ -130,7 +125,7 @@ class MMSeg0xLogSink:
         iteration = int(entry["iteration"])
         self.last_iteration, self.last_lr = iteration, _round(entry.get("lr"))
         sched = self.recipe.schedule
-        if self.pattern == "2020" and is_eval_iteration(iteration, sched.eval_interval, sched.max_iters):
+        if self.pattern == "2020" and sched.evaluates_at(iteration):
             return  # mmcv < 1.3.11: the eval hook emptied the log buffer before this line was written
         line: Dict[str, Any] = {"mode": "train", "epoch": self._epoch(iteration), "iter": iteration,
                                 "lr": self.last_lr}

@@ -298,7 +298,7 @@ def train(
         # A preempted job saves at an iteration boundary rather than losing up to a tenth of the run.
         if _stop_now(stop_requested, done, sched.max_iters):
             _interrupt(done, saved, run, checkpoints, logger, log if info.is_main else None)
-        if done % sched.eval_interval == 0 or done == sched.max_iters:
+        if sched.evaluates_at(done):
             metrics = _periodic_eval(recipe, run, info, peak, logger, guard, checkpoints, done, saved)
         tick = time.perf_counter()
     logger.close()

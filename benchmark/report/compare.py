@@ -69,6 +69,9 @@ class Reference:
     # A baseline's measured bands (report/baseline.py's BAND_COLUMNS by recipe); None: every mIoU row
     # keeps the tolerance (the published table, or a smoke baseline frozen before its spread was measured).
     bands: Optional[pd.DataFrame] = None
+    # The table has the figures published for each released checkpoint (catalog.RELEASED_COLUMNS) in a
+    # full-profile table: released weights are held to those, not to the table's.
+    released_figures: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def device_class(name: Optional[str]) -> Optional[str]:
 def load_reference(spec: str) -> Reference:
     """``published`` or a CSV in published.csv's columns (optional ``profile`` and ``device`` columns)."""
     if spec == "published":
-        return Reference(PUBLISHED_LABEL, "full", PUBLISHED_DEVICE, load_published())
+        return Reference(PUBLISHED_LABEL, "full", PUBLISHED_DEVICE, load_published(), released_figures=True)
     path = Path(spec)
     table = load_published(path)
     extra = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -120,7 +123,10 @@ def load_reference(spec: str) -> Reference:
     profile = single("profile", "full")
     if profile != "full":  # nlbench's own numbers, never to be read as the published ones
         label = f"{profile} baseline {label}"
-    return Reference(label, profile, device_class(single("device", None)), table, read_bands(path, extra))
+    # MMSeg's released figures are full-size results: a smoke table copied from published.csv keeps them
+    # as stale columns beside its own numbers.
+    released = profile == "full" and any(column in extra.columns for column in RELEASED_COLUMNS.values())
+    return Reference(label, profile, device_class(single("device", None)), table, read_bands(path, extra), released)
 
 
 def default_references(profiles: List[str]) -> Dict[str, Reference]:
@@ -188,8 +194,8 @@ def compare(summary: pd.DataFrame, ref: Reference, tolerance: float, source: str
     rows = rows[rows["profile"] == ref.profile].set_index("recipe")
     checks = []
     # Released weights are held to the figures MMSeg published for that very checkpoint (catalog.released_table);
-    # a reference CSV of one's own holds the numbers to compare with as they are.
-    table = released_table(ref.table) if source == RELEASED and ref.label == PUBLISHED_LABEL else ref.table
+    # a reference CSV without those columns holds the numbers to compare with as they are.
+    table = released_table(ref.table) if source == RELEASED and ref.released_figures else ref.table
     for recipe, r in table.iterrows():
         have = recipe in rows.index
         got = rows.loc[recipe] if have else None
