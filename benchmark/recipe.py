@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_text
 from benchmark.stats import SEED_STD_MIOU
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -433,3 +434,16 @@ def _lists_to_tuples(node: Any) -> Any:
     if isinstance(node, list):
         return tuple(_lists_to_tuples(v) for v in node)
     return node
+
+
+# The resolved recipe beside every run, as MMSeg keeps its config in the work dir: what ran is read
+# from the run itself, not from a recipe file that may have changed since.
+RESOLVED_RECIPE_FILE = "recipe.yaml"
+
+
+def write_resolved_recipe(recipe: Recipe, work_dir: Union[str, Path], origin: str) -> Path:
+    """WORK_DIR/recipe.yaml, written atomically: the resolved recipe under a header naming what ran it
+    (``origin``), the file it came from and its hash."""
+    header = (f"# resolved recipe of {origin} (recipe hash {recipe.hash})\n"
+              f"# from {recipe.source or recipe.name}, profile {recipe.profile}\n")
+    return atomic_write_text(Path(work_dir) / RESOLVED_RECIPE_FILE, header + recipe.to_yaml())

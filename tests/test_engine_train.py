@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from benchmark.checkpoint import load_checkpoint
 from benchmark.cli import main as cli_main
@@ -123,6 +124,11 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     # Uninterrupted reference run (also writes the synthetic set once).
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref, data_root, max_iters), check=True, env=_env(), capture_output=True)
+    # `nlbench train` keeps the resolved recipe beside the run, --set values applied, as run-all's jobs do.
+    saved_text = (ref / "recipe.yaml").read_text()
+    saved = yaml.safe_load(saved_text)
+    assert saved["name"] == ROW and saved["profile"] == "smoke" and saved["schedule"]["max_iters"] == max_iters
+    assert "--set schedule.max_iters=20" in saved_text.splitlines()[0]
 
     # The same run, killed with SIGKILL as soon as its second checkpoint file exists (latest.pth may
     # still name the first: the kill can land between the two renames, which resume must survive).

@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
-from benchmark.io.files import atomic_write_text
 from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_env
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.recipe import Recipe, load_recipe, write_resolved_recipe
 from benchmark.run.lock import JobHeld, JobLock, lock_path
 from benchmark.run.records import provenance, record_kinds, write_record
 from benchmark.run.state import JobLog, read_state, write_state
@@ -366,19 +365,10 @@ def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
             lock.release()
 
 
-RECIPE_FILE = "recipe.yaml"
-
-
 def save_recipe(job: Job) -> Path:
-    """WORK_DIR/recipe.yaml: the job's resolved recipe (profile, overrides and seed applied), written
-    atomically; its header names the job, the recipe file and overrides it came from, and its hash."""
-    recipe = job.recipe
+    """WORK_DIR/recipe.yaml: the job's resolved recipe (profile, overrides and seed applied)."""
     sets = " ".join(f"--set {o}" for o in job.overrides) or "none"
-    header = (f"# resolved recipe of job {job.key} (recipe hash {recipe.hash})\n"
-              f"# from {recipe.source or recipe.name}, profile {recipe.profile}, overrides: {sets}\n")
-    path = Path(job.work_dir) / RECIPE_FILE
-    atomic_write_text(path, header + recipe.to_yaml())
-    return path
+    return write_resolved_recipe(job.recipe, job.work_dir, f"job {job.key}; overrides: {sets}")
 
 
 def _claim(job: Job, env: JobEnvironment, lock: JobLock, log: JobLog) -> Optional[List[str]]:
