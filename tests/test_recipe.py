@@ -98,7 +98,7 @@ def test_smoke_profile_keeps_backbones_and_schedules_apart():
         assert smoke.model.pretrained is None
         iterations.setdefault(full.schedule.max_iters, set()).add(smoke.schedule.max_iters)
         assert smoke.schedule.eval_interval * 2 == smoke.schedule.max_iters
-    assert {k: sorted(v) for k, v in iterations.items()} == {20000: [40], 40000: [60], 80000: [90], 160000: [130]}
+    assert {k: sorted(v) for k, v in iterations.items()} == {20000: [200], 40000: [220], 80000: [240], 160000: [260]}
     # The full recipes of the R-101 rows are unchanged by their new base file: MMSeg's R-101 model.
     r101 = load_recipe("nonlocal_r101-d8_4xb4-80k_ade20k-512x512")
     assert r101.model.depth == 101 and r101.model.pretrained == "open-mmlab://resnet101_v1c"
