@@ -12,7 +12,11 @@ seeds 0..4 at 1 thread AVX2, seed 0 at 2 threads native; ``full``: every seed at
 both instruction sets.
 
 Resumable: run-all skips rows already complete in its folder, and cells already in ``--out`` are not
-run again. ``--out`` (default results/reference/smoke_spread.csv) holds one line per cell:
+run again; ``--collect-only`` adds what the folders hold without running anything (a measurement
+stopped part-way through a group). ``--groups avx2:1:0-4,native:2:0`` names the groups instead of
+``--cells``; two instances on different groups may run side by side (each merges the CSV on write).
+
+``--out`` (default results/reference/smoke_spread.csv) holds one line per cell:
 ``recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip`` (``cpu``: the model name from /proc/cpuinfo and
 the instruction set torch reports; ``miou_ms_flip`` empty where the row publishes none).
 ``--baseline CSV`` also writes the smoke baseline (results/reference/smoke.csv) with each row's mean
@@ -53,6 +57,25 @@ def groups(cells: str) -> List[Group]:
     if cells == "minimal":
         return first + more
     return first + more + [("avx2", 2, (0,)), ("native", 2, SEEDS), ("avx2", 2, SEEDS)]
+
+
+def parse_groups(spec: str) -> List[Group]:
+    """'avx2:1:0-4,native:2:0' -> [("avx2", 1, (0, 1, 2, 3, 4)), ("native", 2, (0,))]."""
+    out = []
+    for part in spec.split(","):
+        isa, threads, seeds = part.split(":")
+        low, _, high = seeds.partition("-")
+        if isa not in ISA_ENV:
+            sys.exit(f"--groups: unknown instruction set {isa!r}; expected one of {', '.join(ISA_ENV)}")
+        out.append((isa, int(threads), tuple(range(int(low), int(high or low) + 1))))
+    return out
+
+
+def merged(old: List[Dict[str, str]], new: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    """The union of two lists of cells; a cell of ``new`` replaces the same cell of ``old``."""
+    cells = {(c["recipe"], c["seed"], c["cpu_threads"], c["isa"]): c for c in old}
+    cells.update({(c["recipe"], c["seed"], c["cpu_threads"], c["isa"]): c for c in new})
+    return list(cells.values())
 
 
 def isa_environment(isa: str) -> Dict[str, str]:
@@ -211,13 +234,16 @@ def write_baseline(cells: List[Dict[str, str]], out: Path, template_results: Pat
 def main(argv: Sequence[str] = ()) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", choices=["minimal", "full"], default="minimal")
+    p.add_argument("--groups", help="instead of --cells: ISA:THREADS:SEEDS,... e.g. avx2:1:0-4,native:2:0")
     p.add_argument("--filter", default="", help="glob on recipe names (default: every row)")
     p.add_argument("--work", default="results/smoke-spread", help="run-all folders, one per (isa, threads)")
     p.add_argument("--out", default="results/reference/smoke_spread.csv")
     p.add_argument("--parallel", type=int, default=2, help="cores to use (jobs at a time x threads per job)")
     p.add_argument("--baseline", help="also write the smoke baseline CSV (the mean of each row's cells)")
     p.add_argument("--table", help="also write the spread table into this markdown file")
-    p.add_argument("--report-only", action="store_true", help="run nothing; only --baseline / --table")
+    p.add_argument("--collect-only", action="store_true",
+                   help="run nothing: add the cells the groups' folders already hold (a measurement cut short), "
+                        "then --baseline / --table")
     args = p.parse_args(list(argv) or None)
     from benchmark.catalog import select_recipe_paths
 
@@ -225,15 +251,16 @@ def main(argv: Sequence[str] = ()) -> int:
     recipes = [Path(r).stem for r in select_recipe_paths(args.filter or None)]
     cells = read_cells(out)
     failed = 0
-    for group in ([] if args.report_only else groups(args.cells)):
+    for group in parse_groups(args.groups) if args.groups else groups(args.cells):
         isa, threads, seeds = group
+        cells = merged(cells, read_cells(out))  # another instance may have added cells meanwhile
         have = {(c["recipe"], int(c["seed"])) for c in cells if c["isa"] == isa and int(c["cpu_threads"]) == threads}
         if all((r, s) in have for r in recipes for s in seeds):
             continue
-        failed |= run_group(group, work, args.filter, args.parallel, sys.executable) != 0
-        cpu = cpu_name(isa)
-        new = [c for c in group_cells(group, work, cpu) if (c["recipe"], int(c["seed"])) not in have]
-        cells += new
+        if not args.collect_only:
+            failed |= run_group(group, work, args.filter, args.parallel, sys.executable) != 0
+        new = [c for c in group_cells(group, work, cpu_name(isa)) if (c["recipe"], int(c["seed"])) not in have]
+        cells = merged(read_cells(out), new)
         write_cells(out, cells)
         print(f"smoke_spread: {len(new)} cell(s) added to {out}", flush=True)
     if args.baseline:
