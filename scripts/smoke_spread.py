@@ -149,11 +149,13 @@ def group_cells(group: Group, work: Path, cpu: str) -> List[Dict[str, str]]:
     isa, threads, seeds = group
     records, _ = load_records(work / f"{isa}-t{threads}")
     hashes: Dict[str, str] = {}  # only records of the recipes as they are now count
+    ms_flip: Dict[str, bool] = {}
     newest: Dict[Tuple[str, int, str], Dict] = {}
     for rec in records:
         recipe, seed = rec["recipe"], int(rec["seed"])
         if recipe not in hashes:
-            hashes[recipe] = load_recipe(recipe, [f"runtime.cpu_threads={threads}"], profile="smoke").hash
+            resolved = load_recipe(recipe, [f"runtime.cpu_threads={threads}"], profile="smoke")
+            hashes[recipe], ms_flip[recipe] = resolved.hash, resolved.test.ms_flip_published
         current = (rec.get("provenance") or {}).get("recipe_hash") == hashes[recipe]
         key = (recipe, seed, rec["kind"])
         if current and rec["profile"] == "smoke" and rec["kind"] in ("eval", "eval_ms_flip") and seed in seeds:
@@ -164,6 +166,8 @@ def group_cells(group: Group, work: Path, cpu: str) -> List[Dict[str, str]]:
         if kind != "eval":
             continue
         ms = newest.get((recipe, seed, "eval_ms_flip"))
+        if ms_flip[recipe] and ms is None:
+            continue  # not finished: the cell is added once both numbers are there
         cells.append({"recipe": recipe, "seed": str(seed), "cpu_threads": str(threads), "isa": isa, "cpu": cpu,
                       "miou": f"{rec['metrics']['mIoU']:.4f}",
                       "miou_ms_flip": f"{ms['metrics']['mIoU']:.4f}" if ms else ""})
