@@ -144,15 +144,15 @@ def group_cells(group: Group, work: Path, cpu: str) -> List[Dict[str, str]]:
 
     isa, threads, seeds = group
     records, _ = load_records(work / f"{isa}-t{threads}")
-    hashes: Dict[str, str] = {}  # only records of the recipes as they are now count
+    hashes: Dict[Tuple[str, int], str] = {}  # only records of the recipes as they are now count
     ms_flip: Dict[str, bool] = {}
     newest: Dict[Tuple[str, int, str], Dict] = {}
     for rec in records:
         recipe, seed = rec["recipe"], int(rec["seed"])
-        if recipe not in hashes:
-            resolved = load_recipe(recipe, [f"runtime.cpu_threads={threads}"], profile="smoke")
-            hashes[recipe], ms_flip[recipe] = resolved.hash, resolved.test.ms_flip_published
-        current = (rec.get("provenance") or {}).get("recipe_hash") == hashes[recipe]
+        if (recipe, seed) not in hashes:  # run-all sets runtime.seed, which is part of the hash
+            resolved = load_recipe(recipe, [f"runtime.cpu_threads={threads}", f"runtime.seed={seed}"], profile="smoke")
+            hashes[recipe, seed], ms_flip[recipe] = resolved.hash, resolved.test.ms_flip_published
+        current = (rec.get("provenance") or {}).get("recipe_hash") == hashes[recipe, seed]
         key = (recipe, seed, rec["kind"])
         if current and rec["profile"] == "smoke" and rec["kind"] in ("eval", "eval_ms_flip") and seed in seeds:
             if key not in newest or rec["created_at"] > newest[key]["created_at"]:
