@@ -25,9 +25,10 @@ from benchmark.report.curves import write_reference_logs
 pytestmark = pytest.mark.slow
 
 ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
+# lr 0.05 and 2 images a batch pinned: the lr and batch figures below are worked out from them.
 TINY = ["schedule.max_iters=12", "schedule.eval_interval=4", "schedule.checkpoint_interval=4",
-        "schedule.log_interval=2", "data.synthetic.train=4", "data.synthetic.val=2",
-        "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
+        "schedule.log_interval=2", "schedule.lr=0.05", "data.imgs_per_gpu=2", "data.synthetic.train=4",
+        "data.synthetic.val=2", "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
 
 
 def _sets(items):

@@ -15,8 +15,9 @@ SLIDE_ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
 
 
 def test_cpu_bench_on_synthetic_images_when_no_dataset(tmp_path):
-    recipe = load_recipe(ROW, ["bench.total_images=3", "bench.warmup_images=1", "bench.mem_iters=1"],
-                         profile="smoke")
+    # The former smoke sizes pinned: the test scale (128, 64) and 2 images a batch.
+    recipe = load_recipe(ROW, ["bench.total_images=3", "bench.warmup_images=1", "bench.mem_iters=1",
+                               "data.img_scale=[128,64]", "data.imgs_per_gpu=2"], profile="smoke")
     out = bench(recipe, device="cpu", data_root=str(tmp_path / "absent"))
     assert out["image_source"] == "synthetic"
     assert out["image_hw"] == list(synthetic_image_size(recipe)) == [64, 128]  # Cityscapes 1:2 at the test scale
@@ -33,12 +34,14 @@ def test_cpu_bench_on_synthetic_images_when_no_dataset(tmp_path):
 
 
 def test_cli_bench_on_val_images_with_slide_mode(tmp_path, capsys):
-    recipe = load_recipe(SLIDE_ROW, profile="smoke")
+    # The former smoke sizes pinned: 64x128 val images, the test scale (129, 65).
+    sizes = ["data.synthetic.size=[64,128]", "data.img_scale=[129,65]"]
+    recipe = load_recipe(SLIDE_ROW, sizes, profile="smoke")
     root = ensure_dataset(recipe.data, tmp_path / "cityscapes")
     out_json = tmp_path / "bench.json"
     code = cli_main(["bench", SLIDE_ROW, "--profile", "smoke", "--data-root", str(root), "--device", "cpu",
                      "--set", "bench.total_images=2", "--set", "bench.warmup_images=1", "--skip-mem",
-                     "--json", str(out_json)])
+                     *[arg for s in sizes for arg in ("--set", s)], "--json", str(out_json)])
     assert code == 0
     text = capsys.readouterr().out
     assert "CPU fps" in text and "val split" in text and "(slide)" in text

@@ -26,6 +26,10 @@ from benchmark.recipe import load_recipe
 
 CITY = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 CITY_769 = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
+# The test scales whose resize arithmetic the tests below work out by hand (smoke-size scales, pinned
+# so that a change of the smoke profile's sizes does not change the arithmetic checked).
+CITY_SCALE = "data.img_scale=[128,64]"
+CITY_769_SLIDE = ["data.img_scale=[129,65]", "test.crop_size=[49,49]", "test.stride=[33,33]"]
 
 
 class Recorder(nn.Module):
@@ -123,7 +127,7 @@ def test_overlapping_windows_cover_every_pixel_and_average():
 
 
 def test_test_pipeline_resizes_normalises_and_returns_original_size(smoke_model):
-    recipe = load_recipe(CITY, profile="smoke")  # img_scale (128, 64)
+    recipe = load_recipe(CITY, [CITY_SCALE], profile="smoke")  # img_scale (128, 64)
     image = _image(37, 61)
     model = Recorder(smoke_model)
     logits = predict_logits(model, image, recipe)
@@ -141,7 +145,7 @@ def test_test_pipeline_resizes_normalises_and_returns_original_size(smoke_model)
 
 
 def test_slide_recipe_runs_windows_on_the_resized_image(smoke_model):
-    recipe = load_recipe(CITY_769, profile="smoke")  # img_scale (129, 65), crop 49, stride 33
+    recipe = load_recipe(CITY_769, CITY_769_SLIDE, profile="smoke")  # img_scale (129, 65), crop 49, stride 33
     model = Recorder(smoke_model)
     model.align_corners = True
     logits = predict_logits(model, _image(64, 128), recipe)
@@ -151,7 +155,7 @@ def test_slide_recipe_runs_windows_on_the_resized_image(smoke_model):
 
 
 def test_ms_flip_views_follow_mmseg_0x(smoke_model):
-    recipe = load_recipe(CITY, profile="smoke")
+    recipe = load_recipe(CITY, [CITY_SCALE], profile="smoke")
     image = _image(37, 61)
     model = Recorder(smoke_model)
     probs = predict_ms_flip_probs(model, image, recipe)

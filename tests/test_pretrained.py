@@ -75,7 +75,7 @@ def test_training_starts_from_the_pretrained_backbone(tmp_path):
     _imagenet_file(tmp_path / "r18.pth")
     recipe = load_recipe(
         "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024",
-        # ImageNet weights are full width: the smoke trunk's half width is set back to 64 channels.
+        # ImageNet weights are full width: the smoke trunk's narrow width is set back to 64 channels.
         [f"model.pretrained={tmp_path / 'r18.pth'}", "model.stem_channels=64", "model.base_channels=64",
          "schedule.max_iters=1", f"data.data_root={tmp_path / 'cs'}",
          "data.synthetic.train=2", "data.synthetic.val=1"],

@@ -46,7 +46,16 @@ Polygon = List[Tuple[int, int]]
 # Classes the scenes use, in each dataset's stored encoding.
 _CITYSCAPES_OBJECTS = ("building", "vegetation", "car", "person", "cargroup", "persongroup")
 _ADE_OBJECTS = (1, 5, 13, 21, 0)  # wall, tree, person, car, and "other" (0 -> ignored after reduction)
-_VOC_OBJECTS = (1, 3, 7, 15)  # aeroplane, bird, car, person
+_VOC_OBJECTS = (1, 2, 4, 15)  # aeroplane, bicycle, boat, person: red, green, blue, light pink
+
+# Every class a scene uses, in each dataset's label encoding (Cityscapes: train ids), background first.
+# Each gets stripes of its own orientation and period (_class_style), so a class stays recognisable
+# under the training pipeline's hue, saturation and contrast changes, not only by its colour.
+_SCENE_CLASSES = {
+    "cityscapes": (0, 10, 2, 8, 13, 11),  # road, sky, building, vegetation, car, person
+    "ade20k": (4, 3, 1, 5, 13, 21),  # floor, sky, wall, tree, person, car
+    "voc12aug": (0,) + _VOC_OBJECTS,
+}
 
 _CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau")}
 
@@ -81,10 +90,21 @@ def _draw(h: int, w: int, fill: int, objects: Sequence[Tuple[int, Polygon]]) -> 
     return np.array(im)
 
 
-def _class_texture(value: int, colour: Tuple[int, int, int], h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """The class's colour and stripes (fixed per class), with per-image phase and noise."""
+def _class_style(dataset: str, value: int) -> Tuple[float, float]:
+    """(angle, period) of a class's stripes: evenly spread orientations and three periods over the
+    scene's classes; any other value (ignored, "other") a fixed pseudo-random pair."""
+    scene = _SCENE_CLASSES[dataset]
+    if value in scene:
+        k = scene.index(value)
+        return k * np.pi / len(scene), (4.0, 6.5, 9.0)[k % 3]
     style = np.random.default_rng([7919, int(value)])
-    angle, period = style.uniform(0, np.pi), style.uniform(3.0, 12.0)
+    return style.uniform(0, np.pi), style.uniform(3.0, 12.0)
+
+
+def _class_texture(dataset: str, value: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """The class's colour and stripes (fixed per class), with per-image phase and noise."""
+    colour = _colour(dataset, value)
+    angle, period = _class_style(dataset, value)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
     # Squeeze the palette colour into 32..223 so stripes and noise mostly stay inside 0..255.
@@ -105,7 +125,7 @@ def render_image(class_map: np.ndarray, dataset: str, rng: np.random.Generator) 
     img = np.zeros((h, w, 3), np.float32)
     for value in np.unique(class_map):
         mask = class_map == value
-        img[mask] = _class_texture(int(value), _colour(dataset, int(value)), h, w, rng)[mask]
+        img[mask] = _class_texture(dataset, int(value), h, w, rng)[mask]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

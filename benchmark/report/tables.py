@@ -41,9 +41,9 @@ END = "<!-- nlbench:tables:end -->"
 PROFILE_ORDER = {"full": 0, "smoke": 1}
 PROFILE_NOTES = {
     "full": "the recipes as published (full size, real datasets).",
-    "smoke": "ResNet-18 trunk for the R-50 rows and ResNet-34 for the R-101 rows, both at half width, thin "
-             "heads, one CPU thread per run, synthetic data in each dataset's layout, tiny crops and short "
-             "schedules that grow with the published ones (20k/40k/80k/160k -> 40/60/90/130 iterations; "
+    "smoke": "a quarter-width ResNet-18 trunk with thin heads (wider for the R-101 rows), one CPU thread "
+             "per run, synthetic data in each dataset's layout, small crops and schedules that grow with "
+             "the published ones (20k/40k/80k/160k -> 200/220/240/260 iterations; "
              "Backbone, Crop Size and Lr schd below name the published row, not the smoke settings). It checks "
              "that every stage of every row runs; its numbers are **not** comparable with the published "
              "full-size results (rows say `NonLocal (smoke)`; `nlbench compare` gates them against "
