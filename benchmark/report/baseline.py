@@ -24,7 +24,7 @@ from typing import List, Optional
 
 import pandas as pd
 
-from benchmark.catalog import PUBLISHED_CSV
+from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import REPO_ROOT
@@ -112,6 +112,8 @@ def baseline_from_spread(spread: Path, floor: float = DEFAULT_TOLERANCE) -> pd.D
     runs = read_spread(spread)
     base = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
     base = base[base["recipe"].isin(set(runs["recipe"]))].copy()
+    # the released checkpoints' figures are the full-size models', never a smoke row's
+    base = base.drop(columns=[c for c in RELEASED_COLUMNS.values() if c in base.columns])
     for metric in BAND_METRICS:
         frozen = [_frozen_metric(runs[runs["recipe"] == r][metric], floor) for r in base["recipe"]]
         base[metric] = [mean for mean, _ in frozen]
