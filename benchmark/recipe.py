@@ -70,7 +70,7 @@ class HeadConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    depth: Literal[18, 34, 50, 101]  # 18 and 34: the smoke profile's small trunks
+    depth: Literal[18, 34, 50, 101]  # 18 (and 34): small trunks, the smoke profile's is 18
     # MMSeg's backbone.stem_channels and backbone.base_channels (64 in every published row); the
     # smoke profile's trunks are narrower, which makes a smoke run several times cheaper.
     stem_channels: int = Field(64, gt=0)
@@ -165,8 +165,8 @@ class RuntimeConfig(_Strict):
     tf32: bool = False
     sync_bn: bool = True  # used whenever the world size is > 1
     # Intra-op threads of a run on the CPU (train, eval, bench); null: torch's default (the cores).
-    # CPU float sums depend on how the work is split over threads, so a fixed count gives the same
-    # numbers on any machine of one instruction set: the smoke profile sets 1.
+    # CPU float sums depend on how the work is split over threads, so a fixed count removes one source of
+    # run-to-run difference (the instruction set's kernels remain: docs/SMOKE.md); the smoke profile sets 1.
     cpu_threads: Optional[int] = Field(None, gt=0)
 
 
