@@ -136,3 +136,15 @@ def test_parallel_options_that_cannot_work_are_one_clear_error(tmp_path, capsys,
     code = cli(["run-all", "--profile", "smoke", "--filter", TWO_ROWS, "--results", str(tmp_path), *extra])
     err = capsys.readouterr().err
     assert code == 2 and says in err and "--parallel" in err and "Traceback" not in err
+
+
+def test_a_campaign_whose_every_job_failed_ends_with_its_state_table_and_exit_1(tmp_path, capsys):
+    # No record at all: run-all's closing verdicts say there are none instead of failing the command.
+    missing = tmp_path / "no-such-dataset"
+    results = tmp_path / "results"
+    code = cli(["run-all", "--profile", "smoke", "--filter", "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512",
+                "--results", str(results), *_sets(TINY + ["data.synthetic=null", f"data.data_root={missing}"])])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "failed (train)" in out and "1 row(s): 1 failed" in out
+    assert "verdicts: none (" in out and "no result records" in out

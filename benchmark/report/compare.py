@@ -597,7 +597,10 @@ def rows_verdicts(results, rows: Sequence[Tuple[str, str, str]], tolerance: floa
     """The verdicts of some rows, (recipe, profile, checkpoint source) each, as `nlbench compare` gives
     them by the tolerance method (what `run-all` ends with): their table, what was not compared and
     why, the tally and the outcome. Figures of other rows in the folder are left out."""
-    summary = collect_or_warn(results)
+    try:
+        summary = collect_or_warn(results)
+    except NLBenchError as exc:  # e.g. every job failed before its first record: the state table says why
+        return f"verdicts: none ({exc})"
     wanted = set(rows)
     summary = summary[[(r, p, s) in wanted for r, p, s in
                        zip(summary["recipe"], summary["profile"], summary["checkpoint_source"])]]
