@@ -158,3 +158,17 @@ def test_report_in_headless_chromium(report):
     row = load((report / "rows" / "smoke" / f"{ROWS[3]}.html").as_uri())
     assert row.returncode == 0 and row.console == []
     assert row.dom.count('<tr class="result-row"') == 1 and "<svg" in row.dom
+
+
+def test_the_tolerance_legend_names_the_smoke_band_only_where_one_applies(tmp_path):
+    from benchmark.report.collect import collect
+    from benchmark.report.html import verdict_sources
+
+    def legend(profile):
+        results = tmp_path / profile
+        write_row(results, profile=profile, miou=90.0)
+        return verdict_sources(collect(results), 0.5)[0].label
+
+    # the committed smoke baseline carries measured bands; the published table does not
+    assert "a smoke row: ± the band measured for its baseline" in legend("smoke")
+    assert "band measured" not in legend("full")

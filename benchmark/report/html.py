@@ -126,8 +126,10 @@ def verdict_sources(summary: pd.DataFrame, tolerance: float, assumed_std: float 
     def keyed(found: List[Check]) -> Dict[Key, Check]:
         return {(c.recipe, c.profile, c.source, c.metric): c for c in found}
 
+    banded = any(c.band_from.startswith("the measured spread") for c in checks)
+    bands = " (a smoke row: ± the band measured for its baseline)" if banded else ""
     return [
-        VerdictSource("tolerance", "tol", f"tol: the tolerance method, reference ± {tolerance} mIoU points, "
+        VerdictSource("tolerance", "tol", f"tol: the tolerance method, reference ± {tolerance} mIoU points{bands}, "
                       "Mem and fps ± 10%", keyed(checks), _tolerance_detail, notes),
         VerdictSource("ci", "ci", "ci: the 95% interval of the mean over seeds against the same band (mIoU; "
                       f"one seed gives none, and an assumed std of {assumed_std} says how many would decide)",
