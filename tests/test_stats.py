@@ -135,34 +135,36 @@ def test_compare_ci_one_seed_uses_the_assumed_std(tmp_path, capsys):
     assert "--assumed-std" in capsys.readouterr().err
 
 
-def test_noise_band_is_twice_the_largest_deviation_floored():
+def test_noise_band_is_four_times_the_largest_deviation_floored():
     from benchmark.stats import noise_band
 
     got = noise_band([44.0, 44.4, 43.8, 44.2, float("nan")])  # mean 44.1; deviations 0.1, 0.3, 0.3, 0.1
     assert (got.n, got.mean, got.max_deviation, got.band) == (4, pytest.approx(44.1), pytest.approx(0.3),
-                                                                 pytest.approx(0.6))
+                                                                 pytest.approx(1.2))
     assert noise_band([47.0, 47.0]).band == 0.5  # runs that agree: the floor
     assert noise_band([1.0, 2.0], floor=0.1, margin=1.0).band == pytest.approx(0.5)
     assert noise_band([]).n == 0
 
 
-@pytest.mark.parametrize("runs, beyond_1x, beyond_2x", [(10, (0.10, 0.15), (0.007, 0.013)),
-                                                         (20, (0.045, 0.075), (0.0005, 0.0018))])
-def test_twice_the_largest_deviation_is_rarely_exceeded_by_a_new_run(runs, beyond_1x, beyond_2x):
-    # The README's and benchmark/stats.py's numbers, by Monte Carlo for normal noise: a row measured
-    # `runs` times, its band noise_band's (floor 0); how often does one more run fall outside it? The
-    # bounds are the claimed rates +- about 5 standard errors of 100000 trials.
+@pytest.mark.parametrize("runs, beyond_2x, demos_beyond", [(9, (0.011, 0.015), (0.001, 0.012)),
+                                                            (11, (0.0062, 0.0088), (0.0, 0.005))])
+def test_the_band_is_rarely_exceeded_by_a_new_run_in_any_of_28_checks(runs, beyond_2x, demos_beyond):
+    # benchmark/stats.py's numbers, by Monte Carlo for normal noise: a row measured `runs` times (9-11
+    # in results/reference/smoke_spread.csv), its band noise_band's (floor 0); how often does one more
+    # run fall outside it, and how often does a demo of 28 such checks fail somewhere? Bounds: the
+    # claimed rates +- about 5 standard errors of the trials.
     import numpy as np
 
     from benchmark.stats import SPREAD_MARGIN, noise_band
 
     rng = np.random.default_rng(20261206)
-    trials = 100_000
+    trials = 400_000
     x = rng.standard_normal((trials, runs))
     mean = x.mean(axis=1)
     largest = np.abs(x - mean[:, None]).max(axis=1)
     for i in range(20):  # the vectorised rule is noise_band's
         assert noise_band(x[i], floor=0.0).band == pytest.approx(SPREAD_MARGIN * largest[i])
     miss = np.abs(rng.standard_normal(trials) - mean)
-    assert beyond_1x[0] < (miss > largest).mean() < beyond_1x[1]  # the largest deviation alone: too tight
-    assert beyond_2x[0] < (miss > SPREAD_MARGIN * largest).mean() < beyond_2x[1]
+    assert beyond_2x[0] < (miss > 2 * largest).mean() < beyond_2x[1]  # twice: too tight for 28 checks
+    per_check = (miss > SPREAD_MARGIN * largest).mean()
+    assert demos_beyond[0] <= 1 - (1 - per_check) ** 28 < demos_beyond[1]

@@ -9,7 +9,7 @@ sets) into a spread file, one line a run, in the columns ``SPREAD_COLUMNS``:
 ``cpu`` the CPU's model name; ``miou_ms_flip`` empty for a row that has none). Freezing it
 (``make smoke-baseline SPREAD=FILE``, benchmark/report/freeze.py) writes the baseline in published.csv's columns plus
 ``profile``/``device`` and the band columns ``BAND_COLUMNS``: per row and metric the mean of the runs
-and the band of benchmark.stats.noise_band (twice the largest deviation from that mean, at least the
+and the band of benchmark.stats.noise_band (four times the largest deviation from that mean, at least the
 default tolerance), rounded outwards to the two decimals it is written with. compare then holds a smoke
 row against its own band rather than the fixed tolerance.
 """
