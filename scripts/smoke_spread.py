@@ -19,8 +19,9 @@ stopped part-way through a group). ``--groups avx2:1:0-4,native:2:0`` names the 
 ``--out`` (default results/reference/smoke_spread.csv) holds one line per cell:
 ``recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip`` (``cpu``: the model name from /proc/cpuinfo and
 the instruction set torch reports; ``miou_ms_flip`` empty where the row publishes none).
-``--baseline CSV`` also writes the smoke baseline (results/reference/smoke.csv) with each row's mean
-over the cells; ``--table MD`` writes the spread table between the ``smoke-spread`` markers of MD.
+``--table MD`` writes the spread table between the ``smoke-spread`` markers of MD. The baseline and its
+bands are frozen from ``--out`` by ``make smoke-baseline SPREAD=FILE`` (benchmark/report/baseline.py),
+the one place that turns a spread into a baseline.
 """
 
 from __future__ import annotations
@@ -87,18 +88,12 @@ def isa_environment(isa: str) -> Dict[str, str]:
 
 def cpu_name(isa: str) -> str:
     """'<model name> (<torch's CPU capability>)' as a process under ``isa``'s environment sees it."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmark.report.baseline import cpu_model
+
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
     capability = subprocess.run([sys.executable, "-c", probe], env=isa_environment(isa), check=True,
                                 capture_output=True, text=True).stdout.strip()
-    return f"{model} ({capability})"
+    return f"{cpu_model()} ({capability})"
 
 
 def read_cells(path: Path) -> List[Dict[str, str]]:
@@ -214,23 +209,6 @@ def write_table(path: Path, table: str) -> None:
     atomic_write_text(path, f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
 
 
-def write_baseline(cells: List[Dict[str, str]], out: Path, template_results: Path) -> None:
-    """The smoke baseline: a write_baseline of one spread folder (its columns), with every row's mIoUs
-    replaced by the mean over all its cells (2 decimals)."""
-    from benchmark.report.compare import write_baseline as freeze
-
-    freeze(template_results, out)
-    with open(out, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        for column in ("miou", "miou_ms_flip"):
-            values = [float(c[column]) for c in cells if c["recipe"] == row["recipe"] and c[column]]
-            row[column] = f"{sum(values) / len(values):.2f}" if values else ""
-    fields = list(rows[0].keys())
-    lines = [",".join(fields)] + [",".join(_csv_field(r[f]) for f in fields) for r in rows]
-    atomic_write_text(out, "\n".join(lines) + "\n")
-
-
 def main(argv: Sequence[str] = ()) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", choices=["minimal", "full"], default="minimal")
@@ -239,11 +217,10 @@ def main(argv: Sequence[str] = ()) -> int:
     p.add_argument("--work", default="results/smoke-spread", help="run-all folders, one per (isa, threads)")
     p.add_argument("--out", default="results/reference/smoke_spread.csv")
     p.add_argument("--parallel", type=int, default=2, help="cores to use (jobs at a time x threads per job)")
-    p.add_argument("--baseline", help="also write the smoke baseline CSV (the mean of each row's cells)")
     p.add_argument("--table", help="also write the spread table into this markdown file")
     p.add_argument("--collect-only", action="store_true",
                    help="run nothing: add the cells the groups' folders already hold (a measurement cut short), "
-                        "then --baseline / --table")
+                        "then --table")
     args = p.parse_args(list(argv) or None)
     from benchmark.catalog import select_recipe_paths
 
@@ -263,8 +240,6 @@ def main(argv: Sequence[str] = ()) -> int:
         cells = merged(read_cells(out), new)
         write_cells(out, cells)
         print(f"smoke_spread: {len(new)} cell(s) added to {out}", flush=True)
-    if args.baseline:
-        write_baseline(cells, (REPO / args.baseline).resolve(), work / "native-t1")
     if args.table:
         write_table((REPO / args.table).resolve(), spread_table(cells))
     return 1 if failed else 0
