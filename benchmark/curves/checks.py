@@ -433,12 +433,8 @@ def _sample_std(values: Sequence[float]) -> float:
 def stop_point(deltas: Sequence[Optional[float]], margins: Sequence[Margins], patience: int) -> Optional[int]:
     """The index of the eval point at which ``patience`` consecutive deltas (run - reference; None: not
     reached) were below their stop margins; None when that never happened."""
-    streak = 0
-    for k, (delta, margin) in enumerate(zip(deltas, margins)):
-        streak = streak + 1 if delta is not None and delta < -margin.stop else 0
-        if streak >= patience:
-            return k
-    return None
+    below = {k for k, (delta, margin) in enumerate(zip(deltas, margins)) if delta is not None and delta < -margin.stop}
+    return _streak_start(range(len(deltas)), below, patience)
 
 
 def _eval_rows(runs: Mapping[str, Curve], reference: Curve, settings: Settings) -> List[EvalRow]:

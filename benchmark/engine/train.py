@@ -49,6 +49,7 @@ from benchmark.engine.steps import build_loss_model, make_optimizer, make_scaler
 from benchmark.engine.tensorboard_sink import tensorboard_sink
 from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
 from benchmark.errors import DIVERGED_EXIT_CODE, NLBenchError, RunDiverged, TrainingInterrupted
+from benchmark.io.jobenv import job_environment
 from benchmark.recipe import Recipe, load_recipe, published_recipe, write_resolved_recipe
 
 __all__ = ["LATEST", "iteration_seed", "poly_lr", "train", "train_command"]
@@ -395,7 +396,7 @@ def train_command(recipe: str, overrides: Sequence[str] = (), profile: str = "fu
     """`nlbench train`; exit status 3 (``DIVERGED_EXIT_CODE``) when the guard stopped a diverged run."""
     resolved = load_recipe(recipe, overrides, profile)
     work = work_dir or os.path.join("work_dirs", resolved.name)
-    if os.environ.get("RANK", "0") == "0":  # every rank would write the same file
+    if job_environment().is_main:  # every rank would write the same file
         sets = " ".join(f"--set {o}" for o in overrides) or "none"
         write_resolved_recipe(resolved, work, f"nlbench train; overrides: {sets}")
     try:

@@ -166,6 +166,14 @@ def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
     return Path(out_csv)
 
 
+MEASURED_SPREAD = "the measured spread"  # band_from of a check held to its baseline's measured band
+
+
+def held_to_measured_bands(checks: Sequence[Check]) -> bool:
+    """Whether any check was held to a band measured for its baseline rather than to the tolerance."""
+    return any(c.band_from.startswith(MEASURED_SPREAD) for c in checks)
+
+
 def band_for(ref: Reference, recipe: str, metric: str, reference: float, tolerance: float) -> Tuple[float, str]:
     """(half-width of the band around ``reference``, where it comes from): Mem and fps 10% of the
     reference; mIoU the baseline's measured band where it has one, else the tolerance."""
@@ -174,7 +182,7 @@ def band_for(ref: Reference, recipe: str, metric: str, reference: float, toleran
     if ref.bands is not None and recipe in ref.bands.index:
         band, runs = ref.bands.loc[recipe, f"{metric}_band"], ref.bands.loc[recipe, "n_runs"]
         if band == band:
-            return float(band), f"the measured spread ({ref.bands.loc[recipe, 'spread_over'] or f'{runs:.0f} runs'})"
+            return float(band), f"{MEASURED_SPREAD} ({ref.bands.loc[recipe, 'spread_over'] or f'{runs:.0f} runs'})"
     return tolerance, "the tolerance"
 
 
@@ -235,7 +243,7 @@ def apply_ci(checks: List[Check], tolerance: float, assumed_std: float = SEED_ST
             out.append(c)
             continue
         released = c.source == RELEASED
-        band = c.band if c.band == c.band else tolerance  # a baseline's measured band, else the tolerance
+        band = c.band  # a baseline's measured band, else the tolerance (band_for)
         got = ci_verdict(from_summary(c.reproduced, c.std, c.n), c.reference, band, assumed_std,
                          fixed_weights=released)
         note = _ci_note(c, got, released, band)
@@ -311,15 +319,12 @@ def _ci_header(assumed_std: float) -> str:
             "seed spread; Mem and fps keep the 10% band")
 
 
-def _band(c: Check, tolerance: float) -> str:
+def _band(c: Check) -> str:
+    """The band the check was held to (compare() sets it wherever there is a reference value)."""
     digits = METRICS[c.metric][2]
     if c.reference != c.reference:
         return "-"
-    if c.band == c.band:
-        allowed = c.band
-    else:
-        allowed = abs(c.reference) * HARDWARE_REL_TOL if c.metric in HARDWARE_METRICS else tolerance
-    return f"[{c.reference - allowed:.{digits}f}, {c.reference + allowed:.{digits}f}]"
+    return f"[{c.reference - c.band:.{digits}f}, {c.reference + c.band:.{digits}f}]"
 
 
 def _interval(c: Check) -> str:
@@ -330,7 +335,7 @@ def _interval(c: Check) -> str:
 def _ci_rows(checks: List[Check], tolerance: float) -> List[List[str]]:
     out = []
     for c, row in zip(checks, _rows(checks)):
-        out.append([*row[:5], row[5], _interval(c), _band(c, tolerance), c.verdict, c.note])
+        out.append([*row[:5], row[5], _interval(c), _band(c), c.verdict, c.note])
     return out
 
 
@@ -370,7 +375,7 @@ def _case_text(c: Check, method: str, tolerance: float) -> str:
     (row,) = _rows([c])
     if method == "ci":
         return (f"reference {row[3]}, mean {row[4]} (n={c.n}), 95% interval {_interval(c)}, "
-                f"band {_band(c, tolerance)}: {c.verdict}")
+                f"band {_band(c)}: {c.verdict}")
     return f"reference {row[3]}, reproduced {row[4]} (n={c.n}), delta {row[6]}: {c.verdict}"
 
 
@@ -484,7 +489,7 @@ def _failure_line(c: Check) -> str:
     band = f"±{c.band:.{digits}f}, from {c.band_from}"
     if c.verdict == "below":
         return (f"{where}: mean {c.reproduced:.{digits}f} of {c.n} seed(s), 95% interval {_interval(c)}, wholly under "
-                f"the band {_band(c, c.band)} ({band}); {gap:.{digits}f} {side} the reference {c.reference:.{digits}f}")
+                f"the band {_band(c)} ({band}); {gap:.{digits}f} {side} the reference {c.reference:.{digits}f}")
     worse = "lower" if higher_better else "higher"
     return (f"{where}: {c.reproduced:.{digits}f} is {gap:.{digits}f} {side} the reference {c.reference:.{digits}f} "
             f"({worse} is worse), beyond its band {band}")
@@ -509,7 +514,7 @@ def _band_notes(refs: Dict[str, Reference], tolerance: float) -> List[str]:
 def _outcome(checks: List[Check], method: str) -> str:
     failing = [c for c in checks if c.verdict in FAILING]
     if method == "tolerance":
-        measured = any(c.band_from.startswith("the measured spread") for c in checks)
+        measured = held_to_measured_bands(checks)
         band = "the band (the tolerance; a smoke row: its measured spread)" if measured else "the tolerance"
         return f"FAIL: {len(failing)} regression(s) beyond {band}" if failing else f"PASS: no regression beyond {band}"
     undecided = sum(c.verdict == "inconclusive" for c in checks)

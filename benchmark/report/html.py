@@ -37,7 +37,15 @@ from benchmark.io.files import atomic_write_text
 from benchmark.launch.cost import estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
 from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, newest_by_kind, of_source
-from benchmark.report.compare import HARDWARE_METRICS, METRICS, Check, apply_ci, compare, default_references
+from benchmark.report.compare import (
+    HARDWARE_METRICS,
+    METRICS,
+    Check,
+    apply_ci,
+    compare,
+    default_references,
+    held_to_measured_bands,
+)
 from benchmark.report.curves import assess_row, plot_overlay
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
 from benchmark.report.tables import FAST_NOTE, PROFILE_NOTES, RELEASED_NOTE, fast_cell, has_fast
@@ -126,7 +134,7 @@ def verdict_sources(summary: pd.DataFrame, tolerance: float, assumed_std: float 
     def keyed(found: List[Check]) -> Dict[Key, Check]:
         return {(c.recipe, c.profile, c.source, c.metric): c for c in found}
 
-    banded = any(c.band_from.startswith("the measured spread") for c in checks)
+    banded = held_to_measured_bands(checks)
     bands = " (a smoke row: ± the band measured for its baseline)" if banded else ""
     return [
         VerdictSource("tolerance", "tol", f"tol: the tolerance method, reference ± {tolerance} mIoU points{bands}, "
