@@ -284,7 +284,7 @@ VERBS: Tuple[Verb, ...] = (
          "evaluate a checkpoint on the validation split (aAcc, mIoU, mAcc, per class)", _eval_args),
     Verb("bench", "benchmark.engine.bench:bench_command",
          "Inf time (fps) and training Mem (GB): as published, and nlbench's fast path beside", _bench_args),
-    Verb("gpu-report", "benchmark.report.gpu_report:gpu_report_command",
+    Verb("gpu-report", "benchmark.measure.gpu_report:gpu_report_command",
          "on one GPU: both settings' fps, Mem and training step for R-50/R-101, the attention alone, "
          "bf16 agreement, the gpu tests -> gpu_report.md/.json", _gpu_report_args),
     Verb("list", "benchmark.catalog:list_command", "list every recipe with its published numbers", _list_args),
@@ -306,7 +306,7 @@ VERBS: Tuple[Verb, ...] = (
     Verb("report", "benchmark.report.html:report_command",
          "a static HTML report: the tables with verdicts, the plots, one page per row (no server, no JavaScript)",
          _report_args),
-    Verb("curves", "benchmark.report.curves:curves_command",
+    Verb("curves", "benchmark.report.row_curves:curves_command",
          "training curves against the row's published log (a smoke reference in the smoke profile): schedule, "
          "batch, loss and mIoU checks with the guard's noise-model margins, overlay; exit 1 when a row diverged",
          _curves_args),

@@ -147,7 +147,7 @@ def prepare(folder: Path) -> tuple:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from benchmark.checkpoint import save_checkpoint
+    from benchmark.mmseg_checkpoint import save_checkpoint
     from benchmark.models.segmentor import build_segmentor
     from benchmark.recipe import load_recipe
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 from benchmark.curves.reader import read_curve
 from benchmark.curves.reference import reference_curve
-from benchmark.data.datasets import SegDataset
+from benchmark.data.layouts import SegDataset
 from benchmark.engine.train import train
 from benchmark.errors import RunDiverged
 from benchmark.recipe import load_recipe

@@ -65,8 +65,8 @@ NLBENCH_EVAL = r'''
 import sys
 import numpy as np
 import torch
-from benchmark.checkpoint import load_weights
-from benchmark.data.datasets import read_image_file
+from benchmark.mmseg_checkpoint import load_weights
+from benchmark.data.layouts import read_image_file
 from benchmark.engine.evaluate import image_scores
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe

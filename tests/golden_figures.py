@@ -52,9 +52,9 @@ def figures(tmp: Path) -> dict:
     import cv2
     import torch
 
-    from benchmark.checkpoint import load_weights
     from benchmark.engine.evaluate import image_scores
     from benchmark.engine.predict import predict
+    from benchmark.mmseg_checkpoint import load_weights
     from benchmark.models.segmentor import build_segmentor
     from benchmark.recipe import load_recipe
 

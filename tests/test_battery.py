@@ -28,8 +28,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.checkpoint import save_checkpoint
 from benchmark.cli import main as cli_main
+from benchmark.mmseg_checkpoint import save_checkpoint
 from benchmark.recipe import REPO_ROOT, load_recipe
 
 ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"  # smoke: ResNet-18 trunk, 21 classes

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from benchmark.checkpoint import save_checkpoint
 from benchmark.cli import main as cli_main
 from benchmark.engine.bench import bench, single_rank_group
 from benchmark.engine.settings import PUBLISHED, fast_setting, parse_settings
 from benchmark.errors import NLBenchError
+from benchmark.mmseg_checkpoint import save_checkpoint
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
 from benchmark.run.job import Job, Resources, run_job

@@ -15,15 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.checkpoint import (
+from benchmark.cli import main as cli_main
+from benchmark.errors import NLBenchError
+from benchmark.io.files import atomic_write_bytes, atomic_write_text, file_sha256
+from benchmark.mmseg_checkpoint import (
     atomic_torch_save,
     load_checkpoint,
     load_weights,
     save_checkpoint,
 )
-from benchmark.cli import main as cli_main
-from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_bytes, atomic_write_text, file_sha256
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
 

@@ -20,7 +20,7 @@ from benchmark.errors import DIVERGED_EXIT_CODE, RunDiverged, TrainingInterrupte
 from benchmark.launch.status import collect_status
 from benchmark.recipe import load_recipe
 from benchmark.report.compare import write_baseline
-from benchmark.report.curves import write_reference_logs
+from benchmark.report.row_curves import write_reference_logs
 
 pytestmark = pytest.mark.slow
 

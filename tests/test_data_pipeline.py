@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.data.datasets import build_dataset
+from benchmark.data.layouts import build_dataset
 from benchmark.data.loader import sample_index, train_batches, val_samples
 from benchmark.data.resize import keep_ratio_size
 from benchmark.data.synthetic import write_synthetic

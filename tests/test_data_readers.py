@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from benchmark.data.classes import CLASS_NAMES, PALETTES
-from benchmark.data.datasets import build_dataset
+from benchmark.data.layouts import build_dataset
 from benchmark.data.prepare import aug_lists, prepare_cityscapes, prepare_voc
 from benchmark.data.synthetic import ensure_dataset, voc_colormap, write_synthetic
 from benchmark.errors import NLBenchError
@@ -130,7 +130,7 @@ def test_ade20k_reduce_zero_label(synth):
         assert np.array_equal(reduced[raw == 0], np.full((raw == 0).sum(), 255, np.uint8))
         assert np.array_equal(reduced[raw > 0], raw[raw > 0] - 1)
     # 255 stays 255 (MMSeg: 255 - 1 = 254 is mapped back to 255).
-    from benchmark.data.datasets import reduce_zero_label
+    from benchmark.data.layouts import reduce_zero_label
     assert reduce_zero_label(np.array([[0, 1, 150, 255]], np.uint8)).tolist() == [[255, 0, 149, 255]]
 
 

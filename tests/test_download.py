@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from http_server import LoopbackServer
 
-from benchmark.checkpoint import fetch_released
 from benchmark.errors import NLBenchError
+from benchmark.mmseg_checkpoint import fetch_released
 from benchmark.recipe import load_recipe
 
 RECIPE = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
@@ -85,8 +85,8 @@ def test_eval_checkpoint_released_downloads_and_evaluates(tmp_path, monkeypatch,
     """`nlbench eval --checkpoint released` end to end: served from loopback, cached, hash-checked."""
     import torch
 
-    from benchmark.checkpoint import save_checkpoint
     from benchmark.cli import main as cli
+    from benchmark.mmseg_checkpoint import save_checkpoint
     from benchmark.models.segmentor import build_segmentor
 
     monkeypatch.chdir(tmp_path)  # the smoke recipe's synthetic data root lands here

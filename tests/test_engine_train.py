@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
-from benchmark.checkpoint import load_checkpoint
 from benchmark.cli import main as cli_main
 from benchmark.engine.train import iteration_seed, poly_lr, train
+from benchmark.mmseg_checkpoint import load_checkpoint
 from benchmark.recipe import load_recipe
 
 ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
@@ -165,8 +165,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 def test_resume_without_a_checkpoint_starts_from_zero(tmp_path):
-    from benchmark.engine.checkpointer import read_resume_state as _resume_state
     from benchmark.engine.distributed import DistInfo
+    from benchmark.engine.train_checkpoints import read_resume_state as _resume_state
 
     said = []
     info = DistInfo(0, 1, 0, torch.device("cpu"), None)

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.checkpoint import load_checkpoint
 from benchmark.cli import main as cli_main
 from benchmark.engine.attempts import read_attempts, totals
-from benchmark.engine.checkpointer import has_checkpoint, read_manifest
 from benchmark.engine.train import train
+from benchmark.engine.train_checkpoints import has_checkpoint, read_manifest
 from benchmark.errors import NLBenchError, TrainingInterrupted
 from benchmark.io.files import append_line, file_sha256
+from benchmark.mmseg_checkpoint import load_checkpoint
 from benchmark.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -253,7 +253,7 @@ def test_a_corrupt_final_latest_in_a_copied_work_dir_is_pointed_at_the_intact_la
     latest = work / "latest.pth"
     assert not os.path.samefile(latest, work / "iter_4.pth")
     _zero_block(latest)
-    from benchmark.engine.checkpointer import verify_checkpoint
+    from benchmark.engine.train_checkpoints import verify_checkpoint
 
     with pytest.raises(NLBenchError, match="matches no sha256"):
         verify_checkpoint(latest)  # what the eval and bench stages would say before the repair

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from benchmark.cli import main as cli_main
-from benchmark.report.gpu_report import ROWS, goals, gpu_tests, markdown, time_for_gpu_tests
+from benchmark.measure.gpu_report import ROWS, goals, gpu_tests, markdown, time_for_gpu_tests
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ DATA = json.loads((Path(__file__).parent / "data" / "mmseg_configs.json").read_t
 CONFIGS: Dict[str, dict] = DATA["configs"]
 EXCEPTIONS: Dict[str, Dict[str, str]] = DATA.get("exceptions", {})
 DATASET_TYPES = {"cityscapes": "CityscapesDataset", "ade20k": "ADE20KDataset", "voc12aug": "PascalVOCDataset"}
-# nlbench's readers apply reduce_zero_label to ADE20K alone (benchmark/data/datasets.py).
+# nlbench's readers apply reduce_zero_label to ADE20K alone (benchmark/data/layouts.py).
 REDUCES_ZERO_LABEL = {"ade20k"}
 
 

@@ -182,8 +182,8 @@ def _report(name: str, ours: np.ndarray, theirs: np.ndarray) -> float:
 
 
 def test_whole_logits_match_mmseg(mmseg_outputs):
-    from benchmark.checkpoint import load_weights
     from benchmark.engine.inference import predict_logits
+    from benchmark.mmseg_checkpoint import load_weights
     from benchmark.recipe import load_recipe
 
     out, summary = mmseg_outputs
@@ -199,8 +199,8 @@ def test_whole_logits_match_mmseg(mmseg_outputs):
 
 
 def test_slide_logits_match_mmseg(mmseg_outputs):
-    from benchmark.checkpoint import load_weights
     from benchmark.engine.inference import predict_logits
+    from benchmark.mmseg_checkpoint import load_weights
     from benchmark.recipe import load_recipe
 
     out, _ = mmseg_outputs
@@ -216,8 +216,8 @@ def test_slide_logits_match_mmseg(mmseg_outputs):
 
 
 def test_ms_flip_probs_match_mmseg(mmseg_outputs):
-    from benchmark.checkpoint import load_weights
     from benchmark.engine.inference import predict_ms_flip_probs
+    from benchmark.mmseg_checkpoint import load_weights
     from benchmark.recipe import load_recipe
 
     out, _ = mmseg_outputs
@@ -242,7 +242,7 @@ def test_r101_state_dict_matches_mmseg(mmseg_outputs):
 
 
 def test_losses_match_mmseg(mmseg_outputs):
-    from benchmark.checkpoint import load_weights
+    from benchmark.mmseg_checkpoint import load_weights
     from benchmark.recipe import load_recipe
 
     out, summary = mmseg_outputs

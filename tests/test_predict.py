@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.checkpoint import save_checkpoint
 from benchmark.cli import main as cli_main
 from benchmark.data.classes import PALETTES
 from benchmark.engine.inference import predict_logits
+from benchmark.mmseg_checkpoint import save_checkpoint
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
 

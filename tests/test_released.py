@@ -115,7 +115,7 @@ def test_concurrent_fetchers_download_once(tmp_path):
 def _serve_smoke_checkpoint(tmp_path: Path) -> bytes:
     import torch
 
-    from benchmark.checkpoint import save_checkpoint
+    from benchmark.mmseg_checkpoint import save_checkpoint
     from benchmark.models.segmentor import build_segmentor
 
     torch.manual_seed(0)

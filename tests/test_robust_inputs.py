@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmark.data.datasets import build_dataset
+from benchmark.data.layouts import build_dataset
 from benchmark.data.loader import train_batches
 from benchmark.data.synthetic import write_synthetic
 from benchmark.data.transforms import build_train_pipeline

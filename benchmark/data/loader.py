@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.data.datasets import SegDataset
+from benchmark.data.layouts import SegDataset
 from benchmark.errors import NLBenchError
 
 Batch = Tuple[int, torch.Tensor, torch.Tensor]

@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from benchmark.data.datasets import read_split_file
+from benchmark.data.layouts import read_split_file
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
 

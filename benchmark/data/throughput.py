@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 
-from benchmark.data.datasets import SegDataset
+from benchmark.data.layouts import SegDataset
 from benchmark.data.loader import train_batches
 from benchmark.data.transforms import TrainPipeline
 

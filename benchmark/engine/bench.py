@@ -39,8 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from benchmark.checkpoint import load_weights, resolve_checkpoint
-from benchmark.data.datasets import build_dataset
+from benchmark.data.layouts import build_dataset
 from benchmark.engine.distributed import PeakMemory, device_info, resolve_device, use_runtime
 from benchmark.engine.settings import (
     PUBLISHED,
@@ -56,6 +55,7 @@ from benchmark.engine.steps import autocast, build_loss_model, make_optimizer, m
 from benchmark.errors import NLBenchError
 from benchmark.io.files import write_json
 from benchmark.io.jobenv import job_environment
+from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
 from benchmark.recipe import Recipe, load_recipe
 
 # Aspect ratio (w / h) of a typical image of each dataset, for synthetic stand-ins: Cityscapes is
@@ -363,7 +363,7 @@ def bench_data_command(recipe: str, overrides: Sequence[str] = (), profile: str 
     """`nlbench bench-data`: training-pipeline images/s for each loader worker count."""
     from benchmark.data.throughput import measure
     from benchmark.data.transforms import TrainPipeline
-    from benchmark.engine.datasets import data_root as resolve_root
+    from benchmark.engine.open_data import data_root as resolve_root
 
     resolved = load_recipe(recipe, overrides, profile)
     data = resolved.data

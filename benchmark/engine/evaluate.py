@@ -16,12 +16,12 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.engine import distributed
-from benchmark.engine.datasets import open_split
 from benchmark.engine.distributed import DistInfo, device_info
 from benchmark.engine.metrics import SegMetric, format_metrics
+from benchmark.engine.open_data import open_split
 from benchmark.io.files import write_json
+from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
 from benchmark.recipe import Recipe, load_recipe
 
 

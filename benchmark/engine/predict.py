@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 import torch
 
-from benchmark.checkpoint import load_weights, resolve_checkpoint
 from benchmark.data.classes import PALETTES
-from benchmark.data.datasets import read_image_file
+from benchmark.data.layouts import read_image_file
 from benchmark.engine.distributed import resolve_device, use_tf32
 from benchmark.engine.inference import predict_logits
 from benchmark.engine.settings import fast_recipe
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes
+from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import Recipe, load_recipe
 

@@ -20,9 +20,9 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from benchmark.checkpoint import load_checkpoint, state_dict_problems
 from benchmark.errors import NLBenchError
 from benchmark.io.download import cache_dir_default, download
+from benchmark.mmseg_checkpoint import load_checkpoint, state_dict_problems
 
 OPENMMLAB_BASE_URL = "https://download.openmmlab.com/pretrain/third_party"
 # name -> file name; the 8 hex digits are the first digits of the file's sha256.

@@ -13,8 +13,8 @@ redoes the iterations after that checkpoint exactly as they ran the first time. 
 weights are bit-identical to an uninterrupted run.
 
 The loop below reads top to bottom over named parts: building (``build_training``), resuming
-(``checkpointer.restore``), one step (``steps.train_step``, shared with bench), checkpoints
-(``checkpointer.Checkpointer``), logging and progress (``train_log.TrainLogger``) and the periodic
+(``train_checkpoints.restore``), one step (``steps.train_step``, shared with bench), checkpoints
+(``train_checkpoints.Checkpointer``), logging and progress (``train_log.TrainLogger``) and the periodic
 evaluation (``evaluate.evaluate_model``).
 
 Work dir layout: ``iter_{N}.pth`` (MMSeg format: meta, state_dict, optimizer, + iteration and
@@ -36,17 +36,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.data.datasets import SegDataset
+from benchmark.data.layouts import SegDataset
 from benchmark.engine import distributed
 from benchmark.engine.attempts import AttemptLedger
-from benchmark.engine.checkpointer import LATEST, Checkpointer, has_checkpoint, read_resume_state, restore
-from benchmark.engine.datasets import open_split
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
 from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.guard import Guard
 from benchmark.engine.mmseg_log import MMSEG_LOG_NAME, MMSeg0xLogSink
+from benchmark.engine.open_data import open_split
 from benchmark.engine.steps import build_loss_model, make_optimizer, make_scaler, train_step
 from benchmark.engine.tensorboard_sink import tensorboard_sink
+from benchmark.engine.train_checkpoints import LATEST, Checkpointer, has_checkpoint, read_resume_state, restore
 from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
 from benchmark.errors import DIVERGED_EXIT_CODE, NLBenchError, RunDiverged, TrainingInterrupted
 from benchmark.io.jobenv import job_environment
@@ -121,7 +121,7 @@ def _build_model(recipe: Recipe, info: DistInfo, resuming: bool, log: Log) -> Tu
 
 def build_training(recipe: Recipe, work_dir: Path, resume: bool, data_root: Optional[str], info: DistInfo,
                    log: Log) -> Training:
-    """Data, model, optimizer and scaler, restored from ``latest.pth`` (verified; see checkpointer)
+    """Data, model, optimizer and scaler, restored from ``latest.pth`` (verified; see train_checkpoints)
     when resuming."""
     _make_work_dir(work_dir, info)
     train_set = open_split(recipe.data, "train", data_root)

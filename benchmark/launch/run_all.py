@@ -137,7 +137,7 @@ def planned_rows(plan: planning.Plan) -> List[Tuple[str, str, str]]:
 
 def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
     """Download every released checkpoint the jobs need, once each, into their cache (hash-checked)."""
-    from benchmark.checkpoint import fetch_released
+    from benchmark.mmseg_checkpoint import fetch_released
 
     done = set()
     for job in jobs:

@@ -381,7 +381,7 @@ def _case_text(c: Check, method: str, tolerance: float) -> str:
 
 def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tolerance: float = 0.5,
                 curves: Sequence = (), failing: Sequence[str] = FAILING) -> None:
-    """``curves``: rows of ``report.curves`` (compare --curves), one testcase each, failed when diverged.
+    """``curves``: rows of ``report.row_curves`` (compare --curves), one testcase each, failed when diverged.
     ``failing``: the verdicts that fail (``failing_verdicts``: --min-seeds, --fail-on add to them)."""
     suite = ET.Element("testsuite", name="nlbench.compare", tests=str(len(checks)),
                        failures=str(sum(c.verdict in failing for c in checks)),
@@ -399,7 +399,7 @@ def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tole
         else:
             ET.SubElement(case, "system-out").text = text
     if curves:
-        from benchmark.report.curves import add_junit_cases
+        from benchmark.report.row_curves import add_junit_cases
 
         add_junit_cases(suite, curves)
     ET.indent(suite)
@@ -544,7 +544,7 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
                     curves_reference: str = "released", min_seeds: Optional[int] = None,
                     fail_on: Optional[str] = None) -> int:
     """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
-    ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py).
+    ``curves`` also when a row's training curves diverged from its reference curve (report/row_curves.py).
     ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
     _check_options(tolerance, method, assumed_std, min_seeds, fail_on)
     summary = collect_or_warn(results)
@@ -589,7 +589,7 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
 
 def _curves_section(results: str, profiles: List[str], reference: str):
     """compare --curves: (rows, text, number diverged), with the guard's noise-model margins."""
-    from benchmark.report.curves import curve_lines, curve_rows
+    from benchmark.report.row_curves import curve_lines, curve_rows
 
     rows = curve_rows(Path(results), profiles, reference)
     if not rows:

@@ -7,7 +7,7 @@
   results/reference/smoke.csv: results/reference/smoke_spread.csv), so that a baseline's source data
   lies next to it;
 - ``logs RESULTS``: `make reference-logs`: each row's MMSeg-form training log of a smoke run-all frozen as
-  its reference log (benchmark/report/curves.py, ``write_reference_logs``).
+  its reference log (benchmark/report/row_curves.py, ``write_reference_logs``).
 
 Bad input (a missing folder, an unreadable or malformed file) is one line naming the file and what was
 expected, exit 2, never a traceback.
@@ -56,7 +56,7 @@ def collect(spread_run: str, out_csv: str) -> str:
 
 
 def reference_logs(results: str) -> str:
-    from benchmark.report.curves import write_reference_logs
+    from benchmark.report.row_curves import write_reference_logs
 
     written = write_reference_logs(results)
     return f"wrote {len(written)} reference logs under {Path(written[0]).parent}"

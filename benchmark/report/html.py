@@ -46,8 +46,8 @@ from benchmark.report.compare import (
     default_references,
     held_to_measured_bands,
 )
-from benchmark.report.curves import assess_row, plot_overlay
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
+from benchmark.report.row_curves import assess_row, plot_overlay
 from benchmark.report.tables import FAST_NOTE, PROFILE_NOTES, RELEASED_NOTE, fast_cell, has_fast
 from benchmark.run.records import KINDS, load_records
 from benchmark.stats import SEED_STD_MIOU

@@ -5,7 +5,7 @@ One set of figures per recipe profile (full-size and smoke results never share a
   miou_vs_fps_<profile>     mIoU against inference speed, one panel per dataset
   memory_<profile>          training memory per row
   training_curves_<profile> loss, learning rate and validation mIoU per iteration (train.log.jsonl)
-  overlay_<profile>_<recipe> each row's seeds against its reference curve (report/curves.py)
+  overlay_<profile>_<recipe> each row's seeds against its reference curve (report/row_curves.py)
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _save(fig, out_dir: Path, stem: str) -> List[Path]:
     return paths
 
 
-save_figure = _save  # report/curves.py draws the overlays through it
+save_figure = _save  # report/row_curves.py draws the overlays through it
 
 
 def _reference_for(profile: str) -> Optional[Reference]:
@@ -297,7 +297,7 @@ def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: 
 
 
 def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
-    from benchmark.report.curves import overlay_plots
+    from benchmark.report.row_curves import overlay_plots
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     summary = collect_or_warn(results_dir)

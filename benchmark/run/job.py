@@ -207,8 +207,8 @@ def _metrics(result: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _stage_train(job: Job, log: JobLog, stop: StopFlag) -> Dict[str, Any]:
-    from benchmark.engine.checkpointer import has_checkpoint
     from benchmark.engine.train import train
+    from benchmark.engine.train_checkpoints import has_checkpoint
 
     work = Path(job.work_dir)
     resume = has_checkpoint(work)
@@ -249,11 +249,11 @@ def _diverged_record(job: Job, exc: RunDiverged, wall_s: float) -> Dict[str, Any
 
 
 def _checkpoint_path(job: Job) -> str:
-    from benchmark.engine.checkpointer import verify_checkpoint
     from benchmark.engine.train import LATEST
+    from benchmark.engine.train_checkpoints import verify_checkpoint
 
     if job.checkpoint_source == "released":
-        from benchmark.checkpoint import fetch_released
+        from benchmark.mmseg_checkpoint import fetch_released
 
         # run-all fetched it before the job started; this finds it in the cache (hash-checked).
         return str(fetch_released(job.recipe, cache_dir=job.cache_dir, progress=False))

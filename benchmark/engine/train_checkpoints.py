@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from benchmark import __version__
-from benchmark.checkpoint import check_state_dict, load_checkpoint, torch_save_sha256
 from benchmark.engine import distributed
 from benchmark.engine.attempts import AttemptLedger
 from benchmark.engine.distributed import DistInfo
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, file_sha256
+from benchmark.mmseg_checkpoint import check_state_dict, load_checkpoint, torch_save_sha256
 from benchmark.recipe import Recipe
 
 LATEST = "latest.pth"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from benchmark.data.datasets import SegDataset, build_dataset
+from benchmark.data.layouts import SegDataset, build_dataset
 from benchmark.data.synthetic import ensure_dataset
 from benchmark.engine import distributed
 from benchmark.recipe import DataConfig

@@ -235,7 +235,7 @@ def _calibrated_model(recipe, device: torch.device, image: np.ndarray):
 def agreement_figures(sizes: Sizes, device: torch.device) -> Dict[str, Any]:
     """Share of pixels whose argmax is the same with bf16 autocast as in fp32 (TF32 off), R-50
     whole-image inference on synthetic Cityscapes val images."""
-    from benchmark.data.datasets import build_dataset
+    from benchmark.data.layouts import build_dataset
     from benchmark.data.synthetic import write_synthetic
     from benchmark.engine.inference import infer, to_input_tensor
 

@@ -1,0 +1,2 @@
+"""Measurements that run the engine on a device and report figures (not records): the GPU report and
+the training data loader's throughput."""
