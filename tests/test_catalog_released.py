@@ -8,7 +8,8 @@ import pandas as pd
 
 from benchmark.catalog import PUBLISHED_CSV, load_published, released_differences, released_table
 from benchmark.report.collect import RELEASED, TRAINED
-from benchmark.report.compare import compare, load_reference
+from benchmark.report.compare import compare
+from benchmark.report.references import load_reference
 
 ROW = "nonlocal_r101-d8_4xb4-160k_ade20k-512x512"
 

@@ -19,7 +19,7 @@ from benchmark.cli import main as cli
 from benchmark.errors import NLBenchError
 from benchmark.recipe import REPO_ROOT
 from benchmark.report.baseline import baseline_from_spread, collect_spread, cpu_model, read_spread
-from benchmark.report.compare import load_reference
+from benchmark.report.references import load_reference
 
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # a row with an ms+flip figure
 HEADER = "recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip\n"

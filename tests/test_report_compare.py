@@ -7,7 +7,8 @@ from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
 
 from benchmark.cli import main as cli
 from benchmark.report.collect import collect
-from benchmark.report.compare import compare, device_class, load_reference, write_baseline
+from benchmark.report.compare import compare, write_baseline
+from benchmark.report.references import device_class, load_reference
 
 V100 = "Tesla V100-SXM2-32GB"
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # published 78.57 / 80.29, 12.8 GB, 1.05 fps

@@ -8,7 +8,8 @@ from report_helpers import ROW, make_record
 
 from benchmark.cli import main as cli
 from benchmark.report.collect import collect
-from benchmark.report.compare import compare, load_reference
+from benchmark.report.compare import compare
+from benchmark.report.references import load_reference
 from benchmark.run.records import write_record
 
 V100 = "Tesla V100-SXM2-32GB"

@@ -21,7 +21,6 @@ inconclusive`` (ci) make too few seeds, or an undecided verdict, fail the gate.
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,17 +29,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS, load_published, released_table
+from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS, released_table
 from benchmark.errors import NLBenchError, check_number
-from benchmark.io.files import atomic_write_bytes, atomic_write_text, shown_path
-from benchmark.recipe import REPO_ROOT
-from benchmark.report.baseline import REFREEZE_COMMAND, read_bands
+from benchmark.io.files import atomic_write_bytes, atomic_write_text
+from benchmark.report.baseline import REFREEZE_COMMAND
 from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, of_source
-from benchmark.stats import CI_VERDICTS, SEED_STD_MIOU, ci_verdict, from_summary
+from benchmark.report.references import Reference, default_references, device_class, load_reference
+from benchmark.report.row_curves import add_junit_cases, curve_lines, curve_rows
+from benchmark.stats import CI_VERDICTS, SEED_STD_MIOU, SPREAD_MARGIN, ci_verdict, from_summary
 
-SMOKE_REFERENCE = REPO_ROOT / "results" / "reference" / "smoke.csv"
-PUBLISHED_LABEL = "published (MMSegmentation model zoo)"
-PUBLISHED_DEVICE = "V100"  # docs/FIDELITY.md: fps and Mem of the published rows come from one V100 32G
 # metric -> (label, higher is better, digits)
 METRICS = {
     "miou": ("mIoU", True, 2),
@@ -61,20 +58,6 @@ FAIL_ON = ("inconclusive",)  # what --fail-on may add to the failing verdicts
 
 
 @dataclass(frozen=True)
-class Reference:
-    label: str  # for people: where the numbers come from
-    profile: str  # which records it is compared with
-    device_class: Optional[str]  # where its Mem/fps were measured (None: unknown, never compared)
-    table: pd.DataFrame  # load_published's frame: recipe -> miou, miou_ms_flip, mem_gb, fps
-    # A baseline's measured bands (report/baseline.py's BAND_COLUMNS by recipe); None: every mIoU row
-    # keeps the tolerance (the published table, or a smoke baseline frozen before its spread was measured).
-    bands: Optional[pd.DataFrame] = None
-    # The table has the figures published for each released checkpoint (catalog.RELEASED_COLUMNS) in a
-    # full-profile table: released weights are held to those, not to the table's.
-    released_figures: bool = False
-
-
-@dataclass(frozen=True)
 class Check:
     recipe: str
     profile: str
@@ -91,55 +74,6 @@ class Check:
     high: float = float("nan")
     band: float = float("nan")  # half-width of the band around the reference (NaN: no reference value)
     band_from: str = "the tolerance"  # where that band comes from, for people
-
-
-def device_class(name: Optional[str]) -> Optional[str]:
-    """'Tesla V100-SXM2-32GB' -> 'V100', 'NVIDIA H100 80GB HBM3' -> 'H100', 'cpu' -> 'cpu'."""
-    if not name or not isinstance(name, str) or ";" in name:  # several devices across seeds: no one class
-        return None
-    if name.lower() == "cpu":
-        return "cpu"
-    match = re.search(r"\b([A-Z]{1,2}\d{1,3}[A-Z]?)\b", name.upper())
-    return match.group(1) if match else name
-
-
-def load_reference(spec: str) -> Reference:
-    """``published`` or a CSV in published.csv's columns (optional ``profile`` and ``device`` columns)."""
-    if spec == "published":
-        return Reference(PUBLISHED_LABEL, "full", PUBLISHED_DEVICE, load_published(), released_figures=True)
-    path = Path(spec)
-    table = load_published(path)
-    extra = pd.read_csv(path, dtype=str, keep_default_na=False)
-
-    def single(column: str, default: Optional[str]) -> Optional[str]:
-        if column not in extra.columns:
-            return default
-        values = sorted(set(extra[column]) - {""})
-        if len(values) > 1:
-            raise NLBenchError(f"expected one value in the whole column, got {values}", path, column)
-        return values[0] if values else default
-
-    label = shown_path(path, REPO_ROOT)  # inside the checkout: a path that reads the same on every machine
-    profile = single("profile", "full")
-    if profile != "full":  # nlbench's own numbers, never to be read as the published ones
-        label = f"{profile} baseline {label}"
-    # MMSeg's released figures are full-size results: a smoke table copied from published.csv keeps them
-    # as stale columns beside its own numbers.
-    released = profile == "full" and any(column in extra.columns for column in RELEASED_COLUMNS.values())
-    return Reference(label, profile, device_class(single("device", None)), table, read_bands(path, extra), released)
-
-
-def default_references(profiles: List[str]) -> Dict[str, Reference]:
-    """Each profile's own reference: published for full, the committed smoke baseline for smoke."""
-    refs = {}
-    for profile in profiles:
-        if profile == "full":
-            refs[profile] = load_reference("published")
-        elif profile == "smoke":
-            if not SMOKE_REFERENCE.is_file():
-                raise NLBenchError("the smoke baseline is missing; pass --reference", SMOKE_REFERENCE)
-            refs[profile] = load_reference(str(SMOKE_REFERENCE))
-    return refs
 
 
 def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
@@ -399,8 +333,6 @@ def write_junit(path: Path, checks: List[Check], method: str = "tolerance", tole
         else:
             ET.SubElement(case, "system-out").text = text
     if curves:
-        from benchmark.report.row_curves import add_junit_cases
-
         add_junit_cases(suite, curves)
     ET.indent(suite)
     atomic_write_bytes(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n")
@@ -497,8 +429,6 @@ def _failure_line(c: Check) -> str:
 
 def _band_notes(refs: Dict[str, Reference], tolerance: float) -> List[str]:
     """Said once per reference: whose band the mIoU rows are held to."""
-    from benchmark.stats import SPREAD_MARGIN
-
     lines = []
     for ref in refs.values():
         if ref.bands is not None:
@@ -589,8 +519,6 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
 
 def _curves_section(results: str, profiles: List[str], reference: str):
     """compare --curves: (rows, text, number diverged), with the guard's noise-model margins."""
-    from benchmark.report.row_curves import curve_lines, curve_rows
-
     rows = curve_rows(Path(results), profiles, reference)
     if not rows:
         return [], "curves: no training logs under the results folder's work/ to check", 0

@@ -43,10 +43,10 @@ from benchmark.report.compare import (
     Check,
     apply_ci,
     compare,
-    default_references,
     held_to_measured_bands,
 )
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
+from benchmark.report.references import default_references
 from benchmark.report.row_curves import assess_row, plot_overlay
 from benchmark.report.tables import FAST_NOTE, PROFILE_NOTES, RELEASED_NOTE, fast_cell, has_fast
 from benchmark.run.records import KINDS, load_records

@@ -32,7 +32,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import REPO_ROOT, Recipe, load_recipe, resolve_recipe_path
 from benchmark.report.collect import TRAINED, of_source
-from benchmark.report.compare import device_class
+from benchmark.report.references import device_class
 
 COLLECTION = "NonLocalNet"
 PAPER = {"Title": "Non-local Neural Networks", "URL": "https://arxiv.org/abs/1711.07971"}

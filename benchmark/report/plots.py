@@ -10,23 +10,20 @@ One set of figures per recipe profile (full-size and smoke results never share a
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, never a window (CI and cluster nodes have no display)
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from benchmark.catalog import load_published  # noqa: E402
-from benchmark.errors import NLBenchError  # noqa: E402
-from benchmark.io.files import atomic_write_bytes  # noqa: E402
-from benchmark.report.collect import TRAINED, collect_or_warn, of_source  # noqa: E402
-from benchmark.report.compare import Reference, default_references, device_class  # noqa: E402
+from benchmark.catalog import load_published
+from benchmark.errors import NLBenchError
+from benchmark.report.collect import TRAINED, collect_or_warn, of_source
+from benchmark.report.figures import save_figure
+from benchmark.report.references import Reference, default_references, device_class
+from benchmark.report.row_curves import overlay_plots
 
 DATASET_SHORT = {"Cityscapes": "CS", "ADE20K": "ADE", "Pascal VOC 2012 + Aug": "VOC"}
 
@@ -37,20 +34,6 @@ def row_label(p: pd.Series) -> str:
     return f"{dataset} {p['backbone'].replace('-D8', '')} {p['crop_size']} {int(p['lr_schd']) // 1000}k"
 
 
-def _save(fig, out_dir: Path, stem: str) -> List[Path]:
-    paths = []
-    for fmt in ("png", "svg"):
-        buf = io.BytesIO()
-        # No date in the SVG, so an unchanged figure gives an unchanged file.
-        fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
-        path = out_dir / f"{stem}.{fmt}"
-        atomic_write_bytes(path, buf.getvalue())
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
-save_figure = _save  # report/row_curves.py draws the overlays through it
 
 
 def _reference_for(profile: str) -> Optional[Reference]:
@@ -287,7 +270,7 @@ FIGURE_TITLES = {
 def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: Path, published: pd.DataFrame,
                     profile: str) -> Iterator[Tuple[str, Any]]:
     """(kind, figure) for each figure of one profile, kinds as in FIGURE_TITLES (curves only with logs).
-    The caller closes each figure (``_save`` does)."""
+    The caller closes each figure (``save_figure`` does)."""
     yield "miou", plot_miou(summary, per_seed, published, profile, _reference_for(profile))
     yield "miou_vs_fps", plot_miou_vs_fps(summary, published, profile)
     yield "memory", plot_memory(summary, published, profile)
@@ -297,8 +280,6 @@ def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: 
 
 
 def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
-    from benchmark.report.row_curves import overlay_plots
-
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     summary = collect_or_warn(results_dir)
     # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
@@ -310,7 +291,7 @@ def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         for profile in sorted(summary["profile"].unique()):
             for kind, fig in profile_figures(summary, per_seed, results_dir, published, profile):
-                written += _save(fig, out_dir, f"{kind}_{profile}")
+                written += save_figure(fig, out_dir, f"{kind}_{profile}")
             written += overlay_plots(results_dir, profile, out_dir, reference)
     except OSError as exc:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import matplotlib.pyplot as plt
 from tabulate import tabulate
 
 from benchmark.catalog import load_published, released_differences, select_recipe_paths
@@ -32,6 +33,7 @@ from benchmark.engine.mmseg_log import as_2020_pattern
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, write_json
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
+from benchmark.report.figures import save_figure
 
 RUN_LOGS = ("train.log.jsonl", "train.log.json")
 
@@ -189,8 +191,6 @@ def _band(ax, runs: Sequence[Curve], key: str) -> None:
 def plot_overlay(row: RowCurves):
     """Loss, lr and mIoU against iteration: the reference thick in black under each seed in colour,
     the seeds' band shaded, the mIoU margin dashed; one legend under the panels."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     panels = [("loss", "training loss (total)"), ("lr", "learning rate"), ("mIoU", "validation mIoU (%)")]
     colors = plt.get_cmap("tab10")
@@ -228,8 +228,6 @@ def overlay_stem(row: RowCurves) -> str:
 
 
 def write_overlays(rows: Sequence[RowCurves], out_dir: Path) -> List[Path]:
-    from benchmark.report.plots import save_figure
-
     written: List[Path] = []
     for row in rows:
         if row.assessment is not None:
