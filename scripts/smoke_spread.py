@@ -88,7 +88,7 @@ def isa_environment(isa: str) -> Dict[str, str]:
 
 def cpu_name(isa: str) -> str:
     """'<model name> (<torch's CPU capability>)' as a process under ``isa``'s environment sees it."""
-    from benchmark.report.baseline import cpu_model
+    from benchmark.report.freeze import cpu_model
 
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
     capability = subprocess.run([sys.executable, "-c", probe], env=isa_environment(isa), check=True,

@@ -19,8 +19,7 @@ from benchmark.engine.train import poly_lr, train
 from benchmark.errors import DIVERGED_EXIT_CODE, RunDiverged, TrainingInterrupted
 from benchmark.launch.status import collect_status
 from benchmark.recipe import load_recipe
-from benchmark.report.compare import write_baseline
-from benchmark.report.row_curves import write_reference_logs
+from benchmark.report.freeze import write_baseline, write_reference_logs
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
 from benchmark.errors import NLBenchError
 from benchmark.recipe import REPO_ROOT
-from benchmark.report.baseline import baseline_from_spread, collect_spread, cpu_model, read_spread
+from benchmark.report.baseline import baseline_from_spread, read_spread
+from benchmark.report.freeze import collect_spread, cpu_model
 from benchmark.report.references import load_reference
 
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # a row with an ms+flip figure

@@ -7,7 +7,8 @@ from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
 
 from benchmark.cli import main as cli
 from benchmark.report.collect import collect
-from benchmark.report.compare import compare, write_baseline
+from benchmark.report.compare import compare
+from benchmark.report.freeze import write_baseline
 from benchmark.report.references import device_class, load_reference
 
 V100 = "Tesla V100-SXM2-32GB"

@@ -16,9 +16,7 @@ row against its own band rather than the fixed tolerance.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,7 +24,6 @@ import pandas as pd
 
 from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS
 from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_text
 from benchmark.recipe import REPO_ROOT
 from benchmark.stats import DEFAULT_TOLERANCE, SPREAD_MARGIN, noise_band
 
@@ -130,13 +127,6 @@ def _frozen_metric(values: pd.Series, floor: float) -> tuple:
     return _frozen(got.mean, got.band)
 
 
-def write_spread_baseline(spread, out_csv=None, floor: float = DEFAULT_TOLERANCE) -> Path:
-    """Freeze ``spread`` into the smoke baseline ``out_csv`` (default results/reference/smoke.csv), atomically."""
-    out = Path(out_csv) if out_csv else REPO_ROOT / "results" / "reference" / "smoke.csv"
-    atomic_write_text(out, baseline_from_spread(Path(spread), floor).to_csv(index=False))
-    return out
-
-
 def read_bands(path: Path, extra: pd.DataFrame) -> Optional[pd.DataFrame]:
     """A baseline's band columns by recipe (NaN where empty), or None for a baseline without them (one
     frozen before its spread was measured). Some but not all of them is an error."""
@@ -156,55 +146,3 @@ def read_bands(path: Path, extra: pd.DataFrame) -> Optional[pd.DataFrame]:
                                path, column)
         bands[column] = values
     return bands
-
-
-# ----------------------------------------------------------------------------- measuring the spread
-
-# `make smoke-spread` runs the smoke profile once per instruction set and thread count, each into
-# SPREAD_RUN/<isa>-t<threads>; collect_spread turns those runs into the spread file.
-_RUN_FOLDER = re.compile(r"(native|avx2)-t(\d+)")
-
-
-def cpu_model() -> str:
-    """This machine's CPU model name (/proc/cpuinfo on Linux; platform.processor() elsewhere)."""
-    import platform
-
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def spread_lines(results_dir: Path, cpu_threads: int, isa: str, cpu: str) -> pd.DataFrame:
-    """The spread file's lines of one run-all: each trained smoke (recipe, seed) with an mIoU."""
-    from benchmark.report.collect import runs
-    from benchmark.run.records import load_records
-
-    per_seed = runs(load_records(results_dir)[0])
-    per_seed = per_seed[(per_seed["profile"] == "smoke") & (per_seed["checkpoint_source"] == "trained")
-                        & per_seed["miou"].notna()]
-    lines = pd.DataFrame({"recipe": per_seed["recipe"], "seed": per_seed["seed"].astype(int),
-                          "cpu_threads": cpu_threads, "isa": isa, "cpu": cpu})
-    for metric in BAND_METRICS:
-        lines[metric] = [f"{v:.2f}" if v == v else "" for v in per_seed[metric]]
-    return lines
-
-
-def collect_spread(spread_run, out_csv, cpu: Optional[str] = None) -> Path:
-    """Every ``<isa>-t<threads>`` run under ``spread_run`` as one spread file ``out_csv`` (atomic)."""
-    if not Path(spread_run).is_dir():
-        raise NLBenchError("expected a folder of spread runs (make smoke-spread writes one)", spread_run)
-    folders = sorted(p for p in Path(spread_run).iterdir() if p.is_dir() and _RUN_FOLDER.fullmatch(p.name))
-    if not folders:
-        raise NLBenchError("expected run folders named <isa>-t<threads> (native-t1, avx2-t2, ...)", spread_run)
-    parts = []
-    for folder in folders:
-        isa, threads = _RUN_FOLDER.fullmatch(folder.name).groups()
-        parts.append(spread_lines(folder, int(threads), isa, cpu or cpu_model()))
-    table = pd.concat(parts, ignore_index=True)
-    if table.empty:
-        raise NLBenchError("no trained smoke-profile mIoU in any run folder", spread_run)
-    atomic_write_text(Path(out_csv), table[list(SPREAD_COLUMNS)].to_csv(index=False))
-    read_spread(Path(out_csv))  # what freezing will read: refuse here, not there
-    return Path(out_csv)

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS, released_table
+from benchmark.catalog import RELEASED_COLUMNS, released_table
 from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.report.baseline import REFREEZE_COMMAND
@@ -74,30 +74,6 @@ class Check:
     high: float = float("nan")
     band: float = float("nan")  # half-width of the band around the reference (NaN: no reference value)
     band_from: str = "the tolerance"  # where that band comes from, for people
-
-
-def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
-    """Freeze one run's means as a reference CSV of one's own (``--reference FILE``). mIoU and
-    mIoU(ms+flip) are kept to two decimals; Mem and fps are left empty, since on a CPU they describe the
-    machine rather than the code. It has no band columns (one run says nothing of the spread), so compare
-    holds its rows to the tolerance; the committed smoke baseline is instead frozen with its measured
-    bands from a spread file (report/baseline.py, ``make smoke-baseline``)."""
-    from benchmark.report.collect import collect
-
-    summary = of_source(collect(results_dir), TRAINED)  # a baseline is made of trained rows only
-    rows = summary[summary["profile"] == profile].set_index("recipe")
-    base = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
-    base = base[base["recipe"].isin(rows.index)].copy()
-    base = base.drop(columns=[c for c in RELEASED_COLUMNS.values() if c in base.columns])  # full-size checkpoints
-    if base.empty:
-        raise NLBenchError(f"no {profile}-profile records to make a baseline from", results_dir)
-    for column in ("miou", "miou_ms_flip"):
-        means = rows[f"{column}_mean"]
-        base[column] = [f"{means[r]:.2f}" if means[r] == means[r] else "" for r in base["recipe"]]
-    base["mem_gb"], base["fps"] = "", ""
-    base["profile"], base["device"] = profile, "cpu"
-    atomic_write_text(Path(out_csv), base.to_csv(index=False))
-    return Path(out_csv)
 
 
 MEASURED_SPREAD = "the measured spread"  # band_from of a check held to its baseline's measured band

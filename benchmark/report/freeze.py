@@ -1,13 +1,18 @@
-"""The Makefile's freezing steps as one command: ``python -m benchmark.report.freeze ACTION ...``.
+"""The reference files nlbench freezes, and the Makefile's freezing steps as one command:
+``python -m benchmark.report.freeze ACTION ...``.
 
 - ``spread SPREAD_RUN OUT``: the runs of `make smoke-spread` (SPREAD_RUN/<isa>-t<threads>) as one spread
-  file (benchmark/report/baseline.py, ``collect_spread``);
-- ``baseline SPREAD OUT``: `make smoke-baseline`: the spread frozen into the smoke baseline OUT, and the
-  spread itself kept beside it as ``<folder of OUT>/smoke_spread.csv`` (for the committed
-  results/reference/smoke.csv: results/reference/smoke_spread.csv), so that a baseline's source data
-  lies next to it;
+  file (``collect_spread``; the file's columns: benchmark/report/baseline.py);
+- ``baseline SPREAD OUT``: `make smoke-baseline`: the spread frozen into the smoke baseline OUT
+  (``write_spread_baseline``), and the spread itself kept beside it as ``<folder of OUT>/smoke_spread.csv``
+  (for the committed results/reference/smoke.csv: results/reference/smoke_spread.csv), so that a
+  baseline's source data lies next to it;
 - ``logs RESULTS``: `make reference-logs`: each row's MMSeg-form training log of a smoke run-all frozen as
-  its reference log (benchmark/report/row_curves.py, ``write_reference_logs``).
+  its reference log (``write_reference_logs``).
+
+``write_baseline`` freezes one run's means as a reference CSV of one's own (``compare --reference FILE``).
+The readers of these files are elsewhere: the spread and the bands in report/baseline.py, the reference
+tables in report/references.py, the reference logs in benchmark/curves/.
 
 Bad input (a missing folder, an unreadable or malformed file) is one line naming the file and what was
 expected, exit 2, never a traceback.
@@ -16,14 +21,79 @@ expected, exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import platform
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import pandas as pd
 
+from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS, select_recipe_paths
+from benchmark.curves.reader import read_curve
+from benchmark.curves.reference import REFERENCE_LOGS
+from benchmark.engine.mmseg_log import as_2020_pattern
 from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_bytes
+from benchmark.io.files import atomic_write_bytes, atomic_write_text
+from benchmark.recipe import REPO_ROOT, Recipe, load_recipe
+from benchmark.report.baseline import BAND_METRICS, SPREAD_COLUMNS, baseline_from_spread, read_spread
+from benchmark.report.collect import TRAINED, collect, of_source, runs
+from benchmark.run.records import load_records
+from benchmark.stats import DEFAULT_TOLERANCE
+
+# ----------------------------------------------------------------------------- measuring the spread
+
+
+# `make smoke-spread` runs the smoke profile once per instruction set and thread count, each into
+# SPREAD_RUN/<isa>-t<threads>; collect_spread turns those runs into the spread file.
+_RUN_FOLDER = re.compile(r"(native|avx2)-t(\d+)")
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (/proc/cpuinfo on Linux; platform.processor() elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def spread_lines(results_dir: Path, cpu_threads: int, isa: str, cpu: str) -> pd.DataFrame:
+    """The spread file's lines of one run-all: each trained smoke (recipe, seed) with an mIoU."""
+    per_seed = runs(load_records(results_dir)[0])
+    per_seed = per_seed[(per_seed["profile"] == "smoke") & (per_seed["checkpoint_source"] == "trained")
+                        & per_seed["miou"].notna()]
+    lines = pd.DataFrame({"recipe": per_seed["recipe"], "seed": per_seed["seed"].astype(int),
+                          "cpu_threads": cpu_threads, "isa": isa, "cpu": cpu})
+    for metric in BAND_METRICS:
+        lines[metric] = [f"{v:.2f}" if v == v else "" for v in per_seed[metric]]
+    return lines
+
+
+def collect_spread(spread_run, out_csv, cpu: Optional[str] = None) -> Path:
+    """Every ``<isa>-t<threads>`` run under ``spread_run`` as one spread file ``out_csv`` (atomic)."""
+    if not Path(spread_run).is_dir():
+        raise NLBenchError("expected a folder of spread runs (make smoke-spread writes one)", spread_run)
+    folders = sorted(p for p in Path(spread_run).iterdir() if p.is_dir() and _RUN_FOLDER.fullmatch(p.name))
+    if not folders:
+        raise NLBenchError("expected run folders named <isa>-t<threads> (native-t1, avx2-t2, ...)", spread_run)
+    parts = []
+    for folder in folders:
+        isa, threads = _RUN_FOLDER.fullmatch(folder.name).groups()
+        parts.append(spread_lines(folder, int(threads), isa, cpu or cpu_model()))
+    table = pd.concat(parts, ignore_index=True)
+    if table.empty:
+        raise NLBenchError("no trained smoke-profile mIoU in any run folder", spread_run)
+    atomic_write_text(Path(out_csv), table[list(SPREAD_COLUMNS)].to_csv(index=False))
+    read_spread(Path(out_csv))  # what freezing will read: refuse here, not there
+    return Path(out_csv)
+
+
+# ----------------------------------------------------------------------------- baselines
+
 
 KEPT_SPREAD = "smoke_spread.csv"  # the name of the spread kept beside a frozen baseline
 
@@ -36,10 +106,91 @@ def keep_spread(spread: Path, baseline: Path) -> Optional[Path]:
     return atomic_write_bytes(kept, Path(spread).read_bytes())
 
 
+def write_spread_baseline(spread, out_csv=None, floor: float = DEFAULT_TOLERANCE) -> Path:
+    """Freeze ``spread`` into the smoke baseline ``out_csv`` (default results/reference/smoke.csv), atomically."""
+    out = Path(out_csv) if out_csv else REPO_ROOT / "results" / "reference" / "smoke.csv"
+    atomic_write_text(out, baseline_from_spread(Path(spread), floor).to_csv(index=False))
+    return out
+
+
+def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
+    """Freeze one run's means as a reference CSV of one's own (``--reference FILE``). mIoU and
+    mIoU(ms+flip) are kept to two decimals; Mem and fps are left empty, since on a CPU they describe the
+    machine rather than the code. It has no band columns (one run says nothing of the spread), so compare
+    holds its rows to the tolerance; the committed smoke baseline is instead frozen with its measured
+    bands from a spread file (``write_spread_baseline``, ``make smoke-baseline``)."""
+    summary = of_source(collect(results_dir), TRAINED)  # a baseline is made of trained rows only
+    rows = summary[summary["profile"] == profile].set_index("recipe")
+    base = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
+    base = base[base["recipe"].isin(rows.index)].copy()
+    base = base.drop(columns=[c for c in RELEASED_COLUMNS.values() if c in base.columns])  # full-size checkpoints
+    if base.empty:
+        raise NLBenchError(f"no {profile}-profile records to make a baseline from", results_dir)
+    for column in ("miou", "miou_ms_flip"):
+        means = rows[f"{column}_mean"]
+        base[column] = [f"{means[r]:.2f}" if means[r] == means[r] else "" for r in base["recipe"]]
+    base["mem_gb"], base["fps"] = "", ""
+    base["profile"], base["device"] = profile, "cpu"
+    atomic_write_text(Path(out_csv), base.to_csv(index=False))
+    return Path(out_csv)
+
+
+# ----------------------------------------------------------------------------- smoke reference logs
+
+
+def reference_log_text(source: Path, recipe: Recipe) -> str:
+    """A run's ``train.log.json`` as a reference log in the 2020 pattern, checked with the reader: it
+    must give the train lines and every evaluation of the run, each at its iteration."""
+    try:
+        lines = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise NLBenchError(f"cannot read the run's MMSeg-form log: {exc}", source) from None
+    sched = recipe.schedule
+    done = read_curve(source, sched.eval_interval, sched.max_iters)
+    text = "".join(json.dumps(line) + "\n" for line in as_2020_pattern(lines, {e.iteration for e in done.evals}))
+    with tempfile.TemporaryDirectory() as tmp:
+        written = Path(tmp) / source.name
+        written.write_text(text)
+        back = read_curve(written, sched.eval_interval, sched.max_iters)
+    got, want = [e.iteration for e in back.evals], [e.iteration for e in done.evals]
+    if not back.train or not got or got != want:
+        raise NLBenchError("a reference log needs train lines and evaluations at the run's eval iterations "
+                           f"(read back: {got}, run: {want})", source)
+    return text
+
+
+def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
+    """Freeze a smoke run's MMSeg-form logs as the rows' reference logs, in the pattern of the
+    published 2020 logs (no train line at an evaluation iteration: ``reference_log_text``). `make reference-logs` runs a
+    smoke run-all into results/reference-run and then ``python -m benchmark.report.freeze logs
+    results/reference-run``.
+    One file per row, ``<out_dir>/<profile>/<recipe>.log.json``, so each row finds a log of its own
+    schedule. Each is read back with the reader before it is written."""
+    written, missing = [], []
+    for path in select_recipe_paths(None):
+        seed_dir = Path(results_dir) / "work" / profile / path.stem / f"seed{seed}"
+        source = seed_dir / "train.log.json"
+        if not source.is_file():
+            if (seed_dir / "train.log.jsonl").is_file():
+                missing.append(path.stem)  # trained by an nlbench that wrote no MMSeg-form log
+            continue
+        target = Path(out_dir) / profile / f"{path.stem}.log.json"
+        atomic_write_text(target, reference_log_text(source, load_recipe(path, profile=profile)))
+        written.append(target)
+    if missing:
+        raise NLBenchError(f"no train.log.json for {', '.join(missing)}: trained before nlbench wrote one; "
+                           "run them again in a fresh results folder", Path(results_dir) / "work" / profile)
+    if not written:
+        raise NLBenchError(f"no {profile}-profile train.log.json of seed {seed} to make reference logs from",
+                           Path(results_dir) / "work" / profile)
+    return written
+
+
+# ----------------------------------------------------------------------------- the command
+
+
 def freeze_baseline(spread: str, out_csv: str) -> str:
     """Freeze ``spread`` into ``out_csv``, keep the spread beside it, and say what was written."""
-    from benchmark.report.baseline import write_spread_baseline
-
     out = write_spread_baseline(spread, out_csv)
     kept = keep_spread(Path(spread), out)
     table = pd.read_csv(out, dtype=str, keep_default_na=False)
@@ -49,15 +200,11 @@ def freeze_baseline(spread: str, out_csv: str) -> str:
             f"mIoU bands {bands[0]} to {bands[-1]}{kept_text}")
 
 
-def collect(spread_run: str, out_csv: str) -> str:
-    from benchmark.report.baseline import collect_spread
-
+def freeze_spread(spread_run: str, out_csv: str) -> str:
     return f"wrote {collect_spread(spread_run, out_csv)}"
 
 
 def reference_logs(results: str) -> str:
-    from benchmark.report.row_curves import write_reference_logs
-
     written = write_reference_logs(results)
     return f"wrote {len(written)} reference logs under {Path(written[0]).parent}"
 
@@ -83,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     target = {"spread": "smoke-spread", "baseline": "smoke-baseline", "logs": "reference-logs"}[args.action]
     try:
         if args.action == "spread":
-            message = collect(args.spread_run, args.out_csv)
+            message = freeze_spread(args.spread_run, args.out_csv)
         elif args.action == "baseline":
             message = freeze_baseline(args.spread, args.out_csv)
         else:

@@ -13,10 +13,8 @@ when that is all there is).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +26,9 @@ from tabulate import tabulate
 from benchmark.catalog import load_published, released_differences, select_recipe_paths
 from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
 from benchmark.curves.reader import Curve, read_curve
-from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_kind, reference_label, resolve_reference
-from benchmark.engine.mmseg_log import as_2020_pattern
+from benchmark.curves.reference import RELEASED, reference_kind, reference_label, resolve_reference
 from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_text, write_json
+from benchmark.io.files import write_json
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 from benchmark.report.figures import save_figure
 
@@ -315,54 +312,3 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
     if json_out:
         write_json(Path(json_out), {"rows": [row_json(r) for r in rows], "diverged": len(diverged)})
     return 1 if diverged else 0
-
-
-# ----------------------------------------------------------------------------- smoke reference logs
-
-
-def reference_log_text(source: Path, recipe: Recipe) -> str:
-    """A run's ``train.log.json`` as a reference log in the 2020 pattern, checked with the reader: it
-    must give the train lines and every evaluation of the run, each at its iteration."""
-    try:
-        lines = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise NLBenchError(f"cannot read the run's MMSeg-form log: {exc}", source) from None
-    sched = recipe.schedule
-    done = read_curve(source, sched.eval_interval, sched.max_iters)
-    text = "".join(json.dumps(line) + "\n" for line in as_2020_pattern(lines, {e.iteration for e in done.evals}))
-    with tempfile.TemporaryDirectory() as tmp:
-        written = Path(tmp) / source.name
-        written.write_text(text)
-        back = read_curve(written, sched.eval_interval, sched.max_iters)
-    got, want = [e.iteration for e in back.evals], [e.iteration for e in done.evals]
-    if not back.train or not got or got != want:
-        raise NLBenchError("a reference log needs train lines and evaluations at the run's eval iterations "
-                           f"(read back: {got}, run: {want})", source)
-    return text
-
-
-def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
-    """Freeze a smoke run's MMSeg-form logs as the rows' reference logs, in the pattern of the
-    published 2020 logs (no train line at an evaluation iteration: ``reference_log_text``). `make reference-logs` runs a
-    smoke run-all into results/reference-run and then ``python -m benchmark.report.freeze logs
-    results/reference-run``.
-    One file per row, ``<out_dir>/<profile>/<recipe>.log.json``, so each row finds a log of its own
-    schedule. Each is read back with the reader before it is written."""
-    written, missing = [], []
-    for path in select_recipe_paths(None):
-        seed_dir = Path(results_dir) / "work" / profile / path.stem / f"seed{seed}"
-        source = seed_dir / "train.log.json"
-        if not source.is_file():
-            if (seed_dir / "train.log.jsonl").is_file():
-                missing.append(path.stem)  # trained by an nlbench that wrote no MMSeg-form log
-            continue
-        target = Path(out_dir) / profile / f"{path.stem}.log.json"
-        atomic_write_text(target, reference_log_text(source, load_recipe(path, profile=profile)))
-        written.append(target)
-    if missing:
-        raise NLBenchError(f"no train.log.json for {', '.join(missing)}: trained before nlbench wrote one; "
-                           "run them again in a fresh results folder", Path(results_dir) / "work" / profile)
-    if not written:
-        raise NLBenchError(f"no {profile}-profile train.log.json of seed {seed} to make reference logs from",
-                           Path(results_dir) / "work" / profile)
-    return written
