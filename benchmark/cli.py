@@ -277,7 +277,7 @@ VERBS: Tuple[Verb, ...] = (
     Verb("prepare", "", "convert raw datasets into the layouts MMSeg reads", _prepare_args),
     Verb("synth", "benchmark.data.synthetic:synth_command",
          "write a small synthetic dataset in a real dataset's on-disk layout", _synth_args),
-    Verb("bench-data", "benchmark.engine.bench:bench_data_command",
+    Verb("bench-data", "benchmark.measure.loader_throughput:bench_data_command",
          "training-pipeline throughput (images/s) with N loader workers", _bench_data_args),
     Verb("train", "benchmark.engine.train:train_command", "train a recipe (iteration-based; resumable)", _train_args),
     Verb("eval", "benchmark.engine.evaluate:eval_command",
