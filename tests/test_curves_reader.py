@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.curves.checks import DIVERGED, DRIFTING, ON_TRACK, Settings, assess, eval_margins, one_sided_z
-from benchmark.curves.reader import read_curve
+from benchmark.curves.reader import latest_iteration, read_curve
 from benchmark.engine.train import poly_lr
 from benchmark.errors import NLBenchError
 
@@ -316,6 +316,28 @@ def test_nlbench_jsonl(tmp_path):
     assert curve.format == "nlbench" and curve.max_iters == 100 and curve.effective_batch == 2
     assert curve.train[0].memory_mib == 512.0 and curve.train[0].terms == {"loss_decode": 2.2, "loss_aux": 0.9}
     assert [(e.iteration, e.mIoU) for e in curve.evals] == [(10, 40.5)]
+
+
+
+def test_an_nlbench_line_with_an_miou_is_an_evaluation_without_its_event_key(tmp_path):
+    path = tmp_path / "train.log.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in ({"iteration": 4, "loss": 1.0}, {"iteration": 4, "mIoU": 14.0})))
+    curve = read_curve(path)
+    assert [(p.iteration, p.loss) for p in curve.train] == [(4, 1.0)]
+    assert [(e.iteration, e.mIoU) for e in curve.evals] == [(4, 14.0)]
+
+
+def test_latest_iteration_is_the_newest_line_that_names_one_event_lines_included(tmp_path):
+    path = tmp_path / "train.log.jsonl"
+    assert latest_iteration(path) is None  # no log yet
+    path.write_text(json.dumps({"event": "start", "iteration": 0}) + "\n")
+    assert latest_iteration(path) == 0  # started, nothing trained
+    lines = [{"iteration": 30, "loss": 1.0}, {"event": "interrupted", "iteration": 37},
+             {"event": "start", "iteration": 30}, {"iteration": 31, "loss": 1.0}, {"no": "iteration"}]
+    path.write_text("x" * 70000 + "\n" + "\n".join(json.dumps(e) for e in lines) + "\nnot json\n")
+    assert latest_iteration(path) == 31  # a resumed run is where it is now, not where it got before
+    path.write_text("\n".join(json.dumps(e) for e in lines[:2]) + "\n")
+    assert latest_iteration(path) == 37
 
 
 # ----------------------------------------------------------------------------- checks

@@ -8,11 +8,15 @@ Three formats, one JSON object per line (docs/CURVES.md spells out each one and 
             may be a dict of parameter groups. nlbench's own ``train.log.json`` is in this form.
   mmengine  MMSeg 1.x ``scalars.json``: ``step`` is the training iteration of every line; metrics in
             percent.
-  nlbench   nlbench's ``train.log.jsonl``: ``iteration`` on train lines, ``event`` lines (start, eval).
+  nlbench   nlbench's ``train.log.jsonl``: ``iteration`` on train lines, ``event`` lines (start, eval,
+            interrupted, diverged, end); a line with an mIoU is an evaluation, as in the other two.
 
 Every evaluation comes out in percent. The files of a resumed run merge by iteration, the later file
 (the one whose first iteration is later) winning. A line that cannot be used is skipped with a
 warning naming the file and the line; a file that cannot be read at all is one NLBenchError.
+
+Every reader of a training log goes through this module: the curve checks and the guard, the plots
+(``nlbench plots``, the HTML report's row pages) and ``nlbench status`` (``latest_iteration``).
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from benchmark.errors import NLBenchError
+from benchmark.io.files import read_tail_lines
 
 PathLike = Union[str, Path]
 FORMATS = ("mmseg0x", "mmengine", "nlbench")
 METRIC_KEYS = ("aAcc", "mIoU", "mAcc")
+EVAL_KEYS = ("mIoU", "aAcc")  # a line with either is an evaluation, whatever else it says
 MMENGINE_WINDOW = 10  # mmengine's LogProcessor(window_size=10): 1.x train values are means of 10 iterations
 # Keys of a train line that are bookkeeping, not logged quantities.
 _BOOKKEEPING = {"mode", "epoch", "iter", "iteration", "step", "lr", "base_lr", "memory", "time", "data_time",
@@ -133,6 +139,10 @@ def _terms(entry: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
+def _evaluation(entry: Dict[str, Any]) -> bool:
+    return any(k in entry for k in EVAL_KEYS)
+
+
 def _train_point(entry: Dict[str, Any], iteration: int, memory_mib: Optional[float],
                  span: Optional[int] = None) -> TrainPoint:
     return TrainPoint(iteration=iteration, lr=_lr(entry.get("lr")), loss=_number(entry.get("loss")),
@@ -163,6 +173,7 @@ class CurveBuilder:
         # 0.x val lines: (entry, where, (meta lines before, train lines before)): the slot between two lines
         self._pending: List[Tuple[Dict[str, Any], str, Tuple[int, int]]] = []
         self._metas = 0  # meta lines read: a resumed run appending to its file writes one more
+        self.latest: Optional[int] = None  # the iteration the newest line names (train, eval or event line)
 
     @property
     def first_iteration(self) -> Optional[int]:
@@ -205,13 +216,14 @@ class CurveBuilder:
 
     def _mmseg0x(self, entry: Dict[str, Any], where: str) -> None:
         self._format("mmseg0x")
-        if any(k in entry for k in ("mIoU", "aAcc")):  # a val line, whatever its mode says
+        if _evaluation(entry):  # a val line, whatever its mode says
             self._pending.append((entry, where, (self._metas, len(self._order))))
             return
         iteration = _count(entry.get("iter"))
         if iteration is None or iteration == 0:
             self.warn(where, f"'iter' is {entry.get('iter')!r}, expected a positive integer")
             return
+        self.latest = iteration
         memory = _number(entry.get("memory"))
         self._put_train(_train_point(entry, iteration, memory))
         self._order.append(iteration)
@@ -245,9 +257,10 @@ class CurveBuilder:
     def _mmengine(self, entry: Dict[str, Any], where: str) -> None:
         self._format("mmengine")
         iteration = _count(entry.get("step"))
+        self.latest = self.latest if iteration is None else iteration
         if iteration is None or iteration == 0:
             self.warn(where, f"'step' is {entry.get('step')!r}, expected a positive integer")
-        elif any(k in entry for k in ("mIoU", "aAcc")):
+        elif _evaluation(entry):
             self._put_eval(entry, iteration, where)
         elif "loss" in entry or "lr" in entry:
             self._put_train(_train_point(entry, iteration, _number(entry.get("memory")), MMENGINE_WINDOW))
@@ -255,16 +268,17 @@ class CurveBuilder:
     def _nlbench(self, entry: Dict[str, Any], where: str) -> None:
         self._format("nlbench")
         event = entry.get("event")
+        iteration = _count(entry.get("iteration"))
+        self.latest = self.latest if iteration is None else iteration  # a start line's 0 included
         if event == "start":
             self.meta.update({k: entry[k] for k in ("max_iters", "effective_batch", "recipe", "profile")
                               if k in entry})
             return
         if event is not None and event != "eval":
-            return  # interrupted, end, guard: nothing to plot
-        iteration = _count(entry.get("iteration"))
+            return  # interrupted, diverged, end: nothing to plot
         if iteration is None or iteration == 0:
             self.warn(where, f"'iteration' is {entry.get('iteration')!r}, expected a positive integer")
-        elif event == "eval":
+        elif event == "eval" or _evaluation(entry):
             self._put_eval(entry, iteration, where)
         else:
             gb = _number(entry.get("peak_mem_gb"))
@@ -350,12 +364,8 @@ def _read_lines(path: Path) -> List[str]:
     return text.splitlines()
 
 
-def read_file(path: PathLike, eval_interval: Optional[int] = None, max_iters: Optional[int] = None) -> CurveBuilder:
-    """One log file's points; an unreadable file, or one with no usable line, is an NLBenchError.
-    ``eval_interval`` and ``max_iters``: the schedule, for a 0.x log that does not state its own."""
-    path = Path(path)
-    builder = CurveBuilder(str(path), eval_interval, max_iters)
-    for number, line in enumerate(_read_lines(path), 1):
+def _add_lines(builder: CurveBuilder, lines: Iterable[str]) -> CurveBuilder:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -364,6 +374,14 @@ def read_file(path: PathLike, eval_interval: Optional[int] = None, max_iters: Op
             builder.warn(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
             continue
         builder.add(entry, f"line {number}")
+    return builder
+
+
+def read_file(path: PathLike, eval_interval: Optional[int] = None, max_iters: Optional[int] = None) -> CurveBuilder:
+    """One log file's points; an unreadable file, or one with no usable line, is an NLBenchError.
+    ``eval_interval`` and ``max_iters``: the schedule, for a 0.x log that does not state its own."""
+    path = Path(path)
+    builder = _add_lines(CurveBuilder(str(path), eval_interval, max_iters), _read_lines(path))
     builder.finish()
     if not builder.train and not builder.evals:
         raise NLBenchError("no train or evaluation line: expected an MMSeg *.log.json / scalars.json or an "
@@ -415,3 +433,10 @@ def read_curve(paths: Union[PathLike, Iterable[PathLike]], eval_interval: Option
     if not files:
         raise NLBenchError("no training log given")
     return merge([read_file(f, eval_interval, max_iters) for f in files])
+
+
+def latest_iteration(path: PathLike) -> Optional[int]:
+    """The iteration the newest line of a training log names (a train, evaluation or event line), from
+    the file's last 64 KiB (whose first line may be cut: skipped); None when the file is missing or
+    unreadable or names none. ``nlbench status`` shows it beside the checkpoints."""
+    return _add_lines(CurveBuilder(str(path)), read_tail_lines(path)).latest

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from benchmark.curves.reader import latest_iteration
 from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
 from benchmark.io.files import read_tail_lines, shown_path
@@ -70,21 +71,15 @@ def planned_jobs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[D
 
 
 def iteration_reached(work_dir: Path) -> Optional[int]:
-    """Highest iteration in the training log or among iter_N.pth checkpoints (None: not started)."""
+    """The furthest of the newest iteration the training log names (curves/reader.py) and the highest
+    iter_N.pth checkpoint (None: not started)."""
     best: Optional[int] = None
     for p in work_dir.glob("iter_*.pth"):
         m = re.fullmatch(r"iter_(\d+)\.pth", p.name)
         if m:
             best = max(best or 0, int(m.group(1)))
-    for line in reversed(read_tail_lines(work_dir / LOG_NAME)):
-        try:
-            it = json.loads(line).get("iteration")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(it, int):
-            best = max(best or 0, it)
-            break
-    return best
+    logged = latest_iteration(work_dir / LOG_NAME)
+    return best if logged is None else max(best or 0, logged)
 
 
 def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[str]:

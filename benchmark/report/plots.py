@@ -10,7 +10,6 @@ One set of figures per recipe profile (full-size and smoke results never share a
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from benchmark.catalog import load_published
+from benchmark.curves.reader import read_curve
 from benchmark.errors import NLBenchError
 from benchmark.report.collect import TRAINED, collect_or_warn, of_source
 from benchmark.report.figures import save_figure
@@ -170,26 +170,22 @@ def plot_memory(summary: pd.DataFrame, published: pd.DataFrame, profile: str):
 
 
 def read_train_log(path: Path) -> Dict[str, Dict[int, float]]:
-    """key -> {iteration: value} for loss, loss_decode, loss_aux, lr (train lines) and mIoU (eval lines).
-
-    Lines that are not JSON objects or lack an iteration are skipped; a resumed run that logs an
-    iteration twice keeps the later value."""
-    series: Dict[str, Dict[int, float]] = {}
+    """key -> {iteration: value} for loss, loss_decode, loss_aux, lr (train lines) and mIoU (evaluations),
+    as the training-log reader (curves/reader.py) reads the log: lines it cannot use are skipped, a
+    resumed run that logs an iteration twice keeps the later value; a log it cannot read gives {}."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return series
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("iteration"), (int, float)):
-            continue
-        for key in ("loss", "loss_decode", "loss_aux", "lr", "mIoU"):
-            value = entry.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                series.setdefault(key, {})[int(entry["iteration"])] = float(value)
+        curve = read_curve(path)
+    except NLBenchError:
+        return {}
+    series: Dict[str, Dict[int, float]] = {}
+    for point in curve.train:
+        values = {"loss": point.loss, "loss_decode": point.terms.get("loss_decode"),
+                  "loss_aux": point.terms.get("loss_aux"), "lr": point.lr}
+        for key, value in values.items():
+            if value is not None:
+                series.setdefault(key, {})[point.iteration] = value
+    if curve.evals:
+        series["mIoU"] = {e.iteration: e.mIoU for e in curve.evals}
     return series
 
 
