@@ -11,7 +11,7 @@ from browser import chromium, load
 from report_helpers import ROW, ROWS, make_record, write_row
 
 from benchmark.cli import main as cli
-from benchmark.report.html import inline_svg
+from benchmark.report.figures import inline_svg
 from benchmark.run.records import write_record
 
 PLOTS = ("miou-smoke", "miou_vs_fps-smoke", "memory-smoke", "training_curves-smoke")

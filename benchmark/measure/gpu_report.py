@@ -39,11 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark.data.layouts import build_dataset
+from benchmark.data.synthetic import write_synthetic
 from benchmark.engine.bench import bench, time_calls
 from benchmark.engine.distributed import device_info, resolve_device
+from benchmark.engine.inference import infer, to_input_tensor
 from benchmark.engine.settings import PUBLISHED, SETTING_NAMES, backend_flags
 from benchmark.errors import check_number
 from benchmark.io.files import atomic_write_text, json_safe
+from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import REPO_ROOT, load_recipe
 
 ROWS = ("nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024", "nonlocal_r101-d8_4xb2-40k_cityscapes-512x1024")
@@ -215,9 +219,6 @@ def _calibrated_model(recipe, device: torch.device, image: np.ndarray):
     """A random-weight model whose predictions vary (MMSeg's init gives near-flat logits): norm
     scales and shifts drawn, the classifier's weights at unit scale, and norm statistics set from
     one training-mode pass over ``image`` so that activations stay O(1)."""
-    from benchmark.engine.inference import to_input_tensor
-    from benchmark.models.segmentor import build_segmentor
-
     torch.manual_seed(0)
     model = build_segmentor(recipe.model)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -235,10 +236,6 @@ def _calibrated_model(recipe, device: torch.device, image: np.ndarray):
 def agreement_figures(sizes: Sizes, device: torch.device) -> Dict[str, Any]:
     """Share of pixels whose argmax is the same with bf16 autocast as in fp32 (TF32 off), R-50
     whole-image inference on synthetic Cityscapes val images."""
-    from benchmark.data.layouts import build_dataset
-    from benchmark.data.synthetic import write_synthetic
-    from benchmark.engine.inference import infer, to_input_tensor
-
     recipe = load_recipe(ROWS[0], [f"data.img_scale=[{sizes.agreement_hw[1]},{sizes.agreement_hw[0]}]"],
                          sizes.profile)
     with tempfile.TemporaryDirectory() as tmp:

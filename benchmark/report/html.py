@@ -45,6 +45,7 @@ from benchmark.report.compare import (
     compare,
     held_to_measured_bands,
 )
+from benchmark.report.figures import inline_svg
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
 from benchmark.report.references import default_references
 from benchmark.report.row_curves import assess_row, plot_overlay
@@ -241,31 +242,6 @@ def _tally(source: VerdictSource, profile: str, checkpoint_source: str) -> Dict[
 
 
 # ----------------------------------------------------------------------------- SVG
-
-
-_ID = re.compile(r'\bid="([^"]+)"')
-_REF = re.compile(r'(url\(#|href="#)([^")]+)')
-
-
-def inline_svg(fig, prefix: str) -> Markup:
-    """The figure as an ``<svg>`` element for an HTML page (closes the figure).
-
-    Text stays text (searchable, readable by the browser's font), and every id is prefixed so that
-    several figures on one page never share one (matplotlib names glyphs and clip paths by hash)."""
-    import io
-
-    import matplotlib
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "nlbench"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
-    text = buf.getvalue()
-    text = text[text.index("<svg"):]
-    text = _ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', text)
-    text = _REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text)
-    return Markup(text)
 
 
 # ----------------------------------------------------------------------------- row pages

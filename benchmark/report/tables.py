@@ -19,7 +19,9 @@ from benchmark.catalog import load_published, release_links
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, shown_path
 from benchmark.recipe import RECIPES_DIR, REPO_ROOT
-from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, of_source
+from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, newest_by_kind, of_source
+from benchmark.report.metafile import metafile, write_metafile
+from benchmark.run.records import load_records
 
 HEADERS = ["Method", "Backbone", "Crop Size", "Lr schd", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)",
            "config", "download"]
@@ -291,10 +293,6 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
 
 
 def _metafile_command(results: str, published: pd.DataFrame, target: Path, other_mode: bool) -> int:
-    from benchmark.report.collect import newest_by_kind
-    from benchmark.report.metafile import metafile, write_metafile
-    from benchmark.run.records import load_records
-
     if other_mode:
         raise NLBenchError("--metafile writes the reproduced results; it does not combine with --check or "
                            "--published", key="--metafile")
