@@ -181,7 +181,7 @@ def spread_lines(results_dir: Path, cpu_threads: int, isa: str, cpu: str) -> pd.
     from benchmark.report.collect import runs
     from benchmark.run.records import load_records
 
-    per_seed = runs(load_records(results_dir)[0])
+    per_seed = runs(load_records(results_dir)[0])  # no records: an empty table, not an error
     per_seed = per_seed[(per_seed["profile"] == "smoke") & (per_seed["checkpoint_source"] == "trained")
                         & per_seed["miou"].notna()]
     lines = pd.DataFrame({"recipe": per_seed["recipe"], "seed": per_seed["seed"].astype(int),

@@ -150,7 +150,7 @@ def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
     bands from a spread file (report/baseline.py, ``make smoke-baseline``)."""
     from benchmark.report.collect import collect
 
-    summary = of_source(collect(results_dir), TRAINED)  # a baseline is made of trained rows only
+    summary = of_source(collect(results_dir).summary, TRAINED)  # a baseline is made of trained rows only
     rows = summary[summary["profile"] == profile].set_index("recipe")
     base = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
     base = base[base["recipe"].isin(rows.index)].copy()
@@ -547,7 +547,7 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     ``curves`` also when a row's training curves diverged from its reference curve (report/curves.py).
     ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
     _check_options(tolerance, method, assumed_std, min_seeds, fail_on)
-    summary = collect_or_warn(results)
+    summary = collect_or_warn(results).summary
     profiles = sorted(summary["profile"].unique())
     refs = {ref.profile: ref for ref in [load_reference(reference)]} if reference else default_references(profiles)
     ignored = [p for p in profiles if p not in refs]
@@ -601,9 +601,10 @@ def _curves_section(results: str, profiles: List[str], reference: str):
 def rows_verdicts(results, rows: Sequence[Tuple[str, str, str]], tolerance: float = 0.5) -> str:
     """The verdicts of some rows, (recipe, profile, checkpoint source) each, as `nlbench compare` gives
     them by the tolerance method (what `run-all` ends with): their table, what was not compared and
-    why, the tally and the outcome. Figures of other rows in the folder are left out."""
+    why, the tally and the outcome. Figures of other rows in the folder are left out. ``results``: the
+    results folder, or its records already read (run-all's RecordStore)."""
     try:
-        summary = collect_or_warn(results)
+        summary = collect_or_warn(results).summary
     except NLBenchError as exc:  # e.g. every job failed before its first record: the state table says why
         return f"verdicts: none ({exc})"
     wanted = set(rows)

@@ -31,6 +31,7 @@ from benchmark.curves.reference import REFERENCE_LOGS, RELEASED, reference_kind,
 from benchmark.engine.mmseg_log import as_2020_pattern
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, write_json
+from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 
 RUN_LOGS = ("train.log.jsonl", "train.log.json")
@@ -56,7 +57,7 @@ class RowCurves:
 def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
     """seed label -> that seed's training log (nlbench's JSON lines first, its MMSeg form else)."""
     found = {}
-    folder = Path(results_dir) / "work" / profile / recipe
+    folder = ResultsLayout.of(results_dir).row_work(profile, recipe)
     for seed_dir in sorted(folder.glob("seed*")) if folder.is_dir() else []:
         log = next((seed_dir / n for n in RUN_LOGS if (seed_dir / n).is_file()), None)
         if log is not None:
@@ -71,8 +72,8 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
     logs = run_logs(results_dir, recipe.profile, recipe.name)
     try:
         if not logs:
-            raise NLBenchError(f"no training log of this row (looked in "
-                               f"{Path(results_dir) / 'work' / recipe.profile / recipe.name}/seed*/)", key=recipe.name)
+            looked = ResultsLayout.of(results_dir).row_work(recipe.profile, recipe.name)
+            raise NLBenchError(f"no training log of this row (looked in {looked}/seed*/)", key=recipe.name)
         sched = recipe.schedule
         runs = {seed: read_curve(path, sched.eval_interval, sched.max_iters) for seed, path in logs.items()}
         path = resolve_reference(recipe, reference, offline=offline)
@@ -305,8 +306,8 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
             rows.append(assess_row(r, Path(results), reference))
     if not rows:
         raise NLBenchError(f"no training logs of the {profile} profile for {recipe!r}",
-                           Path(results) / "work" / profile, "--results")
-    out_dir = Path(out) if out else Path(results) / "plots"
+                           ResultsLayout.of(results).profile_work(profile), "--results")
+    out_dir = Path(out) if out else ResultsLayout.of(results).plots
     written = write_overlays(rows, out_dir)
     for row in rows:
         print(format_row(row))
@@ -352,7 +353,7 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
     schedule. Each is read back with the reader before it is written."""
     written, missing = [], []
     for path in select_recipe_paths(None):
-        seed_dir = Path(results_dir) / "work" / profile / path.stem / f"seed{seed}"
+        seed_dir = ResultsLayout.of(results_dir).work_dir(profile, path.stem, seed)
         source = seed_dir / "train.log.json"
         if not source.is_file():
             if (seed_dir / "train.log.jsonl").is_file():
@@ -361,10 +362,10 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
         target = Path(out_dir) / profile / f"{path.stem}.log.json"
         atomic_write_text(target, reference_log_text(source, load_recipe(path, profile=profile)))
         written.append(target)
+    work = ResultsLayout.of(results_dir).profile_work(profile)
     if missing:
         raise NLBenchError(f"no train.log.json for {', '.join(missing)}: trained before nlbench wrote one; "
-                           "run them again in a fresh results folder", Path(results_dir) / "work" / profile)
+                           "run them again in a fresh results folder", work)
     if not written:
-        raise NLBenchError(f"no {profile}-profile train.log.json of seed {seed} to make reference logs from",
-                           Path(results_dir) / "work" / profile)
+        raise NLBenchError(f"no {profile}-profile train.log.json of seed {seed} to make reference logs from", work)
     return written

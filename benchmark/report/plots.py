@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from benchmark.catalog import load_published  # noqa: E402
 from benchmark.errors import NLBenchError  # noqa: E402
 from benchmark.io.files import atomic_write_bytes  # noqa: E402
+from benchmark.io.layout import ResultsLayout  # noqa: E402
 from benchmark.report.collect import TRAINED, collect_or_warn, of_source  # noqa: E402
 from benchmark.report.compare import Reference, default_references, device_class  # noqa: E402
 
@@ -216,7 +217,7 @@ CURVE_PANELS = [("loss", "training loss (decode + weighted aux)"), ("lr", "learn
 
 def train_logs(results_dir: Path, profile: str, recipe: str = "*") -> List[Path]:
     """The training logs of a profile (of one recipe): RESULTS/work/<profile>/<recipe>/seed<k>/."""
-    return sorted((Path(results_dir) / "work" / profile).glob(f"{recipe}/seed*/train.log.jsonl"))
+    return sorted(ResultsLayout.of(results_dir).profile_work(profile).glob(f"{recipe}/seed*/train.log.jsonl"))
 
 
 def _draw_curves(axes, path: Path, style: Dict[str, Any], label: str) -> None:
@@ -300,10 +301,10 @@ def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
     from benchmark.report.curves import overlay_plots
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    summary = collect_or_warn(results_dir)
+    collected = collect_or_warn(results_dir)
     # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
-    per_seed = of_source(summary.attrs["runs"], TRAINED)
-    summary = of_source(summary, TRAINED)
+    per_seed = of_source(collected.per_seed, TRAINED)
+    summary = of_source(collected.summary, TRAINED)
     published = load_published()
     written: List[Path] = []
     try:
@@ -319,7 +320,7 @@ def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
 
 def plots_command(results: str = "results", out: Optional[str] = None, reference: str = "released") -> int:
     """`nlbench plots`."""
-    folder = Path(out) if out else Path(results) / "plots"
+    folder = Path(out) if out else ResultsLayout.of(results).plots
     written = make_plots(results, folder, reference)
     for path in written:
         print(path)
