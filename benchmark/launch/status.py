@@ -23,6 +23,7 @@ from benchmark.io.files import read_tail_lines, shown_path
 from benchmark.io.jobenv import process_alive
 from benchmark.io.layout import ResultsLayout
 from benchmark.launch.sacct import FAILED_STATES, FINAL_STATES, PENDING_STATES, slurm_states
+from benchmark.run.job import source_of
 from benchmark.run.records import RecordStore, known_recipe_names
 from benchmark.run.state import JOB_LOG, read_state
 
@@ -96,12 +97,7 @@ def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[s
 
 def _records_complete(done: RecordStore, entry: Dict[str, Any]) -> bool:
     return set(entry["stages"]) <= done.kinds_done(entry["recipe"], entry["profile"], entry["seed"],
-                                                   entry.get("recipe_hash"), _source(entry))
-
-
-def _source(entry: Dict[str, Any]) -> str:
-    """The job's checkpoint source (run files written before there was one: trained)."""
-    return entry.get("checkpoint_source") or "trained"
+                                                   entry.get("recipe_hash"), source_of(entry))
 
 
 def _pid_alive(state: Dict[str, Any]) -> bool:
@@ -123,7 +119,7 @@ def _diverged(done: RecordStore, entry: Dict[str, Any], own: Optional[str], slur
               state_file: Dict[str, Any]) -> Optional[str]:
     """"diverged at iter k: mIoU x, published y" when the guard stopped this row and it is not running
     again (a resume with guard.action warn); None otherwise."""
-    if _source(entry) != "trained":
+    if source_of(entry) != "trained":
         return None  # a released checkpoint's job has no training to stop
     record = done.diverged(entry["recipe"], entry["profile"], entry["seed"], entry.get("recipe_hash"))
     if record is None:
@@ -209,8 +205,8 @@ def row_status(results: Union[Path, RecordStore], entry: Dict[str, Any], slurm: 
         "job_id": job_id or "-",
         "requeues": requeues,
         "iteration": iteration_reached(work),
-        "max_iters": entry.get("max_iters") if _source(entry) == "trained" else None,  # released: no training
-        "checkpoint_source": _source(entry),
+        "max_iters": entry.get("max_iters") if source_of(entry) == "trained" else None,  # released: no training
+        "checkpoint_source": source_of(entry),
         "message": message,
         "log": log_path,
     }
@@ -247,8 +243,8 @@ def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None
         message = (r["message"] or "")
         if len(message) > 100:
             message = message[:97] + "..."
-        recipe = r["recipe"] + ("" if r.get("checkpoint_source", "trained") == "trained"
-                                else f" ({r['checkpoint_source']} checkpoint)")
+        source = source_of(r)
+        recipe = r["recipe"] + ("" if source == "trained" else f" ({source} checkpoint)")
         table.append([recipe, r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
                       r["job_id"], r["requeues"], it, message, log])
     log_header = "log" if results_dir is None else f"log (in {results_dir})"

@@ -37,7 +37,7 @@ from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_
 from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.recipe import Recipe, load_recipe, write_resolved_recipe
 from benchmark.run.lock import JobHeld, JobLock
-from benchmark.run.records import RecordStore, provenance, write_record
+from benchmark.run.records import CheckpointSource, RecordStore, provenance, write_record
 from benchmark.run.state import JobLog, read_state, write_state
 
 
@@ -127,9 +127,15 @@ def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
         gpu_hours=d.get("gpu_hours_estimate"),
         overrides=tuple(overrides),
         device=d.get("device", "auto"),
-        checkpoint_source=d.get("checkpoint_source") or "trained",
+        checkpoint_source=source_of(d),
         cache_dir=d.get("cache_dir"),
     )
+
+
+def source_of(entry: Dict[str, Any]) -> str:
+    """The checkpoint source a job's dict (``Job.to_dict``, a run file's entry, a status row) names; one
+    written before there was a released source says nothing: trained, as a record without the field."""
+    return entry.get("checkpoint_source") or CheckpointSource.TRAINED.value
 
 
 class StopFlag:
