@@ -81,3 +81,15 @@ def test_the_layout_names_every_path_of_the_results_folder(tmp_path):
         tmp_path / "summary.csv", tmp_path / "tables.md", tmp_path / "report", tmp_path / "plots"]
     assert ResultsLayout.of(str(tmp_path)) == layout and ResultsLayout.of(layout) is layout
     assert isinstance(layout.root, Path)
+
+
+def test_the_model_keeps_what_the_dict_checks_accepted(tmp_path):
+    """A train record's metrics are its last evaluation's, or empty; fields the schema does not name
+    are kept; a record without checkpoint_source is trained (said by the model alone)."""
+    for metrics in ({}, {"iteration": 8, "aAcc": None, "mIoU": None, "mAcc": None}, None):
+        write_record(tmp_path, {**make_record("train"), "metrics": metrics, "start_iteration": 4})
+    store = RecordStore.read(tmp_path)
+    assert store.warnings == [] and len(store.records) == 3
+    assert {r.model_extra["start_iteration"] for r in store.records} == {4}
+    assert {r.source for r in store.records} == {CheckpointSource.TRAINED} == {"trained"}
+    assert {f"{r.kind}" for r in store.records} == {"train"}  # the enums print as the JSON's strings

@@ -274,7 +274,8 @@ def inline_svg(fig, prefix: str) -> Markup:
 
 
 def _figures(rec: Record) -> str:
-    figures = [f"{key} {getattr(rec.metrics, key):.2f}" for key in ("aAcc", "mIoU", "mAcc") if rec.metrics]
+    figures = [f"{key} {getattr(rec.metrics, key):.2f}" for key in ("aAcc", "mIoU", "mAcc")
+               if rec.metrics is not None and getattr(rec.metrics, key) is not None]
     if rec.fps is not None:
         figures.append(f"{rec.fps:.2f} fps")
     if rec.mem_gb is not None:

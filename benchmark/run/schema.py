@@ -116,11 +116,12 @@ class _Part(BaseModel):
 
 
 class Metrics(_Part):
-    """Percentages of an eval record; ``per_class``: class -> {IoU, Acc}."""
+    """Percentages; ``per_class``: class -> {IoU, Acc}. An eval record has all three (``rule_problems``);
+    a train record's are its last evaluation's, null where it made none."""
 
-    aAcc: Number
-    mIoU: Number
-    mAcc: Number
+    aAcc: Optional[Number] = None
+    mIoU: Optional[Number] = None
+    mAcc: Optional[Number] = None
     per_class: Optional[Dict[str, Any]] = None
 
 
@@ -147,14 +148,15 @@ class Fast(_Part):
 class Provenance(_Part):
     """Where, how and from what a result was made (run/records.provenance); every probe may be null."""
 
-    git_commit: Optional[str] = None
-    git_dirty: Optional[bool] = None
-    device_name: Optional[Any] = None
-    device_count: Optional[Any] = None
-    dtype: Optional[Any] = None
-    world_size: Optional[Any] = None
-    recipe_hash: Optional[str] = None
-    checkpoint_sha256: Optional[str] = None
+    # Kept as written (never coerced): the report shows them as they are.
+    git_commit: Any = None
+    git_dirty: Any = None
+    device_name: Any = None
+    device_count: Any = None
+    dtype: Any = None
+    world_size: Any = None
+    recipe_hash: Any = None
+    checkpoint_sha256: Any = None
     measurement: Optional[Dict[str, Any]] = None  # a bench record's: setting name -> setting
 
 
@@ -230,6 +232,9 @@ class Record(BaseModel):
             problems.append("fps: required (a number) for a bench record")
         if self.kind.value in EVAL_KINDS and self.metrics is None:
             problems.append(f"metrics: required for a {self.kind.value} record")
+        elif self.kind.value in EVAL_KINDS:
+            problems += [f"metrics.{key}: expected a number (percent), got None" for key in ("aAcc", "mIoU", "mAcc")
+                         if getattr(self.metrics, key) is None]
         if self.diverged and self.kind != Kind.TRAIN:
             problems.append(f"status: only a train record can be diverged, this is a {self.kind.value} record")
         if self.diverged and self.stopped_at_iteration is None:
