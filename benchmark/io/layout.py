@@ -6,7 +6,8 @@
                                                                          train log, job.log, job_state.json
       jobs/runs/<run id>.json                                            one run-all's jobs (status reads them)
       jobs/locks/<profile>__<recipe>__[released__]seed<k>.lock           a job's lock (run/lock.py)
-      jobs/local/<profile>__<recipe>__[released__]seed<k>.json, .out     a local job's file and console
+      jobs/local/<profile>__<recipe>__[released__]seed<k>.json, .out     a local job's file (torchrun ranks,
+                                                                         --parallel) and console (--parallel)
       jobs/slurm/<SLURM job id>/                                         submitit's files of a SLURM job
       summary.csv, tables.md, report/, plots/                            what the report verbs write by default
 
