@@ -143,14 +143,14 @@ def group_cells(group: Group, work: Path, cpu: str) -> List[Dict[str, str]]:
     ms_flip: Dict[str, bool] = {}
     newest: Dict[Tuple[str, int, str], Dict] = {}
     for rec in records:
-        recipe, seed = rec["recipe"], int(rec["seed"])
+        recipe, seed = rec.recipe, rec.seed
         if (recipe, seed) not in hashes:  # run-all sets runtime.seed, which is part of the hash
             resolved = load_recipe(recipe, [f"runtime.cpu_threads={threads}", f"runtime.seed={seed}"], profile="smoke")
             hashes[recipe, seed], ms_flip[recipe] = resolved.hash, resolved.test.ms_flip_published
-        current = (rec.get("provenance") or {}).get("recipe_hash") == hashes[recipe, seed]
-        key = (recipe, seed, rec["kind"])
-        if current and rec["profile"] == "smoke" and rec["kind"] in ("eval", "eval_ms_flip") and seed in seeds:
-            if key not in newest or rec["created_at"] > newest[key]["created_at"]:
+        current = rec.provenance.recipe_hash == hashes[recipe, seed]
+        key = (recipe, seed, rec.kind.value)
+        if current and rec.profile == "smoke" and rec.kind.value in ("eval", "eval_ms_flip") and seed in seeds:
+            if key not in newest or rec.created_at > newest[key].created_at:
                 newest[key] = rec
     cells = []
     for (recipe, seed, kind), rec in sorted(newest.items()):
@@ -160,8 +160,8 @@ def group_cells(group: Group, work: Path, cpu: str) -> List[Dict[str, str]]:
         if ms_flip[recipe] and ms is None:
             continue  # not finished: the cell is added once both numbers are there
         cells.append({"recipe": recipe, "seed": str(seed), "cpu_threads": str(threads), "isa": isa, "cpu": cpu,
-                      "miou": f"{rec['metrics']['mIoU']:.4f}",
-                      "miou_ms_flip": f"{ms['metrics']['mIoU']:.4f}" if ms else ""})
+                      "miou": f"{rec.metrics.mIoU:.4f}",
+                      "miou_ms_flip": f"{ms.metrics.mIoU:.4f}" if ms else ""})
     return cells
 
 

@@ -2,6 +2,7 @@
 DDP), `fast` beside it (SDPA), both in one bench result and one bench record with their provenance."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,8 +125,8 @@ def test_bench_stage_writes_both_settings_into_one_record(tmp_path):
               device="cpu")
     written = run_job(job)
     records, warnings = load_records(tmp_path / "results")
-    assert not warnings and [r["kind"] for r in records] == ["bench"] and list(written) == ["bench"]
-    record = records[0]
+    assert not warnings and [r.kind for r in records] == ["bench"] and list(written) == ["bench"]
+    record = json.loads(Path(records[0].path).read_text())  # the record as written
     assert validate_record({k: v for k, v in record.items() if k != "_path"}) == []
     assert record["fps"] > 0 and record["mem_gb"] > 0  # the published setting's, as the table's
     assert record["fast"]["fps"] > 0 and record["fast"]["mem_gb"] > 0 and record["fast"]["attention"] == "sdpa"

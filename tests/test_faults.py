@@ -170,7 +170,7 @@ def test_a_full_disk_fails_a_record_a_table_and_a_log_line_cleanly(small_disk, t
 
     # Every earlier file is intact and readable; no temporary file is left behind.
     assert {p: p.read_bytes() for p in kept} == kept
-    assert [r["_path"] for r in load_records(results)[0]] == [str(first)]
+    assert [r.path for r in load_records(results)[0]] == [str(first)]
     assert not _temporary_files(disk)
 
 

@@ -79,7 +79,7 @@ def test_released_and_trained_results_never_mix(tmp_path, capsys):
     assert len(make_plan(tmp_path, ONE_CPU, pattern=ROW).jobs) == 1
     assert make_plan(tmp_path, ONE_CPU, pattern=ROW, checkpoint="released").skipped == [f"full/{ROW}/released/seed0"]
     write_row(tmp_path, miou=40.0)  # trained: train, eval, bench
-    summary = collect(tmp_path).set_index(["recipe", "profile", "checkpoint_source"])
+    summary = collect(tmp_path).summary.set_index(["recipe", "profile", "checkpoint_source"])
     assert summary.loc[(ROW, "full", "trained"), "miou_mean"] == 40.0
     assert summary.loc[(ROW, "full", "released"), "miou_mean"] == 60.0
     assert summary.loc[(ROW, "full", "released"), "n_seeds"] == 1
@@ -154,7 +154,7 @@ def _check_tables(results: Path, readme: Path, names, sha: str) -> None:
     assert cli(["tables", "--results", str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "### Published vs released checkpoints" in text and "### Published vs reproduced" not in text
-    summary = collect(results).set_index("recipe")
+    summary = collect(results).summary.set_index("recipe")
     rows = {cells[1]: cells for cells in ([c.strip() for c in ln.strip("|").split("|")]
                                           for ln in text.splitlines() if ln.startswith("| Pascal VOC"))}
     assert sorted(rows) == ["R-101-D8", "R-50-D8"]
@@ -171,7 +171,7 @@ def _mious(out: str, names):
 
 def _check_compare(results: Path, tmp_path: Path, names, capsys) -> None:
     """Row 0 has its own result as reference, row 1 a reference 2 points above its result."""
-    ref = _reference_csv(tmp_path / "ref.csv", collect(results), {names[0]: 0.0, names[1]: 2.0})
+    ref = _reference_csv(tmp_path / "ref.csv", collect(results).summary, {names[0]: 0.0, names[1]: 2.0})
     report = tmp_path / "compare.md"
     code = cli(["compare", "--results", str(results), "--reference", str(ref), "--report", str(report)])
     out = capsys.readouterr().out

@@ -22,7 +22,7 @@ def test_newest_record_per_kind_wins(tmp_path):
     # an offset other than UTC still orders by the instant: 2026-01-02T23:00 UTC is older than Jan 3
     write_record(tmp_path, make_record("eval", miou=20.0, created_at="2026-01-03T00:00:00+01:00"))
     write_record(tmp_path, make_record("bench", fps=3.0, mem_gb=1.5, device="Tesla V100-SXM2-32GB"))
-    summary = collect(tmp_path)
+    summary = collect(tmp_path).summary
     assert len(summary) == 1
     row = summary.iloc[0]
     assert row["miou_mean"] == 30.0 and row["miou_n"] == 1 and math.isnan(row["miou_std"])
@@ -36,7 +36,7 @@ def test_seeds_give_mean_std_min_max_n(tmp_path):
     for seed, miou in enumerate(values):
         write_row(tmp_path, seed=seed, miou=miou, ms_flip=miou + 1, fps=2.0 + seed)
     write_row(tmp_path, recipe=ROWS[3], profile="smoke", miou=12.0)
-    summary = collect(tmp_path).set_index(["recipe", "profile"])
+    summary = collect(tmp_path).summary.set_index(["recipe", "profile"])
     row = summary.loc[(ROW, "full")]
     expected = pd.Series(values)
     assert row["n_seeds"] == 3 and row["seeds"] == "0,1,2" and row["miou_n"] == 3
@@ -46,7 +46,7 @@ def test_seeds_give_mean_std_min_max_n(tmp_path):
     assert row["miou_ms_flip_mean"] == pytest.approx(expected.mean() + 1)
     assert row["fps_mean"] == pytest.approx(3.0) and row["aacc_mean"] == 90.0
     assert summary.loc[(ROWS[3], "smoke"), "miou_mean"] == 12.0
-    assert len(collect(tmp_path).attrs["runs"]) == 4
+    assert len(collect(tmp_path).per_seed) == 4
 
 
 def test_collect_cli_writes_csv_and_warns_on_stderr(tmp_path):
@@ -77,12 +77,12 @@ def test_train_peak_never_fills_the_published_mem(tmp_path):
     train["mem_gb"], train["mem_kind"] = 0.57, "peak_rss"
     write_record(tmp_path, train)
     write_record(tmp_path, make_record("bench", fps=4.0, mem_gb=None))
-    row = collect(tmp_path).iloc[0]
+    row = collect(tmp_path).summary.iloc[0]
     assert math.isnan(row["mem_gb_mean"]) and row["mem_kind"] is None and row["fps_mean"] == 4.0
     assert row["train_mem_gb_mean"] == 0.57
     bench = make_record("bench", fps=4.0, mem_gb=1.25)
     bench["mem_kind"] = "cuda_max_allocated"
     write_record(tmp_path, bench)
-    row = collect(tmp_path).iloc[0]
+    row = collect(tmp_path).summary.iloc[0]
     assert row["mem_gb_mean"] == 1.25 and row["mem_kind"] == "cuda_max_allocated"
     assert row["train_mem_gb_mean"] == 0.57

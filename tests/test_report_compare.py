@@ -61,7 +61,7 @@ def test_verdicts_and_hardware_gate(tmp_path):
     # Mem 12.8 -> 14.5 GB (13% more) and fps 1.05 -> 1.20 on a V100: compared; on a CPU: not
     write_row(tmp_path, recipe=R101_769, miou=79.5, ms_flip=80.0, fps=1.20, mem_gb=14.5, device=V100)
     write_row(tmp_path, recipe=ROW, miou=78.0, fps=9.0, mem_gb=1.0, device="cpu")
-    got = verdicts(compare(collect(tmp_path), load_reference("published"), tolerance=0.5))
+    got = verdicts(compare(collect(tmp_path).summary, load_reference("published"), tolerance=0.5))
     assert got[(R101_769, "miou")].verdict == "better" and got[(R101_769, "miou")].delta == pytest.approx(0.93)
     assert got[(R101_769, "miou_ms_flip")].verdict == "reproduced"
     assert got[(R101_769, "mem_gb")].verdict == "regressed"  # lower is better; beyond 10%

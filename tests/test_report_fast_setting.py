@@ -54,7 +54,7 @@ def test_tables_show_the_published_columns_then_the_fast_ones_with_their_ratio(t
     assert values[4:6] == ["6.0", "0.02"]  # the seed's columns: the published setting
     assert values[8:10] == ["3.0 (0.50x)", "0.04 (2.00x)"]  # fast, and its ratio to published
     assert "`published` setting" in text and "`fast` setting" in text
-    summary = collect(results)
+    summary = collect(results).summary
     assert summary.loc[0, "fps_fast_mean"] == 0.04 and summary.loc[0, "train_step_s_fast_mean"] == 0.5
     assert summary.loc[0, "train_step_s_mean"] == 1.0
 
@@ -73,16 +73,17 @@ def test_compare_gates_published_figures_only_and_never_cpu_against_v100(tmp_pat
     cpu, gpu = tmp_path / "cpu", tmp_path / "v100"
     # CPU figures, published and fast: shown, never judged against the V100 ones.
     write_bench_row(cpu, "cpu", fps=0.02, mem_gb=6.0, fast_figures=fast(0.05, 2.0))
-    checks = {c.metric: c for c in compare(collect(cpu), ref, 0.5) if c.recipe == ROW}
+    checks = {c.metric: c for c in compare(collect(cpu).summary, ref, 0.5) if c.recipe == ROW}
     for metric in ("fps", "mem_gb"):
         assert checks[metric].verdict == "skipped" and "not comparable" in checks[metric].note
     # A V100 record: its published-setting figures are gated; the far better fast ones change nothing.
     write_bench_row(gpu, V100, fps=2.70, mem_gb=7.5, fast_figures=fast(30.0, 1.0))
-    checks = {c.metric: c for c in compare(collect(gpu), ref, 0.5) if c.recipe == ROW}
+    checks = {c.metric: c for c in compare(collect(gpu).summary, ref, 0.5) if c.recipe == ROW}
     assert checks["fps"].verdict == "reproduced" and checks["fps"].reproduced == 2.70
     assert checks["mem_gb"].verdict == "reproduced" and checks["mem_gb"].reproduced == 7.5
     write_bench_row(gpu, V100, fps=1.0, mem_gb=7.5, fast_figures=fast(30.0, 1.0), seed=1)  # mean 1.85 fps
-    assert {c.metric: c for c in compare(collect(gpu), ref, 0.5) if c.recipe == ROW}["fps"].verdict == "regressed"
+    summary = collect(gpu).summary
+    assert {c.metric: c for c in compare(summary, ref, 0.5) if c.recipe == ROW}["fps"].verdict == "regressed"
 
 
 def test_html_report_shows_the_fast_columns_with_their_ratio_and_no_verdict(tmp_path):

@@ -167,7 +167,7 @@ def test_the_tolerance_legend_names_the_smoke_band_only_where_one_applies(tmp_pa
     def legend(profile):
         results = tmp_path / profile
         write_row(results, profile=profile, miou=90.0)
-        return verdict_sources(collect(results), 0.5)[0].label
+        return verdict_sources(collect(results).summary, 0.5)[0].label
 
     # the committed smoke baseline carries measured bands; the published table does not
     assert "a smoke row: ± the band measured for its baseline" in legend("smoke")

@@ -95,7 +95,7 @@ def test_miou_vs_fps_labels_never_overlap_even_when_rows_coincide(tmp_path):
     from benchmark.report.collect import collect
     from benchmark.report.plots import plot_miou_vs_fps
 
-    summary = collect(_same_figures_everywhere(tmp_path))
+    summary = collect(_same_figures_everywhere(tmp_path)).summary
     fig = plot_miou_vs_fps(summary, load_published(), "smoke")
     assert _overlaps(fig) == []
     # Every row is named once, in a legend of its dataset setting's panel.

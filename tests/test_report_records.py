@@ -21,7 +21,7 @@ def test_write_record_layout_schema_and_roundtrip(tmp_path):
     assert body["schema"] == SCHEMA and body["created_at"].endswith("+00:00")
     records, warnings = load_records(tmp_path)
     assert warnings == [] and len(records) == 1
-    assert records[0]["metrics"]["mIoU"] == 61.5 and records[0]["_path"] == str(path)
+    assert records[0].metrics.mIoU == 61.5 and records[0].path == str(path)
     # no temporary file is left beside the record
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
@@ -67,9 +67,9 @@ def test_concurrent_writers_collect_to_exactly_100(tmp_path):
         assert p.exitcode == 0
     records, warnings = load_records(tmp_path)
     assert warnings == [] and len(records) == 100
-    assert sorted(r["metrics"]["mIoU"] for r in records) == [float(i) for i in range(100)]
-    summary = collect(tmp_path)
-    assert len(summary.attrs["runs"]) == 100 and summary["n_seeds"].sum() == 100
+    assert sorted(r.metrics.mIoU for r in records) == [float(i) for i in range(100)]
+    collected = collect(tmp_path)
+    assert len(collected.per_seed) == 100 and collected.summary["n_seeds"].sum() == 100
     assert not [p for p in (tmp_path / "records").rglob("*") if p.name.startswith(".")]
 
 
@@ -95,7 +95,7 @@ def test_bad_records_are_skipped_with_a_warning_naming_the_file(tmp_path):
     in_flight.write_text("{")
 
     records, warnings = load_records(tmp_path)
-    assert [r["_path"] for r in records] == [str(good)]
+    assert [r.path for r in records] == [str(good)]
     assert len(warnings) == 6
     for path, why in [(truncated, "not valid JSON"), (corrupt, "UTF-8"), (foreign, "schema"),
                       (partial, "metrics.mIoU"), (wrong_type, "seed"), (unknown, "unknown recipe")]:
@@ -135,7 +135,7 @@ def test_train_records_carry_status_and_the_guards_evidence(tmp_path):
                 "guard": evidence, "stopped_at_iteration": 8}
     write_record(tmp_path, diverged)
     assert record_kinds(tmp_path, ROW, "full", 0) == set()  # a stopped run's training is not done
-    assert diverged_record(tmp_path, ROW, "full", 0)["guard"] == evidence
+    assert diverged_record(tmp_path, ROW, "full", 0).guard == evidence
     # Resumed to its end later: the newer, completed record wins.
     write_record(tmp_path, {**make_record("train"), "status": "completed", "guard": None})
     assert record_kinds(tmp_path, ROW, "full", 0) == {"train"}

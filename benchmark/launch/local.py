@@ -30,10 +30,11 @@ from typing import Dict, List, Tuple
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
+from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import Recipe
 from benchmark.run.job import Job, Resources, run_job
-from benchmark.run.lock import HELD_ENV, JobHeld, JobLock, held_for_children, held_value, lock_path
-from benchmark.run.records import diverged_record, record_kinds
+from benchmark.run.lock import HELD_ENV, JobHeld, JobLock, held_for_children, held_value
+from benchmark.run.records import RecordStore
 from benchmark.run.state import JOB_LOG, read_state
 
 
@@ -101,7 +102,7 @@ def _run_one(job: Job, lock: JobLock, results_dir: Path, tag: str, report, in_ch
     """Run one job under its lock (held); returns "done", "diverged" (the guard stopped it) or "failed"."""
     started = time.perf_counter()
     report(f"{tag} {job.key} on {job.resources.describe()} (log {Path(job.work_dir) / JOB_LOG})")
-    job_file = results_dir / "jobs" / "local" / f"{job.key.replace('/', '__')}.json"
+    job_file = ResultsLayout(results_dir).local_job_file(job.key)
     try:
         if job.resources.world_size > 1:
             _run_distributed(job, job_file, lock)
@@ -120,11 +121,6 @@ def _run_one(job: Job, lock: JobLock, results_dir: Path, tag: str, report, in_ch
         if not isinstance(exc, NLBenchError) and os.environ.get("NLBENCH_DEBUG"):
             traceback.print_exc()
         return "failed"
-
-
-def _complete(job: Job) -> bool:
-    return set(job.stages) <= record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash,
-                                           job.checkpoint_source)
 
 
 def check_parallel(jobs: List[Job], parallel: int) -> None:
@@ -146,7 +142,7 @@ def run_local(jobs: List[Job], results_dir: Path, report=print, parallel: int = 
 
     def first_try(i: int, job: Job) -> None:
         tag = f"[{i}/{len(jobs)}]"
-        lock = JobLock(lock_path(results_dir, job.key), what="nlbench run-all (local)")
+        lock = JobLock(ResultsLayout(results_dir).lock_file(job.key), what="nlbench run-all (local)")
         try:
             lock.acquire()
         except JobHeld as held:
@@ -166,10 +162,13 @@ def run_local(jobs: List[Job], results_dir: Path, report=print, parallel: int = 
         lock.acquire(wait=True, on_wait=lambda held, tag=tag, job=job: report(
             f"{tag} {job.key}: waiting for the run that holds it: {held}"))
         with lock:
-            if _complete(job):
+            # Read now, under the lock: what the other run wrote while this one waited.
+            done = RecordStore.read_row(job.results_dir, job.name, job.profile, job.seed)
+            if set(job.stages) <= done.kinds_done(job.name, job.profile, job.seed, job.recipe.hash,
+                                                  job.checkpoint_source):
                 report(f"{tag} {job.key}: done by the other run; nothing left to run here")
                 outcome[job.key] = "done"
-            elif diverged_record(results_dir, job.name, job.profile, job.seed, job.recipe.hash) is not None:
+            elif done.diverged(job.name, job.profile, job.seed, job.recipe.hash) is not None:
                 report(f"{tag} {job.key}: the other run's guard stopped it (diverged); not run again here")
                 outcome[job.key] = "diverged"
             else:

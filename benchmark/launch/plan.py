@@ -16,10 +16,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from benchmark.catalog import select_recipe_paths
 from benchmark.errors import NLBenchError
 from benchmark.io.download import cache_dir_default
+from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe
-from benchmark.run.job import Job, Resources, source_part
-from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, diverged_record, record_kinds
+from benchmark.run.job import Job, Resources
+from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, RecordStore
 from benchmark.stats import DEFAULT_TOLERANCE, SEED_STD_MIOU, half_width, seeds_for_half_width
 
 STAGES_ALL = KINDS  # train -> eval -> eval ms+flip -> bench
@@ -36,6 +37,7 @@ class Plan:
     seeds: int = 1
     # Released plans: job key -> estimated GPU-hours of training that row instead (train + every stage).
     training_gpu_hours: Dict[str, Optional[float]] = field(default_factory=dict)
+    records: Optional[RecordStore] = None  # the results folder's records the plan was made from
 
     @property
     def total_gpu_hours(self) -> Optional[float]:
@@ -54,11 +56,6 @@ def stages_for(recipe: Recipe, checkpoint: str = "trained") -> Tuple[str, ...]:
     return tuple(s for s in STAGES_ALL
                  if (s != "eval_ms_flip" or recipe.test.ms_flip_published)
                  and (s != "train" or checkpoint == "trained"))
-
-
-def work_dir_for(results_dir: Path, profile: str, recipe: str, seed: int, checkpoint: str = "trained") -> Path:
-    """RESULTS/work/<profile>/<recipe>/seed<k>; .../<recipe>/released/seed<k> for a released checkpoint."""
-    return results_dir / "work" / profile / recipe / f"{source_part(checkpoint)}seed{seed}"
 
 
 def default_time_limit_min(gpu_hours: Optional[float], gpus: int) -> int:
@@ -95,6 +92,9 @@ def make_plan(
         raise NLBenchError(f"expected one of {', '.join(CHECKPOINT_SOURCES)}, got {checkpoint!r}", key="--checkpoint")
     results = Path(results_dir).resolve()
     plan = Plan([], checkpoint=checkpoint, seeds=seeds)
+    done = RecordStore.read(results, known_recipes=[p.stem for p in select_recipe_paths(pattern)]) \
+        if skip_complete else None
+    plan.records = done
     cache = str(cache_dir_default().resolve()) if checkpoint == "released" else None
     for path in select_recipe_paths(pattern):
         base = load_recipe(path, overrides, profile=profile)
@@ -104,7 +104,7 @@ def make_plan(
             seed = base.runtime.seed + k
             recipe = base if k == 0 else load_recipe(path, [*overrides, f"runtime.seed={seed}"], profile=profile)
             stages = stages_for(recipe, checkpoint)
-            if skip_complete and _skipped(plan, results, recipe, seed, stages):
+            if done is not None and _skipped(plan, done, recipe, seed, stages):
                 continue
             hours = estimate_gpu_hours(recipe, stages)
             job = Job(
@@ -112,7 +112,7 @@ def make_plan(
                 seed=seed,
                 stages=stages,
                 results_dir=str(results),
-                work_dir=str(work_dir_for(results, recipe.profile, recipe.name, seed, checkpoint)),
+                work_dir=str(ResultsLayout(results).work_dir(recipe.profile, recipe.name, seed, checkpoint)),
                 data_root=str(Path(recipe.data.data_root).resolve()),
                 resources=resources_for(recipe),
                 time_limit_min=time_limit_min or default_time_limit_min(hours, recipe.runtime.gpus),
@@ -128,16 +128,16 @@ def make_plan(
     return plan
 
 
-def _skipped(plan: Plan, results: Path, recipe: Recipe, seed: int, stages: Tuple[str, ...]) -> bool:
+def _skipped(plan: Plan, done: RecordStore, recipe: Recipe, seed: int, stages: Tuple[str, ...]) -> bool:
     """Whether the row is not planned, noted in ``plan``: complete (every stage has a record of this
     recipe and checkpoint source), or stopped by the guard. A stopped row stays stopped while its
     guard would stop it again; with guard.action warn (--set) it is planned and resumes."""
     key = f"{recipe.profile}/{recipe.name}/{source_part(plan.checkpoint)}seed{seed}"
-    if set(stages) <= record_kinds(results, recipe.name, recipe.profile, seed, recipe.hash, plan.checkpoint):
+    if set(stages) <= done.kinds_done(recipe.name, recipe.profile, seed, recipe.hash, plan.checkpoint):
         plan.skipped.append(key)
         return True
-    if plan.checkpoint == "trained" and recipe.guard.action == "stop" and diverged_record(
-            results, recipe.name, recipe.profile, seed, recipe.hash) is not None:
+    if plan.checkpoint == "trained" and recipe.guard.action == "stop" and done.diverged(
+            recipe.name, recipe.profile, seed, recipe.hash) is not None:
         plan.diverged.append(key)
         return True
     return False

@@ -27,27 +27,30 @@ import secrets
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.io.jobenv import process_start
+from benchmark.io.layout import ResultsLayout
 from benchmark.launch import plan as planning
 from benchmark.launch.cost import estimate_saved_gpu_hours
-from benchmark.launch.status import RUNS_SUBDIR, collect_status, format_status
+from benchmark.launch.status import collect_status, format_status
 from benchmark.run.lock import holder_of
-from benchmark.run.records import diverged_record
+from benchmark.run.records import RecordStore, known_recipe_names
 
 # What run-all ends with after the state table: the rows' figures against their references and the
-# verdicts. The report layer supplies it (report/compare.py: rows_verdicts), which this layer may not import.
-Summarize = Callable[[Path, Sequence[Tuple[str, str, str]]], str]
+# verdicts, from the records run-all read at its end. The report layer supplies it (report/compare.py:
+# rows_verdicts), which this layer may not import.
+Summarize = Callable[[RecordStore, Sequence[Tuple[str, str, str]]], str]
 
 
 def check_writable(results: Path) -> None:
     """Create the results folder (and jobs/runs) and prove it takes a file, before anything runs."""
-    probe = results / RUNS_SUBDIR / f".write-test-{secrets.token_hex(4)}"
+    runs = ResultsLayout(results).runs
+    probe = runs / f".write-test-{secrets.token_hex(4)}"
     try:
-        (results / RUNS_SUBDIR).mkdir(parents=True, exist_ok=True)
+        runs.mkdir(parents=True, exist_ok=True)
         atomic_write_text(probe, "ok\n")
         probe.unlink()
     except OSError as exc:
@@ -60,7 +63,7 @@ def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra
     run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     body = {"run_id": run_id, "launcher": launcher, "created_at": now.isoformat(timespec="microseconds"),
             **extra, "jobs": entries}
-    path = results / RUNS_SUBDIR / f"{run_id}.json"
+    path = ResultsLayout(results).run_file(run_id)
     atomic_write_text(path, json.dumps(body, indent=2) + "\n")
     return path
 
@@ -111,19 +114,19 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
     if not plan.jobs:
         print("nothing to run: every planned row is complete" + (" or was stopped by the guard" if plan.diverged
                                                                   else ""))
-        code = 1 if plan.diverged else 0
+        code, done = (1 if plan.diverged else 0), plan.records
     else:
         if checkpoint == "released":
             fetch_released_once(plan.jobs)
         fetch_reference_logs_once(plan.jobs)
         if launcher == "local":
-            code = _run_locally(plan.jobs, folder, parallel)
+            code, done = _run_locally(plan.jobs, folder, parallel)
         else:
-            code = _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
+            code, done = _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
             if no_wait:
                 return code
     if summarize is not None:
-        print(summarize(folder, planned_rows(plan)))
+        print(summarize(done if done is not None else RecordStore.read(folder), planned_rows(plan)))
     return code
 
 
@@ -165,23 +168,36 @@ def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
         report(f"published training log of {job.name} (the guard's reference): {fetch_log(recipe)}")
 
 
-def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> int:
+def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> Ran:
     from benchmark.launch import local
 
     # The process that runs the jobs: status tells a pending job of a run-all that is gone (killed,
     # interrupted) from one still to come, so `status --watch` ends instead of waiting for ever.
     me = {"hostname": socket.gethostname(), "pid": os.getpid(), "proc_start": process_start(os.getpid())}
     run_file = write_run(results, "local", [j.to_dict() for j in jobs], {"launcher_process": me})
-    side = f", {parallel} at a time (each in its own process; console output in {results}/jobs/local/)" \
+    side = f", {parallel} at a time (each in its own process; console output in {ResultsLayout(results).local_jobs}/)" \
         if parallel > 1 else ""
     print(f"running {len(jobs)} job(s) locally{side}; plan in {run_file}")
     outcome = local.run_local(jobs, results, parallel=parallel)
-    print(format_status([r for r in collect_status(results) if r["key"] in outcome], results))
-    _print_guard_summary(jobs, results)
-    return 0 if all(v == "done" for v in outcome.values()) else 1
+    _, done = _finish(jobs, results, set(outcome))
+    return (0 if all(v == "done" for v in outcome.values()) else 1), done
 
 
-def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_wait: bool) -> int:
+def _finish(jobs: List[planning.Job], results: Path, keys: Set[str]) -> Tuple[List[Dict[str, Any]], RecordStore]:
+    """The jobs' state table and the guard's summary, from the records read once, now they are written."""
+    done = RecordStore.read(results, known_recipe_names() | {job.name for job in jobs})
+    rows = [r for r in collect_status(results, done=done) if r["key"] in keys]
+    print(format_status(rows, results))
+    text = guard_summary(jobs, done)
+    if text:
+        print(text)
+    return rows, done
+
+
+Ran = Tuple[int, Optional[RecordStore]]  # (exit status, the records read at the end: None when not waited for)
+
+
+def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_wait: bool) -> Ran:
     from benchmark.launch import slurm
 
     held = {job.key: holder for job in jobs if (holder := holder_of(results, job.key)) is not None}
@@ -190,33 +206,30 @@ def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_w
     jobs = [job for job in jobs if job.key not in held]
     if not jobs:
         print("nothing to submit: every pending job is held by another run")
-        return 0
+        return 0, None
     entries = slurm.submit(jobs, profile, cluster, results)
     run_file = write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())})
     ids = sorted({e["slurm_job_id"].split("_")[0] for e in entries})
     print(f"submitted {len(entries)} job(s) as SLURM array(s) {', '.join(ids)}; run file {run_file}")
     if no_wait:
         print(f"not waiting (--no-wait); `nlbench status --results {results}` shows progress")
-        return 0
+        return 0, None
     slurm.wait(entries)
-    keys = {e["key"] for e in entries}
-    rows = [r for r in collect_status(results) if r["key"] in keys]
-    print(format_status(rows, results))
-    _print_guard_summary(jobs, results)
-    return 0 if all(r["state"] == "done" for r in rows) else 1
+    rows, done = _finish(jobs, results, {e["key"] for e in entries})
+    return (0 if all(r["state"] == "done" for r in rows) else 1), done
 
 
-def guard_summary(jobs: List[planning.Job], results: Path) -> Optional[str]:
+def guard_summary(jobs: List[planning.Job], done: RecordStore) -> Optional[str]:
     """How many rows the guard stopped, and the GPU-hours that saved (an estimate: the remaining
     iterations and stages on V100s, benchmark/launch/cost.py); None when it stopped none."""
     stopped, hours, unestimated = [], 0.0, 0
     for job in jobs:
         if job.checkpoint_source != "trained":
             continue
-        record = diverged_record(results, job.name, job.profile, job.seed, job.recipe.hash)
+        record = done.diverged(job.name, job.profile, job.seed, job.recipe.hash)
         if record is None:
             continue
-        at = int(record["stopped_at_iteration"])
+        at = int(record.stopped_at_iteration)
         stopped.append(f"{job.key} at iter {at}")
         saved = estimate_saved_gpu_hours(job.recipe, job.stages, at)
         if saved is None:
@@ -231,9 +244,3 @@ def guard_summary(jobs: List[planning.Job], results: Path) -> Optional[str]:
     if unestimated:
         text += f"; {unestimated} smoke-size iteration(s) not run have no GPU-hour estimate"
     return text
-
-
-def _print_guard_summary(jobs: List[planning.Job], results: Path) -> None:
-    text = guard_summary(jobs, results)
-    if text:
-        print(text)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.errors import NLBenchError, TrainingInterrupted
 from benchmark.io.jobenv import job_environment
+from benchmark.io.layout import ResultsLayout
 from benchmark.launch.sacct import FINAL_STATES, slurm_states
 from benchmark.recipe import Recipe, read_yaml_mapping
 from benchmark.run.job import Job, Resources, StopFlag, run_job
@@ -132,7 +133,7 @@ def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Pa
     import submitit
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-    folder = results_dir / "jobs" / "slurm" / "%j"
+    folder = ResultsLayout(results_dir).slurm
     entries: List[Dict[str, Any]] = []
     for group in _group_by_shape(jobs):
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_num_timeout,

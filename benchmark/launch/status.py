@@ -15,19 +15,18 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from benchmark.curves.reader import latest_iteration
 from benchmark.engine.train_log import LOG_NAME
 from benchmark.errors import NLBenchError
 from benchmark.io.files import read_tail_lines, shown_path
 from benchmark.io.jobenv import process_alive
+from benchmark.io.layout import ResultsLayout
 from benchmark.launch.sacct import FAILED_STATES, FINAL_STATES, PENDING_STATES, slurm_states
-from benchmark.run.records import diverged_record, record_kinds
+from benchmark.run.job import source_of
+from benchmark.run.records import RecordStore, known_recipe_names
 from benchmark.run.state import JOB_LOG, read_state
-
-RUNS_SUBDIR = Path("jobs") / "runs"
-
 
 # ----------------------------------------------------------------------------- planned rows
 
@@ -37,7 +36,7 @@ Skipped = List[Tuple[Path, str]]  # (run file, why it was skipped)
 
 def load_runs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
     """Every run file, oldest first; each file that cannot be read is added to ``skipped``."""
-    folder = results_dir / RUNS_SUBDIR
+    folder = ResultsLayout(results_dir).runs
     skipped = [] if skipped is None else skipped
     runs = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -91,14 +90,9 @@ def _last_line(path: Optional[str], pattern: Optional[str] = None) -> Optional[s
     return lines[-1] if lines else None
 
 
-def _records_complete(results_dir: Path, entry: Dict[str, Any]) -> bool:
-    return set(entry["stages"]) <= record_kinds(results_dir, entry["recipe"], entry["profile"], entry["seed"],
-                                                entry.get("recipe_hash"), _source(entry))
-
-
-def _source(entry: Dict[str, Any]) -> str:
-    """The job's checkpoint source (run files written before there was one: trained)."""
-    return entry.get("checkpoint_source") or "trained"
+def _records_complete(done: RecordStore, entry: Dict[str, Any]) -> bool:
+    return set(entry["stages"]) <= done.kinds_done(entry["recipe"], entry["profile"], entry["seed"],
+                                                   entry.get("recipe_hash"), source_of(entry))
 
 
 def _pid_alive(state: Dict[str, Any]) -> bool:
@@ -116,26 +110,26 @@ def _running_here(state: Dict[str, Any]) -> bool:
     return state.get("hostname") == socket.gethostname() and _pid_alive(state)
 
 
-def _diverged(results_dir: Path, entry: Dict[str, Any], own: Optional[str], slurm_state: Optional[str],
+def _diverged(done: RecordStore, entry: Dict[str, Any], own: Optional[str], slurm_state: Optional[str],
               state_file: Dict[str, Any]) -> Optional[str]:
     """"diverged at iter k: mIoU x, published y" when the guard stopped this row and it is not running
     again (a resume with guard.action warn); None otherwise."""
-    if (entry.get("checkpoint_source") or "trained") != "trained":
+    if source_of(entry) != "trained":
         return None  # a released checkpoint's job has no training to stop
-    record = diverged_record(results_dir, entry["recipe"], entry["profile"], entry["seed"], entry.get("recipe_hash"))
+    record = done.diverged(entry["recipe"], entry["profile"], entry["seed"], entry.get("recipe_hash"))
     if record is None:
         return None
     if slurm_state == "RUNNING" or slurm_state in PENDING_STATES or (own == "running" and _pid_alive(state_file)):
         return None
-    return (record.get("guard") or {}).get("message") or f"diverged at iter {record.get('stopped_at_iteration')}"
+    return (record.guard or {}).get("message") or f"diverged at iter {record.stopped_at_iteration}"
 
 
-def _finished(results_dir: Path, entry: Dict[str, Any], own: Optional[str], slurm_state: Optional[str],
+def _finished(done: RecordStore, entry: Dict[str, Any], own: Optional[str], slurm_state: Optional[str],
               state_file: Dict[str, Any]) -> Optional[Tuple[str, Optional[str]]]:
     """("done", None) when every stage has a record, ("diverged", message) when the guard stopped it."""
-    if _records_complete(results_dir, entry):
+    if _records_complete(done, entry):
         return "done", None
-    diverged = _diverged(results_dir, entry, own, slurm_state, state_file)
+    diverged = _diverged(done, entry, own, slurm_state, state_file)
     return ("diverged", diverged) if diverged is not None else None
 
 
@@ -175,8 +169,10 @@ def _from_state_file(own: Optional[str], state_file: Dict[str, Any], work: Path,
     return "pending", None
 
 
-def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[str, int]]) -> Dict[str, Any]:
-    """One row of the status table."""
+def row_status(results: Union[Path, RecordStore], entry: Dict[str, Any], slurm: Dict[str, Tuple[str, int]]
+               ) -> Dict[str, Any]:
+    """One row of the status table; ``results``: the results folder, or its records already read."""
+    done = results if isinstance(results, RecordStore) else _read(results, [entry])
     work = Path(entry["work_dir"])
     state_file = read_state(work) or {}
     job_id = entry.get("slurm_job_id")
@@ -184,7 +180,7 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
     requeues = max(requeues, int(state_file.get("attempt", 1)) - 1)
     own = state_file.get("state")
     log_path = entry.get("stdout") or str(work / JOB_LOG)
-    state, message = (_finished(results_dir, entry, own, slurm_state, state_file)
+    state, message = (_finished(done, entry, own, slurm_state, state_file)
                       or (("failed", state_file.get("error")) if own == "failed" else None)
                       # A live process beats sacct's lag, but never a final state SLURM reported.
                       or (("running", None) if own == "running" and slurm_state not in FINAL_STATES
@@ -204,17 +200,25 @@ def row_status(results_dir: Path, entry: Dict[str, Any], slurm: Dict[str, Tuple[
         "job_id": job_id or "-",
         "requeues": requeues,
         "iteration": iteration_reached(work),
-        "max_iters": entry.get("max_iters") if _source(entry) == "trained" else None,  # released: no training
-        "checkpoint_source": _source(entry),
+        "max_iters": entry.get("max_iters") if source_of(entry) == "trained" else None,  # released: no training
+        "checkpoint_source": source_of(entry),
         "message": message,
         "log": log_path,
     }
 
 
-def collect_status(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
+def collect_status(results_dir: Path, skipped: Optional[Skipped] = None,
+                   done: Optional[RecordStore] = None) -> List[Dict[str, Any]]:
+    """Every planned row's status; ``done``: the folder's records when the caller has read them already."""
     entries = planned_jobs(results_dir, skipped)
     slurm = slurm_states(e.get("slurm_job_id") for e in entries if e.get("launcher") == "slurm")
-    return [row_status(results_dir, e, slurm) for e in entries]
+    done = done if done is not None else _read(results_dir, entries)
+    return [row_status(done, e, slurm) for e in entries]
+
+
+def _read(results_dir: Path, entries: List[Dict[str, Any]]) -> RecordStore:
+    """The folder's records; a planned row's recipe may come from outside the recipes folder: its count too."""
+    return RecordStore.read(results_dir, known_recipe_names() | {e["recipe"] for e in entries})
 
 
 FINAL = ("done", "failed", "diverged")  # a row in one of these stays there until something runs it again
@@ -234,8 +238,8 @@ def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None
         message = (r["message"] or "")
         if len(message) > 100:
             message = message[:97] + "..."
-        recipe = r["recipe"] + ("" if r.get("checkpoint_source", "trained") == "trained"
-                                else f" ({r['checkpoint_source']} checkpoint)")
+        source = source_of(r)
+        recipe = r["recipe"] + ("" if source == "trained" else f" ({source} checkpoint)")
         table.append([recipe, r["seed"], r["state"] + (f" ({r['stage']})" if r["stage"] else ""),
                       r["job_id"], r["requeues"], it, message, log])
     log_header = "log" if results_dir is None else f"log (in {results_dir})"
@@ -258,7 +262,7 @@ def _status_rows(folder: Path, warn: bool = True) -> List[Dict[str, Any]]:
     for path, reason in skipped if warn else ():
         print(f"warning: {path}: skipped: {reason}", file=sys.stderr)
     if not rows:
-        raise NLBenchError("no planned rows in the run files", folder / RUNS_SUBDIR)
+        raise NLBenchError("no planned rows in the run files", ResultsLayout(folder).runs)
     return rows
 
 
@@ -266,7 +270,7 @@ def status_command(results: str = "results", watch: bool = False, interval: floa
     """`nlbench status`; ``watch``: print the table again every ``interval`` seconds until every row is
     final (done, failed or diverged), then exit 0 when all are done, 1 otherwise."""
     folder = Path(results)
-    if not (folder / RUNS_SUBDIR).is_dir():
+    if not ResultsLayout(folder).runs.is_dir():
         raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
     if not watch:
         print(format_status(_status_rows(folder), folder))

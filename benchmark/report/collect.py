@@ -11,16 +11,17 @@ checkpoints nlbench trained ("trained"); the two are never averaged together.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import pandas as pd
 from tabulate import tabulate
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
-from benchmark.run.records import RECORDS_SUBDIR, checkpoint_source, load_records
+from benchmark.io.layout import ResultsLayout
+from benchmark.run.records import Kind, Record, RecordStore, RowKey, newest_by_kind
 
 # Column name -> where it comes from: (record kind, path inside that record).
 METRIC_SOURCES = {
@@ -54,55 +55,35 @@ def of_source(summary: pd.DataFrame, source: str) -> pd.DataFrame:
     return summary[summary["checkpoint_source"] == source]
 
 
-def _dig(record: Dict[str, Any], path: Iterable[str]) -> Any:
+def _dig(record: Optional[Record], path: Iterable[str]) -> Any:
     node: Any = record
     for part in path:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
+        node = getattr(node, part, None)
     return node
 
 
-def _created_ts(record: Dict[str, Any]) -> float:
-    return datetime.fromisoformat(record["created_at"]).timestamp()
-
-
-def newest_by_kind(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, Dict[str, Any]]]:
-    """(recipe, profile, checkpoint source, seed) -> {kind: the newest record of that kind} (by
-    created_at, then path)."""
-    newest: Dict[tuple, Dict[str, Any]] = {}
-    for rec in records:
-        key = (rec["recipe"], rec["profile"], checkpoint_source(rec), rec["seed"], rec["kind"])
-        order = (_created_ts(rec), rec.get("_path", ""))
-        held = newest.get(key)
-        if held is None or order > held[0]:
-            newest[key] = (order, rec)
-    by_seed: Dict[tuple, Dict[str, Dict[str, Any]]] = {}
-    for (recipe, profile, source, seed, kind), (_, rec) in newest.items():
-        by_seed.setdefault((recipe, profile, source, seed), {})[kind] = rec
-    return by_seed
-
-
-def runs(records: List[Dict[str, Any]]) -> pd.DataFrame:
-    """One row per (recipe, profile, checkpoint source, seed): the newest record of each kind, joined."""
+def runs(records: Union[List[Record], Dict[RowKey, Dict[Kind, Record]]]) -> pd.DataFrame:
+    """One row per (recipe, profile, checkpoint source, seed): the newest record of each kind, joined
+    (``records``: a list, or already ``newest_by_kind``)."""
     rows = []
-    for (recipe, profile, source, seed), kinds in newest_by_kind(records).items():
-        row: Dict[str, Any] = {"recipe": recipe, "profile": profile, "checkpoint_source": source, "seed": seed}
+    for (recipe, profile, source, seed), kinds in (records if isinstance(records, dict)
+                                                   else newest_by_kind(records)).items():
+        row: Dict[str, Any] = {"recipe": recipe, "profile": profile, "checkpoint_source": source.value, "seed": seed}
         for column, (kind, path) in METRIC_SOURCES.items():
-            value = _dig(kinds[kind], path) if kind in kinds else None
+            value = _dig(kinds.get(kind), path)
             row[column] = float(value) if value is not None else float("nan")
-        train, bench = kinds.get("train", {}), kinds.get("bench", {})
+        train, bench = kinds.get(Kind.TRAIN), kinds.get(Kind.BENCH)
         # mem_kind says what Mem (GB) is: CUDA max allocated, or peak RSS on a CPU.
-        row["mem_kind"] = bench.get("mem_kind") if bench.get("mem_gb") is not None else None
-        row["iterations"] = train.get("iterations")
-        row["train_wall_time_s"] = train.get("wall_time_s")
-        row["gpu_hours"] = sum(float(r.get("gpu_hours") or 0.0) for r in kinds.values())
+        row["mem_kind"] = bench.mem_kind if bench is not None and bench.mem_gb is not None else None
+        row["iterations"] = train.iterations if train is not None else None
+        row["train_wall_time_s"] = train.wall_time_s if train is not None else None
+        row["gpu_hours"] = sum(float(r.gpu_hours or 0.0) for r in kinds.values())
         # Speed and memory describe the bench device; the rest describe the eval (or any) record.
-        prov_source = kinds.get("bench") or kinds.get("eval") or next(iter(kinds.values()))
+        prov_source = bench or kinds.get(Kind.EVAL) or next(iter(kinds.values()))
         for field in PROVENANCE:
-            row[field] = (prov_source.get("provenance") or {}).get(field)
-        row["kinds"] = ",".join(sorted(kinds))
-        row["created_at"] = max(r["created_at"] for r in kinds.values())
+            row[field] = getattr(prov_source.provenance, field, None)
+        row["kinds"] = ",".join(sorted(k.value for k in kinds))
+        row["created_at"] = max(r.created_at for r in kinds.values())
         rows.append(row)
     columns = ["recipe", "profile", "checkpoint_source", "seed", *METRICS, "mem_kind", "iterations",
                "train_wall_time_s", "gpu_hours", *PROVENANCE, "kinds", "created_at"]
@@ -136,32 +117,38 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def collect(results_dir, known_recipes: Optional[Iterable[str]] = None) -> pd.DataFrame:
-    """Summary table of every valid record under ``results_dir`` (see ``summarize``).
+@dataclass(frozen=True)
+class Collected:
+    """What ``collect`` found: the summary, the per-seed table it was made from, the newest record of
+    each kind per seed (the report's row pages and the metafile read these), and what was skipped."""
 
-    Skipped records' warnings are in ``df.attrs["warnings"]`` and the per-seed table in
-    ``df.attrs["runs"]``. Raises NLBenchError when there is nothing to collect.
-    """
-    records, warnings = load_records(results_dir, known_recipes)
-    if not records:
-        where = Path(results_dir) / RECORDS_SUBDIR
-        if warnings:  # one line still: the first skipped file and why
-            raise NLBenchError(f"no result records to collect: {len(warnings)} file(s) there were skipped, the "
-                               f"first: {warnings[0]}", where)
-        raise NLBenchError("no result records to collect (the folder has none); run `nlbench run-all` first", where)
-    per_seed = runs(records)
-    summary = summarize(per_seed)
-    summary.attrs["warnings"] = warnings
-    summary.attrs["runs"] = per_seed
-    summary.attrs["records"] = len(records)
-    return summary
+    summary: pd.DataFrame  # one row per (recipe, profile, checkpoint source): see ``summarize``
+    per_seed: pd.DataFrame  # one row per seed: see ``runs``
+    newest: Dict[RowKey, Dict[Kind, Record]]
+    warnings: List[str]  # one line per skipped record file
+    records: int  # valid records read
 
 
-def collect_or_warn(results_dir) -> pd.DataFrame:
+def collect(results: Union[str, Path, RecordStore], known_recipes: Optional[Iterable[str]] = None) -> Collected:
+    """The summary of every valid record under ``results`` (a results folder, or its records already
+    read). Raises NLBenchError when there is nothing to collect."""
+    store = results if isinstance(results, RecordStore) else RecordStore.read(results, known_recipes)
+    if not store.records:
+        if store.warnings:  # one line still: the first skipped file and why
+            raise NLBenchError(f"no result records to collect: {len(store.warnings)} file(s) there were skipped, "
+                               f"the first: {store.warnings[0]}", store.where)
+        raise NLBenchError("no result records to collect (the folder has none); run `nlbench run-all` first",
+                           store.where)
+    newest = store.newest_by_kind()
+    per_seed = runs(newest)
+    return Collected(summarize(per_seed), per_seed, newest, store.warnings, len(store.records))
+
+
+def collect_or_warn(results: Union[str, Path, RecordStore]) -> Collected:
     """``collect`` for the CLI verbs: skipped-record warnings go to stderr, one line each."""
-    summary = collect(results_dir)
-    print_warnings(summary.attrs["warnings"])
-    return summary
+    collected = collect(results)
+    print_warnings(collected.warnings)
+    return collected
 
 
 def print_warnings(warnings: List[str]) -> None:
@@ -181,8 +168,9 @@ def format_stat(mean: float, std: float, n: int, digits: int) -> str:
 
 def collect_command(results: str = "results", out: Optional[str] = None) -> int:
     """`nlbench collect`: write the summary CSV and print it."""
-    summary = collect_or_warn(results)
-    target = Path(out) if out else Path(results) / "summary.csv"
+    collected = collect_or_warn(results)
+    summary = collected.summary
+    target = Path(out) if out else ResultsLayout.of(results).summary_csv
     atomic_write_text(target, summary.to_csv(index=False, float_format="%.6g"))
     rows = []
     for _, r in summary.iterrows():
@@ -206,7 +194,7 @@ def collect_command(results: str = "results", out: Optional[str] = None) -> int:
         for row, source in zip(rows, summary["checkpoint_source"]):
             row.insert(2, source)
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    n_warn = len(summary.attrs["warnings"])
+    n_warn = len(collected.warnings)
     skipped = f", {n_warn} skipped (warnings above)" if n_warn else ""
-    print(f"{summary.attrs['records']} records{skipped} -> {len(summary)} rows -> {target}")
+    print(f"{collected.records} records{skipped} -> {len(summary)} rows -> {target}")
     return 0

@@ -453,7 +453,7 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     ``curves`` also when a row's training curves diverged from its reference curve (report/row_curves.py).
     ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
     _check_options(tolerance, method, assumed_std, min_seeds, fail_on)
-    summary = collect_or_warn(results)
+    summary = collect_or_warn(results).summary
     profiles = sorted(summary["profile"].unique())
     refs = {ref.profile: ref for ref in [load_reference(reference)]} if reference else default_references(profiles)
     ignored = [p for p in profiles if p not in refs]
@@ -505,9 +505,10 @@ def _curves_section(results: str, profiles: List[str], reference: str):
 def rows_verdicts(results, rows: Sequence[Tuple[str, str, str]], tolerance: float = 0.5) -> str:
     """The verdicts of some rows, (recipe, profile, checkpoint source) each, as `nlbench compare` gives
     them by the tolerance method (what `run-all` ends with): their table, what was not compared and
-    why, the tally and the outcome. Figures of other rows in the folder are left out."""
+    why, the tally and the outcome. Figures of other rows in the folder are left out. ``results``: the
+    results folder, or its records already read (run-all's RecordStore)."""
     try:
-        summary = collect_or_warn(results)
+        summary = collect_or_warn(results).summary
     except NLBenchError as exc:  # e.g. every job failed before its first record: the state table says why
         return f"verdicts: none ({exc})"
     wanted = set(rows)

@@ -38,6 +38,7 @@ from benchmark.curves.reference import REFERENCE_LOGS
 from benchmark.engine.mmseg_log import as_2020_pattern
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
+from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import REPO_ROOT, Recipe, load_recipe
 from benchmark.report.baseline import BAND_METRICS, SPREAD_COLUMNS, baseline_from_spread, read_spread
 from benchmark.report.collect import TRAINED, collect, of_source, runs
@@ -63,7 +64,7 @@ def cpu_model() -> str:
 
 def spread_lines(results_dir: Path, cpu_threads: int, isa: str, cpu: str) -> pd.DataFrame:
     """The spread file's lines of one run-all: each trained smoke (recipe, seed) with an mIoU."""
-    per_seed = runs(load_records(results_dir)[0])
+    per_seed = runs(load_records(results_dir)[0])  # no records: an empty table, not an error
     per_seed = per_seed[(per_seed["profile"] == "smoke") & (per_seed["checkpoint_source"] == "trained")
                         & per_seed["miou"].notna()]
     lines = pd.DataFrame({"recipe": per_seed["recipe"], "seed": per_seed["seed"].astype(int),
@@ -119,7 +120,7 @@ def write_baseline(results_dir, out_csv, profile: str = "smoke") -> Path:
     machine rather than the code. It has no band columns (one run says nothing of the spread), so compare
     holds its rows to the tolerance; the committed smoke baseline is instead frozen with its measured
     bands from a spread file (``write_spread_baseline``, ``make smoke-baseline``)."""
-    summary = of_source(collect(results_dir), TRAINED)  # a baseline is made of trained rows only
+    summary = of_source(collect(results_dir).summary, TRAINED)  # a baseline is made of trained rows only
     rows = summary[summary["profile"] == profile].set_index("recipe")
     base = pd.read_csv(PUBLISHED_CSV, dtype=str, keep_default_na=False)
     base = base[base["recipe"].isin(rows.index)].copy()
@@ -167,8 +168,9 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
     One file per row, ``<out_dir>/<profile>/<recipe>.log.json``, so each row finds a log of its own
     schedule. Each is read back with the reader before it is written."""
     written, missing = [], []
+    layout = ResultsLayout.of(results_dir)
     for path in select_recipe_paths(None):
-        seed_dir = Path(results_dir) / "work" / profile / path.stem / f"seed{seed}"
+        seed_dir = layout.work_dir(profile, path.stem, seed)
         source = seed_dir / "train.log.json"
         if not source.is_file():
             if (seed_dir / "train.log.jsonl").is_file():
@@ -179,10 +181,10 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
         written.append(target)
     if missing:
         raise NLBenchError(f"no train.log.json for {', '.join(missing)}: trained before nlbench wrote one; "
-                           "run them again in a fresh results folder", Path(results_dir) / "work" / profile)
+                           "run them again in a fresh results folder", layout.profile_work(profile))
     if not written:
         raise NLBenchError(f"no {profile}-profile train.log.json of seed {seed} to make reference logs from",
-                           Path(results_dir) / "work" / profile)
+                           layout.profile_work(profile))
     return written
 
 

@@ -34,9 +34,10 @@ from benchmark.catalog import load_published, release_links, released_difference
 from benchmark.curves.reference import reference_kind
 from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_text
+from benchmark.io.layout import ResultsLayout
 from benchmark.launch.cost import estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
-from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, newest_by_kind, of_source
+from benchmark.report.collect import RELEASED, TRAINED, Collected, collect_or_warn, format_stat, of_source
 from benchmark.report.compare import (
     HARDWARE_METRICS,
     METRICS,
@@ -50,7 +51,8 @@ from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figur
 from benchmark.report.references import default_references
 from benchmark.report.row_curves import assess_row, plot_overlay
 from benchmark.report.tables import FAST_NOTE, PROFILE_NOTES, RELEASED_NOTE, fast_cell, has_fast
-from benchmark.run.records import KINDS, load_records
+from benchmark.run.records import Kind, Record, RowKey
+from benchmark.run.schema import EVAL_KINDS
 from benchmark.stats import SEED_STD_MIOU
 
 # The figure columns of the published tables, in their order: (summary metric, header, digits).
@@ -247,47 +249,48 @@ def _tally(source: VerdictSource, profile: str, checkpoint_source: str) -> Dict[
 # ----------------------------------------------------------------------------- row pages
 
 
-def _stage_rows(kinds: Dict[str, Dict[str, Any]], page_dir: Path) -> List[Dict[str, Any]]:
+def _figures(rec: Record) -> str:
+    figures = [f"{key} {getattr(rec.metrics, key):.2f}" for key in ("aAcc", "mIoU", "mAcc")
+               if rec.metrics is not None and getattr(rec.metrics, key) is not None]
+    if rec.fps is not None:
+        figures.append(f"{rec.fps:.2f} fps")
+    if rec.mem_gb is not None:
+        figures.append(f"Mem {rec.mem_gb:.2f} GB ({rec.mem_kind or 'unknown kind'})")
+    return ", ".join(figures) or "-"
+
+
+def _stage_rows(kinds: Dict[Kind, Record], page_dir: Path) -> List[Dict[str, Any]]:
     rows = []
-    for kind in KINDS:
+    for kind in Kind:
         rec = kinds.get(kind)
         if rec is None:
-            rows.append({"kind": kind, "missing": True})
+            rows.append({"kind": kind.value, "missing": True})
             continue
-        metrics = rec.get("metrics") or {}
-        figures = []
-        for key in ("aAcc", "mIoU", "mAcc"):
-            if isinstance(metrics.get(key), (int, float)):
-                figures.append(f"{key} {metrics[key]:.2f}")
-        if rec.get("fps") is not None:
-            figures.append(f"{rec['fps']:.2f} fps")
-        if rec.get("mem_gb") is not None:
-            figures.append(f"Mem {rec['mem_gb']:.2f} GB ({rec.get('mem_kind') or 'unknown kind'})")
-        per_class = metrics.get("per_class") if kind in ("eval", "eval_ms_flip") else None
+        per_class = rec.metrics.per_class if rec.metrics is not None and kind.value in EVAL_KINDS else None
         rows.append({
-            "kind": kind, "missing": False, "created_at": rec["created_at"], "iterations": rec.get("iterations"),
-            "wall_time": _fmt(rec.get("wall_time_s"), 1), "gpu_hours": _fmt(rec.get("gpu_hours"), 3),
-            "figures": ", ".join(figures) or "-", "record_href": _href(Path(rec["_path"]), page_dir),
-            "record_name": Path(rec["_path"]).name,
+            "kind": kind.value, "missing": False, "created_at": rec.created_at, "iterations": rec.iterations,
+            "wall_time": _fmt(rec.wall_time_s, 1), "gpu_hours": _fmt(rec.gpu_hours, 3),
+            "figures": _figures(rec), "record_href": _href(Path(rec.path), page_dir),
+            "record_name": Path(rec.path).name,
             "per_class": [(name, _fmt((v or {}).get("IoU"), 2), _fmt((v or {}).get("Acc"), 2))
                           for name, v in (per_class or {}).items()],
         })
     return rows
 
 
-def _provenance(kinds: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    present = [k for k in KINDS if k in kinds]
+def _provenance(kinds: Dict[Kind, Record]) -> Dict[str, Any]:
+    present = [k for k in Kind if k in kinds]
     table = []
     for name in PROVENANCE_FIELDS:
-        values = [(kinds[k].get("provenance") or {}).get(name) for k in present]
+        values = [getattr(kinds[k].provenance, name, None) for k in present]
         table.append({"field": name, "values": ["-" if v is None else str(v) for v in values]})
-    return {"kinds": present, "fields": table}
+    return {"kinds": [k.value for k in present], "fields": table}
 
 
-def _cost(recipe_name: str, profile: str, seeds: Dict[int, Dict[str, Dict[str, Any]]]) -> Dict[str, Any]:
+def _cost(recipe_name: str, profile: str, seeds: Dict[int, Dict[Kind, Record]]) -> Dict[str, Any]:
     """GPU-hours the records say were spent, against the V100 estimate (benchmark/launch/cost.py)."""
-    spent = [float(r["gpu_hours"]) for kinds in seeds.values() for r in kinds.values() if r.get("gpu_hours")]
-    walls = [float(r["wall_time_s"]) for kinds in seeds.values() for r in kinds.values() if r.get("wall_time_s")]
+    spent = [float(r.gpu_hours) for kinds in seeds.values() for r in kinds.values() if r.gpu_hours]
+    walls = [float(r.wall_time_s) for kinds in seeds.values() for r in kinds.values() if r.wall_time_s]
     estimate = estimate_gpu_hours(load_recipe(recipe_name, profile=profile))
     full = estimate_gpu_hours(load_recipe(recipe_name)) * max(len(seeds), 1)
     per_seed = estimate * max(len(seeds), 1) if estimate is not None else None
@@ -309,7 +312,7 @@ def _reference_view(recipe: Recipe, results_dir: Path) -> Dict[str, Any]:
             "verdict": row.verdict, "summary": row.assessment.summary()}
 
 
-def row_sections(row: pd.Series, seeds: Dict[int, Dict[str, Dict[str, Any]]], results_dir: Path,
+def row_sections(row: pd.Series, seeds: Dict[int, Dict[Kind, Record]], results_dir: Path,
                  page_dir: Path) -> List[Section]:
     """The sections of one row page, in order (see the module docstring to add one)."""
     recipe, profile = row["recipe"], row["profile"]
@@ -366,10 +369,11 @@ def _profile_view(summary: pd.DataFrame, published: pd.DataFrame, sources: List[
             "tallies": [(s, _tally(s, profile, checkpoint_source)) for s in sources]}
 
 
-def _index_context(summary: pd.DataFrame, published: pd.DataFrame, sources: List[VerdictSource], results_dir: Path,
-                   out_dir: Path, warnings: List[str]) -> Dict[str, Any]:
+def _index_context(collected: Collected, published: pd.DataFrame, sources: List[VerdictSource], results_dir: Path,
+                   out_dir: Path) -> Dict[str, Any]:
+    summary = collected.summary
     trained, released = of_source(summary, TRAINED), of_source(summary, RELEASED)
-    per_seed = of_source(summary.attrs["runs"], TRAINED)
+    per_seed = of_source(collected.per_seed, TRAINED)
     profiles = []
     for profile in sorted(trained["profile"].unique(), key=_profile_order):
         view = _profile_view(trained, published, sources, profile, TRAINED, out_dir)
@@ -382,12 +386,12 @@ def _index_context(summary: pd.DataFrame, published: pd.DataFrame, sources: List
     released_note = " ".join([RELEASED_NOTE, *[f"{r}: {note}; its mIoU is judged against the released checkpoint's "
                                                "figures." for r, note in released_differences(published).items()]])
     commits = sorted({str(c) for c in summary["git_commit"].dropna()})
-    return {"results": str(results_dir), "records": summary.attrs.get("records", 0), "profiles": profiles,
+    return {"results": str(results_dir), "records": collected.records, "profiles": profiles,
             "released": released_views, "released_note": released_note, "sources": sources,
-            "warnings": warnings, "commits": commits, "newest": str(summary["created_at"].max())}
+            "warnings": collected.warnings, "commits": commits, "newest": str(summary["created_at"].max())}
 
 
-def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[tuple, Dict[str, Dict[str, Any]]],
+def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[RowKey, Dict[Kind, Record]],
                  sources: List[VerdictSource], results_dir: Path, out_dir: Path, path: Path) -> Dict[str, Any]:
     key = (row["recipe"], row["profile"], TRAINED)
     seeds = {s: kinds for (r, prof, source, s), kinds in by_seed.items() if (r, prof, source) == key}
@@ -400,14 +404,13 @@ def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[tuple, Dict[str, Di
 
 def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> List[Path]:
     """Write index.html and one page per (recipe, profile) row nlbench trained; returns the pages written."""
-    summary = collect_or_warn(results_dir)
-    records, warnings = load_records(results_dir)
-    by_seed = newest_by_kind(records)
+    collected = collect_or_warn(results_dir)
+    summary, by_seed = collected.summary, collected.newest
     published = load_published()
     sources = verdict_sources(summary, tolerance)
     env = environment()
     pages: List[Tuple[Path, str]] = []
-    index = _index_context(summary, published, sources, results_dir, out_dir, warnings)
+    index = _index_context(collected, published, sources, results_dir, out_dir)
     pages.append((out_dir / "index.html", env.get_template("index.html.j2").render(**index)))
     for _, row in of_source(summary, TRAINED).iterrows():
         if row["recipe"] in published.index:
@@ -425,7 +428,7 @@ def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> Li
 def report_command(results: str = "results", out: Optional[str] = None, tolerance: float = 0.5) -> int:
     """`nlbench report`: write the HTML report and print where its first page is."""
     check_number(tolerance, "--tolerance", "tolerance")
-    out_dir = Path(out) if out else Path(results) / "report"
+    out_dir = Path(out) if out else ResultsLayout.of(results).report
     if out_dir.exists() and not out_dir.is_dir():
         raise NLBenchError("expected a folder for the report's pages, found a file", out_dir, "--out")
     pages = build_report(Path(results), out_dir, tolerance)

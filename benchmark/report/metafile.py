@@ -30,9 +30,12 @@ import yaml
 
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
+from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import REPO_ROOT, Recipe, load_recipe, resolve_recipe_path
 from benchmark.report.collect import TRAINED, of_source
 from benchmark.report.references import device_class
+from benchmark.run.records import Kind, Record, RowKey
+from benchmark.run.schema import Provenance
 
 COLLECTION = "NonLocalNet"
 PAPER = {"Title": "Non-local Neural Networks", "URL": "https://arxiv.org/abs/1711.07971"}
@@ -54,42 +57,42 @@ def _round(value: Any, digits: int = 2) -> Optional[float]:
     return round(float(value), digits)
 
 
-def _inference_time(fps: Optional[float], bench: Dict[str, Any], recipe: Recipe) -> Optional[List[Dict[str, Any]]]:
+def _inference_time(fps: Optional[float], bench: Optional[Record], recipe: Recipe) -> Optional[List[Dict[str, Any]]]:
     if not fps:
         return None
-    prov = bench.get("provenance") or {}
+    prov = bench.provenance if bench is not None else Provenance()
     h, w = recipe.data.crop_size
     return [{
         "value": round(1000.0 / fps, 2),
-        "hardware": device_class(prov.get("device_name")) or "unknown",
+        "hardware": device_class(prov.device_name) or "unknown",
         "backend": "PyTorch",
         "batch size": 1,
-        "mode": MODES.get(str(prov.get("dtype")), str(prov.get("dtype") or "FP32").upper()),
+        "mode": MODES.get(str(prov.dtype), str(prov.dtype or "FP32").upper()),
         "resolution": f"({h},{w})",
     }]
 
 
-def _metadata(row: pd.Series, published: pd.Series, recipe: Recipe, kinds: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    train = kinds.get("train") or next(iter(kinds.values()), {})
-    prov = train.get("provenance") or {}
-    world = int(prov.get("world_size") or 1)
-    device = device_class(prov.get("device_name")) or "unknown device"
+def _metadata(row: pd.Series, published: pd.Series, recipe: Recipe, kinds: Dict[Kind, Record]) -> Dict[str, Any]:
+    train = kinds.get(Kind.TRAIN) or next(iter(kinds.values()), None)
+    prov = train.provenance if train is not None else Provenance()
+    world = int(prov.world_size or 1)
+    device = device_class(prov.device_name) or "unknown device"
     meta: Dict[str, Any] = {
         "Training Data": published["dataset"],
         "Batch Size": world * recipe.data.imgs_per_gpu,
         "Architecture": [f"R-{recipe.model.depth}-D8", COLLECTION],
         "Training Resources": f"{world}x {device}",
         "Memory (GB)": _round(row["mem_gb_mean"]),
-        "inference time (ms/im)": _inference_time(_round(row["fps_mean"], 6), kinds.get("bench") or {}, recipe),
+        "inference time (ms/im)": _inference_time(_round(row["fps_mean"], 6), kinds.get(Kind.BENCH), recipe),
     }
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def model_entry(row: pd.Series, published: pd.Series, kinds: Dict[str, Dict[str, Any]], results_dir: Path,
+def model_entry(row: pd.Series, published: pd.Series, kinds: Dict[Kind, Record], results_dir: Path,
                 seed: int) -> Dict[str, Any]:
     """One ``Models`` entry: a summary row (collect), its published row and one seed's newest records."""
     recipe = load_recipe(row["recipe"], profile=row["profile"])
-    work = Path(results_dir) / "work" / row["profile"] / row["recipe"] / f"seed{seed}"
+    work = ResultsLayout.of(results_dir).work_dir(row["profile"], row["recipe"], seed)
     metrics = {"mIoU": _round(row["miou_mean"]), "mIoU(ms+flip)": _round(row["miou_ms_flip_mean"])}
     weights, log = work / "latest.pth", work / "train.log.jsonl"
     entry = {
@@ -107,7 +110,7 @@ def model_entry(row: pd.Series, published: pd.Series, kinds: Dict[str, Dict[str,
     return entry
 
 
-def metafile(summary: pd.DataFrame, published: pd.DataFrame, by_seed: Dict[tuple, Dict[str, Dict[str, Any]]],
+def metafile(summary: pd.DataFrame, published: pd.DataFrame, by_seed: Dict[RowKey, Dict[Kind, Record]],
              results_dir: Path) -> Dict[str, Any]:
     """The whole document: one collection, one model per summary row in the published order."""
     models = []

@@ -20,6 +20,7 @@ import pandas as pd
 from benchmark.catalog import load_published
 from benchmark.curves.reader import read_curve
 from benchmark.errors import NLBenchError
+from benchmark.io.layout import ResultsLayout
 from benchmark.report.collect import TRAINED, collect_or_warn, of_source
 from benchmark.report.figures import save_figure
 from benchmark.report.references import Reference, default_references, device_class
@@ -195,7 +196,7 @@ CURVE_PANELS = [("loss", "training loss (decode + weighted aux)"), ("lr", "learn
 
 def train_logs(results_dir: Path, profile: str, recipe: str = "*") -> List[Path]:
     """The training logs of a profile (of one recipe): RESULTS/work/<profile>/<recipe>/seed<k>/."""
-    return sorted((Path(results_dir) / "work" / profile).glob(f"{recipe}/seed*/train.log.jsonl"))
+    return sorted(ResultsLayout.of(results_dir).profile_work(profile).glob(f"{recipe}/seed*/train.log.jsonl"))
 
 
 def _draw_curves(axes, path: Path, style: Dict[str, Any], label: str) -> None:
@@ -277,10 +278,10 @@ def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: 
 
 def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    summary = collect_or_warn(results_dir)
+    collected = collect_or_warn(results_dir)
     # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
-    per_seed = of_source(summary.attrs["runs"], TRAINED)
-    summary = of_source(summary, TRAINED)
+    per_seed = of_source(collected.per_seed, TRAINED)
+    summary = of_source(collected.summary, TRAINED)
     published = load_published()
     written: List[Path] = []
     try:
@@ -296,7 +297,7 @@ def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
 
 def plots_command(results: str = "results", out: Optional[str] = None, reference: str = "released") -> int:
     """`nlbench plots`."""
-    folder = Path(out) if out else Path(results) / "plots"
+    folder = Path(out) if out else ResultsLayout.of(results).plots
     written = make_plots(results, folder, reference)
     for path in written:
         print(path)

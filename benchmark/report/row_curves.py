@@ -29,6 +29,7 @@ from benchmark.curves.reader import Curve, read_curve
 from benchmark.curves.reference import RELEASED, reference_kind, reference_label, resolve_reference
 from benchmark.errors import NLBenchError
 from benchmark.io.files import write_json
+from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 from benchmark.report.figures import save_figure
 
@@ -55,7 +56,7 @@ class RowCurves:
 def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
     """seed label -> that seed's training log (nlbench's JSON lines first, its MMSeg form else)."""
     found = {}
-    folder = Path(results_dir) / "work" / profile / recipe
+    folder = ResultsLayout.of(results_dir).row_work(profile, recipe)
     for seed_dir in sorted(folder.glob("seed*")) if folder.is_dir() else []:
         log = next((seed_dir / n for n in RUN_LOGS if (seed_dir / n).is_file()), None)
         if log is not None:
@@ -70,8 +71,8 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
     logs = run_logs(results_dir, recipe.profile, recipe.name)
     try:
         if not logs:
-            raise NLBenchError(f"no training log of this row (looked in "
-                               f"{Path(results_dir) / 'work' / recipe.profile / recipe.name}/seed*/)", key=recipe.name)
+            looked = ResultsLayout.of(results_dir).row_work(recipe.profile, recipe.name)
+            raise NLBenchError(f"no training log of this row (looked in {looked}/seed*/)", key=recipe.name)
         sched = recipe.schedule
         runs = {seed: read_curve(path, sched.eval_interval, sched.max_iters) for seed, path in logs.items()}
         path = resolve_reference(recipe, reference, offline=offline)
@@ -300,8 +301,8 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
             rows.append(assess_row(r, Path(results), reference))
     if not rows:
         raise NLBenchError(f"no training logs of the {profile} profile for {recipe!r}",
-                           Path(results) / "work" / profile, "--results")
-    out_dir = Path(out) if out else Path(results) / "plots"
+                           ResultsLayout.of(results).profile_work(profile), "--results")
+    out_dir = Path(out) if out else ResultsLayout.of(results).plots
     written = write_overlays(rows, out_dir)
     for row in rows:
         print(format_row(row))

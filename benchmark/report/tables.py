@@ -18,10 +18,10 @@ import pandas as pd
 from benchmark.catalog import load_published, release_links
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, shown_path
+from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import RECIPES_DIR, REPO_ROOT
-from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, newest_by_kind, of_source
+from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, of_source
 from benchmark.report.metafile import metafile, write_metafile
-from benchmark.run.records import load_records
 
 HEADERS = ["Method", "Backbone", "Crop Size", "Lr schd", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)",
            "config", "download"]
@@ -265,8 +265,8 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
         blocks = [f"### {dataset}\n\n{text}\n" for dataset, text in published_tables(table).items()]
         print("\n".join(blocks), end="")
         return 0
-    summary = collect_or_warn(results)
-    tables_md = Path(results) / "tables.md"
+    summary = collect_or_warn(results).summary
+    tables_md = ResultsLayout.of(results).tables_md
     label = shown_path(results, Path.cwd())  # as the command line names it from here, on any machine
     standalone = results_markdown(summary, table, label, tables_md.resolve().parent)
     if no_readme:
@@ -296,9 +296,8 @@ def _metafile_command(results: str, published: pd.DataFrame, target: Path, other
     if other_mode:
         raise NLBenchError("--metafile writes the reproduced results; it does not combine with --check or "
                            "--published", key="--metafile")
-    summary = collect_or_warn(results)
-    records, _ = load_records(results)  # the warnings were printed by collect
-    document = metafile(summary, published, newest_by_kind(records), Path(results))
+    collected = collect_or_warn(results)
+    document = metafile(collected.summary, published, collected.newest, Path(results))
     write_metafile(target, document)
     print(f"metafile: {target} ({len(document['Models'])} models, MMSegmentation 1.x model-index layout)")
     return 0

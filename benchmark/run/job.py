@@ -34,9 +34,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
 from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_env
+from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.recipe import Recipe, load_recipe, write_resolved_recipe
-from benchmark.run.lock import JobHeld, JobLock, lock_path
-from benchmark.run.records import provenance, record_kinds, write_record
+from benchmark.run.lock import JobHeld, JobLock
+from benchmark.run.records import CheckpointSource, RecordStore, provenance, write_record
 from benchmark.run.state import JobLog, read_state, write_state
 
 
@@ -126,15 +127,15 @@ def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
         gpu_hours=d.get("gpu_hours_estimate"),
         overrides=tuple(overrides),
         device=d.get("device", "auto"),
-        checkpoint_source=d.get("checkpoint_source") or "trained",
+        checkpoint_source=source_of(d),
         cache_dir=d.get("cache_dir"),
     )
 
 
-def source_part(checkpoint_source: str) -> str:
-    """The key/work-dir component of a checkpoint source: '' for trained (the layout as it was),
-    'released/' for released, so the two never share a work dir or a job key."""
-    return "" if checkpoint_source == "trained" else f"{checkpoint_source}/"
+def source_of(entry: Dict[str, Any]) -> str:
+    """The checkpoint source a job's dict (``Job.to_dict``, a run file's entry, a status row) names; one
+    written before there was a released source says nothing: trained, as a record without the field."""
+    return entry.get("checkpoint_source") or CheckpointSource.TRAINED.value
 
 
 class StopFlag:
@@ -331,7 +332,8 @@ def run_job(job: Job, stop: Optional[StopFlag] = None) -> Dict[str, str]:
     env = job_environment()
     work = Path(job.work_dir)
     log = JobLog(work, enabled=env.is_main)
-    lock = JobLock(lock_path(job.results_dir, job.key), what=f"slurm job {env.job_id}" if env.job_id else "nlbench job")
+    lock = JobLock(ResultsLayout.of(job.results_dir).lock_file(job.key),
+                   what=f"slurm job {env.job_id}" if env.job_id else "nlbench job")
     written: Dict[str, str] = {}
     stage = None
     try:
@@ -386,8 +388,8 @@ def _claim(job: Job, env: JobEnvironment, lock: JobLock, log: JobLog) -> Optiona
             if lock.took_over is not None:
                 log(f"job {job.key}: took over a stale lock ({lock.took_over}, which ended without releasing it)")
             # Decided while holding the lock: what another run finished meanwhile counts as done.
-            done = record_kinds(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash,
-                                job.checkpoint_source)
+            done = RecordStore.read_row(job.results_dir, job.name, job.profile, job.seed).kinds_done(
+                job.name, job.profile, job.seed, job.recipe.hash, job.checkpoint_source)
             pending = [s for s in job.stages if s not in done]
     if env.world_size > 1:
         distributed.init_distributed(job.device)
@@ -411,14 +413,13 @@ def _note_diverged(work: Path, job: Job, log: Optional[Callable[[str], None]]) -
     """The guard stopped training: the later stages are not run (their GPU time is saved)."""
     if log is None:
         return
-    from benchmark.run.records import diverged_record
-
-    record = diverged_record(job.results_dir, job.name, job.profile, job.seed, job.recipe.hash) or {}
-    message = (record.get("guard") or {}).get("message") or "diverged"
+    record = RecordStore.read_row(job.results_dir, job.name, job.profile, job.seed).diverged(
+        job.name, job.profile, job.seed, job.recipe.hash)
+    message = ((record.guard if record is not None else None) or {}).get("message") or "diverged"
     log(f"job {job.key}: {message}; the guard stopped it (guard.action stop), later stages not run. "
         "`run-all --set guard.action=warn` (or `nlbench train --resume`) continues it")
     write_state(work, "diverged", stage="train", key=job.key, message=message,
-                stopped_at=record.get("stopped_at_iteration"))
+                stopped_at=record.stopped_at_iteration if record is not None else None)
 
 
 def _note_failure(work: Path, job: Job, stage: Optional[str], exc: BaseException, log: Callable[[str], None]) -> None:

@@ -45,16 +45,16 @@ from typing import Callable, Dict, Iterator, Optional, Union
 
 from benchmark.errors import NLBenchError
 from benchmark.io.jobenv import process_alive, process_start
+from benchmark.io.layout import ResultsLayout
 
-LOCKS_SUBDIR = Path("jobs") / "locks"
 HELD_ENV = "NLBENCH_JOB_LOCKS_HELD"
 _NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 _HELD: Dict[str, "JobLock"] = {}  # locks this process holds, by path
 
 
 def lock_path(results_dir: Union[str, Path], key: str) -> Path:
-    """The lock file of job ``key`` (``<profile>/<recipe>/seed<k>``)."""
-    return Path(results_dir) / LOCKS_SUBDIR / f"{key.replace('/', '__')}.lock"
+    """The lock file of job ``key`` (``<profile>/<recipe>/seed<k>``): the results layout's."""
+    return ResultsLayout.of(results_dir).lock_file(key)
 
 
 @dataclass(frozen=True)

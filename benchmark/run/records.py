@@ -21,174 +21,29 @@ from benchmark import __version__
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, file_sha256, json_safe
 from benchmark.io.jobenv import job_environment
+from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import REPO_ROOT, list_recipe_paths
+from benchmark.run.schema import (
+    CHECKPOINT_SOURCES,
+    KINDS,
+    SCHEMA,
+    CheckpointSource,
+    Kind,
+    Record,
+    validate_record,
+)
 
-SCHEMA = "nlbench.record/1"
-# The stages of a job, in the order they run; a record's kind is the stage that wrote it.
-KINDS = ("train", "eval", "eval_ms_flip", "bench")
-EVAL_KINDS = ("eval", "eval_ms_flip")
-# Where the evaluated weights came from: trained by nlbench (the job's own train stage) or MMSeg's
-# released file. Eval, ms+flip and bench records say so in ``checkpoint_source``; a record without
-# the field (older ones, train records) is "trained". Results of the two are never mixed.
-CHECKPOINT_SOURCES = ("trained", "released")
-RECORDS_SUBDIR = "records"
+# The record's model, its kinds and checkpoint sources: run/schema.py. Eval, ms+flip and bench
+# records of MMSeg's released checkpoints say so in ``checkpoint_source``; results of the two sources
+# are never mixed.
+__all__ = ["CHECKPOINT_SOURCES", "KINDS", "SCHEMA", "CheckpointSource", "Kind", "Record", "RecordStore", "RowKey",
+           "diverged_record", "load_records", "newest_by_kind", "provenance", "record_kinds", "validate_record",
+           "write_record"]
 
 PathLike = Union[str, Path]
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _safe_component(value: Any) -> bool:
-    """Usable as one folder name: recipe and profile names become path components."""
-    return (
-        isinstance(value, str)
-        and value != ""
-        and not value.startswith(".")
-        and "/" not in value
-        and "\\" not in value
-        and "\0" not in value
-    )
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _identity_problems(record: Dict[str, Any]) -> List[str]:
-    problems = []
-    kind = record.get("kind")
-    if kind not in KINDS:
-        problems.append(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    for key in ("recipe", "profile"):
-        if not _safe_component(record.get(key)):
-            problems.append(f"{key}: expected a non-empty name without '/', got {record.get(key)!r}")
-    seed = record.get("seed")
-    if not (_is_count(seed) and seed >= 0):
-        problems.append(f"seed: expected an integer >= 0, got {seed!r}")
-    created = record.get("created_at")
-    try:
-        parsed = datetime.fromisoformat(created) if isinstance(created, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        problems.append(f"created_at: expected an ISO-8601 time with a UTC offset, got {created!r}")
-    return problems
-
-
-def _figure_problems(record: Dict[str, Any]) -> List[str]:
-    problems = []
-    iterations = record.get("iterations")
-    if iterations is not None and not _is_count(iterations):
-        problems.append(f"iterations: expected an integer or null, got {iterations!r}")
-    for key in ("wall_time_s", "gpu_hours", "mem_gb", "fps", "train_step_s", "train_step_mem_gb"):
-        value = record.get(key)
-        if value is not None and not _is_number(value):
-            problems.append(f"{key}: expected a number or null, got {value!r}")
-    attempts = record.get("attempts")
-    if attempts is not None and not (_is_count(attempts) and attempts >= 1):
-        problems.append(f"attempts: expected an integer >= 1 or null, got {attempts!r}")
-    if record.get("kind") == "bench" and not _is_number(record.get("fps")):
-        problems.append(f"fps: required (a number) for a bench record, got {record.get('fps')!r}")
-    return problems
-
-
-# A bench record's ``fast`` object: nlbench's fast-path figures and the setting that made them
-# (benchmark/engine/settings.py); the top-level fps and mem_gb are the ``published`` setting's.
-FAST_NUMBERS = ("mem_gb", "infer_mem_gb", "train_step_s", "train_step_mem_gb")
-FAST_FLAGS = ("tf32", "cudnn_benchmark", "channels_last", "compile", "ddp", "grad_set_to_none", "softmax_in_timer")
-
-
-def _fast_problems(record: Dict[str, Any]) -> List[str]:
-    fast = record.get("fast")
-    if fast is None:
-        return []
-    if not isinstance(fast, dict):
-        return [f"fast: expected an object (the fast setting's figures) or null, got {type(fast).__name__}"]
-    problems = [] if _is_number(fast.get("fps")) else [f"fast.fps: expected a number, got {fast.get('fps')!r}"]
-    problems += [f"fast.{key}: expected a number or null, got {fast.get(key)!r}"
-                 for key in FAST_NUMBERS if fast.get(key) is not None and not _is_number(fast.get(key))]
-    if fast.get("attention") not in ("explicit", "sdpa"):
-        problems.append(f"fast.attention: expected explicit or sdpa, got {fast.get('attention')!r}")
-    if fast.get("amp") not in (None, "bf16", "fp16"):
-        problems.append(f"fast.amp: expected null, bf16 or fp16, got {fast.get('amp')!r}")
-    problems += [f"fast.{key}: expected true or false, got {fast.get(key)!r}"
-                 for key in FAST_FLAGS if not isinstance(fast.get(key), bool)]
-    measurement = (record.get("provenance") or {}).get("measurement") if isinstance(record.get("provenance"),
-                                                                                   dict) else None
-    if measurement is not None and not isinstance(measurement, dict):
-        problems.append("provenance.measurement: expected an object of setting name -> setting")
-    return problems
-
-
-def _metrics_problems(record: Dict[str, Any]) -> List[str]:
-    metrics, kind = record.get("metrics"), record.get("kind")
-    if metrics is not None and not isinstance(metrics, dict):
-        return [f"metrics: expected an object or null, got {type(metrics).__name__}"]
-    if kind not in EVAL_KINDS:
-        return []
-    if metrics is None:
-        return [f"metrics: required for a {kind} record"]
-    problems = [f"metrics.{key}: expected a number (percent), got {metrics.get(key)!r}"
-                for key in ("aAcc", "mIoU", "mAcc") if not _is_number(metrics.get(key))]
-    per_class = metrics.get("per_class")
-    if per_class is not None and not isinstance(per_class, dict):
-        problems.append("metrics.per_class: expected an object of class -> {IoU, Acc}")
-    return problems
-
-
-TRAIN_STATUSES = ("completed", "diverged")  # a train record's ``status`` (absent in older records: completed)
-
-
-def _guard_problems(record: Dict[str, Any]) -> List[str]:
-    """``status`` and ``guard`` (the training guard's evidence) of train records."""
-    problems = []
-    status = record.get("status")
-    if status is not None and status not in TRAIN_STATUSES:
-        problems.append(f"status: expected one of {', '.join(TRAIN_STATUSES)} or null, got {status!r}")
-    if status == "diverged" and record.get("kind") != "train":
-        problems.append(f"status: only a train record can be diverged, this is a {record.get('kind')} record")
-    guard = record.get("guard")
-    if guard is not None and not isinstance(guard, dict):
-        problems.append(f"guard: expected an object (the guard's evidence) or null, got {type(guard).__name__}")
-    if status == "diverged" and not _is_count(record.get("stopped_at_iteration")):
-        problems.append("stopped_at_iteration: required (an integer) for a diverged train record")
-    return problems
-
-
-def validate_record(record: Any) -> List[str]:
-    """Problems with a record (empty list = valid). Each problem names the key and what was expected."""
-    if not isinstance(record, dict):
-        return [f"expected a JSON object, got {type(record).__name__}"]
-    if record.get("schema") != SCHEMA:
-        # A foreign file: the rest of the checks would only add noise.
-        return [f"schema: expected {SCHEMA!r}, got {record.get('schema')!r}"]
-    problems = (_identity_problems(record) + _figure_problems(record) + _metrics_problems(record)
-                + _fast_problems(record) + _guard_problems(record))
-    if not isinstance(record.get("provenance"), dict):
-        problems.append("provenance: expected an object (see records.provenance())")
-    source = record.get("checkpoint_source")
-    if source is not None and source not in CHECKPOINT_SOURCES:
-        problems.append(f"checkpoint_source: expected one of {', '.join(CHECKPOINT_SOURCES)}, got {source!r}")
-    elif source == "released" and record.get("kind") == "train":
-        problems.append("checkpoint_source: a train record makes its own checkpoint, it cannot be 'released'")
-    return problems
-
-
-def checkpoint_source(record: Dict[str, Any]) -> str:
-    """"trained" or "released" (a record without the field is "trained")."""
-    return record.get("checkpoint_source") or "trained"
-
-
 # ----------------------------------------------------------------------------- writing
-
-
-def record_dir(results_dir: PathLike, recipe: str, profile: str, seed: int) -> Path:
-    return Path(results_dir) / RECORDS_SUBDIR / recipe / profile / f"seed{seed}"
 
 
 def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
@@ -214,7 +69,7 @@ def write_record(results_dir: PathLike, record: Dict[str, Any]) -> Path:
              "gpu_hours", "metrics", "mem_gb", "fps", "provenance"]
     ordered = {k: body.get(k) for k in order}
     ordered.update({k: v for k, v in body.items() if k not in ordered})
-    folder = record_dir(results_dir, body["recipe"], body["profile"], body["seed"])
+    folder = ResultsLayout.of(results_dir).record_dir(body["recipe"], body["profile"], body["seed"])
     try:
         folder.mkdir(parents=True, exist_ok=True)
         while True:
@@ -310,85 +165,126 @@ def _record_files(root: Path) -> Iterable[Path]:
                 yield Path(entry.path)
 
 
-def load_records(
-    results_dir: PathLike, known_recipes: Optional[Iterable[str]] = None
-) -> Tuple[List[Dict[str, Any]], List[str]]:
-    """All valid records under ``RESULTS/records`` and one warning per skipped file.
+def read_record(path: Path) -> Tuple[Optional[Record], Optional[str]]:
+    """(the record, None), or (None, why it is skipped). The one place a record file is opened."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON (truncated or corrupt): {exc.msg} at line {exc.lineno}"
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}"
+    record, problems = Record.parse(data)
+    return (record.located(str(path)), None) if record is not None else (None, "; ".join(problems))
 
-    ``known_recipes`` defaults to the recipes folder's names; a record of any other recipe is skipped
-    (pass a set to accept records of recipes loaded from elsewhere). Each returned record carries its
-    file path under ``_path``. The order is by file path (deterministic).
+
+RowKey = Tuple[str, str, CheckpointSource, int]  # (recipe, profile, checkpoint source, seed)
+
+
+class RecordStore:
+    """The valid records of a results folder, read once; every question about them is answered here.
+
+    ``read`` takes every record (the report verbs, run-all's plan and its end); ``read_row`` one row's
+    folder (a job deciding, under its lock, which stages are left). A file that is corrupt, partial,
+    foreign or of an unknown recipe is left out with a warning naming it (``warnings``).
     """
-    root = Path(results_dir) / RECORDS_SUBDIR
-    known = set(known_recipes) if known_recipes is not None else known_recipe_names()
-    records: List[Dict[str, Any]] = []
-    warnings: List[str] = []
-    for path in sorted(_record_files(root)):
-        try:
-            with open(path, "r", encoding="utf-8") as fh:
-                record = json.load(fh)
-        except UnicodeDecodeError:
-            warnings.append(f"{path}: skipped: not UTF-8 text")
-            continue
-        except json.JSONDecodeError as exc:
-            warnings.append(f"{path}: skipped: not valid JSON (truncated or corrupt): {exc.msg} at line {exc.lineno}")
-            continue
-        except OSError as exc:
-            warnings.append(f"{path}: skipped: cannot read: {exc.strerror or exc}")
-            continue
-        problems = validate_record(record)
-        if problems:
-            warnings.append(f"{path}: skipped: " + "; ".join(problems))
-            continue
-        if record["recipe"] not in known:
-            warnings.append(f"{path}: skipped: recipe: unknown recipe {record['recipe']!r} (not in the recipes folder)")
-            continue
-        record["_path"] = str(path)
-        records.append(record)
-    return records, warnings
+
+    def __init__(self, records: List[Record], warnings: List[str], where: Path):
+        self.records = sorted(records, key=lambda r: r.path or "")  # by file path: deterministic
+        self.warnings = warnings
+        self.where = where  # the folder read: errors about the records name it
+
+    @classmethod
+    def read(cls, results_dir: PathLike, known_recipes: Optional[Iterable[str]] = None) -> "RecordStore":
+        """Every record under ``RESULTS/records``. ``known_recipes`` defaults to the recipes folder's
+        names; a record of any other recipe is skipped (pass a set to accept recipes loaded elsewhere)."""
+        root = ResultsLayout.of(results_dir).records
+        known = set(known_recipes) if known_recipes is not None else known_recipe_names()
+        records, warnings = [], []
+        for path in sorted(_record_files(root)):
+            record, why = read_record(path)
+            if record is not None and record.recipe not in known:
+                why = f"recipe: unknown recipe {record.recipe!r} (not in the recipes folder)"
+            if why is not None:
+                warnings.append(f"{path}: skipped: {why}")
+            else:
+                records.append(record)
+        return cls(records, warnings, root)
+
+    @classmethod
+    def read_row(cls, results_dir: PathLike, recipe: str, profile: str, seed: int) -> "RecordStore":
+        """The records of one (recipe, profile, seed) folder; a record naming another row counts for nothing."""
+        folder = ResultsLayout.of(results_dir).record_dir(recipe, profile, seed)
+        records = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if path.name.startswith("."):
+                continue  # a writer's temporary file
+            record, _ = read_record(path)
+            if record is not None and (record.recipe, record.profile, record.seed) == (recipe, profile, seed):
+                records.append(record)
+        return cls(records, [], folder)
+
+    def row(self, recipe: str, profile: str, seed: int, recipe_hash: Optional[str] = None,
+            source: str = CheckpointSource.TRAINED) -> List[Record]:
+        """The records of one (recipe, profile, seed) and checkpoint ``source``, oldest first; with
+        ``recipe_hash``, only those made with exactly that resolved recipe."""
+        found = [r for r in self.records if (r.recipe, r.profile, r.seed, r.source) == (recipe, profile, seed, source)
+                 and (recipe_hash is None or r.provenance.recipe_hash == recipe_hash)]
+        return sorted(found, key=lambda r: r.created_at)
+
+    def kinds_done(self, recipe: str, profile: str, seed: int, recipe_hash: Optional[str] = None,
+                   source: str = CheckpointSource.TRAINED) -> set:
+        """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
+
+        With ``recipe_hash``, only records made with exactly that resolved recipe count, so a changed
+        recipe or ``--set`` runs the stages again instead of reusing another configuration's results.
+        Only records of checkpoint ``source`` count: a released checkpoint's eval never makes a trained
+        row look done, nor the other way round. A train record of a run the guard stopped
+        (``status: diverged``) does not make training done.
+        """
+        return {r.kind for r in self.row(recipe, profile, seed, recipe_hash, source) if not r.diverged}
+
+    def diverged(self, recipe: str, profile: str, seed: int, recipe_hash: Optional[str] = None) -> Optional[Record]:
+        """The newest train record of a run the guard stopped, unless a later one says training finished."""
+        trains = [r for r in self.row(recipe, profile, seed, recipe_hash) if r.kind == Kind.TRAIN]
+        return trains[-1] if trains and trains[-1].diverged else None
+
+    def newest_by_kind(self) -> Dict[RowKey, Dict[Kind, Record]]:
+        return newest_by_kind(self.records)
 
 
-def row_records(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                recipe_hash: Optional[str] = None, source: str = "trained") -> List[Dict[str, Any]]:
-    """The valid records of one (recipe, profile, seed) and checkpoint ``source``, oldest first; with
-    ``recipe_hash``, only those made with exactly that resolved recipe. A corrupt or foreign file
-    counts for nothing."""
-    records = []
-    folder = record_dir(results_dir, recipe, profile, seed)
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.name.startswith("."):
-            continue  # a writer's temporary file
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if validate_record(record) or (record["recipe"], record["profile"], record["seed"]) != (recipe, profile, seed):
-            continue
-        if recipe_hash is not None and record["provenance"].get("recipe_hash") != recipe_hash:
-            continue
-        if checkpoint_source(record) != source:
-            continue
-        records.append(record)
-    return sorted(records, key=lambda r: r["created_at"])
+def newest_by_kind(records: Iterable[Record]) -> Dict[RowKey, Dict[Kind, Record]]:
+    """(recipe, profile, checkpoint source, seed) -> {kind: the newest record of that kind} (by
+    created_at, then path)."""
+    newest: Dict[Tuple[RowKey, Kind], Record] = {}
+    for rec in records:
+        key = (rec.row, rec.kind)
+        held = newest.get(key)
+        if held is None or (rec.created, rec.path or "") > (held.created, held.path or ""):
+            newest[key] = rec
+    by_seed: Dict[RowKey, Dict[Kind, Record]] = {}
+    for (row, kind), rec in newest.items():
+        by_seed.setdefault(row, {})[kind] = rec
+    return by_seed
+
+
+def load_records(results_dir: PathLike,
+                 known_recipes: Optional[Iterable[str]] = None) -> Tuple[List[Record], List[str]]:
+    """All valid records under ``RESULTS/records`` (by file path) and one warning per skipped file."""
+    store = RecordStore.read(results_dir, known_recipes)
+    return store.records, store.warnings
 
 
 def record_kinds(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                 recipe_hash: Optional[str] = None, source: str = "trained") -> set:
-    """Kinds with a valid record for (recipe, profile, seed): what plan, job and status all count as done.
-
-    Only that row's folder is read; a corrupt or foreign file counts for nothing (the stage runs again).
-    With ``recipe_hash``, only records made with exactly that resolved recipe count, so a changed
-    recipe or ``--set`` runs the stages again instead of reusing another configuration's results.
-    Only records of checkpoint ``source`` count: a released checkpoint's eval never makes a trained
-    row look done, nor the other way round. A train record of a run the guard stopped
-    (``status: diverged``) does not make training done.
-    """
-    return {r["kind"] for r in row_records(results_dir, recipe, profile, seed, recipe_hash, source)
-            if r.get("status") != "diverged"}
+                 recipe_hash: Optional[str] = None, source: str = CheckpointSource.TRAINED) -> set:
+    """``RecordStore.kinds_done`` of that row's folder alone, read now."""
+    return RecordStore.read_row(results_dir, recipe, profile, seed).kinds_done(recipe, profile, seed, recipe_hash,
+                                                                               source)
 
 
 def diverged_record(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                    recipe_hash: Optional[str] = None) -> Optional[Dict[str, Any]]:
-    """The newest train record of a run the guard stopped, unless a later one says training finished."""
-    trains = [r for r in row_records(results_dir, recipe, profile, seed, recipe_hash) if r["kind"] == "train"]
-    return trains[-1] if trains and trains[-1].get("status") == "diverged" else None
+                    recipe_hash: Optional[str] = None) -> Optional[Record]:
+    """``RecordStore.diverged`` of that row's folder alone, read now."""
+    return RecordStore.read_row(results_dir, recipe, profile, seed).diverged(recipe, profile, seed, recipe_hash)
