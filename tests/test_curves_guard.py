@@ -12,6 +12,7 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+from conftest import CITY_ROW as ROW
 
 from benchmark.cli import main as cli
 from benchmark.curves.reader import read_curve
@@ -24,7 +25,6 @@ from benchmark.report.curves import write_reference_logs
 
 pytestmark = pytest.mark.slow
 
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 # lr 0.05 and 2 images a batch pinned: the lr and batch figures below are worked out from them.
 TINY = ["schedule.max_iters=12", "schedule.eval_interval=4", "schedule.checkpoint_interval=4",
         "schedule.log_interval=2", "schedule.lr=0.05", "data.imgs_per_gpu=2", "data.synthetic.train=4",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CITY_ROW as ROW
 from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
@@ -18,8 +19,6 @@ from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.inference import predict_ms_flip_probs, to_input_tensor
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
-
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 
 
 class Recording(nn.Module):

@@ -1,19 +1,13 @@
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from conftest import run_cli
 from report_helpers import ROW, ROWS, make_record, write_row
 
 from benchmark.errors import NLBenchError
 from benchmark.report.collect import collect
 from benchmark.run.records import write_record
-
-
-def nlbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
 
 
 def test_newest_record_per_kind_wins(tmp_path):
@@ -54,7 +48,7 @@ def test_collect_cli_writes_csv_and_warns_on_stderr(tmp_path):
     bad = tmp_path / "records" / ROW / "full" / "seed0" / "eval-bad.json"
     bad.write_text('{"schema": "nlbench.record/1", "kind": "eval"')
     out = tmp_path / "out" / "summary.csv"
-    res = nlbench("collect", "--results", str(tmp_path), "--out", str(out))
+    res = run_cli("collect", "--results", str(tmp_path), "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert str(bad) in res.stderr and "warning" in res.stderr
     assert "55.00" in res.stdout
@@ -65,7 +59,7 @@ def test_collect_cli_writes_csv_and_warns_on_stderr(tmp_path):
 def test_empty_results_folder_is_a_clear_error(tmp_path):
     with pytest.raises(NLBenchError, match="no result records"):
         collect(tmp_path)
-    res = nlbench("collect", "--results", str(tmp_path))
+    res = run_cli("collect", "--results", str(tmp_path))
     assert res.returncode == 2 and "no result records" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "summary.csv").exists()
 

@@ -1,8 +1,7 @@
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+from conftest import run_cli
 from report_helpers import ROW, ROWS, write_row
 
 from benchmark.catalog import load_published
@@ -59,8 +58,7 @@ def test_published_tables_equal_the_seed_cell_by_cell():
 
 
 def test_published_cli_prints_the_seed_tables():
-    res = subprocess.run([sys.executable, "-m", "benchmark", "tables", "--published"], capture_output=True, text=True,
-                         timeout=120)
+    res = run_cli("tables", "--published")
     assert res.returncode == 0, res.stderr
     check_against_seed(parse_tables(res.stdout))
     # the download column carries MMSeg's released checkpoint of the row
