@@ -4,8 +4,8 @@ Settings: small thread counts (CI has 2 cores), GPU tests skip cleanly on CPU, a
 other skip fails the run and the tests of each marker are counted (tests/ci_gate.py).
 
 Shared by the test files (import the names with ``from conftest import ...``; pytest puts tests/ on
-the path): the row names the tests use, ``run_cli`` / ``cli_command`` / ``cli_env`` to spawn
-``python -m benchmark`` on this checkout, and the ``results_with_records`` fixture.
+the path): the row names the tests use; ``run_cli`` / ``cli_command`` / ``cli_env`` to spawn
+``python -m benchmark`` on this checkout; the ``results_with_records`` fixture.
 """
 
 from __future__ import annotations
@@ -52,20 +52,6 @@ def run_cli(*args, cwd=None, timeout: float = 300, **env: str) -> subprocess.Com
     """Run ``nlbench ARGS`` to its end in a child process (text output captured; ``env`` adds variables)."""
     return subprocess.run(cli_command(*args), capture_output=True, text=True, cwd=cwd, env=cli_env(**env),
                           timeout=timeout)
-
-
-@pytest.fixture(name="run_cli")
-def run_cli_fixture():
-    """``run_cli(*args, cwd=None, timeout=300, **env)``: ``nlbench ARGS`` in a child process."""
-    return run_cli
-
-
-@pytest.fixture(scope="session")
-def smoke_rows() -> List[str]:
-    """The 16 rows of the table, by recipe file name."""
-    from benchmark.recipe import list_recipe_paths
-
-    return sorted(p.stem for p in list_recipe_paths())
 
 
 # A record as docs/ARCHITECTURE.md describes schema nlbench.record/1, written out by hand (not through

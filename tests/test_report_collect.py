@@ -2,7 +2,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import CITY_ROW, run_cli
 from report_helpers import ROW, ROWS, make_record, write_row
 
 from benchmark.errors import NLBenchError
@@ -80,3 +80,14 @@ def test_train_peak_never_fills_the_published_mem(tmp_path):
     row = collect(tmp_path).iloc[0]
     assert row["mem_gb_mean"] == 1.25 and row["mem_kind"] == "cuda_max_allocated"
     assert row["train_mem_gb_mean"] == 0.57
+
+
+def test_a_record_written_by_hand_in_the_documented_format_counts_like_a_written_one(results_with_records):
+    """Seed 0 written by benchmark.run.records, seed 1 written literally as the schema says: collect
+    reads both (mean of 20 and 30), and so does the CLI in a child process."""
+    row = collect(results_with_records).set_index(["recipe", "profile"]).loc[(CITY_ROW, "smoke")]
+    assert row["seeds"] == "0,1" and row["miou_n"] == 2 and row["miou_mean"] == pytest.approx(25.0)
+    assert (row["miou_min"], row["miou_max"]) == (20.0, 30.0)
+    res = run_cli("collect", "--results", results_with_records)
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
+    assert "25.00" in res.stdout
