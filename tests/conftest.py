@@ -5,7 +5,7 @@ other skip fails the run and the tests of each marker are counted (tests/ci_gate
 
 Shared by the test files (import the names with ``from conftest import ...``; pytest puts tests/ on
 the path): the row names the tests use; ``run_cli`` / ``cli_command`` / ``cli_env`` to spawn
-``python -m benchmark`` on this checkout; the ``results_with_records`` fixture.
+``python -m benchmark`` on this checkout; ``mmseg_poly_lr``; the ``results_with_records`` fixture.
 """
 
 from __future__ import annotations
@@ -52,6 +52,17 @@ def run_cli(*args, cwd=None, timeout: float = 300, **env: str) -> subprocess.Com
     """Run ``nlbench ARGS`` to its end in a child process (text output captured; ``env`` adds variables)."""
     return subprocess.run(cli_command(*args), capture_output=True, text=True, cwd=cwd, env=cli_env(**env),
                           timeout=timeout)
+
+
+def mmseg_poly_lr(base_lr: float, min_lr: float, power: float, iteration: int, max_iters: int) -> float:
+    """The lr a 0.x log line with ``iter`` = ``iteration`` (1-based) states, written out here from the poly
+    policy MMSeg 0.x trained with (mmcv's PolyLrUpdaterHook by iteration; mmengine's PolyLR gives the same
+    values): before each iteration the hook sets (base - min) * (1 - done / max_iters) ** power + min, with
+    ``done`` the iterations already run, iteration - 1. Tests take expected lrs from here, not from
+    benchmark.engine.train.poly_lr, whose own test (tests/test_engine_train.py) checks it against
+    mmengine's recursive form."""
+    done = iteration - 1
+    return (base_lr - min_lr) * (1.0 - done / max_iters) ** power + min_lr
 
 
 # A record as docs/ARCHITECTURE.md describes schema nlbench.record/1, written out by hand (not through
