@@ -115,8 +115,8 @@ def test_report_is_static_self_contained_and_links_resolve(report):
             for metric, ours in written.items():
                 if ref[metric] and ours is not None:
                     gap, band = ours - float(ref[metric]), float(ref[f"{metric}_band"])
-                    expected[(row, metric)] = ("regressed" if gap < -band else "better" if gap > band
-                                                         else "reproduced")
+                    verdict = "regressed" if gap < -band else "better" if gap > band else "reproduced"
+                    expected[(row, metric)] = verdict
     assert {(row, metric): verdict for row, figures in shown.items() for metric, verdict in figures.items()} == expected
     assert sum(metric == "miou" for _, metric in expected) == 16
     assert set(expected.values()) == {"regressed", "reproduced"}  # both outcomes occur: the check can tell them apart
