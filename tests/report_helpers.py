@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from conftest import CITY_ROW as ROW
+
 from benchmark.recipe import list_recipe_paths
 from benchmark.run.records import write_record
 
 ROWS = [p.stem for p in list_recipe_paths()]
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 
 
 def make_record(kind: str, recipe: str = ROW, profile: str = "full", seed: int = 0, miou: float = 50.0,

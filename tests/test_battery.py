@@ -17,8 +17,6 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -26,14 +24,15 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
+from conftest import CITY_ROW as CS_ROW
+from conftest import VOC_ROW as ROW
+from conftest import run_cli
 from PIL import Image
 
 from benchmark.cli import main as cli_main
 from benchmark.mmseg_checkpoint import save_checkpoint
 from benchmark.recipe import REPO_ROOT, load_recipe
 
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"  # smoke: ResNet-18 trunk, 21 classes
-CS_ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 SMOKE = ["--profile", "smoke", "--device", "cpu"]
 VAL = "2010_000000"  # the first val image of the synthetic VOC set
 TRAIN = "2007_000000"  # the first train image (train.txt; aug.txt follows)
@@ -647,9 +646,7 @@ def _snapshot(folder: Path) -> Dict[Path, tuple]:
 
 def _run(case: Case, cwd: Path, capsys) -> Tuple[int, str]:
     if case.subprocess:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run([sys.executable, "-m", "benchmark", *case.argv], capture_output=True, text=True,
-                              cwd=cwd, env=env, timeout=300)
+        proc = run_cli(*case.argv, cwd=cwd)
         return proc.returncode, proc.stderr
     capsys.readouterr()
     code = cli_main(case.argv)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import CITY_ROW as ROW
 
 from benchmark.cli import main as cli_main
 from benchmark.engine.bench import bench, single_rank_group
@@ -18,7 +19,6 @@ from benchmark.recipe import load_recipe
 from benchmark.run.job import Job, Resources, run_job
 from benchmark.run.records import load_records, validate_record
 
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 TINY = ["bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1", "bench.train_step_warmup=1",
         "bench.train_step_iters=1", "data.img_scale=[64,32]", "data.crop_size=[16,32]"]
 

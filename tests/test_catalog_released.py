@@ -5,13 +5,12 @@ ADE20K 160k the released 20210827_221502-7881aa1a has 44.63 / 45.79, the table 4
 from __future__ import annotations
 
 import pandas as pd
+from conftest import ADE_R101_ROW as ROW
 
 from benchmark.catalog import PUBLISHED_CSV, load_published, released_differences, released_table
 from benchmark.report.collect import RELEASED, TRAINED
 from benchmark.report.compare import compare
 from benchmark.report.references import load_reference
-
-ROW = "nonlocal_r101-d8_4xb4-160k_ade20k-512x512"
 
 
 def test_released_figures_differ_from_the_table_for_one_row_only():

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CITY_ROW as RECIPE
+from conftest import run_cli
 from torch import nn
 
 from benchmark.cli import main as cli_main
@@ -26,8 +26,6 @@ from benchmark.mmseg_checkpoint import (
 )
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
-
-RECIPE = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +142,8 @@ def test_bad_checkpoint_through_the_cli_exits_2_without_traceback(bad_files, ima
 
 def test_console_script_prints_one_line(bad_files, image, tmp_path):
     path, _ = bad_files["text"]
-    proc = subprocess.run([sys.executable, "-m", "benchmark", "predict", RECIPE, "--profile", "smoke",
-                           "--checkpoint", str(path), "--image", str(image), "--out", str(tmp_path / "p.png")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli("predict", RECIPE, "--profile", "smoke", "--checkpoint", path, "--image", image,
+                   "--out", tmp_path / "p.png", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr and str(path) in proc.stderr
 

@@ -7,6 +7,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import VOC_ROW as ROW
 from http_server import LoopbackServer
 
 from benchmark.cli import main as cli
@@ -14,7 +15,6 @@ from benchmark.curves.reference import fetch_logs, log_cache_dir, resolve_refere
 from benchmark.errors import NLBenchError
 from benchmark.recipe import load_recipe
 
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 LOG_NAME = "nonlocal_r50-d8_512x512_20k_voc12aug_20200617_222613.log.json"
 
 

@@ -12,10 +12,12 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+from conftest import CITY_ROW as ROW
+from conftest import mmseg_poly_lr
 
 from benchmark.cli import main as cli
 from benchmark.curves.reader import read_curve
-from benchmark.engine.train import poly_lr, train
+from benchmark.engine.train import train
 from benchmark.errors import DIVERGED_EXIT_CODE, RunDiverged, TrainingInterrupted
 from benchmark.launch.status import collect_status
 from benchmark.recipe import load_recipe
@@ -23,7 +25,6 @@ from benchmark.report.freeze import write_baseline, write_reference_logs
 
 pytestmark = pytest.mark.slow
 
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 # lr 0.05 and 2 images a batch pinned: the lr and batch figures below are worked out from them.
 TINY = ["schedule.max_iters=12", "schedule.eval_interval=4", "schedule.checkpoint_interval=4",
         "schedule.log_interval=2", "schedule.lr=0.05", "data.imgs_per_gpu=2", "data.synthetic.train=4",
@@ -70,7 +71,7 @@ def test_train_log_json_is_mmseg_0x_form_and_reads_back_as_the_jsonl(base):
     # nlbench's lr at iteration k is the lr iteration k ran with: poly at (k - 1) / max_iters, as MMSeg 0.x.
     jsonl = read_curve(base["work"] / "train.log.jsonl")
     sched = base["recipe"].schedule
-    assert [p.lr for p in jsonl.train] == [poly_lr(sched.lr, sched.min_lr, sched.power, k - 1, 12)
+    assert [p.lr for p in jsonl.train] == [mmseg_poly_lr(sched.lr, sched.min_lr, sched.power, k, 12)
                                            for k in range(2, 13, 2)]
     # The reader gives the same curve from both files, to their printed precision.
     zero_x = read_curve(base["work"] / "train.log.json")
@@ -242,7 +243,7 @@ def _rule_lines(recipe, mious, pattern: str, val_mode: str = "val", start: int =
         lines.append({"mode": val_mode, "epoch": 1, "iter": 2, "lr": 0.0, "aAcc": 0.5, "mIoU": mious[resumed_at],
                       "mAcc": 0.1})
     for it in range(start, stop + 1, 2):
-        lr = round(poly_lr(sched.lr, sched.min_lr, sched.power, it - 1, sched.max_iters), 5)
+        lr = round(mmseg_poly_lr(sched.lr, sched.min_lr, sched.power, it, sched.max_iters), 5)
         if not (pattern == "2020" and it % 4 == 0):
             lines.append({"mode": "train", "epoch": 1, "iter": it, "lr": lr, "data_time": 0.01, "decode.loss_seg": 2.0,
                           "aux.loss_seg": 0.8, "loss": 2.8, "time": 0.1})

@@ -9,10 +9,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+from conftest import mmseg_poly_lr
 
 from benchmark.curves.checks import DIVERGED, DRIFTING, ON_TRACK, Settings, assess, eval_margins, one_sided_z
 from benchmark.curves.reader import latest_iteration, read_curve
-from benchmark.engine.train import poly_lr
 from benchmark.errors import NLBenchError
 
 MAX_ITERS = 40000
@@ -24,7 +24,7 @@ CONFIG = ("norm_cfg = dict(type='SyncBN', requires_grad=True)\ndata = dict(\n   
 
 def published_lr(iteration: int, base: float = 0.01, max_iters: int = MAX_ITERS) -> float:
     """What a 0.x train line says at ``iteration``: the poly lr that iteration ran with, to 5 decimals."""
-    return round(poly_lr(base, 1e-4, 0.9, iteration - 1, max_iters), 5)
+    return round(mmseg_poly_lr(base, 1e-4, 0.9, iteration, max_iters), 5)
 
 
 def train_line(iteration: int, loss: float, lr=None, mode: str = "train", epoch: int = 1) -> str:
@@ -348,7 +348,7 @@ def _run_log(path: Path, base_lr: float = 0.01, every: int = 50, mious=(60.0, 70
     """An nlbench run's train.log.jsonl: exact (unrounded) lr, loss means over its own interval."""
     lines = [{"event": "start", "iteration": 0, "max_iters": MAX_ITERS, "effective_batch": 8}]
     for it in range(every, stop + 1, every):
-        lines.append({"iteration": it, "lr": poly_lr(base_lr, 1e-4, 0.9, it - 1, MAX_ITERS), "loss": loss(it)})
+        lines.append({"iteration": it, "lr": mmseg_poly_lr(base_lr, 1e-4, 0.9, it, MAX_ITERS), "loss": loss(it)})
         if it % 4000 == 0:
             lines.append({"event": "eval", "iteration": it, "aAcc": 95.0, "mIoU": mious[it // 4000 - 1],
                           "mAcc": 80.0})
@@ -455,9 +455,8 @@ def test_effective_batch_differing_is_said_beside_the_verdict(tmp_path):
 
 
 def _poly(iteration: int, power: float, max_iters: int) -> float:
-    """The lr iteration ``iteration`` (1-based, as a 0.x line says it) runs with, written out: (base - min)
-    (1 - (iteration - 1) / max_iters) ^ power + min, base 0.01, min 1e-4."""
-    return (0.01 - 1e-4) * (1.0 - (iteration - 1) / max_iters) ** power + 1e-4
+    """The lr iteration ``iteration`` (1-based, as a 0.x line says it) runs with: base 0.01, min 1e-4."""
+    return mmseg_poly_lr(0.01, 1e-4, power, iteration, max_iters)
 
 
 def _lr_run(path: Path, lr) -> object:

@@ -172,6 +172,29 @@ def test_pad_values_and_output_types():
     assert np.allclose(image_t[:, :20, :30].mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
 
 
+# MMSeg's img_norm_cfg in every NonLocal config: ImageNet's mean and std on 0-255 pixels, to_rgb=True
+# (normalised in RGB order). Written here, not imported from the code under test.
+MMSEG_MEAN_RGB = (123.675, 116.28, 103.53)
+MMSEG_STD_RGB = (58.395, 57.12, 57.375)
+
+
+def test_train_and_test_inputs_are_normalised_with_mmsegs_rgb_mean_and_std():
+    from benchmark.engine.inference import to_input_tensor
+
+    assert MEAN_RGB == MMSEG_MEAN_RGB and STD_RGB == MMSEG_STD_RGB
+    rgb = (200, 100, 50)  # three different channels: a swapped order (BGR) would show
+    img = np.empty((20, 30, 3), np.uint8)
+    img[...] = rgb
+    expected = [(v - m) / s for v, m, s in zip(rgb, MMSEG_MEAN_RGB, MMSEG_STD_RGB)]
+    pipe = TrainPipeline(img_scale=(30, 20), crop_size=(20, 30), ratio_range=(1.0, 1.0), photometric=False)
+    train_input, _ = pipe(img, np.ones((20, 30), np.uint8), np.random.default_rng(0))
+    test_input = to_input_tensor(img, "cpu")[0]
+    for name, x in (("train", train_input), ("test", test_input)):
+        assert x.shape == (3, 20, 30), name
+        np.testing.assert_allclose(x.numpy().reshape(3, -1), np.repeat(np.array(expected)[:, None], 600, 1),
+                                   rtol=0, atol=1e-5, err_msg=name)
+
+
 # ----------------------------------------------------------------------------- photometric distortion
 
 

@@ -6,12 +6,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image, ImageDraw
 
 from benchmark.data.classes import CLASS_NAMES, PALETTES
@@ -28,10 +27,6 @@ RECIPES = {
 }
 
 
-def nlbench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True)
-
-
 def data_cfg(dataset: str):
     return load_recipe(RECIPES[dataset]).data
 
@@ -43,7 +38,7 @@ def synth(tmp_path_factory) -> dict:
     roots = {}
     for dataset in ("cityscapes", "ade20k", "voc"):
         root = base / dataset
-        proc = nlbench("synth", dataset, "--out", str(root), "--train", "4", "--val", "2", "--size", "40x56",
+        proc = run_cli("synth", dataset, "--out", str(root), "--train", "4", "--val", "2", "--size", "40x56",
                        "--seed", "3")
         assert proc.returncode == 0, proc.stderr
         assert str(root) in proc.stdout
@@ -216,7 +211,7 @@ def test_prepare_cityscapes_gives_the_label_tables_train_ids(synth, tmp_path):
     made = sorted(root.rglob("*_gtFine_labelTrainIds.png"))
     for p in made:
         p.unlink()
-    proc = nlbench("prepare", "cityscapes", "--src", str(root))
+    proc = run_cli("prepare", "cityscapes", "--src", str(root))
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {len(made)}" in proc.stdout and "skipped 0" in proc.stdout
     seen = set()
@@ -228,7 +223,7 @@ def test_prepare_cityscapes_gives_the_label_tables_train_ids(synth, tmp_path):
         assert (label[-1] == 255).all()  # the "ego vehicle" band: trainId 255
     assert {0, 10, 255} <= seen and seen & {2, 8, 11, 13}  # road, sky, ignore, and some objects
     # Idempotent: a second run writes nothing.
-    again = nlbench("prepare", "cityscapes", "--src", str(root))
+    again = run_cli("prepare", "cityscapes", "--src", str(root))
     assert again.returncode == 0 and "wrote 0" in again.stdout and f"skipped {len(made)}" in again.stdout
     # --dst writes the same files under another root.
     prepare_cityscapes(root, tmp_path / "dst", log=lambda _: None)
@@ -243,7 +238,7 @@ def test_prepare_cityscapes_unknown_label_is_a_clear_error(synth, tmp_path):
     doc = json.loads(json_path.read_text())
     doc["objects"][1]["label"] = "spaceship"
     json_path.write_text(json.dumps(doc))
-    proc = nlbench("prepare", "cityscapes", "--src", str(root))
+    proc = run_cli("prepare", "cityscapes", "--src", str(root))
     assert proc.returncode == 2
     assert str(json_path) in proc.stderr and "objects[1].label" in proc.stderr and "spaceship" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -283,7 +278,7 @@ def test_prepare_voc_converts_sbd_and_writes_mmsegs_aug_list(tmp_path):
         segs[name] = rng.integers(0, 21, size=(6, 9)).astype(np.uint8)
         _sbd_mat(cls / f"{name}.mat", segs[name])
 
-    proc = nlbench("prepare", "voc", "--voc", str(voc), "--sbd", str(sbd))
+    proc = run_cli("prepare", "voc", "--voc", str(voc), "--sbd", str(sbd))
     assert proc.returncode == 0, proc.stderr
     assert "wrote 6 masks" in proc.stdout
     out = voc / "VOC2012" / "SegmentationClassAug"
@@ -293,7 +288,7 @@ def test_prepare_voc_converts_sbd_and_writes_mmsegs_aug_list(tmp_path):
     assert (sets / "aug.txt").read_text() == "2008_000001\n2008_000005\n2008_000009\n"
     assert (sets / "trainaug.txt").read_text().split() == [
         "2007_000001", "2007_000002", "2008_000001", "2008_000005", "2008_000009"]
-    again = nlbench("prepare", "voc", "--voc", str(voc), "--sbd", str(sbd / "dataset"))
+    again = run_cli("prepare", "voc", "--voc", str(voc), "--sbd", str(sbd / "dataset"))
     assert again.returncode == 0 and "wrote 0 masks" in again.stdout and "skipped 6" in again.stdout
     assert "aug.txt unchanged" in again.stdout
     assert aug_lists(["a"], ["b"], ["a", "c"], ["b", "d"]) == (["c", "d"], ["a", "c", "d"])
@@ -322,7 +317,7 @@ def _error(dataset: str, root: Path, split: str = "train", check: bool = True) -
 def test_missing_data_root(tmp_path):
     msg = _error("cityscapes", tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in msg and "data root not found" in msg
-    proc = nlbench("bench-data", RECIPES["ade20k"], "--data-root", str(tmp_path / "nowhere"))
+    proc = run_cli("bench-data", RECIPES["ade20k"], "--data-root", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and str(tmp_path / "nowhere") in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 

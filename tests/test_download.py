@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import VOC_ROW as RECIPE
 from http_server import LoopbackServer
 
 from benchmark.errors import NLBenchError
 from benchmark.mmseg_checkpoint import fetch_released
 from benchmark.recipe import load_recipe
-
-RECIPE = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 
 
 def _recipe(base_url: str, body: bytes, prefix: str = None):

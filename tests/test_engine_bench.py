@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import CITY_ROW as ROW
+from conftest import CITY_SLIDE_ROW as SLIDE_ROW
 
 from benchmark.cli import main as cli_main
 from benchmark.data.synthetic import ensure_dataset
 from benchmark.engine.bench import bench, synthetic_image_size
 from benchmark.recipe import load_recipe
-
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
-SLIDE_ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
 
 
 def test_cpu_bench_on_synthetic_images_when_no_dataset(tmp_path):

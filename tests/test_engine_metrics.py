@@ -94,3 +94,57 @@ def test_display_rounds_to_two_decimals_and_json_has_no_nan():
     safe = json_safe(out)
     json.dumps(safe, allow_nan=False)
     assert safe["per_class"]["z"] == {"IoU": None, "Acc": None}
+
+
+def _confusion(preds, labels, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """(label, prediction) pixel counts over all images, computed here with numpy: pixels labelled
+    ``ignore_index`` left out; a prediction outside the classes lands in an extra last column (the
+    pixel still counts for its label's class, but for no predicted class)."""
+    width = num_classes + 1
+    total = np.zeros((num_classes, width), np.int64)
+    for pred, label in zip(preds, labels):
+        keep = label.ravel() != ignore_index
+        columns = np.minimum(pred.ravel()[keep], num_classes)
+        pairs = label.ravel()[keep].astype(np.int64) * width + columns
+        total += np.bincount(pairs, minlength=num_classes * width).reshape(num_classes, width)
+    return total
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_images_score_what_a_confusion_matrix_gives(seed):
+    """Random label maps with ignored pixels (255), random predictions (some outside the classes),
+    classes that occur rarely or never: the metrics equal those of a confusion matrix summed over the
+    images, taken MMSeg's way (IoU = tp / (row + column - tp), Acc = tp / row; NaN-ignoring means)."""
+    rng = np.random.default_rng(seed)
+    num_classes = int(rng.integers(2, 25))
+    names = [f"c{i}" for i in range(num_classes)]
+    preds, labels = [], []
+    for _ in range(int(rng.integers(1, 5))):
+        shape = tuple(int(s) for s in rng.integers(1, 40, size=2))
+        used = rng.choice(num_classes, size=int(rng.integers(1, num_classes + 1)), replace=False)  # some absent
+        label = rng.choice(used, size=shape).astype(np.uint8)
+        label[rng.random(shape) < rng.random() * 0.5] = 255
+        pred = rng.integers(0, num_classes + 2, size=shape)  # a few beyond the classes count for none
+        preds.append(pred)
+        labels.append(label)
+    metric = SegMetric(names)
+    for pred, label in zip(preds, labels):
+        metric.update(pred, label)
+    out = metric.compute()
+
+    cm = _confusion(preds, labels, num_classes).astype(float)
+    tp, row, col = np.diag(cm[:, :num_classes]), cm.sum(1), cm[:, :num_classes].sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou, acc = tp / (row + col - tp), tp / row
+    if row.sum() == 0:
+        assert math.isnan(out["aAcc"])
+    else:
+        assert out["aAcc"] == pytest.approx(100 * tp.sum() / row.sum(), rel=1e-12)
+    for i, name in enumerate(names):
+        for key, want in (("IoU", iou[i]), ("Acc", acc[i])):
+            got = out["per_class"][name][key]
+            assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(100 * want, rel=1e-12), (name, key)
+    for key, values in (("mIoU", iou), ("mAcc", acc)):
+        present = values[~np.isnan(values)]
+        want = 100 * present.mean() if present.size else math.nan
+        assert (math.isnan(out[key]) and math.isnan(want)) or out[key] == pytest.approx(want, rel=1e-12), key

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CITY_ROW as ROW
 from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
 from benchmark.engine.distributed import DistInfo
 from benchmark.engine.evaluate import evaluate_model
-from benchmark.engine.inference import predict_ms_flip_probs, to_input_tensor
+from benchmark.engine.inference import predict_logits, predict_ms_flip_probs, to_input_tensor
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
-
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 
 
 class Recording(nn.Module):
@@ -64,6 +63,21 @@ def setup():
     return recipe, model, image
 
 
+def _by_hand(model: nn.Module, image: np.ndarray, sizes, undo_flip: bool = True) -> torch.Tensor:
+    """The mean softmax map of the image at each (h, w) in ``sizes`` and its mirror, each resized back
+    to the image (bilinear, align_corners False) and, with ``undo_flip``, the mirror's map flipped back."""
+    h, w = image.shape[:2]
+    total = torch.zeros(model.num_classes, h, w)
+    with torch.no_grad():
+        for sh, sw in sizes:
+            x = to_input_tensor(resize_image(image, (sh, sw)), "cpu")
+            for flip in (False, True):
+                logits = model(x.flip(-1) if flip else x)
+                p = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
+                total += (p.flip(-1) if flip and undo_flip else p)[0]
+    return total / (2 * len(sizes))
+
+
 def test_ms_flip_views_and_average(setup):
     recipe, model, image = setup
     rec = Recording(model, image, recipe)
@@ -78,27 +92,13 @@ def test_ms_flip_views_and_average(setup):
     assert sorted(rec.seen) == sorted(expected_views)
     assert len(rec.seen) == 12 and len(set(sizes)) == 6  # six different scales, each twice
 
-    total = torch.zeros(recipe.model.num_classes, h, w)
-    with torch.no_grad():
-        for sh, sw in sizes:
-            x = to_input_tensor(resize_image(image, (sh, sw)), "cpu")
-            for flip in (False, True):
-                logits = model(x.flip(-1) if flip else x)
-                p = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
-                total += (p.flip(-1) if flip else p)[0]
-    expected = total / 12
+    expected = _by_hand(model, image, sizes)
     assert probs.shape == (recipe.model.num_classes, h, w)
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-6)
     assert torch.allclose(probs.sum(0), torch.ones(h, w), atol=1e-5)
     # Not undoing the flip would give a different map: the check above has teeth.
-    wrong = torch.zeros_like(total)
-    with torch.no_grad():
-        for sh, sw in sizes:
-            x = to_input_tensor(resize_image(image, (sh, sw)), "cpu")
-            for flip in (False, True):
-                p = F.interpolate(model(x.flip(-1) if flip else x), size=(h, w), mode="bilinear").softmax(1)
-                wrong += p[0]
-    assert not torch.allclose(probs, wrong / 12, atol=1e-4)
+    wrong = _by_hand(model, image, sizes, undo_flip=False)
+    assert not torch.allclose(probs, wrong, atol=1e-4)
 
 
 def test_evaluate_model_with_ms_flip_scores_the_averaged_probabilities(setup, tmp_path):
@@ -116,7 +116,16 @@ def test_evaluate_model_with_ms_flip_scores_the_averaged_probabilities(setup, tm
             return self.label
 
     ds = OneImage()
-    ds.label = predict_ms_flip_probs(model, image, recipe, "cpu").argmax(0).numpy().astype(np.uint8)
+    # The label is the argmax of the twelve views' mean built by hand, not of the code under test.
+    h, w = image.shape[:2]
+    sizes = [keep_ratio_size(h, w, (int(96 * r), int(48 * r))) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+    ds.label = _by_hand(model, image, sizes).argmax(0).numpy().astype(np.uint8)
+    # Single-scale, the model disagrees with that label on part of the image, so an evaluation that
+    # ignored ms+flip could not score 100.
+    single = predict_logits(model, image, recipe).argmax(0).numpy()
+    assert (single != ds.label).mean() > 0.01
     info = DistInfo(0, 1, 0, torch.device("cpu"), None)
     out = evaluate_model(model, ds, recipe, info, ms_flip=True, progress=False)
     assert out["aAcc"] == pytest.approx(100.0) and out["num_images"] == 1
+    plain = evaluate_model(model, ds, recipe, info, ms_flip=False, progress=False)
+    assert plain["aAcc"] == pytest.approx(100.0 * (single == ds.label).mean())

@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+from conftest import VOC_ROW as ROW
 
 from benchmark.engine import tensorboard_sink
 from benchmark.engine.mmseg_log import MMSeg0xLogSink
@@ -12,7 +13,6 @@ from benchmark.engine.train import log_sinks, train, train_command
 from benchmark.engine.train_log import JsonLinesSink
 from benchmark.recipe import load_recipe
 
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"  # the smallest smoke crops (48x48)
 SETS = ["schedule.max_iters=4", "schedule.log_interval=1", "schedule.eval_interval=2",
         "schedule.checkpoint_interval=2"]
 TRAIN_TAGS = {f"train/{k}" for k in ("loss", "loss_decode", "loss_aux", "lr", "peak_mem_gb", "time", "data_time")}

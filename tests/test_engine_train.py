@@ -5,7 +5,6 @@ real torch.distributed); the schedules are shrunk with --set so the file stays w
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,22 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import CITY_ROW as ROW
+from conftest import cli_command, cli_env
 
 from benchmark.cli import main as cli_main
 from benchmark.engine.train import iteration_seed, poly_lr, train
 from benchmark.mmseg_checkpoint import load_checkpoint
 from benchmark.recipe import load_recipe
-
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "2")
-    return env
-
 
 # ----------------------------------------------------------------------------- schedule
 
@@ -112,10 +102,10 @@ def test_smoke_training_learns_and_its_checkpoint_evaluates_the_same(tmp_path, c
 
 
 def _train_cmd(work: Path, data_root: Path, max_iters: int, resume: bool = False):
-    cmd = [sys.executable, "-m", "benchmark", "train", ROW, "--profile", "smoke", "--device", "cpu",
-           "--work-dir", str(work), "--data-root", str(data_root),
-           "--set", f"schedule.max_iters={max_iters}", "--set", "schedule.checkpoint_interval=5",
-           "--set", f"schedule.eval_interval={max_iters}", "--set", "schedule.log_interval=5"]
+    cmd = cli_command("train", ROW, "--profile", "smoke", "--device", "cpu", "--work-dir", work,
+                      "--data-root", data_root, "--set", f"schedule.max_iters={max_iters}",
+                      "--set", "schedule.checkpoint_interval=5", "--set", f"schedule.eval_interval={max_iters}",
+                      "--set", "schedule.log_interval=5")
     return cmd + (["--resume"] if resume else [])
 
 
@@ -125,7 +115,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     max_iters = 20
     # Uninterrupted reference run (also writes the synthetic set once).
     ref = tmp_path / "ref"
-    subprocess.run(_train_cmd(ref, data_root, max_iters), check=True, env=_env(), capture_output=True)
+    subprocess.run(_train_cmd(ref, data_root, max_iters), check=True, env=cli_env(), capture_output=True)
     # `nlbench train` keeps the resolved recipe beside the run, --set values applied, as run-all's jobs do.
     saved_text = (ref / "recipe.yaml").read_text()
     saved = yaml.safe_load(saved_text)
@@ -135,7 +125,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     # The same run, killed with SIGKILL as soon as its second checkpoint file exists (latest.pth may
     # still name the first: the kill can land between the two renames, which resume must survive).
     work = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(work, data_root, max_iters), env=_env(),
+    proc = subprocess.Popen(_train_cmd(work, data_root, max_iters), env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (work / "iter_10.pth").exists():
@@ -147,7 +137,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     reached = load_checkpoint(work / "latest.pth")["iteration"]
     assert 5 <= reached < max_iters, "the kill did not land mid-way"
 
-    resumed = subprocess.run(_train_cmd(work, data_root, max_iters, resume=True), env=_env(),
+    resumed = subprocess.run(_train_cmd(work, data_root, max_iters, resume=True), env=cli_env(),
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"continuing from {work / 'latest.pth'} at iteration {reached}" in resumed.stdout
@@ -214,7 +204,7 @@ def test_two_gloo_ranks_hold_identical_weights_after_every_step(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
          str(tmp_path), str(work), str(data_root)],
-        env=_env(), capture_output=True, text=True, timeout=300)
+        env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "plain BatchNorm" in proc.stdout  # SyncBN needs CUDA: said, not hidden
 

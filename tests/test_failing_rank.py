@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import VOC_ROW as ROW
+from conftest import cli_command, cli_env
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 WITHIN_S = 30  # "within seconds": far below gloo's 30 min or NCCL's 10 min
 
 
@@ -37,9 +37,8 @@ def _start(cmd, tmp_path: Path, **extra_env):
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", **extra_env)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        env = cli_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", **extra_env)
         out = open(tmp_path / f"rank{rank}.out", "w")
         err = open(tmp_path / f"rank{rank}.err", "w")
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=err))
@@ -70,10 +69,10 @@ def _stop_line(text: str) -> str:
 
 
 def _train(tmp_path: Path, *extra: str):
-    return [sys.executable, "-m", "benchmark", "train", ROW, "--profile", "smoke", "--device", "cpu",
-            "--work-dir", str(tmp_path / "work"), "--data-root", str(tmp_path / "voc"),
-            "--set", "data.synthetic.train=4", "--set", "data.synthetic.val=1", "--set", "data.crop_size=[32,32]",
-            "--set", "data.imgs_per_gpu=1", "--set", "schedule.log_interval=1", *extra]
+    return cli_command("train", ROW, "--profile", "smoke", "--device", "cpu", "--work-dir", tmp_path / "work",
+                       "--data-root", tmp_path / "voc", "--set", "data.synthetic.train=4",
+                       "--set", "data.synthetic.val=1", "--set", "data.crop_size=[32,32]",
+                       "--set", "data.imgs_per_gpu=1", "--set", "schedule.log_interval=1", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import VOC_ROW as ROW
 
 from benchmark.cli import main as cli_main
 from benchmark.engine.attempts import read_attempts, totals
@@ -27,7 +28,6 @@ from benchmark.mmseg_checkpoint import load_checkpoint
 from benchmark.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 QUIET = lambda _msg: None  # noqa: E731
 
 

@@ -8,6 +8,7 @@ from typing import List
 import numpy as np
 import pytest
 import torch
+from conftest import CITY_ROW as CITY
 from torch import nn
 
 from benchmark.data.resize import keep_ratio_size, resize_image
@@ -24,7 +25,6 @@ from benchmark.engine.inference import (
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
 
-CITY = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 CITY_769 = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
 # The test scales whose resize arithmetic the tests below work out by hand (smoke-size scales, pinned
 # so that a change of the smoke profile's sizes does not change the arithmetic checked).

@@ -1,91 +1,131 @@
-"""Two run-alls into one results folder, and the per-job lock under them (benchmark/run/lock.py):
+"""A run-all against a job another run holds, and the per-job lock under them (benchmark/run/lock.py):
 real processes, real flock, real dead pids."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import VOC_ROW as ROW
+from conftest import cli_command, cli_env
 
 from benchmark.run.lock import Holder, JobHeld, JobLock, lock_path
 from benchmark.run.records import KINDS
 
-REPO = Path(__file__).resolve().parent.parent
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
+HELD_BY = "nlbench run-all (local)"  # what the helper process holding a job says it is
 KEY = f"smoke/{ROW}/seed0"
 TINY = ["schedule.max_iters=2", "schedule.checkpoint_interval=2", "schedule.eval_interval=2", "data.synthetic.train=2",
         "data.synthetic.val=1", "data.crop_size=[32,32]", "data.imgs_per_gpu=1", "test.ms_flip_ratios=[1.0]",
         "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def _wait_for(what, timeout_s: float, proc=None):
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        assert proc is None or proc.poll() is None, "the process ended first"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
+# Takes the lock as the process named by argv[2], says "held", and keeps it until its stdin closes;
+# then it releases the lock (as a run that finished its job would) and says "released".
 _HOLDER = textwrap.dedent("""
-    import sys, time
+    import sys
     from benchmark.run.lock import JobLock
-    lock = JobLock(sys.argv[1], what="test holder").acquire()
+    lock = JobLock(sys.argv[1], what=sys.argv[2]).acquire()
     print("held", flush=True)
-    time.sleep(600)
+    sys.stdin.read()
+    lock.release()
+    print("released", flush=True)
 """)
 
 
-def _holder_process(path: Path):
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True, env=_env())
+def _holder_process(path: Path, what: str = "test holder"):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), what], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=cli_env())
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
-# ----------------------------------------------------------------------------- two run-alls
+def _let_go(holder: subprocess.Popen) -> None:
+    holder.stdin.close()
+    assert holder.stdout.readline().strip() == "released"
+    assert holder.wait(timeout=60) == 0
+
+
+def _read_until(proc: subprocess.Popen, text: str, timeout_s: float = 300) -> str:
+    """The lines ``proc`` prints up to the first that holds ``text`` (a timer kills it if none comes)."""
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                return "".join(lines)
+    finally:
+        timer.cancel()
+    raise AssertionError(f"{text!r} never came; the output was:\n{''.join(lines)}")
+
+
+def _records(results: Path):
+    return sorted(p.name for p in (results / "records" / ROW / "smoke" / "seed0").glob("*.json"))
+
+
+def _run_all_against(holder: subprocess.Popen, cmd, cwd: Path, while_held=lambda: None) -> str:
+    """Start ``cmd`` (a run-all) while ``holder`` holds the job; once it says it waits, call
+    ``while_held``, then let the holder go; returns the run-all's whole output (it must exit 0)."""
+    run = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = _read_until(run, f"{KEY}: waiting for the run that holds it")
+        assert f"held by {HELD_BY}, pid {holder.pid} on {socket.gethostname()}" in out
+        while_held()
+        assert run.poll() is None, out
+        _let_go(holder)
+        out += run.communicate(timeout=600)[0]
+    finally:
+        run.kill()
+        holder.kill()
+    assert run.returncode == 0, out
+    return out
+
+
+# ----------------------------------------------------------------------------- a run-all against a held job
 
 
 @pytest.mark.slow
-def test_two_run_alls_into_one_folder_never_run_a_stage_twice(tmp_path):
-    results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "benchmark", "run-all", "--profile", "smoke", "--filter", ROW, "--results",
-           str(results), *[a for s in TINY for a in ("--set", s)]]
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lock = lock_path(results, KEY)
-    # The second starts once the first holds the job (its pid in the lock file), mid-way through it.
-    _wait_for(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), 300, first)
-    second = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    out_first, _ = first.communicate(timeout=600)
-    out_second, _ = second.communicate(timeout=600)
-    assert first.returncode == 0, out_first
-    assert second.returncode == 0, out_second
+def test_a_run_all_waits_for_the_holder_then_runs_only_what_is_missing(tmp_path):
+    """The other run-all is a helper process that holds the job's lock until told: while it holds it
+    the run-all waits and runs nothing; once free it runs every stage, once. A run-all whose job the
+    holder finishes meanwhile (its records appear while it waits) runs none of its stages."""
+    sets = [a for s in TINY for a in ("--set", s)]
+    first, second = tmp_path / "first", tmp_path / "second"
 
+    def job_log(results: Path) -> Path:
+        return results / "work" / "smoke" / ROW / "seed0" / "job.log"
+
+    def nothing_ran():
+        time.sleep(2)  # two of the waiting run's polls (1 s each): still held, so still nothing may run
+        assert _records(first) == [] and not job_log(first).exists()
+
+    cmd = cli_command("run-all", "--profile", "smoke", "--filter", ROW, "--results", first, *sets)
+    out = _run_all_against(_holder_process(lock_path(first, KEY), HELD_BY), cmd, tmp_path, nothing_ran)
     # Each (row, seed, stage) ran once: one record per stage, one job start in the job's log.
-    records = sorted(p.name.split("-")[0] for p in (results / "records" / ROW / "smoke" / "seed0").glob("*.json"))
-    assert records == sorted(KINDS)
-    log = (results / "work" / "smoke" / ROW / "seed0" / "job.log").read_text()
-    assert log.count("stages to run: train, eval, eval_ms_flip, bench") == 1
-    assert "stages to run: none" not in log
-    # The second said whom it waited for, and that nothing was left for it to do.
-    assert f"held by nlbench run-all (local), pid {first.pid} on {socket.gethostname()}" in out_second
-    assert f"{KEY}: waiting for the run that holds it" in out_second
-    assert f"{KEY}: done by the other run; nothing left to run here" in out_second
-    assert lock.read_text() == ""  # released
+    done = _records(first)
+    assert sorted(name.split("-")[0] for name in done) == sorted(KINDS)
+    assert job_log(first).read_text().count("stages to run: train, eval, eval_ms_flip, bench") == 1
+    assert "done by the other run" not in out and lock_path(first, KEY).read_text() == ""  # released
+
+    def the_holder_finishes():  # its records land while it holds the job (the same recipe, so they count)
+        shutil.copytree(first / "records", second / "records")
+
+    cmd = cli_command("run-all", "--profile", "smoke", "--filter", ROW, "--results", second, *sets)
+    out = _run_all_against(_holder_process(lock_path(second, KEY), HELD_BY), cmd, tmp_path, the_holder_finishes)
+    assert f"{KEY}: done by the other run; nothing left to run here" in out
+    assert _records(second) == done and not job_log(second).exists()  # no stage ran here
+    assert lock_path(second, KEY).read_text() == ""  # released
 
 
 # ----------------------------------------------------------------------------- the lock itself
@@ -129,8 +169,8 @@ def test_a_lock_is_reentrant_in_its_process_and_for_the_children_it_names(tmp_pa
         child = [sys.executable, "-c", "import sys; from benchmark.run.lock import JobLock; "
                  "print(JobLock(sys.argv[1]).acquire().borrowed)", str(path)]
         with held_for_children(outer):
-            assert subprocess.run(child, capture_output=True, text=True, env=_env()).stdout.strip() == "True"
-        proc = subprocess.run(child, capture_output=True, text=True, env=_env())
+            assert subprocess.run(child, capture_output=True, text=True, env=cli_env()).stdout.strip() == "True"
+        proc = subprocess.run(child, capture_output=True, text=True, env=cli_env())
         assert "JobHeld" in proc.stderr  # a child not told holds nothing
     finally:
         outer.release()

@@ -48,6 +48,14 @@ def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, c
         assert _kinds(results, name) == ["bench", "eval", "eval_ms_flip", "train"]
         ev = json.loads(next((results / "records" / name / "smoke" / "seed0").glob("eval-*.json")).read_text())
         assert 0.0 <= ev["metrics"]["mIoU"] <= 100.0 and ev["iterations"] == 8
+        # The figure is the mean IoU over the classes that occur (per_class null: absent), and the eval
+        # stage on the saved checkpoint scores what training's own evaluation at iteration 8 scored.
+        ious = [c["IoU"] for c in ev["metrics"]["per_class"].values() if c["IoU"] is not None]
+        assert ious and ev["metrics"]["mIoU"] == pytest.approx(sum(ious) / len(ious), abs=1e-9)
+        train_log = results / "work" / "smoke" / name / "seed0" / "train.log.jsonl"
+        (at_end,) = [e for e in map(json.loads, train_log.read_text().splitlines())
+                     if e.get("event") == "eval" and e.get("iteration") == 8]
+        assert ev["metrics"]["mIoU"] == pytest.approx(at_end["mIoU"], abs=1e-6)
         assert ev["provenance"]["checkpoint_sha256"]
     assert (tmp_path / "data" / "synthetic").is_dir()
     # run-all ends with each row's figures against the smoke baseline and the verdicts (compare's)

@@ -16,12 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import VOC_ROW as ROW
 
 from benchmark.engine.train import train
 from benchmark.recipe import load_recipe
 
 MMSEG_PYTHON = os.environ.get("NLBENCH_MMSEG_PYTHON")
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 pytestmark = [
     pytest.mark.parity,
     pytest.mark.slow,

@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ADE_ROW as ADE
+from conftest import CITY_ROW as CITY
 
 from benchmark.cli import main as cli_main
 from benchmark.data.classes import PALETTES
@@ -14,9 +16,7 @@ from benchmark.mmseg_checkpoint import save_checkpoint
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
 
-CITY = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 CITY_769 = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
-ADE = "nonlocal_r50-d8_4xb4-80k_ade20k-512x512"
 
 
 def _perturbed(recipe):

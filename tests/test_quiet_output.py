@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import cli_command, cli_env
 from report_helpers import ROW, write_row
 
 from benchmark.catalog import PUBLISHED_CSV
@@ -100,9 +101,8 @@ def test_report_says_once_per_table_what_was_not_compared(tmp_path):
 
 
 def _status(results: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen([sys.executable, "-m", "benchmark", "status", "--results", str(results), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cli_command("status", "--results", results, *extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
 
 
 @pytest.mark.slow  # about 5 s: each refresh is a real status of a real process

@@ -1,13 +1,11 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import CITY_ROW as ROW
+from conftest import run_cli
 
 from benchmark.errors import NLBenchError
 from benchmark.recipe import REPO_ROOT, deep_merge, list_recipe_paths, load_recipe, parse_set_options
-
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 
 
 def test_sixteen_rows_resolve_with_facts():
@@ -80,10 +78,7 @@ def test_bad_files(tmp_path: Path):
 
 
 def test_cli_error_is_one_line_not_a_traceback():
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmark", "show", ROW, "--set", "model.depth=7"],
-        capture_output=True, text=True, cwd=REPO_ROOT,
-    )
+    proc = run_cli("show", ROW, "--set", "model.depth=7", cwd=REPO_ROOT)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "model.depth" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

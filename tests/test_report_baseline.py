@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_cli
 from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
 
 from benchmark.catalog import PUBLISHED_CSV
@@ -223,8 +224,7 @@ def test_gate_flags_refuse_what_they_cannot_mean(tmp_path, capsys, args, message
 
 
 def test_compare_help_names_the_gate_flags():
-    res = subprocess.run([sys.executable, "-m", "benchmark", "compare", "--help"], capture_output=True, text=True,
-                         timeout=60)
+    res = run_cli("compare", "--help")
     assert "--min-seeds N" in res.stdout and "--fail-on {inconclusive}" in res.stdout
     assert "miou_band" in res.stdout
 

@@ -1,19 +1,13 @@
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from conftest import CITY_ROW, run_cli
 from report_helpers import ROW, ROWS, make_record, write_row
 
 from benchmark.errors import NLBenchError
 from benchmark.report.collect import collect
 from benchmark.run.records import write_record
-
-
-def nlbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
 
 
 def test_newest_record_per_kind_wins(tmp_path):
@@ -54,7 +48,7 @@ def test_collect_cli_writes_csv_and_warns_on_stderr(tmp_path):
     bad = tmp_path / "records" / ROW / "full" / "seed0" / "eval-bad.json"
     bad.write_text('{"schema": "nlbench.record/1", "kind": "eval"')
     out = tmp_path / "out" / "summary.csv"
-    res = nlbench("collect", "--results", str(tmp_path), "--out", str(out))
+    res = run_cli("collect", "--results", str(tmp_path), "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert str(bad) in res.stderr and "warning" in res.stderr
     assert "55.00" in res.stdout
@@ -65,7 +59,7 @@ def test_collect_cli_writes_csv_and_warns_on_stderr(tmp_path):
 def test_empty_results_folder_is_a_clear_error(tmp_path):
     with pytest.raises(NLBenchError, match="no result records"):
         collect(tmp_path)
-    res = nlbench("collect", "--results", str(tmp_path))
+    res = run_cli("collect", "--results", str(tmp_path))
     assert res.returncode == 2 and "no result records" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "summary.csv").exists()
 
@@ -86,3 +80,14 @@ def test_train_peak_never_fills_the_published_mem(tmp_path):
     row = collect(tmp_path).summary.iloc[0]
     assert row["mem_gb_mean"] == 1.25 and row["mem_kind"] == "cuda_max_allocated"
     assert row["train_mem_gb_mean"] == 0.57
+
+
+def test_a_record_written_by_hand_in_the_documented_format_counts_like_a_written_one(results_with_records):
+    """Seed 0 written by benchmark.run.records, seed 1 written literally as the schema says: collect
+    reads both (mean of 20 and 30), and so does the CLI in a child process."""
+    row = collect(results_with_records).set_index(["recipe", "profile"]).loc[(CITY_ROW, "smoke")]
+    assert row["seeds"] == "0,1" and row["miou_n"] == 2 and row["miou_mean"] == pytest.approx(25.0)
+    assert (row["miou_min"], row["miou_max"]) == (20.0, 30.0)
+    res = run_cli("collect", "--results", results_with_records)
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
+    assert "25.00" in res.stdout

@@ -1,8 +1,7 @@
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+from conftest import run_cli
 from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
 
 from benchmark.cli import main as cli
@@ -13,10 +12,6 @@ from benchmark.report.references import device_class, load_reference
 
 V100 = "Tesla V100-SXM2-32GB"
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # published 78.57 / 80.29, 12.8 GB, 1.05 fps
-
-
-def nlbench(*args):
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, timeout=120)
 
 
 def run_inproc(capsys, *args):
@@ -32,7 +27,7 @@ def test_cli_exit_1_on_planted_regression_and_0_within_tolerance(tmp_path):
     write_row(ok, recipe=ROW, miou=77.84)
     write_row(ok, recipe=R101_769, seed=0, miou=78.77, ms_flip=80.29)
     write_row(ok, recipe=R101_769, seed=1, miou=78.97, ms_flip=80.29)
-    res = nlbench("compare", "--results", str(ok), "--report", str(tmp_path / "ok.md"))
+    res = run_cli("compare", "--results", str(ok), "--report", str(tmp_path / "ok.md"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS" in res.stdout and "V100" in res.stdout
     assert "reproduced" in (tmp_path / "ok.md").read_text()
@@ -41,7 +36,7 @@ def test_cli_exit_1_on_planted_regression_and_0_within_tolerance(tmp_path):
     write_row(bad, recipe=ROW, miou=78.24)
     write_row(bad, recipe=R101_769, miou=78.57, ms_flip=79.69)
     junit = tmp_path / "compare.xml"
-    res = nlbench("compare", "--results", str(bad), "--junit", str(junit))
+    res = run_cli("compare", "--results", str(bad), "--junit", str(junit))
     assert res.returncode == 1, res.stdout + res.stderr
     assert "FAIL: 1 regression" in res.stdout
     suite = ET.parse(junit).getroot()
@@ -50,7 +45,7 @@ def test_cli_exit_1_on_planted_regression_and_0_within_tolerance(tmp_path):
     failed = [c for c in cases if c.find("failure") is not None]
     assert [(c.get("classname"), c.get("name")) for c in failed] == [(f"nlbench.full.{R101_769}", "miou_ms_flip")]
     # a wider tolerance lets it through
-    assert nlbench("compare", "--results", str(bad), "--tolerance", "0.7").returncode == 0
+    assert run_cli("compare", "--results", str(bad), "--tolerance", "0.7").returncode == 0
 
 
 def verdicts(checks):

@@ -1,5 +1,7 @@
 import json
+import re
 
+from PIL import Image
 from report_helpers import ROW, ROWS, write_row
 
 from benchmark.cli import main as cli
@@ -45,9 +47,30 @@ def test_plots_write_nonempty_png_and_svg(tmp_path, capsys):
         assert len(data) > 5000, name
         if name.endswith(".png"):
             assert data.startswith(b"\x89PNG\r\n\x1a\n")
+            with Image.open(out / name) as image:  # a drawn figure: wider than tall, not one flat colour
+                assert image.width > image.height > 200, name
+                colours = image.convert("RGB").getcolors(maxcolors=1 << 16)  # None: more than that
+                assert colours is None or len(colours) > 16, name
         else:
             assert b"<svg" in data[:2000] and data.rstrip().endswith(b"</svg>")
+    # What each figure shows, from the texts matplotlib writes into the SVG beside each drawn string: the
+    # rows of its profile and none of the other's, the device that measured them, and the seeds' curves.
+    shown = {name: _svg_texts(out / name) for name in names if name.endswith(".svg")}
+    full_row, smoke_row = "CS R-50 512x1024 40k", "CS R-50 769x769 40k"  # ROW and ROWS[9], as the plots label them
+    for kind in ("miou", "memory"):
+        assert full_row in shown[f"{kind}_full.svg"] and smoke_row not in shown[f"{kind}_full.svg"]
+        assert smoke_row in shown[f"{kind}_smoke.svg"] and full_row not in shown[f"{kind}_smoke.svg"]
+    for profile in ("full", "smoke"):
+        for kind in ("miou", "memory", "miou_vs_fps"):
+            assert f"({profile} profile)" in shown[f"{kind}_{profile}.svg"]
+    assert "Tesla V100-SXM2-32GB" in shown["memory_full.svg"] and "on cpu" in shown["memory_smoke.svg"]
+    assert {"R-50 40k seed0", "R-50 40k seed1"} <= set(shown["training_curves_full.svg"].splitlines())
     assert str(out / "miou_full.png") in capsys.readouterr().out
+
+
+def _svg_texts(path) -> str:
+    """The strings a matplotlib SVG draws (it writes each as a comment beside its glyphs), one a line."""
+    return "\n".join(re.findall(r"<!-- (.*?) -->", path.read_text(encoding="utf-8")))
 
 
 def _drawn_ticklabels(axis, limits):

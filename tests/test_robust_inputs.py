@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from conftest import VOC_ROW as ROW
+from conftest import run_cli
 
 from benchmark.data.layouts import build_dataset
 from benchmark.data.loader import train_batches
@@ -15,8 +14,6 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.launch.slurm import load_cluster_profile
 from benchmark.recipe import REPO_ROOT, load_recipe
-
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 
 
 def test_corrupt_image_read_in_a_worker_names_the_file(tmp_path):
@@ -57,10 +54,7 @@ def test_non_utf8_yaml_and_zero_sizes(tmp_path):
 
 
 def test_cli_on_a_missing_recipe_file_is_one_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmark", "show", str(tmp_path / "bin.yaml")],
-        capture_output=True, text=True, cwd=REPO_ROOT,
-    )
+    proc = run_cli("show", tmp_path / "bin.yaml", cwd=REPO_ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 

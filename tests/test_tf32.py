@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CITY_ROW as ROW
 
 from benchmark.recipe import load_recipe
 
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 THIN = ["model.depth=18", "model.stem_channels=8", "model.base_channels=8", "model.decode_head.channels=8",
         "model.auxiliary_head.channels=8", "model.pretrained=null", "data.data_root=no/such/root",
         "bench.warmup_images=0", "bench.total_images=1"]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import CITY_ROW as ROW
 
 from benchmark.engine.steps import LossModel, build_loss_model
 from benchmark.engine.train import train
@@ -15,8 +16,6 @@ from benchmark.engine.train_log import TrainLogger
 from benchmark.errors import NLBenchError
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import load_recipe
-
-ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 
 
 def _logger(lines, read_every=()):
