@@ -85,7 +85,7 @@ def test_train_peak_never_fills_the_published_mem(tmp_path):
 def test_a_record_written_by_hand_in_the_documented_format_counts_like_a_written_one(results_with_records):
     """Seed 0 written by benchmark.run.records, seed 1 written literally as the schema says: collect
     reads both (mean of 20 and 30), and so does the CLI in a child process."""
-    row = collect(results_with_records).set_index(["recipe", "profile"]).loc[(CITY_ROW, "smoke")]
+    row = collect(results_with_records).summary.set_index(["recipe", "profile"]).loc[(CITY_ROW, "smoke")]
     assert row["seeds"] == "0,1" and row["miou_n"] == 2 and row["miou_mean"] == pytest.approx(25.0)
     assert (row["miou_min"], row["miou_max"]) == (20.0, 30.0)
     res = run_cli("collect", "--results", results_with_records)
