@@ -171,9 +171,3 @@ def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cac
                            + "; ".join(failures))
     return fetched
 
-
-def logs_fetch_command(filter: Optional[str] = None, overrides: Sequence[str] = ()) -> int:
-    """`nlbench logs fetch`."""
-    fetched = fetch_logs(filter, overrides)
-    print(f"{len(fetched)} published training log(s) in {log_cache_dir()}")
-    return 0

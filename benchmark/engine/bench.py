@@ -48,15 +48,13 @@ from benchmark.engine.settings import (
     backend_flags,
     memory_format,
     model_config,
-    parse_settings,
     setting,
 )
 from benchmark.engine.steps import autocast, build_loss_model, make_optimizer, make_scaler, train_step
 from benchmark.errors import NLBenchError
-from benchmark.io.files import write_json
 from benchmark.io.jobenv import job_environment
-from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.mmseg_checkpoint import load_weights
+from benchmark.recipe import Recipe
 
 # Aspect ratio (w / h) of a typical image of each dataset, for synthetic stand-ins: Cityscapes is
 # 2048x1024; ADE20K and VOC images are mostly 4:3 landscape.
@@ -339,21 +337,3 @@ def format_bench(result: Dict[str, Any]) -> str:
                             if fast.get("train_step_s") and result.get("train_step_s") else ""))
     return "\n".join(lines)
 
-
-def bench_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", checkpoint: Optional[str] = None,
-                  data_root: Optional[str] = None, json_out: Optional[str] = None, device: str = "auto",
-                  skip_mem: bool = False, settings: str = ",".join(SETTING_NAMES), train_step: bool = False) -> int:
-    """`nlbench bench`: print the figures; ``json_out`` (--json) also writes them to that file."""
-    names = parse_settings(settings)
-    if data_root is not None and not Path(data_root).is_dir():  # asked for, so not silently random images
-        raise NLBenchError("data root not found (leave --data-root out to time random images of the test "
-                           "resolution when there is no dataset)", data_root, "--data-root")
-    resolved = load_recipe(recipe, overrides, profile)
-    path = str(resolve_checkpoint(resolved, checkpoint)) if checkpoint else None
-    result = bench(resolved, checkpoint=path, device=device, data_root=data_root, skip_mem=skip_mem,
-                   settings=names, train_step=train_step)
-    print(format_bench(result))
-    if json_out:
-        write_json(json_out, result)
-        print(f"wrote {json_out}")
-    return 0

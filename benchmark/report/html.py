@@ -32,9 +32,8 @@ from markupsafe import Markup, escape
 
 from benchmark.catalog import load_published, release_links, released_differences, released_table
 from benchmark.curves.reference import reference_kind
-from benchmark.errors import NLBenchError, check_number
+from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
-from benchmark.io.layout import ResultsLayout
 from benchmark.launch.cost import estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
 from benchmark.report.collect import RELEASED, TRAINED, Collected, collect_or_warn, format_stat, of_source
@@ -423,15 +422,4 @@ def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> Li
     except OSError as exc:
         raise NLBenchError(f"cannot write the report: {exc.strerror or exc}", exc.filename or out_dir) from None
     return [path for path, _ in pages]
-
-
-def report_command(results: str = "results", out: Optional[str] = None, tolerance: float = 0.5) -> int:
-    """`nlbench report`: write the HTML report and print where its first page is."""
-    check_number(tolerance, "--tolerance", "tolerance")
-    out_dir = Path(out) if out else ResultsLayout.of(results).report
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NLBenchError("expected a folder for the report's pages, found a file", out_dir, "--out")
-    pages = build_report(Path(results), out_dir, tolerance)
-    print(f"report: {len(pages)} pages in {out_dir}; open {(out_dir / 'index.html').resolve()}")
-    return 0
 

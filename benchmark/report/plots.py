@@ -35,8 +35,6 @@ def row_label(p: pd.Series) -> str:
     return f"{dataset} {p['backbone'].replace('-D8', '')} {p['crop_size']} {int(p['lr_schd']) // 1000}k"
 
 
-
-
 def _reference_for(profile: str) -> Optional[Reference]:
     try:
         return default_references([profile]).get(profile)
@@ -294,12 +292,3 @@ def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None
     return written
 
-
-def plots_command(results: str = "results", out: Optional[str] = None, reference: str = "released") -> int:
-    """`nlbench plots`."""
-    folder = Path(out) if out else ResultsLayout.of(results).plots
-    written = make_plots(results, folder, reference)
-    for path in written:
-        print(path)
-    print(f"{len(written)} files in {folder}")
-    return 0

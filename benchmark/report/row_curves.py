@@ -28,7 +28,6 @@ from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
 from benchmark.curves.reader import Curve, read_curve
 from benchmark.curves.reference import RELEASED, reference_kind, reference_label, resolve_reference
 from benchmark.errors import NLBenchError
-from benchmark.io.files import write_json
 from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 from benchmark.report.figures import save_figure
@@ -289,27 +288,3 @@ def add_junit_cases(suite: ET.Element, rows: Sequence[RowCurves]) -> None:
 
 # ----------------------------------------------------------------------------- the command
 
-
-def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", results: str = "results",
-                   reference: str = RELEASED, out: Optional[str] = None, json_out: Optional[str] = None) -> int:
-    """`nlbench curves`: print each row's checks and eval table, draw its overlay; exit 1 when a row diverged."""
-    recipes = select_recipes(recipe, profile, overrides)
-    single = len(recipes) == 1
-    rows = []
-    for r in recipes:
-        if single or run_logs(Path(results), profile, r.name):
-            rows.append(assess_row(r, Path(results), reference))
-    if not rows:
-        raise NLBenchError(f"no training logs of the {profile} profile for {recipe!r}",
-                           ResultsLayout.of(results).profile_work(profile), "--results")
-    out_dir = Path(out) if out else ResultsLayout.of(results).plots
-    written = write_overlays(rows, out_dir)
-    for row in rows:
-        print(format_row(row))
-        print(f"  overlay: {', '.join(str(p) for p in written if overlay_stem(row) in p.name)}\n")
-    diverged = [r for r in rows if r.verdict == DIVERGED]
-    print(f"{len(rows)} row(s): " + ", ".join(f"{sum(r.verdict == v for r in rows)} {v}"
-                                              for v in ("on track", "drifting", "diverged")))
-    if json_out:
-        write_json(Path(json_out), {"rows": [row_json(r) for r in rows], "diverged": len(diverged)})
-    return 1 if diverged else 0
