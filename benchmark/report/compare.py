@@ -444,12 +444,19 @@ def _check_options(tolerance: float, method: str, assumed_std: float, min_seeds:
         raise NLBenchError("only the ci method counts seeds and has inconclusive verdicts: add --method ci", key=flag)
 
 
-def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,  # noqa: PLR0913
-                    junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
-                    assumed_std: float = SEED_STD_MIOU, curves: bool = False,
-                    curves_reference: str = "released", min_seeds: Optional[int] = None,
-                    fail_on: Optional[str] = None) -> int:
-    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
+@dataclass(frozen=True)
+class Comparison:
+    """What `nlbench compare` shows (its console text) and its exit status."""
+    text: str
+    code: int
+
+
+def comparison(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,  # noqa: PLR0913
+               junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
+               assumed_std: float = SEED_STD_MIOU, curves: bool = False,
+               curves_reference: str = "released", min_seeds: Optional[int] = None,
+               fail_on: Optional[str] = None) -> Comparison:
+    """`nlbench compare`: the verdicts (and the reports written); status 1 on a regression, or with
     ``curves`` also when a row's training curves diverged from its reference curve (report/row_curves.py).
     ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
     _check_options(tolerance, method, assumed_std, min_seeds, fail_on)
@@ -469,28 +476,28 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     outcome = ((strict or _outcome(every, method))
                + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else ""))
     verdicts = CI_TALLY + ((TOO_FEW_SEEDS,) if min_seeds else ()) if method == "ci" else VERDICTS
-    print("\n".join(header))
+    console = ["\n".join(header)]
     body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
     for source, checks in sections:
         shown = [c for c in checks if c.verdict != "skipped"]  # the skipped ones: one line per reason
         table, tally = _table(shown, method, tolerance), _tally(checks, verdicts)
         if source == RELEASED:
-            print(f"\n{RELEASED_TITLE}")
+            console.append(f"\n{RELEASED_TITLE}")
             body += ["", "## Released checkpoints", "", RELEASED_TITLE]
         folded = _not_compared(checks)
-        print("\n".join([table, *folded, tally]))
+        console.append("\n".join([table, *folded, tally]))
         body += ["", table, "", *[f"- {line}" for line in folded], *([""] if folded else []), tally]
     if curves:
-        print(f"\n{curve_text}")
+        console.append(f"\n{curve_text}")
         body += ["", "## Curves", "", curve_text]
     reasons = failure_lines(every, failing)
-    print("\n".join([*reasons, outcome]))
+    console.append("\n".join([*reasons, outcome]))
     if report:
         atomic_write_text(Path(report), "\n".join(body + ["", *[f"- {line}" for line in reasons], "",
                                                            f"**{outcome}**", ""]))
     if junit:
         write_junit(Path(junit), every, method, tolerance, curve_rows, failing)
-    return 1 if any(c.verdict in failing for c in every) or diverged else 0
+    return Comparison("\n".join(console), 1 if any(c.verdict in failing for c in every) or diverged else 0)
 
 
 def _curves_section(results: str, profiles: List[str], reference: str):
