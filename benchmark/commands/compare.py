@@ -6,6 +6,7 @@ import argparse
 from typing import Optional
 
 from benchmark.commands.arguments import results_arguments
+from benchmark.commands.console import warn
 from benchmark.report.compare import comparison
 from benchmark.stats import SEED_STD_MIOU
 
@@ -48,6 +49,6 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
     ``curves`` also when a row's training curves diverged from its reference curve (report/row_curves.py).
     ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
     verdicts = comparison(results, tolerance, report, junit, reference, method, assumed_std, curves,
-                          curves_reference, min_seeds, fail_on)
+                          curves_reference, min_seeds, fail_on, warn=warn)
     print(verdicts.text)
     return verdicts.code

@@ -20,6 +20,6 @@ def logs_arguments(p: argparse.ArgumentParser) -> None:
 
 def logs_fetch_command(filter: Optional[str] = None, overrides: Sequence[str] = ()) -> int:
     """`nlbench logs fetch`."""
-    fetched = fetch_logs(filter, overrides)
+    fetched = fetch_logs(filter, overrides, log=print)
     print(f"{len(fetched)} published training log(s) in {log_cache_dir()}")
     return 0

@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from benchmark.catalog import load_published
 from benchmark.commands.arguments import overrides_arguments, results_arguments
+from benchmark.commands.console import warn
 from benchmark.curves.checks import DIVERGED
 from benchmark.curves.reference import RELEASED
 from benchmark.errors import NLBenchError, check_number
@@ -39,7 +40,7 @@ def collect_arguments(p: argparse.ArgumentParser) -> None:
 
 def collect_command(results: str = "results", out: Optional[str] = None) -> int:
     """`nlbench collect`: write the summary CSV and print it."""
-    collected = collect_or_warn(results)
+    collected = collect_or_warn(results, warn)
     summary = collected.summary
     target = Path(out) if out else ResultsLayout.of(results).summary_csv
     atomic_write_text(target, summary.to_csv(index=False, float_format="%.6g"))
@@ -98,7 +99,7 @@ def tables_command(results: str = "results", readme: str = "README.md", check: b
         blocks = [f"### {dataset}\n\n{text}\n" for dataset, text in published_tables(table).items()]
         print("\n".join(blocks), end="")
         return 0
-    summary = collect_or_warn(results).summary
+    summary = collect_or_warn(results, warn).summary
     tables_md = ResultsLayout.of(results).tables_md
     label = shown_path(results, Path.cwd())  # as the command line names it from here, on any machine
     standalone = results_markdown(summary, table, label, tables_md.resolve().parent)
@@ -129,7 +130,7 @@ def _metafile_command(results: str, published: pd.DataFrame, target: Path, other
     if other_mode:
         raise NLBenchError("--metafile writes the reproduced results; it does not combine with --check or "
                            "--published", key="--metafile")
-    collected = collect_or_warn(results)
+    collected = collect_or_warn(results, warn)
     document = metafile(collected.summary, published, collected.newest, Path(results))
     write_metafile(target, document)
     print(f"metafile: {target} ({len(document['Models'])} models, MMSegmentation 1.x model-index layout)")
@@ -147,7 +148,7 @@ def plots_arguments(p: argparse.ArgumentParser) -> None:
 def plots_command(results: str = "results", out: Optional[str] = None, reference: str = "released") -> int:
     """`nlbench plots`."""
     folder = Path(out) if out else ResultsLayout.of(results).plots
-    written = make_plots(results, folder, reference)
+    written = make_plots(results, folder, reference, warn)
     for path in written:
         print(path)
     print(f"{len(written)} files in {folder}")
@@ -167,7 +168,7 @@ def report_command(results: str = "results", out: Optional[str] = None, toleranc
     out_dir = Path(out) if out else ResultsLayout.of(results).report
     if out_dir.exists() and not out_dir.is_dir():
         raise NLBenchError("expected a folder for the report's pages, found a file", out_dir, "--out")
-    pages = build_report(Path(results), out_dir, tolerance)
+    pages = build_report(Path(results), out_dir, tolerance, warn)
     print(f"report: {len(pages)} pages in {out_dir}; open {(out_dir / 'index.html').resolve()}")
     return 0
 
@@ -192,7 +193,7 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
     rows = []
     for r in recipes:
         if single or run_logs(Path(results), profile, r.name):
-            rows.append(assess_row(r, Path(results), reference))
+            rows.append(assess_row(r, Path(results), reference, warn=warn))
     if not rows:
         raise NLBenchError(f"no training logs of the {profile} profile for {recipe!r}",
                            ResultsLayout.of(results).profile_work(profile), "--results")

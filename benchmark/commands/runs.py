@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmark.commands.arguments import overrides_arguments, results_arguments
+from benchmark.commands.console import warn
 from benchmark.errors import NLBenchError
 from benchmark.io.layout import ResultsLayout
 from benchmark.launch.run_all import RunAllOptions, planned_rows, run_all
@@ -50,7 +51,7 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
                             checkpoint=checkpoint, parallel=parallel)
     campaign = run_all(options, log=print)
     if campaign.records is not None:
-        print(rows_verdicts(campaign.records, planned_rows(campaign.plan)))
+        print(rows_verdicts(campaign.records, planned_rows(campaign.plan), warn))
     return campaign.code
 
 
@@ -63,10 +64,6 @@ def status_arguments(p: argparse.ArgumentParser) -> None:
                    help="--watch: seconds between refreshes (default 10)")
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def status_command(results: str = "results", watch: bool = False, interval: float = 10.0) -> int:
     """`nlbench status`; ``watch``: print the table again every ``interval`` seconds until every row is
     final (done, failed or diverged), then exit 0 when all are done, 1 otherwise."""
@@ -74,7 +71,7 @@ def status_command(results: str = "results", watch: bool = False, interval: floa
     if not ResultsLayout(folder).runs.is_dir():
         raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
     if not watch:
-        print(format_status(status_rows(folder, warn=_stderr), folder))
+        print(format_status(status_rows(folder, warn=warn), folder))
         return 0
     if not interval > 0:
         raise NLBenchError(f"expected a number of seconds above 0, got {interval}", key="--interval")
@@ -87,7 +84,7 @@ def _watch(folder: Path, interval: float) -> int:
     tty = sys.stdout.isatty()
     first = True
     while True:
-        rows = status_rows(folder, warn=_stderr if first else None)
+        rows = status_rows(folder, warn=warn if first else None)
         final = all(r["state"] in FINAL for r in rows)
         stamp = time.strftime("%H:%M:%S")
         head = (f"nlbench status {folder} at {stamp}: " + ("every row is final" if final else

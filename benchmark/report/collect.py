@@ -10,10 +10,9 @@ checkpoints nlbench trained ("trained"); the two are never averaged together.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import pandas as pd
 
@@ -141,16 +140,15 @@ def collect(results: Union[str, Path, RecordStore], known_recipes: Optional[Iter
     return Collected(summarize(per_seed), per_seed, newest, store.warnings, len(store.records))
 
 
-def collect_or_warn(results: Union[str, Path, RecordStore]) -> Collected:
-    """``collect`` for the CLI verbs: skipped-record warnings go to stderr, one line each."""
+Warn = Callable[[str], None]  # told each warning line (the commands print them to stderr)
+
+
+def collect_or_warn(results: Union[str, Path, RecordStore], warn: Warn) -> Collected:
+    """``collect`` for the CLI verbs: each skipped record is one warning line for ``warn``."""
     collected = collect(results)
-    print_warnings(collected.warnings)
+    for line in collected.warnings:
+        warn(f"warning: {line}")
     return collected
-
-
-def print_warnings(warnings: List[str]) -> None:
-    for line in warnings:
-        print(f"warning: {line}", file=sys.stderr)
 
 
 def format_stat(mean: float, std: float, n: int, digits: int) -> str:
