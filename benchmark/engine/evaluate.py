@@ -16,11 +16,14 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from benchmark.data.classes import CLASS_NAMES
 from benchmark.engine import distributed
 from benchmark.engine.distributed import DistInfo, device_info
+from benchmark.engine.inference import predict_logits, predict_ms_flip_probs
 from benchmark.engine.metrics import SegMetric
 from benchmark.engine.open_data import open_split
 from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
+from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import Recipe
 
 
@@ -28,8 +31,6 @@ def image_scores(model: nn.Module, image, recipe: Recipe, device: torch.device, 
     """(C, H, W) scores of one val image whose argmax evaluation scores: the logits of the recipe's
     test pipeline and mode (in its layout: NCHW unless runtime.channels_last), or the ms+flip
     probabilities."""
-    from benchmark.engine.inference import predict_logits, predict_ms_flip_probs
-
     if ms_flip:
         return predict_ms_flip_probs(model, image, recipe, device)
     return predict_logits(model, image, recipe, device)
@@ -39,8 +40,6 @@ def image_scores(model: nn.Module, image, recipe: Recipe, device: torch.device, 
 def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms_flip: bool = False,
                    progress: bool = True) -> Dict[str, Any]:
     """Metrics of ``model`` (already on ``info.device``, in eval mode) over ``dataset``, in percent."""
-    from benchmark.data.classes import CLASS_NAMES
-
     metric = SegMetric(CLASS_NAMES[recipe.data.dataset])
     indices = range(info.rank, len(dataset), info.world_size)
     bar = None
@@ -70,8 +69,6 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
     Returns the metrics at the top level ({"aAcc", "mIoU", "mAcc", "per_class"}, percent, full
     precision) plus what a record needs: num_images, wall_time_s, ms_flip, checkpoint and the device facts.
     """
-    from benchmark.models.segmentor import build_segmentor
-
     started = time.perf_counter()
     info = distributed.init_distributed(device)
     distributed.use_runtime(recipe.runtime, info.device)

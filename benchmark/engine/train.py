@@ -37,6 +37,8 @@ import torch
 from torch import nn
 
 from benchmark.data.layouts import SegDataset
+from benchmark.data.loader import train_batches
+from benchmark.data.transforms import build_train_pipeline
 from benchmark.engine import distributed
 from benchmark.engine.attempts import AttemptLedger
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
@@ -44,11 +46,13 @@ from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.guard import Guard
 from benchmark.engine.mmseg_log import MMSEG_LOG_NAME, MMSeg0xLogSink
 from benchmark.engine.open_data import open_split
+from benchmark.engine.pretrained import load_backbone_weights, resolve_pretrained
 from benchmark.engine.steps import build_loss_model, make_optimizer, make_scaler, train_step
 from benchmark.engine.tensorboard_sink import tensorboard_sink
 from benchmark.engine.train_checkpoints import LATEST, Checkpointer, has_checkpoint, read_resume_state, restore
 from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
 from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
+from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import Recipe, published_recipe
 
 __all__ = ["LATEST", "iteration_seed", "poly_lr", "train"]
@@ -95,8 +99,6 @@ class Training:
 
 def _load_pretrained(model: nn.Module, source: str, info: DistInfo, log: Log) -> None:
     """Backbone from ImageNet weights; rank 0 downloads, the others read the cached file."""
-    from benchmark.engine.pretrained import load_backbone_weights, resolve_pretrained
-
     path = resolve_pretrained(source) if info.is_main else None
     distributed.barrier()
     path = path or resolve_pretrained(source)
@@ -106,8 +108,6 @@ def _load_pretrained(model: nn.Module, source: str, info: DistInfo, log: Log) ->
 
 
 def _build_model(recipe: Recipe, info: DistInfo, resuming: bool, log: Log) -> Tuple[nn.Module, torch.memory_format]:
-    from benchmark.models.segmentor import build_segmentor
-
     torch.manual_seed(recipe.runtime.seed)  # same initial weights everywhere (DDP would broadcast rank 0's anyway)
     model = build_segmentor(recipe.model)
     if recipe.model.pretrained and not resuming:
@@ -178,9 +178,6 @@ def _announce(recipe: Recipe, info: DistInfo, log: Log) -> int:
 
 
 def _batches(recipe: Recipe, run: Training, info: DistInfo) -> Batches:
-    from benchmark.data.loader import train_batches
-    from benchmark.data.transforms import build_train_pipeline
-
     data, rt = recipe.data, recipe.runtime
     return train_batches(run.train_set, build_train_pipeline(data), data.imgs_per_gpu, rt.seed, info.rank,
                          info.world_size, run.start_iter, data.workers_per_gpu,

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tabulate import tabulate
 
 from benchmark.data.layouts import build_dataset
 from benchmark.data.synthetic import write_synthetic
@@ -325,8 +326,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    from tabulate import tabulate
-
     return tabulate([[_fmt(c) for c in r] for r in rows], headers=headers, tablefmt="github", disable_numparse=True)
 
 
