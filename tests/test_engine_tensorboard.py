@@ -7,9 +7,10 @@ import sys
 import pytest
 from conftest import VOC_ROW as ROW
 
+from benchmark.commands.train import train_command
 from benchmark.engine import tensorboard_sink
 from benchmark.engine.mmseg_log import MMSeg0xLogSink
-from benchmark.engine.train import log_sinks, train, train_command
+from benchmark.engine.train import log_sinks, train
 from benchmark.engine.train_log import JsonLinesSink
 from benchmark.recipe import load_recipe
 

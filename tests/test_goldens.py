@@ -72,7 +72,7 @@ def test_fast_is_a_named_option_beside_the_default(tmp_path, capsys):
     import torch
     from golden_figures import WHOLE_RECIPE, thin_overrides
 
-    from benchmark.engine.predict import predict_command
+    from benchmark.commands.evaluate import predict_command
     from benchmark.engine.settings import fast_recipe
     from benchmark.recipe import load_recipe
 

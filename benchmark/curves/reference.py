@@ -17,7 +17,7 @@ the pin is refused (the published file changed, or the cache was tampered with).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from benchmark.catalog import select_recipe_paths
 from benchmark.curves.reader import Curve, read_curve, read_file
@@ -149,8 +149,9 @@ def reference_curve(recipe: Recipe, spec: Optional[str] = RELEASED, offline: boo
 
 
 def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cache_dir: Optional[PathLike] = None,
-               progress: bool = True) -> List[Path]:
-    """Every matching row's published log into the cache; one NLBenchError naming each failure."""
+               progress: bool = True, log: Callable[[str], None] = print) -> List[Path]:
+    """Every matching row's published log into the cache; one NLBenchError naming each failure.
+    ``log`` is told each log fetched, and where its last iteration falls short (as train's log)."""
     fetched, failures = [], []
     for path in select_recipe_paths(pattern):
         recipe = load_recipe(path, overrides)
@@ -160,10 +161,10 @@ def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cac
             failures.append(f"{recipe.name}: {exc}")
             continue
         curve = read_curve(target, recipe.schedule.eval_interval, recipe.schedule.max_iters)
-        print(f"{recipe.name}: {target} (sha256 {file_sha256(target)[:12]}..., {len(curve.train)} train and "
+        log(f"{recipe.name}: {target} (sha256 {file_sha256(target)[:12]}..., {len(curve.train)} train and "
               f"{len(curve.evals)} evaluation lines)")
         if curve.last_iteration != recipe.schedule.max_iters:
-            print(f"  note: the log ends at iteration {curve.last_iteration}; the row's schedule has "
+            log(f"  note: the log ends at iteration {curve.last_iteration}; the row's schedule has "
                   f"{recipe.schedule.max_iters}")
         fetched.append(target)
     if failures:
@@ -171,9 +172,3 @@ def fetch_logs(pattern: Optional[str] = None, overrides: Sequence[str] = (), cac
                            + "; ".join(failures))
     return fetched
 
-
-def logs_fetch_command(filter: Optional[str] = None, overrides: Sequence[str] = ()) -> int:
-    """`nlbench logs fetch`."""
-    fetched = fetch_logs(filter, overrides)
-    print(f"{len(fetched)} published training log(s) in {log_cache_dir()}")
-    return 0

@@ -180,14 +180,3 @@ def prepare_voc(voc: Path, sbd: Path, log=print) -> Tuple[int, int]:
             log(f"voc: wrote {path} ({len(names)} images)")
     return written, skipped
 
-
-def prepare_cityscapes_command(src: str, dst: Optional[str] = None) -> int:
-    """`nlbench prepare cityscapes`."""
-    prepare_cityscapes(Path(src), Path(dst) if dst else None)
-    return 0
-
-
-def prepare_voc_command(voc: str, sbd: str) -> int:
-    """`nlbench prepare voc`."""
-    prepare_voc(Path(voc), Path(sbd))
-    return 0

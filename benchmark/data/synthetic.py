@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -286,18 +285,3 @@ def ensure_dataset(data_cfg: DataConfig, data_root: Optional[Union[str, Path]] =
             raise
     return root
 
-
-def _parse_size(text: str) -> Tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise NLBenchError(f"--size expects HxW, e.g. 64x128; got {text!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def synth_command(dataset: str, out: str, train: int = 8, val: int = 4, size: str = "64x128", seed: int = 0) -> int:
-    """`nlbench synth`."""
-    size_hw = _parse_size(size)
-    root = write_synthetic(dataset, out, train, val, size_hw, seed)
-    print(f"synth: wrote a {dataset} set ({train} train, {val} val, {size_hw[0]}x{size_hw[1]}, "
-          f"seed {seed}) to {root}")
-    return 0

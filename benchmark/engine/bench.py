@@ -40,7 +40,9 @@ import torch
 import torch.distributed as dist
 
 from benchmark.data.layouts import build_dataset
+from benchmark.data.resize import keep_ratio_size, resize_image
 from benchmark.engine.distributed import PeakMemory, device_info, resolve_device, use_runtime
+from benchmark.engine.inference import infer, resize_logits, to_input_tensor
 from benchmark.engine.settings import (
     PUBLISHED,
     SETTING_NAMES,
@@ -48,15 +50,14 @@ from benchmark.engine.settings import (
     backend_flags,
     memory_format,
     model_config,
-    parse_settings,
     setting,
 )
 from benchmark.engine.steps import autocast, build_loss_model, make_optimizer, make_scaler, train_step
 from benchmark.errors import NLBenchError
-from benchmark.io.files import write_json
 from benchmark.io.jobenv import job_environment
-from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.mmseg_checkpoint import load_weights
+from benchmark.models.segmentor import build_segmentor
+from benchmark.recipe import Recipe
 
 # Aspect ratio (w / h) of a typical image of each dataset, for synthetic stand-ins: Cityscapes is
 # 2048x1024; ADE20K and VOC images are mostly 4:3 landscape.
@@ -74,8 +75,6 @@ def _sync(device: torch.device) -> None:
 
 def synthetic_image_size(recipe: Recipe) -> Tuple[int, int]:
     """(h, w) of a stand-in image already at the test resolution (the test resize is then a no-op)."""
-    from benchmark.data.resize import keep_ratio_size
-
     short = min(recipe.data.img_scale)
     return keep_ratio_size(short, int(round(short * _TYPICAL_ASPECT[recipe.data.dataset])), recipe.data.img_scale)
 
@@ -103,9 +102,6 @@ def measure_fps(model: torch.nn.Module, recipe: Recipe, device: torch.device, im
                 warmup: int, chosen: Setting = PUBLISHED) -> Dict[str, Any]:
     """Time input copy + forward + resize back (+ softmax) + argmax per image (see the module
     docstring); model in eval mode, in ``chosen``'s attention, precision and layout."""
-    from benchmark.data.resize import keep_ratio_size, resize_image
-    from benchmark.engine.inference import infer, resize_logits, to_input_tensor
-
     align_corners = bool(getattr(model, "align_corners", False))
     timed, seconds = 0, 0.0
     image_hw = input_hw = None
@@ -172,8 +168,6 @@ def measure_train_memory(recipe: Recipe, device: torch.device, iters: int, seed:
     """Peak memory over ``iters`` training iterations at the per-GPU batch and crop (random data),
     in ``chosen``'s setting (DDP at world size 1 when it says so). ``step_iters`` = (warm-up, timed):
     also the median seconds of the timed iterations and the peak memory over them."""
-    from benchmark.models.segmentor import build_segmentor
-
     torch.manual_seed(seed)
     model = build_segmentor(model_config(recipe, chosen))
     fmt = memory_format(chosen)
@@ -228,8 +222,6 @@ def measure_setting(recipe: Recipe, chosen: Setting, device: torch.device, check
                     train_step: bool = False) -> Dict[str, Any]:
     """fps, inference peak, Mem (unless ``skip_mem``) and, with ``train_step``, the training step,
     all in ``chosen``'s setting (its backend flags set for the duration)."""
-    from benchmark.models.segmentor import build_segmentor
-
     cfg = recipe.bench
     with backend_flags(chosen):
         torch.manual_seed(recipe.runtime.seed)
@@ -339,21 +331,3 @@ def format_bench(result: Dict[str, Any]) -> str:
                             if fast.get("train_step_s") and result.get("train_step_s") else ""))
     return "\n".join(lines)
 
-
-def bench_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", checkpoint: Optional[str] = None,
-                  data_root: Optional[str] = None, json_out: Optional[str] = None, device: str = "auto",
-                  skip_mem: bool = False, settings: str = ",".join(SETTING_NAMES), train_step: bool = False) -> int:
-    """`nlbench bench`: print the figures; ``json_out`` (--json) also writes them to that file."""
-    names = parse_settings(settings)
-    if data_root is not None and not Path(data_root).is_dir():  # asked for, so not silently random images
-        raise NLBenchError("data root not found (leave --data-root out to time random images of the test "
-                           "resolution when there is no dataset)", data_root, "--data-root")
-    resolved = load_recipe(recipe, overrides, profile)
-    path = str(resolve_checkpoint(resolved, checkpoint)) if checkpoint else None
-    result = bench(resolved, checkpoint=path, device=device, data_root=data_root, skip_mem=skip_mem,
-                   settings=names, train_step=train_step)
-    print(format_bench(result))
-    if json_out:
-        write_json(json_out, result)
-        print(f"wrote {json_out}")
-    return 0

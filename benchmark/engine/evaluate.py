@@ -11,26 +11,26 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
+from benchmark.data.classes import CLASS_NAMES
 from benchmark.engine import distributed
 from benchmark.engine.distributed import DistInfo, device_info
-from benchmark.engine.metrics import SegMetric, format_metrics
+from benchmark.engine.inference import predict_logits, predict_ms_flip_probs
+from benchmark.engine.metrics import SegMetric
 from benchmark.engine.open_data import open_split
-from benchmark.io.files import write_json
 from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.models.segmentor import build_segmentor
+from benchmark.recipe import Recipe
 
 
 def image_scores(model: nn.Module, image, recipe: Recipe, device: torch.device, ms_flip: bool = False) -> torch.Tensor:
     """(C, H, W) scores of one val image whose argmax evaluation scores: the logits of the recipe's
     test pipeline and mode (in its layout: NCHW unless runtime.channels_last), or the ms+flip
     probabilities."""
-    from benchmark.engine.inference import predict_logits, predict_ms_flip_probs
-
     if ms_flip:
         return predict_ms_flip_probs(model, image, recipe, device)
     return predict_logits(model, image, recipe, device)
@@ -40,8 +40,6 @@ def image_scores(model: nn.Module, image, recipe: Recipe, device: torch.device, 
 def evaluate_model(model: nn.Module, dataset, recipe: Recipe, info: DistInfo, ms_flip: bool = False,
                    progress: bool = True) -> Dict[str, Any]:
     """Metrics of ``model`` (already on ``info.device``, in eval mode) over ``dataset``, in percent."""
-    from benchmark.data.classes import CLASS_NAMES
-
     metric = SegMetric(CLASS_NAMES[recipe.data.dataset])
     indices = range(info.rank, len(dataset), info.world_size)
     bar = None
@@ -71,8 +69,6 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
     Returns the metrics at the top level ({"aAcc", "mIoU", "mAcc", "per_class"}, percent, full
     precision) plus what a record needs: num_images, wall_time_s, ms_flip, checkpoint and the device facts.
     """
-    from benchmark.models.segmentor import build_segmentor
-
     started = time.perf_counter()
     info = distributed.init_distributed(device)
     distributed.use_runtime(recipe.runtime, info.device)
@@ -94,32 +90,3 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
     })
     return metrics
 
-
-def eval_command(recipe: str, checkpoint: str, overrides: Sequence[str] = (), profile: str = "full",
-                 ms_flip: bool = False, data_root: Optional[str] = None, json_out: Optional[str] = None,
-                 device: str = "auto", fast: bool = False) -> int:
-    """`nlbench eval`: print the metrics; ``json_out`` (--json) also writes them to that file; ``fast``:
-    the fast setting's inference choices (engine/settings.py), not MMSeg's arithmetic."""
-    resolved = load_recipe(recipe, overrides, profile)
-    if fast:
-        from benchmark.engine.settings import fast_recipe
-
-        resolved = fast_recipe(resolved, distributed.resolve_device(device))
-    try:
-        result = evaluate(resolved, checkpoint, ms_flip=ms_flip, data_root=data_root, device=device)
-        is_main = distributed.get_rank() == 0
-    except (Exception, KeyboardInterrupt) as exc:
-        distributed.report_failure(exc)
-        raise
-    finally:
-        distributed.cleanup()
-    if not is_main:
-        return 0
-    mode = ("ms+flip" if ms_flip else "single scale") + (", fast setting" if fast else "")
-    print(f"{resolved.name} [{resolved.profile}], {mode}, {result['num_images']} val images, "
-          f"checkpoint {result['checkpoint']}")
-    print(format_metrics(result))
-    if json_out:
-        write_json(json_out, {k: result[k] for k in ("aAcc", "mIoU", "mAcc", "per_class")})
-        print(f"wrote {json_out}")
-    return 0

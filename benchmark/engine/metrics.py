@@ -23,6 +23,7 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from benchmark.engine import distributed
 from benchmark.recipe import IGNORE_INDEX
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -72,8 +73,6 @@ class SegMetric:
 
     def all_reduce(self, device: Optional[torch.device] = None) -> None:
         """Sum the areas (and image counts) of every rank; a no-op outside torch.distributed."""
-        from benchmark.engine import distributed
-
         if distributed.get_world_size() == 1:
             return
         # nccl reduces CUDA tensors only; gloo takes CPU ones.

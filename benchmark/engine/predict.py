@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -18,14 +18,13 @@ import torch
 
 from benchmark.data.classes import PALETTES
 from benchmark.data.layouts import read_image_file
-from benchmark.engine.distributed import resolve_device, use_tf32
+from benchmark.engine.distributed import use_tf32
 from benchmark.engine.inference import predict_logits
-from benchmark.engine.settings import fast_recipe
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes
-from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
+from benchmark.mmseg_checkpoint import load_weights
 from benchmark.models.segmentor import build_segmentor
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.recipe import Recipe
 
 
 def colorize(pred: np.ndarray, dataset: str) -> np.ndarray:
@@ -80,23 +79,3 @@ def check_target(path: Path, flag: str) -> None:
     if existing is not None and not existing.is_dir():
         raise NLBenchError(f"cannot write: {existing} is a file, not a folder", path, flag)
 
-
-def predict_command(recipe: str, checkpoint: str, image: str, out: str, logits: Optional[str] = None,
-                    overrides: Sequence[str] = (), profile: str = "full", device: str = "auto",
-                    fast: bool = False) -> int:
-    """`nlbench predict` (``fast``: the fast setting's inference choices, engine/settings.py)."""
-    resolved = load_recipe(recipe, overrides, profile)
-    dev = resolve_device(device)
-    if fast:
-        resolved = fast_recipe(resolved, dev)
-    logits_out = Path(logits) if logits else None
-    check_target(Path(out), "--out")
-    if logits_out is not None:
-        check_target(logits_out, "--logits")
-    summary = predict(resolved, resolve_checkpoint(resolved, checkpoint), Path(image), Path(out), logits_out, dev)
-    shape = f"{summary['classes']}x{summary['height']}x{summary['width']}"
-    extra = f", logits {shape} -> {logits_out}" if logits_out else ""
-    setting = "fast setting" if fast else "MMSeg's arithmetic"
-    print(f"{image}: {summary['width']}x{summary['height']}, {resolved.test.mode} inference on {dev} ({setting}) "
-          f"in {summary['seconds']:.2f} s -> {out}{extra}")
-    return 0

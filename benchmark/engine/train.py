@@ -30,13 +30,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from benchmark.data.layouts import SegDataset
+from benchmark.data.loader import train_batches
+from benchmark.data.transforms import build_train_pipeline
 from benchmark.engine import distributed
 from benchmark.engine.attempts import AttemptLedger
 from benchmark.engine.distributed import DistInfo, PeakMemory, device_info
@@ -44,15 +46,16 @@ from benchmark.engine.evaluate import evaluate_model
 from benchmark.engine.guard import Guard
 from benchmark.engine.mmseg_log import MMSEG_LOG_NAME, MMSeg0xLogSink
 from benchmark.engine.open_data import open_split
+from benchmark.engine.pretrained import load_backbone_weights, resolve_pretrained
 from benchmark.engine.steps import build_loss_model, make_optimizer, make_scaler, train_step
 from benchmark.engine.tensorboard_sink import tensorboard_sink
 from benchmark.engine.train_checkpoints import LATEST, Checkpointer, has_checkpoint, read_resume_state, restore
 from benchmark.engine.train_log import LOG_NAME, JsonLinesSink, LogSink, TrainLogger, last_evaluation
-from benchmark.errors import DIVERGED_EXIT_CODE, NLBenchError, RunDiverged, TrainingInterrupted
-from benchmark.io.jobenv import job_environment
-from benchmark.recipe import Recipe, load_recipe, published_recipe, write_resolved_recipe
+from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
+from benchmark.models.segmentor import build_segmentor
+from benchmark.recipe import Recipe, published_recipe
 
-__all__ = ["LATEST", "iteration_seed", "poly_lr", "train", "train_command"]
+__all__ = ["LATEST", "iteration_seed", "poly_lr", "train"]
 Log = Callable[[str], None]
 StepCallback = Callable[[int, nn.Module], None]
 Batches = Iterator[Tuple[int, torch.Tensor, torch.Tensor]]
@@ -96,8 +99,6 @@ class Training:
 
 def _load_pretrained(model: nn.Module, source: str, info: DistInfo, log: Log) -> None:
     """Backbone from ImageNet weights; rank 0 downloads, the others read the cached file."""
-    from benchmark.engine.pretrained import load_backbone_weights, resolve_pretrained
-
     path = resolve_pretrained(source) if info.is_main else None
     distributed.barrier()
     path = path or resolve_pretrained(source)
@@ -107,8 +108,6 @@ def _load_pretrained(model: nn.Module, source: str, info: DistInfo, log: Log) ->
 
 
 def _build_model(recipe: Recipe, info: DistInfo, resuming: bool, log: Log) -> Tuple[nn.Module, torch.memory_format]:
-    from benchmark.models.segmentor import build_segmentor
-
     torch.manual_seed(recipe.runtime.seed)  # same initial weights everywhere (DDP would broadcast rank 0's anyway)
     model = build_segmentor(recipe.model)
     if recipe.model.pretrained and not resuming:
@@ -179,9 +178,6 @@ def _announce(recipe: Recipe, info: DistInfo, log: Log) -> int:
 
 
 def _batches(recipe: Recipe, run: Training, info: DistInfo) -> Batches:
-    from benchmark.data.loader import train_batches
-    from benchmark.data.transforms import build_train_pipeline
-
     data, rt = recipe.data, recipe.runtime
     return train_batches(run.train_set, build_train_pipeline(data), data.imgs_per_gpu, rt.seed, info.rank,
                          info.world_size, run.start_iter, data.workers_per_gpu,
@@ -390,41 +386,3 @@ def _interrupt(done: int, saved: bool, run: Training, checkpoints: Checkpointer,
         log(f"stop requested: checkpoint saved at iteration {done}; a resume continues from here")
     raise TrainingInterrupted(done)
 
-
-def train_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", work_dir: Optional[str] = None,
-                  data_root: Optional[str] = None, resume: bool = False, device: str = "auto") -> int:
-    """`nlbench train`; exit status 3 (``DIVERGED_EXIT_CODE``) when the guard stopped a diverged run."""
-    resolved = load_recipe(recipe, overrides, profile)
-    work = work_dir or os.path.join("work_dirs", resolved.name)
-    if job_environment().is_main:  # every rank would write the same file
-        sets = " ".join(f"--set {o}" for o in overrides) or "none"
-        write_resolved_recipe(resolved, work, f"nlbench train; overrides: {sets}")
-    try:
-        summary = train(resolved, work, resume=resume, device=device, data_root=data_root)
-        is_main = distributed.get_rank() == 0
-    except RunDiverged as exc:  # every rank stops at the same evaluation: not a failure to report
-        if distributed.get_rank() == 0:
-            print(f"stopped: {exc} (guard.action stop); state saved in {work}; --resume continues it "
-                  f"(add --set guard.action=warn to run it to the end); exit status {DIVERGED_EXIT_CODE}")
-        return DIVERGED_EXIT_CODE
-    except (Exception, KeyboardInterrupt) as exc:
-        distributed.report_failure(exc)  # the other ranks stop within seconds, not at a timeout
-        raise
-    finally:
-        distributed.cleanup()
-    if is_main:
-        print(_outcome(summary))
-    return 0
-
-
-def _outcome(summary: Dict[str, Any]) -> str:
-    """The closing line of `nlbench train`."""
-    metrics = summary.get("metrics")
-    scores = "no evaluation logged" if not metrics else (
-        f"mIoU {metrics['mIoU']:.2f}, aAcc {metrics['aAcc']:.2f}, mAcc {metrics['mAcc']:.2f}")
-    if summary["start_iteration"] >= summary["iterations"]:
-        at = f" (iteration {metrics['iteration']})" if metrics and "iteration" in metrics else ""
-        return (f"nothing left to do: {summary['checkpoint']} already holds all {summary['iterations']} "
-                f"iterations; the last evaluation{at} gave {scores}")
-    return (f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s; {scores}; "
-            f"checkpoint {summary['checkpoint']}")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from benchmark import __version__
+from benchmark.data.classes import CLASS_NAMES, PALETTES
 from benchmark.engine import distributed
 from benchmark.engine.attempts import AttemptLedger
 from benchmark.engine.distributed import DistInfo
@@ -45,8 +46,6 @@ _ITER_NAME = re.compile(r"iter_(\d+)\.pth")
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[Any],
                      iteration: int, recipe: Recipe) -> Dict[str, Any]:
     """What a training checkpoint holds: meta (as MMSeg's, plus the recipe hash), weights, optimizer."""
-    from benchmark.data.classes import CLASS_NAMES, PALETTES
-
     meta = {
         "iter": iteration,
         "seed": recipe.runtime.seed,

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -39,10 +40,32 @@ from benchmark.launch.status import collect_status, format_status
 from benchmark.run.lock import holder_of
 from benchmark.run.records import RecordStore, known_recipe_names
 
-# What run-all ends with after the state table: the rows' figures against their references and the
-# verdicts, from the records run-all read at its end. The report layer supplies it (report/compare.py:
-# rows_verdicts), which this layer may not import.
-Summarize = Callable[[RecordStore, Sequence[Tuple[str, str, str]]], str]
+Log = Callable[[str], None]  # where run-all's progress lines go (the command passes print)
+
+
+@dataclass(frozen=True)
+class RunAllOptions:
+    """run-all's flags as the command line names them (benchmark/commands/runs.py)."""
+    filter: Optional[str] = None
+    launcher: str = "local"
+    cluster: Optional[str] = None
+    profile: str = "full"
+    seeds: int = 1
+    results: str = "results"
+    dry_run: bool = False
+    no_wait: bool = False
+    overrides: Sequence[str] = ()
+    checkpoint: str = "trained"
+    parallel: int = 1
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """What a run-all did: its exit status, its plan, and the records read at its end (None after a
+    dry run or a --no-wait submission: nothing has run yet to sum up)."""
+    code: int
+    plan: planning.Plan
+    records: Optional[RecordStore]
 
 
 def check_writable(results: Path) -> None:
@@ -85,49 +108,44 @@ def _launcher_rule(launcher: str, cluster: Optional[str]):
     return local.resources_for, None, None
 
 
-# One parameter per run-all flag (the CLI passes its flags by name): one more than the size limit.
-def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,  # noqa: PLR0913
-                    profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
-                    no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained",
-                    parallel: int = 1, summarize: Optional[Summarize] = None) -> int:
-    """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed or diverged."""
-    folder = Path(results)
+def run_all(options: RunAllOptions, log: Log) -> Campaign:
+    """`nlbench run-all`: plan, then run locally or submit to SLURM; status 1 when a row failed or diverged."""
+    folder, launcher, parallel = Path(options.results), options.launcher, options.parallel
     if parallel != 1 and launcher != "local":
         raise NLBenchError("--parallel is for the local launcher (SLURM runs an array's tasks side by side)",
                            key="--parallel")
-    rule, time_limit, cluster_profile = _launcher_rule(launcher, cluster)
-    plan = planning.make_plan(folder, rule, pattern=filter, profile=profile, overrides=overrides, seeds=seeds,
-                              time_limit_min=time_limit, checkpoint=checkpoint)
+    rule, time_limit, cluster_profile = _launcher_rule(launcher, options.cluster)
+    plan = planning.make_plan(folder, rule, pattern=options.filter, profile=options.profile,
+                              overrides=options.overrides, seeds=options.seeds, time_limit_min=time_limit,
+                              checkpoint=options.checkpoint)
     if launcher == "local":  # before anything is written (and in a dry run too)
         from benchmark.launch import local
 
         local.check_parallel(plan.jobs, parallel)
-    if dry_run:
-        print(planning.format_plan(plan, launcher))
-        return 0
+    if options.dry_run:
+        log(planning.format_plan(plan, launcher))
+        return Campaign(0, plan, None)
     check_writable(folder)
     if plan.skipped:
-        print(f"skipping {len(plan.skipped)} row(s) already complete in {folder}")
+        log(f"skipping {len(plan.skipped)} row(s) already complete in {folder}")
     if plan.diverged:
-        print(f"skipping {len(plan.diverged)} row(s) the training guard stopped as diverged "
-              f"({', '.join(plan.diverged)}); --set guard.action=warn resumes them")
+        log(f"skipping {len(plan.diverged)} row(s) the training guard stopped as diverged "
+            f"({', '.join(plan.diverged)}); --set guard.action=warn resumes them")
     if not plan.jobs:
-        print("nothing to run: every planned row is complete" + (" or was stopped by the guard" if plan.diverged
-                                                                  else ""))
+        log("nothing to run: every planned row is complete" + (" or was stopped by the guard" if plan.diverged
+                                                                else ""))
         code, done = (1 if plan.diverged else 0), plan.records
     else:
-        if checkpoint == "released":
-            fetch_released_once(plan.jobs)
-        fetch_reference_logs_once(plan.jobs)
+        if options.checkpoint == "released":
+            fetch_released_once(plan.jobs, log)
+        fetch_reference_logs_once(plan.jobs, log)
         if launcher == "local":
-            code, done = _run_locally(plan.jobs, folder, parallel)
+            code, done = _run_locally(plan.jobs, folder, log, parallel)
         else:
-            code, done = _submit(plan.jobs, cluster_profile, str(cluster), folder, no_wait)
-            if no_wait:
-                return code
-    if summarize is not None:
-        print(summarize(done if done is not None else RecordStore.read(folder), planned_rows(plan)))
-    return code
+            code, done = _submit(plan.jobs, cluster_profile, str(options.cluster), folder, options.no_wait, log)
+            if options.no_wait:
+                return Campaign(code, plan, None)
+    return Campaign(code, plan, done if done is not None else RecordStore.read(folder))
 
 
 def planned_rows(plan: planning.Plan) -> List[Tuple[str, str, str]]:
@@ -138,7 +156,7 @@ def planned_rows(plan: planning.Plan) -> List[Tuple[str, str, str]]:
     return sorted(rows)
 
 
-def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
+def fetch_released_once(jobs: List[planning.Job], report: Log) -> None:
     """Download every released checkpoint the jobs need, once each, into their cache (hash-checked)."""
     from benchmark.mmseg_checkpoint import fetch_released
 
@@ -152,7 +170,7 @@ def fetch_released_once(jobs: List[planning.Job], report=print) -> None:
         report(f"released checkpoint of {job.name}: {path}")
 
 
-def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
+def fetch_reference_logs_once(jobs: List[planning.Job], report: Log) -> None:
     """Every published training log a job's guard reads (``guard.reference: released``, full
     profile), downloaded once each before any job runs, so that seeds and array tasks of one row
     never fetch the same file at once."""
@@ -168,7 +186,7 @@ def fetch_reference_logs_once(jobs: List[planning.Job], report=print) -> None:
         report(f"published training log of {job.name} (the guard's reference): {fetch_log(recipe)}")
 
 
-def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> Ran:
+def _run_locally(jobs: List[planning.Job], results: Path, log: Log, parallel: int = 1) -> Ran:
     from benchmark.launch import local
 
     # The process that runs the jobs: status tells a pending job of a run-all that is gone (killed,
@@ -177,45 +195,47 @@ def _run_locally(jobs: List[planning.Job], results: Path, parallel: int = 1) -> 
     run_file = write_run(results, "local", [j.to_dict() for j in jobs], {"launcher_process": me})
     side = f", {parallel} at a time (each in its own process; console output in {ResultsLayout(results).local_jobs}/)" \
         if parallel > 1 else ""
-    print(f"running {len(jobs)} job(s) locally{side}; plan in {run_file}")
-    outcome = local.run_local(jobs, results, parallel=parallel)
-    _, done = _finish(jobs, results, set(outcome))
+    log(f"running {len(jobs)} job(s) locally{side}; plan in {run_file}")
+    outcome = local.run_local(jobs, results, report=log, parallel=parallel)
+    _, done = _finish(jobs, results, set(outcome), log)
     return (0 if all(v == "done" for v in outcome.values()) else 1), done
 
 
-def _finish(jobs: List[planning.Job], results: Path, keys: Set[str]) -> Tuple[List[Dict[str, Any]], RecordStore]:
+def _finish(jobs: List[planning.Job], results: Path, keys: Set[str],
+            log: Log) -> Tuple[List[Dict[str, Any]], RecordStore]:
     """The jobs' state table and the guard's summary, from the records read once, now they are written."""
     done = RecordStore.read(results, known_recipe_names() | {job.name for job in jobs})
     rows = [r for r in collect_status(results, done=done) if r["key"] in keys]
-    print(format_status(rows, results))
+    log(format_status(rows, results))
     text = guard_summary(jobs, done)
     if text:
-        print(text)
+        log(text)
     return rows, done
 
 
 Ran = Tuple[int, Optional[RecordStore]]  # (exit status, the records read at the end: None when not waited for)
 
 
-def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_wait: bool) -> Ran:
+def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_wait: bool,
+            log: Log) -> Ran:
     from benchmark.launch import slurm
 
     held = {job.key: holder for job in jobs if (holder := holder_of(results, job.key)) is not None}
     for key, holder in held.items():
-        print(f"skipping {key}: {holder} (another run); not submitted")
+        log(f"skipping {key}: {holder} (another run); not submitted")
     jobs = [job for job in jobs if job.key not in held]
     if not jobs:
-        print("nothing to submit: every pending job is held by another run")
+        log("nothing to submit: every pending job is held by another run")
         return 0, None
     entries = slurm.submit(jobs, profile, cluster, results)
     run_file = write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())})
     ids = sorted({e["slurm_job_id"].split("_")[0] for e in entries})
-    print(f"submitted {len(entries)} job(s) as SLURM array(s) {', '.join(ids)}; run file {run_file}")
+    log(f"submitted {len(entries)} job(s) as SLURM array(s) {', '.join(ids)}; run file {run_file}")
     if no_wait:
-        print(f"not waiting (--no-wait); `nlbench status --results {results}` shows progress")
+        log(f"not waiting (--no-wait); `nlbench status --results {results}` shows progress")
         return 0, None
-    slurm.wait(entries)
-    rows, done = _finish(jobs, results, {e["key"] for e in entries})
+    slurm.wait(entries, report=log)
+    rows, done = _finish(jobs, results, {e["key"] for e in entries}, log)
     return (0 if all(r["state"] == "done" for r in rows) else 1), done
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import re
 import socket
-import sys
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from benchmark.curves.reader import latest_iteration
 from benchmark.engine.train_log import LOG_NAME
@@ -253,47 +251,16 @@ def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None
     return f"{text}\n\n{len(rows)} row(s): {summary}"
 
 
-def _status_rows(folder: Path, warn: bool = True) -> List[Dict[str, Any]]:
+def status_rows(folder: Path, warn: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """Every planned row's state; ``warn`` (when given) is told of each run file or record skipped."""
     skipped: Skipped = []
     rows = collect_status(folder, skipped)
     if not rows and skipped:  # nothing readable: the first broken file is the error
         path, reason = skipped[0]
         raise NLBenchError(reason, path)
     for path, reason in skipped if warn else ():
-        print(f"warning: {path}: skipped: {reason}", file=sys.stderr)
+        warn(f"warning: {path}: skipped: {reason}")
     if not rows:
         raise NLBenchError("no planned rows in the run files", ResultsLayout(folder).runs)
     return rows
 
-
-def status_command(results: str = "results", watch: bool = False, interval: float = 10.0) -> int:
-    """`nlbench status`; ``watch``: print the table again every ``interval`` seconds until every row is
-    final (done, failed or diverged), then exit 0 when all are done, 1 otherwise."""
-    folder = Path(results)
-    if not ResultsLayout(folder).runs.is_dir():
-        raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
-    if not watch:
-        print(format_status(_status_rows(folder), folder))
-        return 0
-    if not interval > 0:
-        raise NLBenchError(f"expected a number of seconds above 0, got {interval}", key="--interval")
-    return _watch(folder, interval)
-
-
-def _watch(folder: Path, interval: float) -> int:
-    """Refresh in place on a terminal (clear the screen); elsewhere (a CI log, a pipe) print each table
-    after a timestamp line, so the log reads as a history."""
-    tty = sys.stdout.isatty()
-    first = True
-    while True:
-        rows = _status_rows(folder, warn=first)
-        final = all(r["state"] in FINAL for r in rows)
-        stamp = time.strftime("%H:%M:%S")
-        head = (f"nlbench status {folder} at {stamp}: " + ("every row is final" if final else
-                                                            f"refreshing every {interval:g} s (Ctrl-C stops)"))
-        print(("\033[H\033[2J" if tty else "" if first else "\n") + head + "\n" + format_status(rows, folder),
-              flush=True)
-        if final:
-            return 0 if all(r["state"] == "done" for r in rows) else 1
-        first = False
-        time.sleep(interval)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tabulate import tabulate
 
 from benchmark.data.layouts import build_dataset
 from benchmark.data.synthetic import write_synthetic
@@ -75,20 +76,24 @@ DRY = Sizes("smoke", ("bench.warmup_images=1", "bench.total_images=2", "bench.me
             ((2, 256, True), (1, 1024, False)), 2, (64, 128), 2)
 
 
-def _log(message: str) -> None:
-    print(f"[gpu-report {time.strftime('%H:%M:%S')}] {message}", flush=True)
+Log = Callable[[str], None]  # where the report's progress lines go (the command prints them stamped)
 
 
-def _part(report: Dict[str, Any], name: str, run: Callable[[], Any]) -> None:
+def stamped(message: str) -> str:
+    """A progress line as `nlbench gpu-report` shows it: its tool and the time of day first."""
+    return f"[gpu-report {time.strftime('%H:%M:%S')}] {message}"
+
+
+def _part(report: Dict[str, Any], name: str, run: Callable[[], Any], log: Log) -> None:
     """``report[name] = run()``; an exception is recorded (type and message) instead, and the report goes on."""
     started = time.perf_counter()
-    _log(f"{name} ...")
+    log(f"{name} ...")
     try:
         report[name] = run()
     except Exception as exc:  # one part failing must not lose the others' figures
         report[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     report.setdefault("part_seconds", {})[name] = time.perf_counter() - started
-    _log(f"{name} done in {report['part_seconds'][name]:.1f} s")
+    log(f"{name} done in {report['part_seconds'][name]:.1f} s")
     if device_of(report).type == "cuda":
         torch.cuda.empty_cache()
 
@@ -321,8 +326,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    from tabulate import tabulate
-
     return tabulate([[_fmt(c) for c in r] for r in rows], headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -396,9 +399,10 @@ def _save(report: Dict[str, Any], folder: Path, started: float) -> Dict[str, Any
     return report
 
 
-def gpu_report_command(out: str = "gpu-report", dry_run: bool = False, device: str = "auto",
-                       budget_s: float = 420.0, skip_tests: bool = False, limit_s: float = 480.0) -> int:
-    """`nlbench gpu-report`: measure, write OUT/gpu_report.{json,md}; exit 1 when a part failed."""
+def gpu_report(out: str, dry_run: bool, device: str, budget_s: float, skip_tests: bool, limit_s: float,
+               log: Log) -> Tuple[Dict[str, Any], Path]:
+    """`nlbench gpu-report`'s measurements, written to OUT/gpu_report.{json,md} after each part:
+    (the report, OUT); a part that failed holds its error instead of its figures."""
     check_number(budget_s, "--budget-s", "number of seconds")
     check_number(limit_s, "--limit-s", "number of seconds", strict=True)
     started = time.perf_counter()
@@ -410,10 +414,10 @@ def gpu_report_command(out: str = "gpu-report", dry_run: bool = False, device: s
                       ("attention", lambda: attention_figures(sizes, dev)),
                       ("flash_head_dim_256", lambda: flash_head_dim_256(sizes, dev)),
                       ("agreement", lambda: agreement_figures(sizes, dev))):
-        _part(report, name, run)
+        _part(report, name, run, log)
         _save(report, folder, started)
     if time.perf_counter() - started < budget_s / 2:  # compiling R-50 takes minutes: only with time to spare
-        _part(report, "compiled", lambda: compiled_figures(sizes, str(dev)))
+        _part(report, "compiled", lambda: compiled_figures(sizes, str(dev)), log)
         _save(report, folder, started)
     else:
         report["compiled"] = {"skipped": f"over half the {budget_s:.0f} s budget was spent before it"}
@@ -423,10 +427,5 @@ def gpu_report_command(out: str = "gpu-report", dry_run: bool = False, device: s
     elif timeout is None:
         report["gpu_tests"] = {"skipped": f"under 30 s left of the {limit_s:.0f} s limit"}
     else:
-        _part(report, "gpu_tests", lambda: gpu_tests(int(timeout)))
-    report = _save(report, folder, started)
-    print(markdown(report))
-    failed = [name for name, value in report.items() if isinstance(value, dict) and "error" in value]
-    _log(f"wrote {folder / 'gpu_report.md'} and gpu_report.json in {report['wall_time_s']:.0f} s"
-         + (f"; failed parts: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+        _part(report, "gpu_tests", lambda: gpu_tests(int(timeout)), log)
+    return _save(report, folder, started), folder

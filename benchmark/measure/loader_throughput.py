@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import List, Optional, Sequence
 
-from benchmark.data.layouts import SegDataset, build_dataset
+from benchmark.data.layouts import SegDataset
 from benchmark.data.loader import train_batches
 from benchmark.data.transforms import TrainPipeline
-from benchmark.engine.open_data import data_root as resolve_root
-from benchmark.errors import NLBenchError
-from benchmark.recipe import load_recipe
 
 
 def measure(dataset: SegDataset, pipeline: TrainPipeline, imgs_per_gpu: int, num_workers: int,
@@ -35,25 +31,3 @@ def measure(dataset: SegDataset, pipeline: TrainPipeline, imgs_per_gpu: int, num
         batches.close()  # shuts the worker processes down
     return iterations * imgs_per_gpu / elapsed
 
-
-def bench_data_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full",
-                       data_root: Optional[str] = None, workers: Optional[List[int]] = None, images: int = 64) -> int:
-    """`nlbench bench-data`: training-pipeline images/s for each loader worker count."""
-    resolved = load_recipe(recipe, overrides, profile)
-    data = resolved.data
-    counts: List[int] = workers or [0, data.workers_per_gpu]
-    if any(n < 0 for n in counts):
-        raise NLBenchError(f"--workers must be >= 0, got {counts}")
-    if images <= 0:
-        raise NLBenchError(f"--images must be positive, got {images}")
-    root = resolve_root(data, data_root)
-    dataset = build_dataset(data, "train", root)
-    pipeline = TrainPipeline.from_config(data)
-    print(f"bench-data: {resolved.name} [{resolved.profile}] {data.dataset} train, {len(dataset)} images at {root}; "
-          f"crop {data.crop_size[0]}x{data.crop_size[1]}, {data.imgs_per_gpu} images per batch")
-    for n in dict.fromkeys(counts):  # unique, in the order given
-        rate = measure(dataset, pipeline, data.imgs_per_gpu, n, images, resolved.runtime.seed)
-        print(f"  workers={n:<3d} {rate:9.1f} images/s")
-    print(f"(the published run consumed {resolved.effective_batch} images per iteration over "
-          f"{resolved.runtime.gpus} GPUs; multiply by iterations/s to compare)")
-    return 0

@@ -10,17 +10,13 @@ checkpoints nlbench trained ("trained"); the two are never averaged together.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import pandas as pd
-from tabulate import tabulate
 
 from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_text
-from benchmark.io.layout import ResultsLayout
 from benchmark.run.records import Kind, Record, RecordStore, RowKey, newest_by_kind
 
 # Column name -> where it comes from: (record kind, path inside that record).
@@ -144,16 +140,15 @@ def collect(results: Union[str, Path, RecordStore], known_recipes: Optional[Iter
     return Collected(summarize(per_seed), per_seed, newest, store.warnings, len(store.records))
 
 
-def collect_or_warn(results: Union[str, Path, RecordStore]) -> Collected:
-    """``collect`` for the CLI verbs: skipped-record warnings go to stderr, one line each."""
+Warn = Callable[[str], None]  # told each warning line (the commands print them to stderr)
+
+
+def collect_or_warn(results: Union[str, Path, RecordStore], warn: Warn) -> Collected:
+    """``collect`` for the CLI verbs: each skipped record is one warning line for ``warn``."""
     collected = collect(results)
-    print_warnings(collected.warnings)
+    for line in collected.warnings:
+        warn(f"warning: {line}")
     return collected
-
-
-def print_warnings(warnings: List[str]) -> None:
-    for line in warnings:
-        print(f"warning: {line}", file=sys.stderr)
 
 
 def format_stat(mean: float, std: float, n: int, digits: int) -> str:
@@ -165,36 +160,3 @@ def format_stat(mean: float, std: float, n: int, digits: int) -> str:
         text += f" ± {std:.{digits}f}"
     return text
 
-
-def collect_command(results: str = "results", out: Optional[str] = None) -> int:
-    """`nlbench collect`: write the summary CSV and print it."""
-    collected = collect_or_warn(results)
-    summary = collected.summary
-    target = Path(out) if out else ResultsLayout.of(results).summary_csv
-    atomic_write_text(target, summary.to_csv(index=False, float_format="%.6g"))
-    rows = []
-    for _, r in summary.iterrows():
-        rows.append([
-            r["recipe"], r["profile"], int(r["n_seeds"]),
-            format_stat(r["miou_mean"], r["miou_std"], r["miou_n"], 2),
-            format_stat(r["miou_ms_flip_mean"], r["miou_ms_flip_std"], r["miou_ms_flip_n"], 2),
-            format_stat(r["aacc_mean"], r["aacc_std"], r["aacc_n"], 2),
-            format_stat(r["mem_gb_mean"], r["mem_gb_std"], r["mem_gb_n"], 2),
-            format_stat(r["fps_mean"], r["fps_std"], r["fps_n"], 2),
-            r["device_name"] or "-",
-        ])
-    headers = ["recipe", "profile", "seeds", "mIoU", "mIoU(ms+flip)", "aAcc", "Mem (GB)", "fps", "device"]
-    if (summary["fps_fast_n"] > 0).any():  # bench records with the fast setting: its columns after fps
-        headers[8:8] = ["Mem (fast)", "fps (fast)"]
-        for row, (_, r) in zip(rows, summary.iterrows()):
-            row[8:8] = [format_stat(r["mem_gb_fast_mean"], r["mem_gb_fast_std"], r["mem_gb_fast_n"], 2),
-                        format_stat(r["fps_fast_mean"], r["fps_fast_std"], r["fps_fast_n"], 2)]
-    if (summary["checkpoint_source"] != TRAINED).any():  # only then: the output of trained runs stays as it was
-        headers.insert(2, "checkpoint")
-        for row, source in zip(rows, summary["checkpoint_source"]):
-            row.insert(2, source)
-    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    n_warn = len(collected.warnings)
-    skipped = f", {n_warn} skipped (warnings above)" if n_warn else ""
-    print(f"{collected.records} records{skipped} -> {len(summary)} rows -> {target}")
-    return 0

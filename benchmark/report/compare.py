@@ -33,7 +33,7 @@ from benchmark.catalog import RELEASED_COLUMNS, released_table
 from benchmark.errors import NLBenchError, check_number
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.report.baseline import REFREEZE_COMMAND
-from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, of_source
+from benchmark.report.collect import RELEASED, TRAINED, Warn, collect_or_warn, of_source
 from benchmark.report.references import Reference, default_references, device_class, load_reference
 from benchmark.report.row_curves import add_junit_cases, curve_lines, curve_rows
 from benchmark.stats import CI_VERDICTS, SEED_STD_MIOU, SPREAD_MARGIN, ci_verdict, from_summary
@@ -444,16 +444,23 @@ def _check_options(tolerance: float, method: str, assumed_std: float, min_seeds:
         raise NLBenchError("only the ci method counts seeds and has inconclusive verdicts: add --method ci", key=flag)
 
 
-def compare_command(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,  # noqa: PLR0913
-                    junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
-                    assumed_std: float = SEED_STD_MIOU, curves: bool = False,
-                    curves_reference: str = "released", min_seeds: Optional[int] = None,
-                    fail_on: Optional[str] = None) -> int:
-    """`nlbench compare`: print the verdicts (and write the reports); exit 1 on a regression, or with
+@dataclass(frozen=True)
+class Comparison:
+    """What `nlbench compare` shows (its console text) and its exit status."""
+    text: str
+    code: int
+
+
+def comparison(results: str = "results", tolerance: float = 0.5, report: Optional[str] = None,  # noqa: PLR0913
+               junit: Optional[str] = None, reference: Optional[str] = None, method: str = "tolerance",
+               assumed_std: float = SEED_STD_MIOU, curves: bool = False,
+               curves_reference: str = "released", min_seeds: Optional[int] = None,
+               fail_on: Optional[str] = None, *, warn: Warn) -> Comparison:
+    """`nlbench compare`: the verdicts (and the reports written); status 1 on a regression, or with
     ``curves`` also when a row's training curves diverged from its reference curve (report/row_curves.py).
     ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
     _check_options(tolerance, method, assumed_std, min_seeds, fail_on)
-    summary = collect_or_warn(results).summary
+    summary = collect_or_warn(results, warn).summary
     profiles = sorted(summary["profile"].unique())
     refs = {ref.profile: ref for ref in [load_reference(reference)]} if reference else default_references(profiles)
     ignored = [p for p in profiles if p not in refs]
@@ -463,52 +470,52 @@ def compare_command(results: str = "results", tolerance: float = 0.5, report: Op
                 for source, checks in _sections(summary, refs, tolerance, method, assumed_std)]
     every = [c for _, checks in sections for c in checks]
     failing = failing_verdicts(min_seeds, fail_on)
-    curve_rows, curve_text, diverged = (_curves_section(results, profiles, curves_reference)
+    curve_rows, curve_text, diverged = (_curves_section(results, profiles, curves_reference, warn)
                                         if curves else ([], "", 0))
     strict = _strict_outcome(every, min_seeds, fail_on) if (min_seeds or fail_on) else None
     outcome = ((strict or _outcome(every, method))
                + (f"; FAIL: {diverged} row(s) whose curves diverged" if diverged else ""))
     verdicts = CI_TALLY + ((TOO_FEW_SEEDS,) if min_seeds else ()) if method == "ci" else VERDICTS
-    print("\n".join(header))
+    console = ["\n".join(header)]
     body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
     for source, checks in sections:
         shown = [c for c in checks if c.verdict != "skipped"]  # the skipped ones: one line per reason
         table, tally = _table(shown, method, tolerance), _tally(checks, verdicts)
         if source == RELEASED:
-            print(f"\n{RELEASED_TITLE}")
+            console.append(f"\n{RELEASED_TITLE}")
             body += ["", "## Released checkpoints", "", RELEASED_TITLE]
         folded = _not_compared(checks)
-        print("\n".join([table, *folded, tally]))
+        console.append("\n".join([table, *folded, tally]))
         body += ["", table, "", *[f"- {line}" for line in folded], *([""] if folded else []), tally]
     if curves:
-        print(f"\n{curve_text}")
+        console.append(f"\n{curve_text}")
         body += ["", "## Curves", "", curve_text]
     reasons = failure_lines(every, failing)
-    print("\n".join([*reasons, outcome]))
+    console.append("\n".join([*reasons, outcome]))
     if report:
         atomic_write_text(Path(report), "\n".join(body + ["", *[f"- {line}" for line in reasons], "",
                                                            f"**{outcome}**", ""]))
     if junit:
         write_junit(Path(junit), every, method, tolerance, curve_rows, failing)
-    return 1 if any(c.verdict in failing for c in every) or diverged else 0
+    return Comparison("\n".join(console), 1 if any(c.verdict in failing for c in every) or diverged else 0)
 
 
-def _curves_section(results: str, profiles: List[str], reference: str):
+def _curves_section(results: str, profiles: List[str], reference: str, warn: Warn):
     """compare --curves: (rows, text, number diverged), with the guard's noise-model margins."""
-    rows = curve_rows(Path(results), profiles, reference)
+    rows = curve_rows(Path(results), profiles, reference, warn)
     if not rows:
         return [], "curves: no training logs under the results folder's work/ to check", 0
     diverged = sum(r.verdict == "diverged" for r in rows)
     return rows, f"curves against each row's reference curve (docs/CURVES.md):\n\n{curve_lines(rows)}", diverged
 
 
-def rows_verdicts(results, rows: Sequence[Tuple[str, str, str]], tolerance: float = 0.5) -> str:
+def rows_verdicts(results, rows: Sequence[Tuple[str, str, str]], warn: Warn, tolerance: float = 0.5) -> str:
     """The verdicts of some rows, (recipe, profile, checkpoint source) each, as `nlbench compare` gives
     them by the tolerance method (what `run-all` ends with): their table, what was not compared and
     why, the tally and the outcome. Figures of other rows in the folder are left out. ``results``: the
     results folder, or its records already read (run-all's RecordStore)."""
     try:
-        summary = collect_or_warn(results).summary
+        summary = collect_or_warn(results, warn).summary
     except NLBenchError as exc:  # e.g. every job failed before its first record: the state table says why
         return f"verdicts: none ({exc})"
     wanted = set(rows)

@@ -32,12 +32,11 @@ from markupsafe import Markup, escape
 
 from benchmark.catalog import load_published, release_links, released_differences, released_table
 from benchmark.curves.reference import reference_kind
-from benchmark.errors import NLBenchError, check_number
+from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
-from benchmark.io.layout import ResultsLayout
 from benchmark.launch.cost import estimate_gpu_hours
 from benchmark.recipe import Recipe, load_recipe, resolve_recipe_path
-from benchmark.report.collect import RELEASED, TRAINED, Collected, collect_or_warn, format_stat, of_source
+from benchmark.report.collect import RELEASED, TRAINED, Collected, Warn, collect_or_warn, format_stat, of_source
 from benchmark.report.compare import (
     HARDWARE_METRICS,
     METRICS,
@@ -302,10 +301,10 @@ def _cost(recipe_name: str, profile: str, seeds: Dict[int, Dict[Kind, Record]]) 
     }
 
 
-def _reference_view(recipe: Recipe, results_dir: Path) -> Dict[str, Any]:
+def _reference_view(recipe: Recipe, results_dir: Path, warn: Warn) -> Dict[str, Any]:
     """The row's runs overlaid on its reference log (the published one from the cache, or the smoke
     reference) with the curve verdict, as ``nlbench curves`` gives them; nothing is downloaded."""
-    row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False)
+    row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False, warn=warn)
     if row.assessment is None:
         return {"svg": None, "note": row.note}
     return {"svg": inline_svg(plot_overlay(row), "overlay"), "reference": row.reference_label,
@@ -313,7 +312,7 @@ def _reference_view(recipe: Recipe, results_dir: Path) -> Dict[str, Any]:
 
 
 def row_sections(row: pd.Series, seeds: Dict[int, Dict[Kind, Record]], results_dir: Path,
-                 page_dir: Path) -> List[Section]:
+                 page_dir: Path, warn: Warn) -> List[Section]:
     """The sections of one row page, in order (see the module docstring to add one)."""
     recipe, profile = row["recipe"], row["profile"]
     stages = [{"seed": seed, "stages": _stage_rows(kinds, page_dir), "provenance": _provenance(kinds)}
@@ -329,7 +328,7 @@ def row_sections(row: pd.Series, seeds: Dict[int, Dict[Kind, Record]], results_d
                 {"svg": inline_svg(curves, "curves") if curves is not None else None,
                  "logs": [_href(p, page_dir) for p in logs]}),
         Section("reference", f"Against the {reference_kind(resolved)} curve", "reference.html.j2",
-                _reference_view(resolved, results_dir) if logs else {"svg": None, "note": "no training log"}),
+                _reference_view(resolved, results_dir, warn) if logs else {"svg": None, "note": "no training log"}),
         Section("recipe", "Resolved recipe", "recipe.html.j2",
                 {"yaml": resolved.to_yaml(), "hash": resolved.hash, "profile": profile}),
     ]
@@ -391,20 +390,22 @@ def _index_context(collected: Collected, published: pd.DataFrame, sources: List[
             "warnings": collected.warnings, "commits": commits, "newest": str(summary["created_at"].max())}
 
 
-def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[RowKey, Dict[Kind, Record]],
-                 sources: List[VerdictSource], results_dir: Path, out_dir: Path, path: Path) -> Dict[str, Any]:
+def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[RowKey, Dict[Kind, Record]],  # noqa: PLR0913
+                 sources: List[VerdictSource], results_dir: Path, out_dir: Path, path: Path,
+                 warn: Warn) -> Dict[str, Any]:
     key = (row["recipe"], row["profile"], TRAINED)
     seeds = {s: kinds for (r, prof, source, s), kinds in by_seed.items() if (r, prof, source) == key}
     columns = report_columns(pd.DataFrame([row]))
     return {"results": str(results_dir), "row": _row_view(row, p, sources, out_dir, path.parent, columns),
             "title": f"{row_label(p)} ({row['profile']})", "columns": columns, "sources": sources,
             "index_href": _href(out_dir / "index.html", path.parent), "published": p,
-            "sections": row_sections(row, seeds, results_dir, path.parent)}
+            "sections": row_sections(row, seeds, results_dir, path.parent, warn)}
 
 
-def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> List[Path]:
-    """Write index.html and one page per (recipe, profile) row nlbench trained; returns the pages written."""
-    collected = collect_or_warn(results_dir)
+def build_report(results_dir: Path, out_dir: Path, tolerance: float, warn: Warn) -> List[Path]:
+    """Write index.html and one page per (recipe, profile) row nlbench trained; returns the pages written
+    (``warn`` is told of each record or log line skipped)."""
+    collected = collect_or_warn(results_dir, warn)
     summary, by_seed = collected.summary, collected.newest
     published = load_published()
     sources = verdict_sources(summary, tolerance)
@@ -415,7 +416,8 @@ def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> Li
     for _, row in of_source(summary, TRAINED).iterrows():
         if row["recipe"] in published.index:
             path = row_page(out_dir, row["profile"], row["recipe"])
-            context = _row_context(row, published.loc[row["recipe"]], by_seed, sources, results_dir, out_dir, path)
+            context = _row_context(row, published.loc[row["recipe"]], by_seed, sources, results_dir, out_dir, path,
+                                   warn)
             pages.append((path, env.get_template("row.html.j2").render(**context)))
     try:
         for path, html in pages:
@@ -423,15 +425,4 @@ def build_report(results_dir: Path, out_dir: Path, tolerance: float = 0.5) -> Li
     except OSError as exc:
         raise NLBenchError(f"cannot write the report: {exc.strerror or exc}", exc.filename or out_dir) from None
     return [path for path, _ in pages]
-
-
-def report_command(results: str = "results", out: Optional[str] = None, tolerance: float = 0.5) -> int:
-    """`nlbench report`: write the HTML report and print where its first page is."""
-    check_number(tolerance, "--tolerance", "tolerance")
-    out_dir = Path(out) if out else ResultsLayout.of(results).report
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NLBenchError("expected a folder for the report's pages, found a file", out_dir, "--out")
-    pages = build_report(Path(results), out_dir, tolerance)
-    print(f"report: {len(pages)} pages in {out_dir}; open {(out_dir / 'index.html').resolve()}")
-    return 0
 

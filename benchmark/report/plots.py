@@ -21,7 +21,7 @@ from benchmark.catalog import load_published
 from benchmark.curves.reader import read_curve
 from benchmark.errors import NLBenchError
 from benchmark.io.layout import ResultsLayout
-from benchmark.report.collect import TRAINED, collect_or_warn, of_source
+from benchmark.report.collect import TRAINED, Warn, collect_or_warn, of_source
 from benchmark.report.figures import save_figure
 from benchmark.report.references import Reference, default_references, device_class
 from benchmark.report.row_curves import overlay_plots
@@ -33,8 +33,6 @@ def row_label(p: pd.Series) -> str:
     """'CS R-50 512x1024 40k': dataset, backbone, crop and schedule identify a row."""
     dataset = DATASET_SHORT.get(p["dataset"], p["dataset"])
     return f"{dataset} {p['backbone'].replace('-D8', '')} {p['crop_size']} {int(p['lr_schd']) // 1000}k"
-
-
 
 
 def _reference_for(profile: str) -> Optional[Reference]:
@@ -276,9 +274,9 @@ def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: 
         yield "training_curves", curves
 
 
-def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
+def make_plots(results_dir, out_dir, reference: str, warn: Warn) -> List[Path]:
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    collected = collect_or_warn(results_dir)
+    collected = collect_or_warn(results_dir, warn)
     # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
     per_seed = of_source(collected.per_seed, TRAINED)
     summary = of_source(collected.summary, TRAINED)
@@ -289,17 +287,8 @@ def make_plots(results_dir, out_dir, reference: str = "released") -> List[Path]:
         for profile in sorted(summary["profile"].unique()):
             for kind, fig in profile_figures(summary, per_seed, results_dir, published, profile):
                 written += save_figure(fig, out_dir, f"{kind}_{profile}")
-            written += overlay_plots(results_dir, profile, out_dir, reference)
+            written += overlay_plots(results_dir, profile, out_dir, reference, warn)
     except OSError as exc:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None
     return written
 
-
-def plots_command(results: str = "results", out: Optional[str] = None, reference: str = "released") -> int:
-    """`nlbench plots`."""
-    folder = Path(out) if out else ResultsLayout.of(results).plots
-    written = make_plots(results, folder, reference)
-    for path in written:
-        print(path)
-    print(f"{len(written)} files in {folder}")
-    return 0

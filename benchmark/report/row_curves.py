@@ -14,11 +14,10 @@ when that is all there is).
 from __future__ import annotations
 
 import math
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import matplotlib.pyplot as plt
 from tabulate import tabulate
@@ -28,10 +27,11 @@ from benchmark.curves.checks import DIVERGED, Assessment, assess, settings_from
 from benchmark.curves.reader import Curve, read_curve
 from benchmark.curves.reference import RELEASED, reference_kind, reference_label, resolve_reference
 from benchmark.errors import NLBenchError
-from benchmark.io.files import write_json
 from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 from benchmark.report.figures import save_figure
+
+Warn = Callable[[str], None]  # told each warning line (the commands print them to stderr)
 
 RUN_LOGS = ("train.log.jsonl", "train.log.json")
 
@@ -65,9 +65,10 @@ def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
 
 
 def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = RELEASED,
-               offline: bool = False, strict: bool = True) -> RowCurves:
+               offline: bool = False, strict: bool = True, *, warn: Warn) -> RowCurves:
     """One row's runs against its reference. With ``strict`` False a missing log or reference gives a
-    row without an assessment (and a note) instead of an NLBenchError."""
+    row without an assessment (and a note) instead of an NLBenchError; ``warn`` is told each line of
+    the logs that could not be read."""
     logs = run_logs(results_dir, recipe.profile, recipe.name)
     try:
         if not logs:
@@ -83,7 +84,7 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
         return RowCurves(recipe, {}, None, "", None, str(exc))
     for curve in [*runs.values(), ref]:
         for line in curve.warnings:
-            print(f"warning: {line}", file=sys.stderr)
+            warn(f"warning: {line}")
     max_iters = next((c.max_iters for c in runs.values() if c.max_iters), recipe.schedule.max_iters)
     found = assess(runs, ref, settings_from(recipe.guard), max_iters, published_recipe(recipe).effective_batch,
                    reference_kind(recipe, reference))
@@ -233,7 +234,7 @@ def write_overlays(rows: Sequence[RowCurves], out_dir: Path) -> List[Path]:
     return written
 
 
-def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str = RELEASED) -> List[Path]:
+def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str, warn: Warn) -> List[Path]:
     """`nlbench plots`: the overlay of every row of ``profile`` that has runs and a reference in hand
     (published logs only from the cache: plotting downloads nothing). ``reference``: released, or a
     log file (for every row) or a folder of ``<recipe>.log.json`` files."""
@@ -241,9 +242,9 @@ def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str
     for path in select_recipe_paths(None):
         recipe = load_recipe(path, profile=profile)
         if run_logs(results_dir, profile, recipe.name):
-            row = assess_row(recipe, results_dir, reference, offline=True, strict=False)
+            row = assess_row(recipe, results_dir, reference, offline=True, strict=False, warn=warn)
             if row.assessment is None:
-                print(f"note: no overlay for {recipe.name} [{profile}]: {row.note}", file=sys.stderr)
+                warn(f"note: no overlay for {recipe.name} [{profile}]: {row.note}")
             rows.append(row)
     return write_overlays(rows, out_dir)
 
@@ -251,7 +252,7 @@ def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str
 # ----------------------------------------------------------------------------- compare --curves
 
 
-def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str = RELEASED) -> List[RowCurves]:
+def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str, warn: Warn) -> List[RowCurves]:
     """Every row of ``profiles`` with runs, against its reference (``reference`` as in overlay_plots;
     published logs from the cache only: a gate downloads nothing), with the guard's noise-model
     margins (compare's tolerance is for the final numbers, not for a curve's eval points)."""
@@ -260,7 +261,7 @@ def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str = RELE
         for path in select_recipe_paths(None):
             recipe = load_recipe(path, profile=profile)
             if run_logs(results_dir, profile, recipe.name):
-                rows.append(assess_row(recipe, results_dir, reference, offline=True, strict=False))
+                rows.append(assess_row(recipe, results_dir, reference, offline=True, strict=False, warn=warn))
     return rows
 
 
@@ -289,27 +290,3 @@ def add_junit_cases(suite: ET.Element, rows: Sequence[RowCurves]) -> None:
 
 # ----------------------------------------------------------------------------- the command
 
-
-def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "full", results: str = "results",
-                   reference: str = RELEASED, out: Optional[str] = None, json_out: Optional[str] = None) -> int:
-    """`nlbench curves`: print each row's checks and eval table, draw its overlay; exit 1 when a row diverged."""
-    recipes = select_recipes(recipe, profile, overrides)
-    single = len(recipes) == 1
-    rows = []
-    for r in recipes:
-        if single or run_logs(Path(results), profile, r.name):
-            rows.append(assess_row(r, Path(results), reference))
-    if not rows:
-        raise NLBenchError(f"no training logs of the {profile} profile for {recipe!r}",
-                           ResultsLayout.of(results).profile_work(profile), "--results")
-    out_dir = Path(out) if out else ResultsLayout.of(results).plots
-    written = write_overlays(rows, out_dir)
-    for row in rows:
-        print(format_row(row))
-        print(f"  overlay: {', '.join(str(p) for p in written if overlay_stem(row) in p.name)}\n")
-    diverged = [r for r in rows if r.verdict == DIVERGED]
-    print(f"{len(rows)} row(s): " + ", ".join(f"{sum(r.verdict == v for r in rows)} {v}"
-                                              for v in ("on track", "drifting", "diverged")))
-    if json_out:
-        write_json(Path(json_out), {"rows": [row_json(r) for r in rows], "diverged": len(diverged)})
-    return 1 if diverged else 0

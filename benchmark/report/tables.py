@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import pandas as pd
 
-from benchmark.catalog import load_published, release_links
-from benchmark.errors import NLBenchError
-from benchmark.io.files import atomic_write_text, shown_path
-from benchmark.io.layout import ResultsLayout
+from benchmark.catalog import release_links
 from benchmark.recipe import RECIPES_DIR, REPO_ROOT
-from benchmark.report.collect import RELEASED, TRAINED, collect_or_warn, format_stat, of_source
-from benchmark.report.metafile import metafile, write_metafile
+from benchmark.report.collect import RELEASED, TRAINED, format_stat, of_source
 
 HEADERS = ["Method", "Backbone", "Crop Size", "Lr schd", "Mem (GB)", "Inf time (fps)", "mIoU", "mIoU(ms+flip)",
            "config", "download"]
@@ -249,55 +245,3 @@ def splice(readme_text: str, block: str) -> str:
         return readme_text.rstrip("\n") + f"\n\n## Results\n\n{wrapped}\n"
     return readme_text[:start] + wrapped + readme_text[end + len(END):]
 
-
-def tables_command(results: str = "results", readme: str = "README.md", check: bool = False,
-                   published: bool = False, metafile: Optional[str] = None, no_readme: bool = False) -> int:
-    """`nlbench tables`: write RESULTS/tables.md and the README's block (``no_readme``: tables.md
-    only); ``check`` only compares; ``metafile`` writes the results as MMSeg's metafile.yaml instead
-    (see report/metafile.py)."""
-    if no_readme and check:
-        raise NLBenchError("--check compares the README's tables; it does not combine with --no-readme",
-                           key="--no-readme")
-    table = load_published()
-    if metafile is not None:
-        return _metafile_command(results, table, Path(metafile), check or published)
-    if published:
-        blocks = [f"### {dataset}\n\n{text}\n" for dataset, text in published_tables(table).items()]
-        print("\n".join(blocks), end="")
-        return 0
-    summary = collect_or_warn(results).summary
-    tables_md = ResultsLayout.of(results).tables_md
-    label = shown_path(results, Path.cwd())  # as the command line names it from here, on any machine
-    standalone = results_markdown(summary, table, label, tables_md.resolve().parent)
-    if no_readme:
-        atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
-        print(f"tables: {tables_md}")
-        return 0
-    readme_path = Path(readme)
-    try:
-        current = readme_path.read_text(encoding="utf-8") if readme_path.exists() else ""
-    except OSError as exc:
-        raise NLBenchError(f"cannot read: {exc.strerror or exc}", readme_path) from None
-    updated = splice(current, results_markdown(summary, table, label, readme_path.resolve().parent))
-    if check:
-        if updated != current:
-            print(f"{readme_path}: tables are stale; run `nlbench tables --results {results}`")
-            return 1
-        print(f"{readme_path}: tables are up to date")
-        return 0
-    atomic_write_text(tables_md, f"# nlbench results\n\n{standalone}")
-    if updated != current:
-        atomic_write_text(readme_path, updated)
-    print(f"tables: {tables_md}; README {'updated' if updated != current else 'already up to date'}: {readme_path}")
-    return 0
-
-
-def _metafile_command(results: str, published: pd.DataFrame, target: Path, other_mode: bool) -> int:
-    if other_mode:
-        raise NLBenchError("--metafile writes the reproduced results; it does not combine with --check or "
-                           "--published", key="--metafile")
-    collected = collect_or_warn(results)
-    document = metafile(collected.summary, published, collected.newest, Path(results))
-    write_metafile(target, document)
-    print(f"metafile: {target} ({len(document['Models'])} models, MMSegmentation 1.x model-index layout)")
-    return 0
