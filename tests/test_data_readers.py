@@ -173,6 +173,24 @@ def test_ensure_dataset_writes_missing_synthetic_root_once(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+def test_a_synthetic_set_from_other_parameters_or_an_older_renderer_is_refused(tmp_path):
+    over = [f"data.data_root={tmp_path / 'voc'}", "data.synthetic.train=2", "data.synthetic.val=1"]
+    root = ensure_dataset(load_recipe(RECIPES["voc"], profile="smoke", overrides=over).data)
+    stamp = json.loads((root / "synthetic.json").read_text())
+    assert stamp == {"dataset": "voc", "train": 2, "val": 1, "size": [128, 160], "seed": 0, "renderer": 2}
+    other_seed = load_recipe(RECIPES["voc"], profile="smoke", overrides=over + ["data.synthetic.seed=3"]).data
+    with pytest.raises(NLBenchError, match="other parameters") as err:
+        ensure_dataset(other_seed)
+    assert str(root) in str(err.value) and "data.synthetic" in str(err.value)
+    assert ensure_dataset(other_seed, root) == root  # named with --data-root: any set of this renderer
+    (root / "synthetic.json").write_text(json.dumps(dict(stamp, renderer=1)))  # as an older nlbench wrote it
+    for root_given in (None, root):
+        with pytest.raises(NLBenchError, match="by another nlbench .renderer 1, expected 2.; remove the folder"):
+            ensure_dataset(load_recipe(RECIPES["voc"], profile="smoke", overrides=over).data, root_given)
+    (root / "synthetic.json").unlink()  # no stamp: a real dataset, say; used as it is
+    assert ensure_dataset(other_seed) == root
+
+
 def test_ensure_dataset_is_safe_when_writers_race(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -20,18 +20,18 @@ renamed into place, so a reader never sees half a dataset and two processes may 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from benchmark.data.classes import PALETTES
 from benchmark.data.prepare import TRAIN_IDS_SUFFIX, png_bytes, polygons_to_train_ids
 from benchmark.errors import NLBenchError
 from benchmark.recipe import DataConfig
@@ -48,13 +48,36 @@ _ADE_OBJECTS = (1, 5, 13, 21, 0)  # wall, tree, person, car, and "other" (0 -> i
 _VOC_OBJECTS = (1, 2, 4, 15)  # aeroplane, bicycle, boat, person: red, green, blue, light pink
 
 # Every class a scene uses, in each dataset's label encoding (Cityscapes: train ids), background first.
-# Each gets stripes of its own orientation and period (_class_style), so a class stays recognisable
-# under the training pipeline's hue, saturation and contrast changes, not only by its colour.
+# A scene class's pixels get a hue of their own, evenly spread around the colour wheel (_class_colour),
+# and stripes of an orientation that a horizontal flip keeps (_class_style), so that the training
+# pipeline's augmentations never make one class look like another: MMSeg's PhotoMetricDistortion turns
+# a whole image's hue by up to 36 degrees (less than half the 60-72 degrees between two classes here)
+# and RandomFlip mirrors a stripe at angle a to pi - a (two classes at a and pi - a would swap looks).
+# The classes' palette colours were too close for that (ADE20K's sky and car: cyan and blue).
 _SCENE_CLASSES = {
     "cityscapes": (0, 10, 2, 8, 13, 11),  # road, sky, building, vegetation, car, person
     "ade20k": (4, 3, 1, 5, 13, 21),  # floor, sky, wall, tree, person, car
     "voc12aug": (0,) + _VOC_OBJECTS,
 }
+# Stripe orientations that a horizontal flip keeps (0, pi/2) or swaps for each other (pi/4 and 3pi/4);
+# the k-th scene class takes the (k mod 3)-th, so that classes next to each other on the colour wheel
+# never share one, and two that do are far apart in hue and differ in brightness and period. A small
+# model leans on the stripes at least as much as on the hue: it confused ADE20K's car and sky when
+# both had vertical stripes (docs/SMOKE.md).
+_ORIENTATIONS = (0.0, np.pi / 2, np.pi / 4)
+_PERIODS = (4.0, 6.5, 9.0, 9.0, 4.0, 6.5)
+
+# Bumped whenever the same parameters would draw other pixels or labels, so that a set written by an
+# older nlbench is refused instead of silently trained on (the smoke baseline is a function of it).
+RENDERER_VERSION = 2
+STAMP_NAME = "synthetic.json"
+
+# Label pixels this close to an object's outline are void (ignored by the loss and the metric), as
+# real VOC marks a band about 5 pixels wide around its objects. Without it the smoke mIoU measured how
+# sharply a small model had learnt to place edges at output stride 8, which moves by several points
+# with the seed; the classes' interiors it learns to saturation (docs/SMOKE.md). The images are drawn
+# from the labels without the band: they show the whole scene.
+VOID_RADIUS = 2
 
 _CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau")}
 
@@ -81,6 +104,30 @@ def _band(h: int, w: int, y0: int, y1: int) -> Polygon:
     return [(0, y0), (w - 1, y0), (w - 1, y1), (0, y1)]
 
 
+def _outline(poly: Polygon, radius: int = VOID_RADIUS) -> List[Polygon]:
+    """Polygons covering a polygon's outline ``2 * radius + 1`` pixels wide: a quadrilateral along each
+    edge and a square on each vertex. A two-point polygon is a line (the horizon)."""
+    pieces = []
+    for k, (x0, y0) in enumerate(poly):
+        x1, y1 = poly[(k + 1) % len(poly)]
+        length = max(float(np.hypot(x1 - x0, y1 - y0)), 1e-6)
+        nx, ny = -(y1 - y0) / length * radius, (x1 - x0) / length * radius
+        pieces.append([(round(x0 + nx), round(y0 + ny)), (round(x1 + nx), round(y1 + ny)),
+                       (round(x1 - nx), round(y1 - ny)), (round(x0 - nx), round(y0 - ny))])
+        pieces.append([(x0 - radius, y0 - radius), (x0 + radius, y0 - radius), (x0 + radius, y0 + radius),
+                       (x0 - radius, y0 + radius)])
+    return pieces
+
+
+def _with_void(objects: Sequence[Tuple[Any, Polygon]], void: Any,
+               lines: Sequence[Polygon] = ()) -> List[Tuple[Any, Polygon]]:
+    """``objects`` with the outline of each (and each of ``lines``) drawn right after it as ``void``."""
+    out = [(void, piece) for line in lines for piece in _outline(line)]
+    for value, poly in objects:
+        out += [(value, poly)] + [(void, piece) for piece in _outline(poly)]
+    return out
+
+
 def _draw(h: int, w: int, fill: int, objects: Sequence[Tuple[int, Polygon]]) -> np.ndarray:
     im = Image.new("L", (w, h), fill)
     draw = ImageDraw.Draw(im)
@@ -90,32 +137,37 @@ def _draw(h: int, w: int, fill: int, objects: Sequence[Tuple[int, Polygon]]) -> 
 
 
 def _class_style(dataset: str, value: int) -> Tuple[float, float]:
-    """(angle, period) of a class's stripes: evenly spread orientations and three periods over the
-    scene's classes; any other value (ignored, "other") a fixed pseudo-random pair."""
+    """(angle, period) of a class's stripes; any class outside the scene (ignored, "other") a fixed
+    pseudo-random pair."""
     scene = _SCENE_CLASSES[dataset]
     if value in scene:
         k = scene.index(value)
-        return k * np.pi / len(scene), (4.0, 6.5, 9.0)[k % 3]
+        return _ORIENTATIONS[k % 3], _PERIODS[k]
     style = np.random.default_rng([7919, int(value)])
     return style.uniform(0, np.pi), style.uniform(3.0, 12.0)
 
 
 def _class_texture(dataset: str, value: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """The class's colour and stripes (fixed per class), with per-image phase and noise."""
-    colour = _colour(dataset, value)
+    colour = _class_colour(dataset, value)
     angle, period = _class_style(dataset, value)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
-    # Squeeze the palette colour into 32..223 so stripes and noise mostly stay inside 0..255.
+    # Squeeze the colour into 32..223 so stripes and noise mostly stay inside 0..255.
     base = 32.0 + 0.75 * np.asarray(colour, dtype=np.float32)
     return base[None, None, :] + 25.0 * wave[..., None] + rng.normal(0, 6.0, size=(h, w, 3))
 
 
-def _colour(dataset: str, value: int) -> Tuple[int, int, int]:
-    """A class's palette colour (distinct by design); ignored or "other" pixels a fixed grey."""
-    palette = PALETTES[dataset]
-    index = value - 1 if dataset == "ade20k" else value  # ADE's stored labels are 1-based
-    return palette[index] if 0 <= index < len(palette) else (90, 90, 90)
+def _class_colour(dataset: str, value: int) -> Tuple[int, int, int]:
+    """RGB of a scene class: the k-th of n hues evenly spread around the wheel, saturated, brighter
+    for even k; anything else (ignored, "other") a fixed grey."""
+    scene = _SCENE_CLASSES[dataset]
+    if value not in scene:
+        return (90, 90, 90)
+    k = scene.index(value)
+    hsv = np.array([[[round(180 * k / len(scene)), 230, 240 if k % 2 == 0 else 170]]], np.uint8)  # OpenCV hue: 0..179
+    r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
+    return int(r), int(g), int(b)
 
 
 def render_image(class_map: np.ndarray, dataset: str, rng: np.random.Generator) -> np.ndarray:
@@ -168,22 +220,27 @@ def _cityscapes(root: Path, counts: Dict[str, int], h: int, w: int, seed: int) -
             city = cities[i % len(cities)]
             stem = f"{city}_{i:06d}_000019"
             horizon = int(rng.uniform(0.3, 0.5) * h)
-            objects = [("sky", _band(h, w, 0, horizon)), ("road", _band(h, w, horizon, h - 1))]
-            for _ in range(int(rng.integers(2, 5))):
-                objects.append((_CITYSCAPES_OBJECTS[int(rng.integers(len(_CITYSCAPES_OBJECTS)))], _shape(rng, h, w)))
+            scene = [("sky", _band(h, w, 0, horizon)), ("road", _band(h, w, horizon, h - 1))]
+            shapes = [(_CITYSCAPES_OBJECTS[int(rng.integers(len(_CITYSCAPES_OBJECTS)))], _shape(rng, h, w))
+                      for _ in range(int(rng.integers(2, 5)))]
+            shapes.append(("ego vehicle", _band(h, w, h - max(2, h // 10), h - 1)))
             if rng.random() < 0.5:  # cityscapesscripts skips labels with a negative id
-                objects.append(("license plate", _shape(rng, h // 2, w // 2)))
-            objects.append(("ego vehicle", _band(h, w, h - max(2, h // 10), h - 1)))
+                shapes.insert(-1, ("license plate", _shape(rng, h // 2, w // 2)))
             gt = root / "gtFine" / split / city
             gt.mkdir(parents=True, exist_ok=True)
             polygons = gt / f"{stem}_gtFine_polygons.json"
-            doc = {"imgHeight": h, "imgWidth": w,
-                   "objects": [{"label": name, "polygon": [list(p) for p in poly]} for name, poly in objects]}
-            polygons.write_text(json.dumps(doc, indent=1))
-            train_ids = polygons_to_train_ids(polygons)
-            _write_png(gt / f"{stem}{TRAIN_IDS_SUFFIX}", train_ids)
-            image = render_image(train_ids, "cityscapes", rng)
+            # The image shows the scene without the void band; the polygons (and so the labels) have it.
+            _write_polygons(polygons, h, w, scene + shapes)
+            image = render_image(polygons_to_train_ids(polygons), "cityscapes", rng)
+            _write_polygons(polygons, h, w, scene + _with_void(shapes, "unlabeled", [[(0, horizon), (w - 1, horizon)]]))
+            _write_png(gt / f"{stem}{TRAIN_IDS_SUFFIX}", polygons_to_train_ids(polygons))
             _write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image)
+
+
+def _write_polygons(path: Path, h: int, w: int, objects: Sequence[Tuple[str, Polygon]]) -> None:
+    doc = {"imgHeight": h, "imgWidth": w,
+           "objects": [{"label": name, "polygon": [list(p) for p in poly]} for name, poly in objects]}
+    path.write_text(json.dumps(doc, indent=1))
 
 
 def _ade20k(root: Path, counts: Dict[str, int], h: int, w: int, seed: int) -> None:
@@ -196,10 +253,12 @@ def _ade20k(root: Path, counts: Dict[str, int], h: int, w: int, seed: int) -> No
             objects = [(3, _band(h, w, 0, horizon))]  # sky above, floor (4) below
             objects += [(_ADE_OBJECTS[int(rng.integers(len(_ADE_OBJECTS)))], _shape(rng, h, w))
                         for _ in range(int(rng.integers(2, 5)))]
-            raw = _draw(h, w, 4, objects)
+            image = render_image(_draw(h, w, 4, objects), "ade20k", rng)
+            # void: 0 ("other"), which reduce_zero_label turns into the ignore index
+            raw = _draw(h, w, 4, [objects[0]] + _with_void(objects[1:], 0, [[(0, horizon), (w - 1, horizon)]]))
             stem = f"{prefix}_{i + 1:08d}"
             _write_png(root / "annotations" / folder / f"{stem}.png", raw)
-            _write_image(root / "images" / folder / f"{stem}.jpg", render_image(raw, "ade20k", rng))
+            _write_image(root / "images" / folder / f"{stem}.jpg", image)
 
 
 def _voc(root: Path, counts: Dict[str, int], h: int, w: int, seed: int) -> None:
@@ -219,13 +278,9 @@ def _voc(root: Path, counts: Dict[str, int], h: int, w: int, seed: int) -> None:
                       for _ in range(int(rng.integers(1, 4)))]
             classes = _draw(h, w, 0, shapes)
             image = render_image(classes, "voc12aug", rng)
-            # VOC marks object boundaries as 255 ("void"); SBD's masks have no such outlines.
+            # VOC marks a band around its objects 255 ("void"); SBD's masks have no such band.
             if ann_folder == "SegmentationClass":
-                im = Image.fromarray(classes)
-                draw = ImageDraw.Draw(im)
-                for _, poly in shapes:
-                    draw.polygon(poly, outline=255)
-                label, pal = np.array(im), palette
+                label, pal = _draw(h, w, 0, _with_void(shapes, 255)), palette
             else:
                 label, pal = classes, None
             name = f"{year}_{i:06d}"
@@ -259,6 +314,7 @@ def write_synthetic(dataset: str, out: Union[str, Path], train: int = 8, val: in
     try:
         writer = {"cityscapes": _cityscapes, "ade20k": _ade20k, "voc": _voc}[dataset]
         writer(tmp, {"train": train, "val": val}, h, w, seed)
+        _stamp(dataset, train, val, (h, w), seed).write(tmp / STAMP_NAME)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if out.is_dir():
             out.rmdir()  # empty, checked above
@@ -269,6 +325,47 @@ def write_synthetic(dataset: str, out: Union[str, Path], train: int = 8, val: in
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stamp:
+    """What a synthetic set was written from: kept in the set as synthetic.json."""
+
+    dataset: str
+    train: int
+    val: int
+    size: Tuple[int, int]
+    seed: int
+    renderer: int = RENDERER_VERSION
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
+
+
+def _stamp(dataset: str, train: int, val: int, size_hw: Tuple[int, int], seed: int) -> _Stamp:
+    return _Stamp(dataset, train, val, (int(size_hw[0]), int(size_hw[1])), seed)
+
+
+def _check_stamp(root: Path, want: _Stamp, own_root: bool) -> None:
+    """A synthetic set already on disk must come from this renderer and, at the recipe's own data root,
+    from the recipe's parameters (a root given by --data-root may hold any set, e.g. `nlbench synth`'s).
+    A folder without a stamp is left alone: it may be a real dataset the user pointed the recipe at."""
+    path = root / STAMP_NAME
+    if not path.is_file():
+        return
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        found = None
+    if not isinstance(found, dict) or found.get("renderer") != want.renderer:
+        renderer = found.get("renderer") if isinstance(found, dict) else None
+        raise NLBenchError(f"this synthetic set was written by another nlbench (renderer {renderer}, expected "
+                           f"{want.renderer}); remove the folder and it is written again on first use",
+                           root, "data.synthetic")
+    if own_root and dict(found, size=tuple(found.get("size") or ())) != dataclasses.asdict(want):
+        raise NLBenchError(f"this synthetic set was written with other parameters (found {found}, expected "
+                           f"{dataclasses.asdict(want)}); remove the folder and it is written again on first use",
+                           root, "data.synthetic")
+
+
 def ensure_dataset(data_cfg: DataConfig, data_root: Optional[Union[str, Path]] = None) -> Path:
     """The data root; when it is missing and the recipe sets ``data.synthetic``, write it first.
 
@@ -276,7 +373,11 @@ def ensure_dataset(data_cfg: DataConfig, data_root: Optional[Union[str, Path]] =
     and the first rename wins; the others discard theirs."""
     root = Path(data_root if data_root is not None else data_cfg.data_root)
     syn = data_cfg.synthetic
-    if root.exists() or syn is None:
+    if syn is None:
+        return root
+    want = _stamp(_RECIPE_TO_SYNTH[data_cfg.dataset], syn.train, syn.val, tuple(syn.size), syn.seed)
+    if root.exists():
+        _check_stamp(root, want, own_root=data_root is None)
         return root
     try:
         write_synthetic(_RECIPE_TO_SYNTH[data_cfg.dataset], root, syn.train, syn.val, tuple(syn.size), syn.seed)
