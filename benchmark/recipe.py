@@ -436,6 +436,16 @@ def _lists_to_tuples(node: Any) -> Any:
     return node
 
 
+def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
+    """A resolved recipe back from ``Recipe.to_dict()`` (a plan's job file carries it): the same recipe
+    and hash, whatever its file says now. Raises NLBenchError when it is not one."""
+    try:
+        return Recipe.model_validate_json(json.dumps(data))
+    except (ValueError, TypeError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise NLBenchError(f"not a resolved recipe: {why}", key="recipe_resolved") from None
+
+
 # The resolved recipe beside every run, as MMSeg keeps its config in the work dir: what ran is read
 # from the run itself, not from a recipe file that may have changed since.
 RESOLVED_RECIPE_FILE = "recipe.yaml"

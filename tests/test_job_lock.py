@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from report_helpers import work_dir_of
 
 from benchmark.run.lock import Holder, JobHeld, JobLock, lock_path
 from benchmark.run.records import KINDS
@@ -78,7 +79,7 @@ def test_two_run_alls_into_one_folder_never_run_a_stage_twice(tmp_path):
     # Each (row, seed, stage) ran once: one record per stage, one job start in the job's log.
     records = sorted(p.name.split("-")[0] for p in (results / "records" / ROW / "smoke" / "seed0").glob("*.json"))
     assert records == sorted(KINDS)
-    log = (results / "work" / "smoke" / ROW / "seed0" / "job.log").read_text()
+    log = (work_dir_of(results, "smoke", ROW) / "job.log").read_text()
     assert log.count("stages to run: train, eval, eval_ms_flip, bench") == 1
     assert "stages to run: none" not in log
     # The second said whom it waited for, and that nothing was left for it to do.

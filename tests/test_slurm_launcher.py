@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from report_helpers import work_dir_of
 from slurm_cluster import cluster_fixture
 
 from benchmark.cli import main as cli
@@ -155,7 +156,7 @@ def test_two_ranks_per_job_train_with_torch_distributed(cluster, capsys):
     assert code == 0, out
     (row,) = _rows(results).values()
     assert row["state"] == "done"
-    work = results / "work" / "smoke" / "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512" / "seed0"
+    work = work_dir_of(results, "smoke", "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512")
     assert "world size 2" in (work / "job.log").read_text()
     train = _eval_record(results, "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512", "train")
     assert train["provenance"]["world_size"] == 2

@@ -155,8 +155,10 @@ def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Pa
             raise NLBenchError(f"cannot run sbatch ({exc.strerror}): is this a SLURM login node?",
                                key="--launcher") from None
         for job, sj in zip(group, submitted):
+            layout = ResultsLayout(Path(results_dir).resolve())  # run-file paths relative to it: it can move
             entries.append({**job.to_dict(), "slurm_job_id": sj.job_id,
-                            "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr)})
+                            "stdout": layout.relative(Path(sj.paths.stdout).resolve()),
+                            "stderr": layout.relative(Path(sj.paths.stderr).resolve())})
     return entries
 
 

@@ -56,13 +56,16 @@ def load_runs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict
 
 
 def planned_jobs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
-    """The newest entry for every job key, with its run's launcher."""
+    """The newest entry for every job key, with its run's launcher; its paths inside the results folder
+    (written relative to it) made whole from ``results_dir``, where the folder is now."""
+    layout = ResultsLayout(results_dir)
     latest: Dict[str, Dict[str, Any]] = {}
     for run in load_runs(results_dir, skipped):
         for entry in run["jobs"]:
             if isinstance(entry, dict) and "key" in entry:
-                latest[entry["key"]] = {**entry, "launcher": run.get("launcher", "local"), "run_id": run.get("run_id"),
-                                        "launcher_process": run.get("launcher_process")}
+                paths = {k: str(layout.absolute(entry[k])) for k in ("work_dir", "stdout", "stderr") if entry.get(k)}
+                latest[entry["key"]] = {**entry, **paths, "launcher": run.get("launcher", "local"),
+                                        "run_id": run.get("run_id"), "launcher_process": run.get("launcher_process")}
     return [latest[k] for k in sorted(latest)]
 
 

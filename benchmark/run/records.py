@@ -21,7 +21,7 @@ from benchmark import __version__
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, file_sha256, json_safe
 from benchmark.io.jobenv import job_environment
-from benchmark.io.layout import ResultsLayout
+from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.recipe import REPO_ROOT, list_recipe_paths
 from benchmark.run.schema import (
     CHECKPOINT_SOURCES,
@@ -37,8 +37,8 @@ from benchmark.run.schema import (
 # records of MMSeg's released checkpoints say so in ``checkpoint_source``; results of the two sources
 # are never mixed.
 __all__ = ["CHECKPOINT_SOURCES", "KINDS", "SCHEMA", "CheckpointSource", "Kind", "Record", "RecordStore", "RowKey",
-           "diverged_record", "load_records", "newest_by_kind", "provenance", "record_kinds", "validate_record",
-           "write_record"]
+           "chosen_by_kind", "diverged_record", "load_records", "newest_by_kind", "provenance", "record_kinds", "row_configuration",
+           "validate_record", "write_record"]
 
 PathLike = Union[str, Path]
 
@@ -254,6 +254,9 @@ class RecordStore:
     def newest_by_kind(self) -> Dict[RowKey, Dict[Kind, Record]]:
         return newest_by_kind(self.records)
 
+    def chosen_by_kind(self) -> Tuple[Dict[RowKey, Dict[Kind, Record]], List[str]]:
+        return chosen_by_kind(self.records)
+
 
 def newest_by_kind(records: Iterable[Record]) -> Dict[RowKey, Dict[Kind, Record]]:
     """(recipe, profile, checkpoint source, seed) -> {kind: the newest record of that kind} (by
@@ -268,6 +271,61 @@ def newest_by_kind(records: Iterable[Record]) -> Dict[RowKey, Dict[Kind, Record]
     for (row, kind), rec in newest.items():
         by_seed.setdefault(row, {})[kind] = rec
     return by_seed
+
+
+def _newest(records: Iterable[Record]) -> Record:
+    return max(records, key=lambda r: (r.created, r.path or ""))
+
+
+def _short(recipe_hash: Any) -> str:
+    return str(recipe_hash)[:12] if recipe_hash else "none"
+
+
+def _row_name(row: RowKey) -> str:
+    recipe, profile, source, seed = row
+    return f"{profile}/{recipe}/{source_part(source.value)}seed{seed}"
+
+
+def row_configuration(records: List[Record]) -> Any:
+    """The resolved recipe (hash) a row's figures come from: that of its newest train record (what was
+    trained last), or, with none (a released checkpoint; a run still training), of its newest record."""
+    trains = [r for r in records if r.kind == Kind.TRAIN]
+    return _newest(trains or records).provenance.recipe_hash
+
+
+def chosen_by_kind(records: Iterable[Record]) -> Tuple[Dict[RowKey, Dict[Kind, Record]], List[str]]:
+    """(recipe, profile, checkpoint source, seed) -> {kind: the record used}, and one line for every
+    choice made: records of another resolved recipe than the row's (``row_configuration``) are left
+    out, never joined with it; of two records of one kind and recipe the newest is used, and both are
+    named. Nothing is chosen silently."""
+    by_row: Dict[RowKey, List[Record]] = {}
+    for rec in records:
+        by_row.setdefault(rec.row, []).append(rec)
+    chosen: Dict[RowKey, Dict[Kind, Record]] = {}
+    notes: List[str] = []
+    for row, found in sorted(by_row.items(), key=lambda item: _row_name(item[0])):
+        config = row_configuration(found)
+        mine = [r for r in found if r.provenance.recipe_hash == config]
+        other: Dict[Any, List[str]] = {}
+        for rec in found:
+            if rec.provenance.recipe_hash != config:
+                other.setdefault(rec.provenance.recipe_hash, []).append(rec.kind.value)
+        for recipe_hash, kinds in other.items():
+            notes.append(f"{_row_name(row)}: {len(kinds)} record(s) of another resolved recipe (hash "
+                         f"{_short(recipe_hash)}: {', '.join(sorted(kinds))}) left out; the row's figures are those "
+                         f"of hash {_short(config)}, its newest train record's (or newest record's)")
+        kinds_of: Dict[Kind, List[Record]] = {}
+        for rec in mine:
+            kinds_of.setdefault(rec.kind, []).append(rec)
+        chosen[row] = {kind: _newest(recs) for kind, recs in kinds_of.items()}
+        for kind, recs in kinds_of.items():
+            if len(recs) > 1:
+                used = chosen[row][kind]
+                rest = [r.path or "?" for r in recs if r is not used]
+                notes.append(f"{_row_name(row)}: {len(recs)} {kind.value} records of one resolved recipe (hash "
+                             f"{_short(config)}): used {used.path} (the newest, {used.created_at}); not "
+                             f"{', '.join(rest)}")
+    return chosen, notes
 
 
 def load_records(results_dir: PathLike,
