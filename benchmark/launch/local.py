@@ -73,13 +73,13 @@ def _job_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _job_process(job_file: str, console: str, shared: SharedLock) -> None:
+def _job_process(job_file: str, console: str, shared: SharedLock, launcher: int) -> None:
     """A side-by-side job's process: its console output into ``console``; it holds the job's lock
     itself (run/lock.py ``adopt``), so the job stays held if the launcher dies while it runs."""
     fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    adopt(shared, f"nlbench job (run-all --parallel, launcher pid {os.getppid()})")
+    adopt(shared, f"nlbench job (run-all --parallel, launcher pid {launcher})")
     from benchmark.run.__main__ import main
 
     sys.exit(main([job_file]))
@@ -89,7 +89,8 @@ def _run_child(job: Job, job_file: Path, lock: JobLock) -> None:
     """The job in a process of its own (``parallel`` > 1), sharing this process's lock."""
     atomic_write_text(job_file, json.dumps(job.to_dict(), indent=2) + "\n")
     console = job_file.with_suffix(".out")
-    process = _job_context().Process(target=_job_process, args=(str(job_file), str(console), lock.shared()))
+    process = _job_context().Process(target=_job_process, args=(str(job_file), str(console), lock.shared(),
+                                                                         os.getpid()))
     process.start()
     process.join()
     code = process.exitcode
