@@ -152,3 +152,16 @@ def test_a_recipe_edited_while_its_row_is_queued_runs_as_planned(tmp_path):
         records = _records(results, seed)
         assert sorted(r["kind"] for r in records) == sorted(KINDS)  # ms+flip too: the planned recipe
         assert {r["provenance"]["recipe_hash"] for r in records} == {planned[seed]}
+
+
+def test_report_into_a_results_folder_whose_name_is_not_utf8(tmp_path):
+    from report_helpers import write_row
+
+    results = os.fsdecode(bytes(tmp_path) + b"/res\xff")  # as Python reads such a name: a surrogate
+    write_row(results)
+    proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"benchmark", b"report", b"--results",
+                           os.fsencode(results)], capture_output=True, env=_env(), timeout=300)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+    page = (Path(results) / "report" / "index.html").read_bytes()
+    assert b"res\\udcff" in page  # the name shown escaped, the page still UTF-8
+    page.decode("utf-8")

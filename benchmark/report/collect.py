@@ -12,8 +12,8 @@ checkpoints nlbench trained ("trained"); the two are never averaged together.
 
 from __future__ import annotations
 
-import sys
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union

@@ -36,9 +36,9 @@ from benchmark.run.schema import (
 # The record's model, its kinds and checkpoint sources: run/schema.py. Eval, ms+flip and bench
 # records of MMSeg's released checkpoints say so in ``checkpoint_source``; results of the two sources
 # are never mixed.
-__all__ = ["CHECKPOINT_SOURCES", "KINDS", "SCHEMA", "CheckpointSource", "Kind", "Record", "RecordStore", "RowKey",
-           "chosen_by_kind", "diverged_record", "load_records", "newest_by_kind", "provenance", "record_kinds", "row_configuration",
-           "validate_record", "write_record"]
+__all__ = ["CHECKPOINT_SOURCES", "KINDS", "SCHEMA", "CheckpointSource", "Kind", "Record", "RecordStore",
+           "RowKey", "chosen_by_kind", "diverged_record", "load_records", "newest_by_kind", "provenance",
+           "record_kinds", "row_configuration", "validate_record", "write_record"]
 
 PathLike = Union[str, Path]
 
