@@ -225,6 +225,7 @@ class SlurmJob(_Checkpointable):
         if not callable(submitit_handler):
             return run_job(self.job)
         stop = StopFlag()
+        terminated: List[int] = []
 
         def on_usr2(signum: int, frame: Any) -> None:
             if stop.armed:
@@ -232,15 +233,40 @@ class SlurmJob(_Checkpointable):
             else:
                 submitit_handler(signum, frame)
 
+        def on_term(signum: int, frame: Any) -> None:
+            # scancel and `scontrol requeue` send SIGTERM, which submitit ignores; SLURM kills the job
+            # KillWait seconds later. Training saves at the next iteration boundary; any other stage
+            # stops now (it has nothing to save).
+            terminated.append(signum)
+            if stop.armed:
+                stop.request()
+            else:
+                self._cancelled(None)
+
         signal.signal(signal.SIGUSR2, on_usr2)
+        signal.signal(signal.SIGTERM, on_term)
         try:
             return run_job(self.job, stop)
-        except TrainingInterrupted:
+        except TrainingInterrupted as exc:
+            if terminated:
+                self._cancelled(exc.iteration)
             submitit_handler(signal.SIGUSR2, None)  # rank 0: checkpoint() + requeue + exit
             # Other ranks must not exit first (that could end the step before rank 0 requeues, as
             # submitit warns); SLURM stops them when the job is requeued.
             while True:
                 time.sleep(60)
+
+    def _cancelled(self, iteration: Optional[int]) -> None:
+        """SIGTERM: say so in the job's log and state (status: cancelled), and end the process. SLURM
+        requeues the task itself after ``scontrol requeue``; it then resumes from latest.pth."""
+        work = Path(self.job.work_dir)
+        if job_environment().is_main:
+            state = read_state(work) or {}
+            saved = f"saved latest.pth at iter {iteration}" if iteration is not None else "nothing to save"
+            message = f"stopped by SIGTERM (scancel, or a requeue by hand) in stage {state.get('stage')}: {saved}"
+            JobLog(work)(message)
+            write_state(work, "cancelled", stage=state.get("stage"), key=self.job.key, error=message)
+        raise SystemExit(128 + signal.SIGTERM)  # not a failure of the job (run_job lets SystemExit pass)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         work = Path(self.job.work_dir)
