@@ -201,6 +201,18 @@ except ImportError:  # pragma: no cover - submitit is a dependency; keeps `impor
     _Checkpointable = object  # type: ignore[assignment,misc]
 
 
+PREEMPT_USR2_WAIT_S = 3.0  # after a SIGTERM, how long a preemption's USR2 may take to follow it
+
+
+def _wait_for(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class SlurmJob(_Checkpointable):
     """What the SLURM launcher submits: one task of the array, one rank per SLURM task.
 
@@ -226,8 +238,10 @@ class SlurmJob(_Checkpointable):
             return run_job(self.job)
         stop = StopFlag()
         terminated: List[int] = []
+        usr2: List[int] = []
 
         def on_usr2(signum: int, frame: Any) -> None:
+            usr2.append(signum)
             if stop.armed:
                 stop.request()
             else:
@@ -236,11 +250,11 @@ class SlurmJob(_Checkpointable):
         def on_term(signum: int, frame: Any) -> None:
             # scancel and `scontrol requeue` send SIGTERM, which submitit ignores; SLURM kills the job
             # KillWait seconds later. Training saves at the next iteration boundary; any other stage
-            # stops now (it has nothing to save).
+            # stops now (it has nothing to save), unless a preemption's USR2 follows.
             terminated.append(signum)
             if stop.armed:
                 stop.request()
-            else:
+            elif not _wait_for(lambda: bool(usr2), PREEMPT_USR2_WAIT_S):
                 self._cancelled(None)
 
         signal.signal(signal.SIGUSR2, on_usr2)
@@ -248,7 +262,9 @@ class SlurmJob(_Checkpointable):
         try:
             return run_job(self.job, stop)
         except TrainingInterrupted as exc:
-            if terminated:
+            # A preemption sends SIGTERM and then USR2 (requeue); SIGTERM alone is scancel or a
+            # requeue by hand: cancelled. The USR2 of a preemption is given a moment to arrive.
+            if terminated and not _wait_for(lambda: bool(usr2), PREEMPT_USR2_WAIT_S):
                 self._cancelled(exc.iteration)
             submitit_handler(signal.SIGUSR2, None)  # rank 0: checkpoint() + requeue + exit
             # Other ranks must not exit first (that could end the step before rank 0 requeues, as
