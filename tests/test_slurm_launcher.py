@@ -71,7 +71,7 @@ def test_array_with_preemption_requeues_and_resumes_to_the_same_result(cluster, 
     target = next(e for e in entries if e["recipe"] == INTERRUPTED)
 
     # Interrupt the first row half-way through training, as SLURM preempts: SIGTERM, then USR2.
-    work = Path(target["work_dir"])
+    work = results / target["work_dir"]  # relative to the results folder
     _wait(lambda: (work / "iter_5.pth").exists(), 150, "the first checkpoint")
     assert _rows(results)[INTERRUPTED]["state"] == "running"
     assert cli(["status", "--results", str(results)]) == 0

@@ -205,7 +205,9 @@ def row_status(results: Union[Path, RecordStore], entry: Dict[str, Any], slurm: 
                ) -> Dict[str, Any]:
     """One row of the status table; ``results``: the results folder, or its records already read."""
     done = results if isinstance(results, RecordStore) else _read(results, [entry])
-    work = Path(entry["work_dir"])
+    # A run file's work_dir is relative to the results folder (collect_status made it whole already).
+    work = Path(entry["work_dir"]) if isinstance(results, RecordStore) else ResultsLayout(results).absolute(
+        entry["work_dir"])
     state_file = read_state(work) or {}
     job_id = entry.get("slurm_job_id")
     slurm_state, requeues = slurm.get(job_id, (None, 0)) if job_id else (None, 0)
