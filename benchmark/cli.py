@@ -170,8 +170,8 @@ def _run_all_args(p: argparse.ArgumentParser) -> None:
 def _status_args(p: argparse.ArgumentParser) -> None:
     _results(p)
     p.add_argument("--watch", action="store_true",
-                   help="refresh until every row is final (done, failed or diverged); exit 0 when all are done, "
-                        "1 when one failed or diverged")
+                   help="refresh until every row is final (done, failed, diverged or cancelled); exit 0 when all "
+                        "are done, 1 otherwise")
     p.add_argument("--interval", type=float, default=10.0, metavar="S",
                    help="--watch: seconds between refreshes (default 10)")
 

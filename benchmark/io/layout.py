@@ -5,7 +5,8 @@
       work/<profile>/<recipe>/[released/]seed<k>-<hash12>/               a job's work dir: checkpoints,
                                                                          train log, job.log, job_state.json
                                                                          (<hash12>: the resolved recipe's;
-                                                                         seed<k>/ without it: before 0.2)
+                                                                         seed<k>/: written before the
+                                                                         hash was part of the name)
       jobs/runs/<run id>.json                                            one run-all's jobs (status reads them)
       jobs/locks/<profile>__<recipe>__[released__]seed<k>.lock           a job's lock (run/lock.py)
       jobs/local/<profile>__<recipe>__[released__]seed<k>.json, .out     a local job's file (torchrun ranks,

@@ -310,7 +310,7 @@ def _status_rows(folder: Path, warn: bool = True) -> List[Dict[str, Any]]:
 
 def status_command(results: str = "results", watch: bool = False, interval: float = 10.0) -> int:
     """`nlbench status`; ``watch``: print the table again every ``interval`` seconds until every row is
-    final (done, failed or diverged), then exit 0 when all are done, 1 otherwise."""
+    final (done, failed, diverged or cancelled), then exit 0 when all are done, 1 otherwise."""
     folder = Path(results)
     if not ResultsLayout(folder).runs.is_dir():
         raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")
