@@ -85,6 +85,12 @@ class ResultsLayout:
         return (self.row_work(profile, recipe) / source_part(source).rstrip("/"),
                 re.compile(rf"seed{seed}(-[0-9a-f]{{{HASH_CHARS}}})?"))
 
+    @staticmethod
+    def seed_of(work_dir_name: str) -> Optional[int]:
+        """The seed of a work dir's name (``seed<k>`` or ``seed<k>-<hash12>``); None for other names."""
+        m = re.fullmatch(rf"seed(\d+)(?:-[0-9a-f]{{{HASH_CHARS}}})?", work_dir_name)
+        return int(m.group(1)) if m else None
+
     def relative(self, path: PathLike) -> str:
         """``path`` as written into a file inside the folder: relative to the root when inside it, so the
         folder can be moved (``absolute`` reads it back); other paths as given."""
