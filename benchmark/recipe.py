@@ -265,6 +265,14 @@ class Recipe(_Strict):
         body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
+    @property
+    def config_hash(self) -> str:
+        """``hash`` without ``runtime.seed``: the same for every seed of one configuration, so that the
+        seeds of a row are averaged only when they ran one configuration (run/records.py)."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
+        body["runtime"] = {k: v for k, v in body["runtime"].items() if k != "seed"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
 
 # ----------------------------------------------------------------------------- loading
 

@@ -65,6 +65,21 @@ def test_records_of_another_resolved_recipe_are_left_out_and_every_choice_is_sai
     assert proc.stderr.count("warning: ") == 2 and "2 eval records of one resolved recipe" in proc.stderr
 
 
+def test_seeds_of_another_configuration_are_not_averaged_with_the_row(tmp_path):
+    """Seed 1 trained with another --set than seed 0 (their config_hash, the recipe hash without the
+    seed, differ): the row is the newest training's configuration, seed 1 is left out and said."""
+    for seed, (config, miou, day) in enumerate([("c" * 64, 40.0, "05"), ("d" * 64, 70.0, "01")]):
+        for kind in ("train", "eval"):
+            rec = make_record(kind, seed=seed, miou=miou, created_at=f"2026-01-{day}T00:00:00+00:00")
+            rec["provenance"].update(recipe_hash=f"{seed}" * 64, config_hash=config)
+            write_record(tmp_path, rec)
+    collected = collect(tmp_path)
+    row = collected.summary.iloc[0]
+    assert row["miou_mean"] == 40.0 and row["n_seeds"] == 1 and row["seeds"] == "0"
+    assert collected.choices == [f"full/{ROW}/seed1: left out of the row's figures: it ran another configuration "
+                                 f"(config hash {'d' * 12}) than the row's newest training ({'c' * 12})"]
+
+
 def test_seeds_give_mean_std_min_max_n(tmp_path):
     values = [70.0, 72.0, 77.0]
     for seed, miou in enumerate(values):

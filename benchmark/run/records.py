@@ -136,6 +136,7 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
         "slurm_array_job_id": env.slurm_array_job_id,
         "slurm_array_task_id": env.slurm_array_task_id,
         "recipe_hash": recipe.hash,
+        "config_hash": recipe.config_hash,  # the same for every seed of one configuration
         "checkpoint_sha256": checkpoint_sha,
     }
 
@@ -325,7 +326,32 @@ def chosen_by_kind(records: Iterable[Record]) -> Tuple[Dict[RowKey, Dict[Kind, R
                 notes.append(f"{_row_name(row)}: {len(recs)} {kind.value} records of one resolved recipe (hash "
                              f"{_short(config)}): used {used.path} (the newest, {used.created_at}); not "
                              f"{', '.join(rest)}")
-    return chosen, notes
+    return _one_configuration_per_row(chosen, notes), notes
+
+
+def _one_configuration_per_row(chosen: Dict[RowKey, Dict[Kind, Record]],
+                               notes: List[str]) -> Dict[RowKey, Dict[Kind, Record]]:
+    """Seeds are averaged only over one configuration (``provenance.config_hash``: the recipe hash
+    without the seed; older records have none and are kept): a row's is that of its newest train
+    record over all seeds; a seed of another one is left out, and said in ``notes``."""
+    by_row: Dict[Tuple[str, str, CheckpointSource], List[Record]] = {}
+    for (recipe, profile, source, _), kinds in chosen.items():
+        by_row.setdefault((recipe, profile, source), []).extend(kinds.values())
+    config = {}
+    for row, recs in by_row.items():
+        known = [r for r in recs if r.provenance.config_hash]
+        trains = [r for r in known if r.kind == Kind.TRAIN]
+        config[row] = _newest(trains or known).provenance.config_hash if known else None
+    kept = {}
+    for key, kinds in chosen.items():
+        mine = config[key[:3]]
+        other = {r.provenance.config_hash for r in kinds.values()} - {None, mine}
+        if mine is not None and other:
+            notes.append(f"{_row_name(key)}: left out of the row's figures: it ran another configuration (config "
+                         f"hash {_short(sorted(other)[0])}) than the row's newest training ({_short(mine)})")
+        else:
+            kept[key] = kinds
+    return kept
 
 
 def load_records(results_dir: PathLike,
