@@ -22,7 +22,9 @@ from benchmark.run.records import KINDS
 REPO = Path(__file__).resolve().parent.parent
 ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 KEY = f"smoke/{ROW}/seed0"
-TINY = ["schedule.max_iters=2", "schedule.checkpoint_interval=2", "schedule.eval_interval=2", "data.synthetic.train=2",
+# 40 iterations: the first run-all still trains when the second (a few seconds of start-up) plans.
+TINY = ["schedule.max_iters=40", "schedule.checkpoint_interval=40", "schedule.eval_interval=40",
+        "data.synthetic.train=2",
         "data.synthetic.val=1", "data.crop_size=[32,32]", "data.imgs_per_gpu=1", "test.ms_flip_ratios=[1.0]",
         "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
 
