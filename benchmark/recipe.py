@@ -265,6 +265,14 @@ class Recipe(_Strict):
         body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
+    @property
+    def config_hash(self) -> str:
+        """``hash`` without ``runtime.seed``: the same for every seed of one configuration, so that the
+        seeds of a row are averaged only when they ran one configuration (run/records.py)."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
+        body["runtime"] = {k: v for k, v in body["runtime"].items() if k != "seed"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
 
 # ----------------------------------------------------------------------------- loading
 
@@ -434,6 +442,16 @@ def _lists_to_tuples(node: Any) -> Any:
     if isinstance(node, list):
         return tuple(_lists_to_tuples(v) for v in node)
     return node
+
+
+def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
+    """A resolved recipe back from ``Recipe.to_dict()`` (a plan's job file carries it): the same recipe
+    and hash, whatever its file says now. Raises NLBenchError when it is not one."""
+    try:
+        return Recipe.model_validate_json(json.dumps(data))
+    except (ValueError, TypeError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise NLBenchError(f"not a resolved recipe: {why}", key="recipe_resolved") from None
 
 
 # The resolved recipe beside every run, as MMSeg keeps its config in the work dir: what ran is read

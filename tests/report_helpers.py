@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from conftest import CITY_ROW as ROW
@@ -54,3 +55,11 @@ def flat_smoke_baseline(path, miou: str = "20.00"):
     baseline["profile"], baseline["device"] = "smoke", "cpu"
     baseline.to_csv(path, index=False)
     return path
+
+
+def work_dir_of(results, profile: str, row: str, seed: int = 0, source: str = "trained"):
+    """The one work dir a run left for (row, seed): RESULTS/work/<profile>/<row>/[released/]seed<k>-<hash12>."""
+    folder = Path(results) / "work" / profile / row / ("released" if source == "released" else "")
+    found = sorted(folder.glob(f"seed{seed}-*"))
+    assert len(found) == 1, found
+    return found[0]

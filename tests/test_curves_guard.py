@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from conftest import CITY_ROW as ROW
 from conftest import mmseg_poly_lr
+from report_helpers import work_dir_of
 
 from benchmark.cli import main as cli
 from benchmark.curves.reader import read_curve
@@ -106,7 +107,7 @@ def test_guard_stops_a_diverged_run_record_status_resume_and_curves(base, capsys
     assert [e["published"] for e in evidence["evals"]] == pytest.approx([m + 30 for m in reproduced], abs=0.011)
     expected = f"diverged at iter 8: mIoU {reproduced[-1]:.2f}, reference {evidence['evals'][-1]['published']:.2f}"
     assert evidence["message"] == expected
-    work = results / "work" / "smoke" / ROW / "seed0"
+    work = work_dir_of(results, "smoke", ROW)
     assert (work / "iter_8.pth").is_file() and not (work / "iter_12.pth").exists()
 
     # status says so; run-all again leaves the stopped row alone.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from report_helpers import work_dir_of
 
 from benchmark.cli import main as cli
 from benchmark.launch.status import collect_status
@@ -52,7 +53,7 @@ def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, c
         # stage on the saved checkpoint scores what training's own evaluation at iteration 8 scored.
         ious = [c["IoU"] for c in ev["metrics"]["per_class"].values() if c["IoU"] is not None]
         assert ious and ev["metrics"]["mIoU"] == pytest.approx(sum(ious) / len(ious), abs=1e-9)
-        train_log = results / "work" / "smoke" / name / "seed0" / "train.log.jsonl"
+        train_log = work_dir_of(results, "smoke", name) / "train.log.jsonl"
         (at_end,) = [e for e in map(json.loads, train_log.read_text().splitlines())
                      if e.get("event") == "eval" and e.get("iteration") == 8]
         assert ev["metrics"]["mIoU"] == pytest.approx(at_end["mIoU"], abs=1e-6)
@@ -66,7 +67,7 @@ def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, c
     assert "Mem (GB) (2 rows), Inf time (fps) (2 rows): no reference value" in verdicts
     # every work dir holds the resolved recipe it ran, named by its hash (the records' recipe_hash)
     for name in names:
-        work = results / "work" / "smoke" / name / "seed0"
+        work = work_dir_of(results, "smoke", name)
         text = (work / "recipe.yaml").read_text()
         saved = yaml.safe_load(text)
         assert saved["name"] == name and saved["profile"] == "smoke" and saved["runtime"]["seed"] == 0
@@ -87,7 +88,7 @@ def test_local_run_all_two_rows_then_skips_what_is_done(tmp_path, monkeypatch, c
     out = capsys.readouterr().out
     assert "skipping 1 row(s)" in out and "1 row(s): 1 done" in out
     assert _kinds(results, name) == ["bench", "eval", "eval_ms_flip", "train"]
-    log = (results / "work" / "smoke" / name / "seed0" / "job.log").read_text().splitlines()
+    log = (work_dir_of(results, "smoke", name) / "job.log").read_text().splitlines()
     assert "stages to run: bench" in [line for line in log if "stages to run" in line][-1]
 
 
@@ -105,7 +106,7 @@ def test_multi_rank_job_runs_under_torchrun(tmp_path, monkeypatch):
     (job,) = plan.jobs
     assert run_local(plan.jobs, tmp_path / "results") == {job.key: "done"}
     assert (tmp_path / "results" / "jobs" / "local" / f"{job.key.replace('/', '__')}.json").is_file()
-    assert "world size 2" in (tmp_path / "results" / "work" / "smoke" / job.name / "seed0" / "job.log").read_text()
+    assert "world size 2" in (work_dir_of(tmp_path / "results", "smoke", job.name) / "job.log").read_text()
     records = list((tmp_path / "results" / "records" / job.name / "smoke" / "seed0").glob("*.json"))
     assert sorted(p.name.split("-")[0] for p in records) == ["bench", "eval", "eval_ms_flip", "train"]
     train = json.loads(next(p for p in records if p.name.startswith("train-")).read_text())

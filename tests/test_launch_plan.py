@@ -26,7 +26,7 @@ def test_one_job_per_row_with_published_stages(tmp_path):
         has_ms_flip = published.loc[job.name, "miou_ms_flip_text"] != ""
         expected = ("train", "eval", "eval_ms_flip", "bench") if has_ms_flip else ("train", "eval", "bench")
         assert job.stages == expected, job.name
-        assert Path(job.work_dir) == tmp_path.resolve() / "work" / "full" / job.name / "seed0"
+        assert Path(job.work_dir) == tmp_path.resolve() / "work" / "full" / job.name / f"seed0-{job.recipe.hash[:12]}"
         assert job.gpu_hours is not None and job.gpu_hours > 0
     assert plan.total_gpu_hours == pytest.approx(sum(j.gpu_hours for j in plan.jobs))
 

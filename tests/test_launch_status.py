@@ -93,7 +93,7 @@ def test_a_corrupt_run_file_is_named_not_silently_dropped(tmp_path, capsys):
 def test_a_live_process_on_this_host_is_running_whatever_sacct_lags_behind(tmp_path):
     plan = make_plan(tmp_path, lambda r: Resources(), pattern="*r50*20k_voc*", profile="smoke")
     entry = {**plan.jobs[0].to_dict(), "slurm_job_id": "56_1", "launcher": "slurm"}
-    work = Path(entry["work_dir"])
+    work = tmp_path / entry["work_dir"]  # relative to the results folder
     _write_state(work, state="running", stage="train", pid=os.getpid())
     late = {"56_1": ("PENDING", 1)}  # what a stale array record made of it before parse_sacct knew better
     assert row_status(tmp_path, entry, late)["state"] == "running"

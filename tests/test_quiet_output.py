@@ -132,7 +132,8 @@ def test_status_watch_refreshes_until_every_row_is_final(tmp_path, capsys):
     heads = [line for line in out.splitlines() if line.startswith("nlbench status")]
     assert len(heads) >= 2 and "refreshing every 0.3 s" in heads[0] and "every row is final" in heads[-1]
     assert "1 row(s): 1 running" in out and out.rstrip().endswith("1 row(s): 1 failed")
-    assert f"work/smoke/{job.name}/seed0/job.log" in out and str(tmp_path) + "/work" not in out  # relative logs
+    relative_log = f"work/smoke/{job.name}/seed0-{job.recipe.hash[:12]}/job.log"
+    assert relative_log in out and str(tmp_path) + "/work" not in out  # relative logs
     assert cli(["status", "--results", str(tmp_path), "--watch", "--interval", "0"]) == 2
     assert "--interval" in capsys.readouterr().err
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from http_server import LoopbackServer
-from report_helpers import ROW, make_record, write_row
+from report_helpers import ROW, make_record, work_dir_of, write_row
 from slurm_cluster import cluster_fixture
 
 from benchmark.catalog import PUBLISHED_CSV
@@ -46,7 +46,8 @@ def test_dry_run_over_the_16_rows_shows_plan_and_gpu_hours(tmp_path, capsys):
     for job in plan.jobs:
         assert "train" not in job.stages and job.stages == stages_for(job.recipe)[1:]
         assert job.key == f"full/{job.name}/released/seed0"
-        assert Path(job.work_dir) == tmp_path.resolve() / "work" / "full" / job.name / "released" / "seed0"
+        assert Path(job.work_dir) == (tmp_path.resolve() / "work" / "full" / job.name / "released"
+                                      / f"seed0-{job.recipe.hash[:12]}")
         training = estimate_gpu_hours(job.recipe, stages_for(job.recipe))
         assert plan.training_gpu_hours[job.key] == pytest.approx(training)
         assert 0 < job.gpu_hours < training / 10
@@ -146,7 +147,7 @@ def _check_released_records(results: Path, names, sha: str, kinds=("bench", "eva
             assert record["checkpoint_source"] == "released"
             assert record["provenance"]["checkpoint_sha256"] == sha
             assert record["checkpoint_release"]["url"].startswith("http://127.0.0.1:")
-        assert (results / "work" / "smoke" / name / "released" / "seed0" / "job.log").is_file()
+        assert (work_dir_of(results, "smoke", name, source="released") / "job.log").is_file()
 
 
 def _check_tables(results: Path, readme: Path, names, sha: str) -> None:

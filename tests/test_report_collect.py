@@ -25,6 +25,55 @@ def test_newest_record_per_kind_wins(tmp_path):
     assert math.isnan(row["miou_ms_flip_mean"]) and row["miou_ms_flip_n"] == 0
 
 
+def _with_hash(record, recipe_hash):
+    record["provenance"]["recipe_hash"] = recipe_hash
+    return record
+
+
+def test_records_of_another_resolved_recipe_are_left_out_and_every_choice_is_said(tmp_path):
+    """A row's kinds come from one resolved recipe (its newest train record's); a newer eval of
+    another recipe is left out, and two evals of one recipe are both named with the one used."""
+    ours, theirs = "a" * 64, "b" * 64
+    for kind, miou in (("train", None), ("eval", 45.72), ("bench", None)):
+        rec = make_record(kind, miou=miou or 50.0, created_at="2026-01-01T00:00:00+00:00")
+        write_record(tmp_path, _with_hash(rec, ours))
+    planted = write_record(tmp_path, _with_hash(make_record("eval", miou=11.11, fps=None,
+                                                            created_at="2026-01-05T00:00:00+00:00"), theirs))
+    collected = collect(tmp_path)
+    row = collected.summary.iloc[0]
+    assert row["miou_mean"] == 45.72 and row["recipe_hash"] == ours
+    [left_out] = collected.choices
+    assert left_out.startswith(f"full/{ROW}/seed0: 1 record(s) of another resolved recipe (hash {'b' * 12}: eval) "
+                               "left out")
+    assert collected.warnings == []
+
+    # A second eval of the row's own recipe: the newest is used, and both files are named.
+    again = write_record(tmp_path, _with_hash(make_record("eval", miou=46.0, created_at="2026-01-03T00:00:00+00:00"),
+                                              ours))
+    collected = collect(tmp_path)
+    assert collected.summary.iloc[0]["miou_mean"] == 46.0
+    duplicate = [c for c in collected.choices if "2 eval records" in c]
+    assert len(duplicate) == 1 and f"used {again} (the newest" in duplicate[0] and str(planted) not in duplicate[0]
+    proc = run_cli("collect", "--results", str(tmp_path), "--out", str(tmp_path / "s.csv"))
+    assert proc.returncode == 0
+    assert proc.stderr.count("warning: ") == 2 and "2 eval records of one resolved recipe" in proc.stderr
+
+
+def test_seeds_of_another_configuration_are_not_averaged_with_the_row(tmp_path):
+    """Seed 1 trained with another --set than seed 0 (their config_hash, the recipe hash without the
+    seed, differ): the row is the newest training's configuration, seed 1 is left out and said."""
+    for seed, (config, miou, day) in enumerate([("c" * 64, 40.0, "05"), ("d" * 64, 70.0, "01")]):
+        for kind in ("train", "eval"):
+            rec = make_record(kind, seed=seed, miou=miou, created_at=f"2026-01-{day}T00:00:00+00:00")
+            rec["provenance"].update(recipe_hash=f"{seed}" * 64, config_hash=config)
+            write_record(tmp_path, rec)
+    collected = collect(tmp_path)
+    row = collected.summary.iloc[0]
+    assert row["miou_mean"] == 40.0 and row["n_seeds"] == 1 and row["seeds"] == "0"
+    assert collected.choices == [f"full/{ROW}/seed1: left out of the row's figures: it ran another configuration "
+                                 f"(config hash {'d' * 12}) than the row's newest training ({'c' * 12})"]
+
+
 def test_seeds_give_mean_std_min_max_n(tmp_path):
     values = [70.0, 72.0, 77.0]
     for seed, miou in enumerate(values):

@@ -29,6 +29,22 @@ def test_read_train_log_is_tolerant(tmp_path):
     assert read_train_log(tmp_path / "missing.jsonl") == {}
 
 
+def test_of_a_seed_trained_with_two_resolved_recipes_the_curves_show_the_latest(tmp_path):
+    import os
+
+    from benchmark.report.plots import train_logs
+    from benchmark.report.row_curves import run_logs
+
+    row = tmp_path / "work" / "full" / ROW
+    old, new = row / f"seed0-{'a' * 12}" / "train.log.jsonl", row / f"seed0-{'b' * 12}" / "train.log.jsonl"
+    write_log(new)
+    write_log(old)
+    os.utime(old, (1_000_000, 1_000_000))  # the older run, written first
+    write_log(row / "seed1" / "train.log.jsonl")  # a work dir from before the hash was in its name
+    assert train_logs(tmp_path, "full") == [new, row / "seed1" / "train.log.jsonl"]
+    assert run_logs(tmp_path, "full", ROW) == {"seed0": new, "seed1": row / "seed1" / "train.log.jsonl"}
+
+
 def test_plots_write_nonempty_png_and_svg(tmp_path, capsys):
     results = tmp_path / "results"
     for seed in range(2):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from report_helpers import work_dir_of
 from slurm_cluster import cluster_fixture
 
 from benchmark.cli import main as cli
@@ -70,7 +71,7 @@ def test_array_with_preemption_requeues_and_resumes_to_the_same_result(cluster, 
     target = next(e for e in entries if e["recipe"] == INTERRUPTED)
 
     # Interrupt the first row half-way through training, as SLURM preempts: SIGTERM, then USR2.
-    work = Path(target["work_dir"])
+    work = results / target["work_dir"]  # relative to the results folder
     _wait(lambda: (work / "iter_5.pth").exists(), 150, "the first checkpoint")
     assert _rows(results)[INTERRUPTED]["state"] == "running"
     assert cli(["status", "--results", str(results)]) == 0
@@ -155,9 +156,53 @@ def test_two_ranks_per_job_train_with_torch_distributed(cluster, capsys):
     assert code == 0, out
     (row,) = _rows(results).values()
     assert row["state"] == "done"
-    work = results / "work" / "smoke" / "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512" / "seed0"
+    work = work_dir_of(results, "smoke", "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512")
     assert "world size 2" in (work / "job.log").read_text()
     train = _eval_record(results, "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512", "train")
     assert train["provenance"]["world_size"] == 2
     folder = results / "records" / "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512" / "smoke" / "seed0"
     assert len(list(folder.glob("*.json"))) == 4  # one record per stage: rank 1 wrote none
+
+
+def test_a_second_run_all_submits_nothing_queued_and_scancel_saves_and_says_cancelled(cluster, capsys):
+    """Two run-alls a few seconds apart over three rows: the second asks SLURM and submits none of
+    the tasks the first has pending or running; scancel (SIGTERM alone) of a training task saves at
+    the next iteration boundary and status says cancelled, not failed, and never done."""
+    results = cluster / "results-twice"
+    args = ["run-all", "--launcher", "slurm", "--cluster", str(PROFILE), "--profile", "smoke",
+            "--filter", THREE_ROWS, "--results", str(results), "--no-wait", *_sets(TINY)]
+    assert cli(args) == 0
+    assert "submitted 3 job(s)" in capsys.readouterr().out
+    time.sleep(3)
+    assert cli(args) == 0
+    second = capsys.readouterr().out
+    assert second.count("of an earlier run-all is ") == 3 and "not submitted again" in second
+    assert "nothing to submit" in second and "submitted" not in second.replace("not submitted", "")
+    (run_file,) = (results / "jobs" / "runs").glob("*.json")  # one run file: nothing was resubmitted
+    entries = json.loads(run_file.read_text())["jobs"]
+    target = next(e for e in entries if e["recipe"] == INTERRUPTED)
+    work = results / target["work_dir"]
+    _wait(lambda: (work / "iter_5.pth").exists(), 150, "the first checkpoint")
+    assert cli(["status", "--results", str(results)]) == 0
+    during = capsys.readouterr().out
+    assert f"| {target['slurm_job_id']} " in during and "running" in during
+
+    subprocess.run(["scancel", target["slurm_job_id"]], check=True)  # SIGTERM, then SIGKILL after KillWait
+    row = _wait(lambda: (lambda r: r if r["state"] == "cancelled" else None)(_rows(results)[INTERRUPTED]), 90,
+                "status to say cancelled")
+    log = (work / "job.log").read_text()
+    assert "stopped by SIGTERM (scancel, or a requeue by hand) in stage train: saved latest.pth at iter " in log
+    saved = int(log.split("saved latest.pth at iter ")[-1].split()[0])
+    assert 5 <= saved < MAX_ITERS and (work / "latest.pth").is_file()
+    assert "stopped by SIGTERM" in row["message"]
+    rows = _wait(lambda: (lambda r: r if all(x["state"] in ("done", "failed", "cancelled") for x in r.values())
+                          else None)(_rows(results)), 240, "every row to finish", poll_s=2)
+    assert {name: r["state"] for name, r in rows.items()} == {
+        e["recipe"]: ("cancelled" if e["recipe"] == INTERRUPTED else "done") for e in entries}
+    assert cli(["status", "--results", str(results)]) == 0
+    after = capsys.readouterr().out
+    print("status during the run:\n" + during + "\nafter:\n" + after)
+    assert "3 row(s): 2 done, 1 cancelled" in after
+    for e in entries:  # one record per stage of the finished rows; none of training for the cancelled one
+        kinds = sorted(p.name.split("-")[0] for p in (results / "records" / e["recipe"] / "smoke" / "seed0").glob("*"))
+        assert kinds == ([] if e["recipe"] == INTERRUPTED else sorted(e["stages"]))

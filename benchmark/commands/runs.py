@@ -58,15 +58,15 @@ def run_all_command(filter: Optional[str] = None, launcher: str = "local", clust
 def status_arguments(p: argparse.ArgumentParser) -> None:
     results_arguments(p)
     p.add_argument("--watch", action="store_true",
-                   help="refresh until every row is final (done, failed or diverged); exit 0 when all are done, "
-                        "1 when one failed or diverged")
+                   help="refresh until every row is final (done, failed, diverged or cancelled); exit 0 when all "
+                        "are done, 1 otherwise")
     p.add_argument("--interval", type=float, default=10.0, metavar="S",
                    help="--watch: seconds between refreshes (default 10)")
 
 
 def status_command(results: str = "results", watch: bool = False, interval: float = 10.0) -> int:
     """`nlbench status`; ``watch``: print the table again every ``interval`` seconds until every row is
-    final (done, failed or diverged), then exit 0 when all are done, 1 otherwise."""
+    final (done, failed, diverged or cancelled), then exit 0 when all are done, 1 otherwise."""
     folder = Path(results)
     if not ResultsLayout(folder).runs.is_dir():
         raise NLBenchError("no planned runs here (run `nlbench run-all` first)", folder, "--results")

@@ -81,9 +81,10 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode(encoding))
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8", errors: str = "backslashreplace") -> Path:
+    """Write ``text`` to ``path`` atomically. A path that is not UTF-8 (its bytes held as surrogates, as
+    Python reads such names) is written escaped, ``\\udcff``, rather than failing the whole write."""
+    return atomic_write_bytes(path, text.encode(encoding, errors))
 
 
 def shown_path(path: PathLike, base: PathLike) -> str:

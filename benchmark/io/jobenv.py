@@ -38,7 +38,17 @@ def process_alive(pid: int, recorded_start: Optional[str] = None) -> bool:
         pass  # it runs, as another user
     except OSError:
         return False
+    if _zombie(pid):  # ended, not yet reaped (an orphan waits for its new parent to reap it)
+        return False
     return recorded_start is None or process_start(pid) == recorded_start
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def env_int(name: str, default: int, environ: Optional[Mapping[str, str]] = None) -> int:

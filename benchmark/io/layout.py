@@ -2,8 +2,11 @@
 
     RESULTS/
       records/<recipe>/<profile>/seed<k>/<kind>-<UTC time>-<hex>.json   result records (run/records.py)
-      work/<profile>/<recipe>/[released/]seed<k>/                        a job's work dir: checkpoints,
+      work/<profile>/<recipe>/[released/]seed<k>-<hash12>/               a job's work dir: checkpoints,
                                                                          train log, job.log, job_state.json
+                                                                         (<hash12>: the resolved recipe's;
+                                                                         seed<k>/: written before the
+                                                                         hash was part of the name)
       jobs/runs/<run id>.json                                            one run-all's jobs (status reads them)
       jobs/locks/<profile>__<recipe>__[released__]seed<k>.lock           a job's lock (run/lock.py)
       jobs/local/<profile>__<recipe>__[released__]seed<k>.json, .out     a local job's file (torchrun ranks,
@@ -19,11 +22,13 @@ them. Nothing here touches the disk; the object only names paths.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+HASH_CHARS = 12  # of a recipe hash in a work dir's name: unique enough among one row's configurations
 TRAINED = "trained"  # the checkpoint source whose paths are those of the layout before released ones existed
 
 
@@ -65,9 +70,39 @@ class ResultsLayout:
         """work/<profile>/<recipe>: the trained seeds' work dirs of one row (seed<k>/)."""
         return self.profile_work(profile) / recipe
 
-    def work_dir(self, profile: str, recipe: str, seed: int, source: str = TRAINED) -> Path:
-        """work/<profile>/<recipe>/seed<k>; .../<recipe>/released/seed<k> for a released checkpoint."""
-        return self.row_work(profile, recipe) / f"{source_part(source)}seed{seed}"
+    def work_dir(self, profile: str, recipe: str, seed: int, source: str = TRAINED,
+                 recipe_hash: Optional[str] = None) -> Path:
+        """work/<profile>/<recipe>/seed<k>-<hash12> (the first 12 hex of the resolved recipe's hash), so
+        that a changed recipe or ``--set`` trains again beside the old run instead of resuming it;
+        .../<recipe>/released/seed<k>-<hash12> for a released checkpoint. Without ``recipe_hash``: the
+        folder of work dirs written before the hash was part of the path, ``seed<k>``."""
+        suffix = f"-{recipe_hash[:HASH_CHARS]}" if recipe_hash else ""
+        return self.row_work(profile, recipe) / f"{source_part(source)}seed{seed}{suffix}"
+
+    def seed_work_dirs(self, profile: str, recipe: str, seed: int,
+                       source: str = TRAINED) -> Tuple[Path, "re.Pattern[str]"]:
+        """(folder, name pattern) of every work dir of one seed, whatever its recipe hash (old ones too)."""
+        return (self.row_work(profile, recipe) / source_part(source).rstrip("/"),
+                re.compile(rf"seed{seed}(-[0-9a-f]{{{HASH_CHARS}}})?"))
+
+    @staticmethod
+    def seed_of(work_dir_name: str) -> Optional[int]:
+        """The seed of a work dir's name (``seed<k>`` or ``seed<k>-<hash12>``); None for other names."""
+        m = re.fullmatch(rf"seed(\d+)(?:-[0-9a-f]{{{HASH_CHARS}}})?", work_dir_name)
+        return int(m.group(1)) if m else None
+
+    def relative(self, path: PathLike) -> str:
+        """``path`` as written into a file inside the folder: relative to the root when inside it, so the
+        folder can be moved (``absolute`` reads it back); other paths as given."""
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def absolute(self, path: PathLike) -> Path:
+        """A path read from a file inside the folder: relative ones are inside the root (absolute ones,
+        written before paths were relative, as they are)."""
+        return self.root / path
 
     # ------------------------------------------------------------------ jobs
     @property

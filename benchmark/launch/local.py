@@ -33,7 +33,7 @@ from benchmark.io.files import atomic_write_text
 from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import Recipe
 from benchmark.run.job import Job, Resources, run_job
-from benchmark.run.lock import HELD_ENV, JobHeld, JobLock, held_for_children, held_value
+from benchmark.run.lock import JobHeld, JobLock, SharedLock, adopt, held_for_children
 from benchmark.run.records import RecordStore
 from benchmark.run.state import JOB_LOG, read_state
 
@@ -54,8 +54,8 @@ def _run_distributed(job: Job, job_file: Path, lock: JobLock) -> None:
     atomic_write_text(job_file, json.dumps(job.to_dict(), indent=2) + "\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={job.resources.tasks_per_node}", "-m", "benchmark.run", str(job_file)]
-    with held_for_children(lock):  # the ranks run under this process's lock
-        code = subprocess.call(cmd)
+    with held_for_children(lock):  # the ranks run under this process's lock, which torchrun holds too
+        code = subprocess.call(cmd, pass_fds=() if lock.fd is None else (lock.fd,))
     if code != 0:
         raise NLBenchError(f"torchrun exited with status {code}; see {Path(job.work_dir) / JOB_LOG}")
 
@@ -73,23 +73,24 @@ def _job_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _job_process(job_file: str, console: str, held: str) -> None:
-    """A side-by-side job's process: its console output into ``console``, the lock named as held."""
+def _job_process(job_file: str, console: str, shared: SharedLock, launcher: int) -> None:
+    """A side-by-side job's process: its console output into ``console``; it holds the job's lock
+    itself (run/lock.py ``adopt``), so the job stays held if the launcher dies while it runs."""
     fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    os.environ[HELD_ENV] = held
+    adopt(shared, f"nlbench job (run-all --parallel, launcher pid {launcher})")
     from benchmark.run.__main__ import main
 
     sys.exit(main([job_file]))
 
 
 def _run_child(job: Job, job_file: Path, lock: JobLock) -> None:
-    """The job in a process of its own (``parallel`` > 1), under this process's lock."""
+    """The job in a process of its own (``parallel`` > 1), sharing this process's lock."""
     atomic_write_text(job_file, json.dumps(job.to_dict(), indent=2) + "\n")
     console = job_file.with_suffix(".out")
-    process = _job_context().Process(target=_job_process,
-                                     args=(str(job_file), str(console), held_value(lock)))
+    process = _job_context().Process(target=_job_process, args=(str(job_file), str(console), lock.shared(),
+                                                                         os.getpid()))
     process.start()
     process.join()
     code = process.exitcode

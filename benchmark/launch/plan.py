@@ -112,7 +112,7 @@ def make_plan(
                 seed=seed,
                 stages=stages,
                 results_dir=str(results),
-                work_dir=str(ResultsLayout(results).work_dir(recipe.profile, recipe.name, seed, checkpoint)),
+                work_dir=_work_dir(results, recipe, seed, checkpoint),
                 data_root=str(Path(recipe.data.data_root).resolve()),
                 resources=resources_for(recipe),
                 time_limit_min=time_limit_min or default_time_limit_min(hours, recipe.runtime.gpus),
@@ -126,6 +126,12 @@ def make_plan(
             if checkpoint == "released":
                 plan.training_gpu_hours[job.key] = estimate_gpu_hours(recipe, stages_for(recipe))
     return plan
+
+
+def _work_dir(results: Path, recipe: Recipe, seed: int, checkpoint: str) -> str:
+    """The job's work dir, named by its resolved recipe's hash: a changed recipe or --set trains anew
+    beside the old run instead of meeting its checkpoints (io/layout.py)."""
+    return str(ResultsLayout(results).work_dir(recipe.profile, recipe.name, seed, checkpoint, recipe.hash))
 
 
 def _skipped(plan: Plan, done: RecordStore, recipe: Recipe, seed: int, stages: Tuple[str, ...]) -> bool:

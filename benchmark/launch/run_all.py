@@ -36,7 +36,7 @@ from benchmark.io.jobenv import process_start
 from benchmark.io.layout import ResultsLayout
 from benchmark.launch import plan as planning
 from benchmark.launch.cost import estimate_saved_gpu_hours
-from benchmark.launch.status import collect_status, format_status
+from benchmark.launch.status import collect_status, format_status, live_slurm_jobs
 from benchmark.run.lock import holder_of
 from benchmark.run.records import RecordStore, known_recipe_names
 
@@ -220,12 +220,9 @@ def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_w
             log: Log) -> Ran:
     from benchmark.launch import slurm
 
-    held = {job.key: holder for job in jobs if (holder := holder_of(results, job.key)) is not None}
-    for key, holder in held.items():
-        log(f"skipping {key}: {holder} (another run); not submitted")
-    jobs = [job for job in jobs if job.key not in held]
+    jobs = _not_queued(jobs, results, log)
     if not jobs:
-        log("nothing to submit: every pending job is held by another run")
+        log("nothing to submit: every pending job is queued, running or held by another run")
         return 0, None
     entries = slurm.submit(jobs, profile, cluster, results)
     run_file = write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())})
@@ -237,6 +234,22 @@ def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_w
     slurm.wait(entries, report=log)
     rows, done = _finish(jobs, results, {e["key"] for e in entries}, log)
     return (0 if all(r["state"] == "done" for r in rows) else 1), done
+
+
+def _not_queued(jobs: List[planning.Job], results: Path, log: Log) -> List[planning.Job]:
+    """The jobs to submit: not those whose SLURM task of an earlier run-all is still pending or
+    running (asked of SLURM: a pending task holds no lock yet), nor those another run holds."""
+    live = live_slurm_jobs(results)
+    for job in jobs:
+        if job.key in live:
+            entry, state = live[job.key]
+            log(f"skipping {job.key}: SLURM task {entry['slurm_job_id']} of an earlier run-all is {state}; "
+                "not submitted again")
+    held = {job.key: holder for job in jobs
+            if job.key not in live and (holder := holder_of(results, job.key)) is not None}
+    for key, holder in held.items():
+        log(f"skipping {key}: {holder} (another run); not submitted")
+    return [job for job in jobs if job.key not in live and job.key not in held]
 
 
 def guard_summary(jobs: List[planning.Job], done: RecordStore) -> Optional[str]:

@@ -1,8 +1,10 @@
 """SLURM's accounting as nlbench reads it: ``sacct`` states of job-array tasks, with requeue counts,
-and the one set of state names each launcher and ``status`` agree on."""
+the queue itself (``squeue``: what is pending or running now, which sacct can show late), and the one
+set of state names each launcher and ``status`` agree on."""
 
 from __future__ import annotations
 
+import getpass
 import re
 import subprocess
 from typing import Dict, Iterable, List, Tuple
@@ -73,4 +75,36 @@ def parse_sacct(stdout: str) -> Dict[str, Tuple[str, int]]:
             own.setdefault(parts[0], []).append(state)
     states = {jid: (state, 0) for jid, state in waiting.items()}
     states.update({jid: (history[-1], len(history) - 1) for jid, history in own.items()})
+    return states
+
+
+def queued_states(job_ids: Iterable[str]) -> Dict[str, str]:
+    """{task id: state} of the given tasks that are in SLURM's queue now (pending, running, completing),
+    asked of the controller (``squeue``), which knows a task the moment sbatch returns; {} when squeue
+    is unavailable. Tasks that left the queue are not listed (sacct has them)."""
+    ids = {str(j) for j in job_ids if j}
+    if not ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError, KeyError):
+        return {}
+    if out.returncode != 0:
+        return {}
+    found = {}
+    for line in out.stdout.splitlines():
+        task, _, state = line.strip().partition("|")
+        if task in ids and state:
+            found[task] = state.split()[0]
+    return found
+
+
+def live_states(job_ids: Iterable[str]) -> Dict[str, Tuple[str, int]]:
+    """``slurm_states`` corrected by the queue: a task squeue lists is in its queue state whatever
+    sacct says (sacct lags behind sbatch and requeues); the requeue count stays sacct's."""
+    ids = sorted({str(j) for j in job_ids if j})
+    states = slurm_states(ids)
+    for task, state in queued_states(ids).items():
+        states[task] = (state, states.get(task, (state, 0))[1])
     return states

@@ -155,8 +155,10 @@ def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Pa
             raise NLBenchError(f"cannot run sbatch ({exc.strerror}): is this a SLURM login node?",
                                key="--launcher") from None
         for job, sj in zip(group, submitted):
+            layout = ResultsLayout(Path(results_dir).resolve())  # run-file paths relative to it: it can move
             entries.append({**job.to_dict(), "slurm_job_id": sj.job_id,
-                            "stdout": str(sj.paths.stdout), "stderr": str(sj.paths.stderr)})
+                            "stdout": layout.relative(Path(sj.paths.stdout).resolve()),
+                            "stderr": layout.relative(Path(sj.paths.stderr).resolve())})
     return entries
 
 
@@ -199,6 +201,18 @@ except ImportError:  # pragma: no cover - submitit is a dependency; keeps `impor
     _Checkpointable = object  # type: ignore[assignment,misc]
 
 
+PREEMPT_USR2_WAIT_S = 3.0  # after a SIGTERM, how long a preemption's USR2 may take to follow it
+
+
+def _wait_for(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class SlurmJob(_Checkpointable):
     """What the SLURM launcher submits: one task of the array, one rank per SLURM task.
 
@@ -223,22 +237,52 @@ class SlurmJob(_Checkpointable):
         if not callable(submitit_handler):
             return run_job(self.job)
         stop = StopFlag()
+        terminated: List[int] = []
+        usr2: List[int] = []
 
         def on_usr2(signum: int, frame: Any) -> None:
+            usr2.append(signum)
             if stop.armed:
                 stop.request()
             else:
                 submitit_handler(signum, frame)
 
+        def on_term(signum: int, frame: Any) -> None:
+            # scancel and `scontrol requeue` send SIGTERM, which submitit ignores; SLURM kills the job
+            # KillWait seconds later. Training saves at the next iteration boundary; any other stage
+            # stops now (it has nothing to save), unless a preemption's USR2 follows.
+            terminated.append(signum)
+            if stop.armed:
+                stop.request()
+            elif not _wait_for(lambda: bool(usr2), PREEMPT_USR2_WAIT_S):
+                self._cancelled(None)
+
         signal.signal(signal.SIGUSR2, on_usr2)
+        signal.signal(signal.SIGTERM, on_term)
         try:
             return run_job(self.job, stop)
-        except TrainingInterrupted:
+        except TrainingInterrupted as exc:
+            # A preemption sends SIGTERM and then USR2 (requeue); SIGTERM alone is scancel or a
+            # requeue by hand: cancelled. The USR2 of a preemption is given a moment to arrive.
+            if terminated and not _wait_for(lambda: bool(usr2), PREEMPT_USR2_WAIT_S):
+                self._cancelled(exc.iteration)
             submitit_handler(signal.SIGUSR2, None)  # rank 0: checkpoint() + requeue + exit
             # Other ranks must not exit first (that could end the step before rank 0 requeues, as
             # submitit warns); SLURM stops them when the job is requeued.
             while True:
                 time.sleep(60)
+
+    def _cancelled(self, iteration: Optional[int]) -> None:
+        """SIGTERM: say so in the job's log and state (status: cancelled), and end the process. SLURM
+        requeues the task itself after ``scontrol requeue``; it then resumes from latest.pth."""
+        work = Path(self.job.work_dir)
+        if job_environment().is_main:
+            state = read_state(work) or {}
+            saved = f"saved latest.pth at iter {iteration}" if iteration is not None else "nothing to save"
+            message = f"stopped by SIGTERM (scancel, or a requeue by hand) in stage {state.get('stage')}: {saved}"
+            JobLog(work)(message)
+            write_state(work, "cancelled", stage=state.get("stage"), key=self.job.key, error=message)
+        raise SystemExit(128 + signal.SIGTERM)  # not a failure of the job (run_job lets SystemExit pass)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         work = Path(self.job.work_dir)

@@ -1,10 +1,13 @@
-"""`nlbench status`: where every planned row stands (pending, running, requeued, done, failed, or
-diverged: stopped by the training guard, "diverged at iter k: mIoU x, published y").
+"""`nlbench status`: where every planned row stands (pending, running, requeued, done, failed,
+cancelled (scancel: the job saved and stopped), or diverged: stopped by the training guard, "diverged
+at iter k: mIoU x, published y").
 
 Sources, most authoritative first: the result records (a row with every stage's record is done),
-SLURM's accounting (``sacct``: pending, running, requeued, failed, cancelled, timed out), and the job's
-own ``job_state.json`` in its work dir (the local launcher's only source, and the failure message).
-The planned rows are those listed in ``RESULTS/jobs/runs/*.json``; the newest run naming a row wins.
+SLURM (``squeue`` for what is queued or running now, ``sacct`` for the rest: pending, running,
+requeued, failed, cancelled, timed out), and the job's own ``job_state.json`` in its work dir (the
+local launcher's only source, and the failure message). The planned rows are those listed in
+``RESULTS/jobs/runs/*.json``; the newest run naming a row wins, unless its SLURM task has ended while
+an earlier run's task of the row is still queued or running: status follows the live task.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import read_tail_lines, shown_path
 from benchmark.io.jobenv import process_alive
 from benchmark.io.layout import ResultsLayout
-from benchmark.launch.sacct import FAILED_STATES, FINAL_STATES, PENDING_STATES, slurm_states
+from benchmark.launch.sacct import FAILED_STATES, FINAL_STATES, PENDING_STATES, live_states
 from benchmark.run.job import source_of
 from benchmark.run.records import RecordStore, known_recipe_names
 from benchmark.run.state import JOB_LOG, read_state
@@ -53,15 +56,42 @@ def load_runs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict
     return runs
 
 
-def planned_jobs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
-    """The newest entry for every job key, with its run's launcher."""
-    latest: Dict[str, Dict[str, Any]] = {}
+def _all_entries(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
+    """Every job entry of every run file, oldest run first, with its run's launcher; its paths inside
+    the results folder (written relative to it) made whole from ``results_dir``, where it is now."""
+    layout = ResultsLayout(results_dir)
+    found = []
     for run in load_runs(results_dir, skipped):
         for entry in run["jobs"]:
             if isinstance(entry, dict) and "key" in entry:
-                latest[entry["key"]] = {**entry, "launcher": run.get("launcher", "local"), "run_id": run.get("run_id"),
-                                        "launcher_process": run.get("launcher_process")}
+                paths = {k: str(layout.absolute(entry[k])) for k in ("work_dir", "stdout", "stderr") if entry.get(k)}
+                found.append({**entry, **paths, "launcher": run.get("launcher", "local"), "run_id": run.get("run_id"),
+                              "launcher_process": run.get("launcher_process")})
+    return found
+
+
+def planned_jobs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
+    """The newest entry for every job key, with its run's launcher."""
+    latest = {entry["key"]: entry for entry in _all_entries(results_dir, skipped)}
     return [latest[k] for k in sorted(latest)]
+
+
+def _slurm_ids(entries: List[Dict[str, Any]]) -> List[str]:
+    return [e["slurm_job_id"] for e in entries if e.get("launcher") == "slurm" and e.get("slurm_job_id")]
+
+
+def _live(entry: Dict[str, Any], slurm: Dict[str, Tuple[str, int]]) -> bool:
+    state = slurm.get(entry.get("slurm_job_id") or "", (None, 0))[0]
+    return state is not None and state not in FINAL_STATES
+
+
+def live_slurm_jobs(results_dir: Path, slurm: Optional[Dict[str, Tuple[str, int]]] = None
+                    ) -> Dict[str, Tuple[Dict[str, Any], str]]:
+    """{job key: (the newest entry whose SLURM task is still queued or running, its state)}, over
+    every run file: what a new run-all must not submit again, and what status follows."""
+    entries = _all_entries(results_dir)
+    slurm = live_states(_slurm_ids(entries)) if slurm is None else slurm
+    return {e["key"]: (e, slurm[e["slurm_job_id"]][0]) for e in entries if _live(e, slurm)}
 
 
 # ----------------------------------------------------------------------------- per-job facts
@@ -139,7 +169,7 @@ def _from_slurm(slurm_state: Optional[str], requeues: int, own: Optional[str], w
     """The row's state as SLURM's accounting has it; None when it has nothing to say."""
     if slurm_state in FAILED_STATES:
         last = _last_line(str(work / JOB_LOG)) or _last_line(entry.get("stderr")) or ""
-        return "failed", f"SLURM {slurm_state}: {last}"
+        return ("cancelled" if slurm_state == "CANCELLED" else "failed"), f"SLURM {slurm_state}: {last}"
     if slurm_state == "COMPLETED":
         return "failed", "SLURM COMPLETED but not every stage has a record"
     if slurm_state == "RUNNING":
@@ -154,6 +184,8 @@ def _from_state_file(own: Optional[str], state_file: Dict[str, Any], work: Path,
     whose run-all process is gone will never start."""
     if own == "requeued":
         return "requeued", None
+    if own == "cancelled":  # SIGTERM (scancel, a requeue by hand): saved, then stopped
+        return "cancelled", state_file.get("error")
     if own == "running":
         if _pid_alive(state_file):
             return "running", None
@@ -171,7 +203,9 @@ def row_status(results: Union[Path, RecordStore], entry: Dict[str, Any], slurm: 
                ) -> Dict[str, Any]:
     """One row of the status table; ``results``: the results folder, or its records already read."""
     done = results if isinstance(results, RecordStore) else _read(results, [entry])
-    work = Path(entry["work_dir"])
+    # A run file's work_dir is relative to the results folder (collect_status made it whole already).
+    work = Path(entry["work_dir"]) if isinstance(results, RecordStore) else ResultsLayout(results).absolute(
+        entry["work_dir"])
     state_file = read_state(work) or {}
     job_id = entry.get("slurm_job_id")
     slurm_state, requeues = slurm.get(job_id, (None, 0)) if job_id else (None, 0)
@@ -193,7 +227,7 @@ def row_status(results: Union[Path, RecordStore], entry: Dict[str, Any], slurm: 
         "seed": entry["seed"],
         "profile": entry["profile"],
         "state": state,
-        "stage": state_file.get("stage") if state in ("running", "requeued", "failed") else None,
+        "stage": state_file.get("stage") if state in ("running", "requeued", "failed", "cancelled") else None,
         "stopped_at": state_file.get("stopped_at") if state == "diverged" else None,
         "job_id": job_id or "-",
         "requeues": requeues,
@@ -208,8 +242,15 @@ def row_status(results: Union[Path, RecordStore], entry: Dict[str, Any], slurm: 
 def collect_status(results_dir: Path, skipped: Optional[Skipped] = None,
                    done: Optional[RecordStore] = None) -> List[Dict[str, Any]]:
     """Every planned row's status; ``done``: the folder's records when the caller has read them already."""
-    entries = planned_jobs(results_dir, skipped)
-    slurm = slurm_states(e.get("slurm_job_id") for e in entries if e.get("launcher") == "slurm")
+    everything = _all_entries(results_dir, skipped)
+    slurm = live_states(_slurm_ids(everything))
+    latest = {entry["key"]: entry for entry in everything}
+    # The live SLURM task of a row, not the newest run file's entry, when that one has ended (a task
+    # submitted again that found the row held and skipped itself, say).
+    for key, (entry, _) in live_slurm_jobs(results_dir, slurm).items():
+        if not _live(latest[key], slurm):
+            latest[key] = entry
+    entries = [latest[k] for k in sorted(latest)]
     done = done if done is not None else _read(results_dir, entries)
     return [row_status(done, e, slurm) for e in entries]
 
@@ -219,7 +260,7 @@ def _read(results_dir: Path, entries: List[Dict[str, Any]]) -> RecordStore:
     return RecordStore.read(results_dir, known_recipe_names() | {e["recipe"] for e in entries})
 
 
-FINAL = ("done", "failed", "diverged")  # a row in one of these stays there until something runs it again
+FINAL = ("done", "failed", "diverged", "cancelled")  # a row in one of these stays there until something runs it again
 
 
 def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None) -> str:
@@ -245,7 +286,8 @@ def format_status(rows: List[Dict[str, Any]], results_dir: Optional[Path] = None
     counts: Dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "running", "requeued", "pending", "failed", "diverged")
+    summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "running", "requeued", "pending", "failed", "diverged",
+                                                            "cancelled")
                         if s in counts)
     text = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
     return f"{text}\n\n{len(rows)} row(s): {summary}"

@@ -1,7 +1,9 @@
 """`nlbench collect`: result records -> one pandas table, one row per (recipe, profile, checkpoint source).
 
 Two steps, both plain functions so tables/plots/compare share them:
-  runs(records)      newest record per (recipe, profile, source, seed, kind), kinds joined: one row per seed
+  runs(records)      per (recipe, profile, source, seed): the records of one resolved recipe (that of the newest
+                     train record), the newest of each kind, joined: one row per seed (run/records.py
+                     chosen_by_kind; what it left out or chose between is said in the warnings)
   summarize(runs)    mean, std, min, max and n over seeds for every metric, provenance kept
 
 ``checkpoint_source`` keeps results on MMSeg's released checkpoints ("released") apart from those on
@@ -10,6 +12,7 @@ checkpoints nlbench trained ("trained"); the two are never averaged together.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
@@ -17,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 import pandas as pd
 
 from benchmark.errors import NLBenchError
-from benchmark.run.records import Kind, Record, RecordStore, RowKey, newest_by_kind
+from benchmark.run.records import Kind, Record, RecordStore, RowKey, chosen_by_kind
 
 # Column name -> where it comes from: (record kind, path inside that record).
 METRIC_SOURCES = {
@@ -59,11 +62,11 @@ def _dig(record: Optional[Record], path: Iterable[str]) -> Any:
 
 
 def runs(records: Union[List[Record], Dict[RowKey, Dict[Kind, Record]]]) -> pd.DataFrame:
-    """One row per (recipe, profile, checkpoint source, seed): the newest record of each kind, joined
-    (``records``: a list, or already ``newest_by_kind``)."""
+    """One row per (recipe, profile, checkpoint source, seed): the newest record of each kind of one
+    resolved recipe, joined (``records``: a list, or already ``chosen_by_kind``'s choice)."""
     rows = []
     for (recipe, profile, source, seed), kinds in (records if isinstance(records, dict)
-                                                   else newest_by_kind(records)).items():
+                                                   else chosen_by_kind(records)[0]).items():
         row: Dict[str, Any] = {"recipe": recipe, "profile": profile, "checkpoint_source": source.value, "seed": seed}
         for column, (kind, path) in METRIC_SOURCES.items():
             value = _dig(kinds.get(kind), path)
@@ -115,14 +118,17 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Collected:
-    """What ``collect`` found: the summary, the per-seed table it was made from, the newest record of
-    each kind per seed (the report's row pages and the metafile read these), and what was skipped."""
+    """What ``collect`` found: the summary, the per-seed table it was made from, the record of each kind
+    used per seed (the report's row pages and the metafile read these), and what was skipped or chosen."""
 
     summary: pd.DataFrame  # one row per (recipe, profile, checkpoint source): see ``summarize``
     per_seed: pd.DataFrame  # one row per seed: see ``runs``
     newest: Dict[RowKey, Dict[Kind, Record]]
     warnings: List[str]  # one line per skipped record file
     records: int  # valid records read
+    # One line per choice among valid records: records of another resolved recipe left out of a row,
+    # or two records of one kind (which was used and why); printed with the warnings.
+    choices: List[str] = dataclasses.field(default_factory=list)
 
 
 def collect(results: Union[str, Path, RecordStore], known_recipes: Optional[Iterable[str]] = None) -> Collected:
@@ -135,18 +141,19 @@ def collect(results: Union[str, Path, RecordStore], known_recipes: Optional[Iter
                                f"the first: {store.warnings[0]}", store.where)
         raise NLBenchError("no result records to collect (the folder has none); run `nlbench run-all` first",
                            store.where)
-    newest = store.newest_by_kind()
+    newest, choices = store.chosen_by_kind()
     per_seed = runs(newest)
-    return Collected(summarize(per_seed), per_seed, newest, store.warnings, len(store.records))
+    return Collected(summarize(per_seed), per_seed, newest, store.warnings, len(store.records), choices)
 
 
 Warn = Callable[[str], None]  # told each warning line (the commands print them to stderr)
 
 
 def collect_or_warn(results: Union[str, Path, RecordStore], warn: Warn) -> Collected:
-    """``collect`` for the CLI verbs: each skipped record is one warning line for ``warn``."""
+    """``collect`` for the CLI verbs: each skipped record and each choice among records is one warning
+    line for ``warn``."""
     collected = collect(results)
-    for line in collected.warnings:
+    for line in [*collected.warnings, *collected.choices]:
         warn(f"warning: {line}")
     return collected
 

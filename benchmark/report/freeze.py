@@ -160,6 +160,13 @@ def reference_log_text(source: Path, recipe: Recipe) -> str:
     return text
 
 
+def _newest_work_dir(layout: ResultsLayout, profile: str, recipe: str, seed: int) -> Path:
+    """The seed's work dir (of whichever resolved recipe trained last: a reference run has one)."""
+    folder, pattern = layout.seed_work_dirs(profile, recipe, seed)
+    found = [p for p in folder.iterdir() if pattern.fullmatch(p.name)] if folder.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else layout.work_dir(profile, recipe, seed)
+
+
 def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
     """Freeze a smoke run's MMSeg-form logs as the rows' reference logs, in the pattern of the
     published 2020 logs (no train line at an evaluation iteration: ``reference_log_text``). `make reference-logs` runs a
@@ -170,7 +177,7 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
     written, missing = [], []
     layout = ResultsLayout.of(results_dir)
     for path in select_recipe_paths(None):
-        seed_dir = layout.work_dir(profile, path.stem, seed)
+        seed_dir = _newest_work_dir(layout, profile, path.stem, seed)
         source = seed_dir / "train.log.json"
         if not source.is_file():
             if (seed_dir / "train.log.jsonl").is_file():

@@ -387,7 +387,8 @@ def _index_context(collected: Collected, published: pd.DataFrame, sources: List[
     commits = sorted({str(c) for c in summary["git_commit"].dropna()})
     return {"results": str(results_dir), "records": collected.records, "profiles": profiles,
             "released": released_views, "released_note": released_note, "sources": sources,
-            "warnings": collected.warnings, "commits": commits, "newest": str(summary["created_at"].max())}
+            "warnings": [*collected.warnings, *collected.choices], "commits": commits,
+            "newest": str(summary["created_at"].max())}
 
 
 def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[RowKey, Dict[Kind, Record]],  # noqa: PLR0913

@@ -88,11 +88,19 @@ def _metadata(row: pd.Series, published: pd.Series, recipe: Recipe, kinds: Dict[
     return {k: v for k, v in meta.items() if v is not None}
 
 
+def _work_dir(layout: ResultsLayout, row: pd.Series, kinds: Dict[Kind, Record], seed: int) -> Path:
+    """The seed's work dir of the resolved recipe its records were made with (seed<k>-<hash12>); the
+    old seed<k> when that one is not there (work dirs made before the hash was part of the path)."""
+    recipe_hash = next((r.provenance.recipe_hash for r in kinds.values() if r.provenance.recipe_hash), None)
+    work = layout.work_dir(row["profile"], row["recipe"], seed, recipe_hash=recipe_hash)
+    return work if work.is_dir() else layout.work_dir(row["profile"], row["recipe"], seed)
+
+
 def model_entry(row: pd.Series, published: pd.Series, kinds: Dict[Kind, Record], results_dir: Path,
                 seed: int) -> Dict[str, Any]:
     """One ``Models`` entry: a summary row (collect), its published row and one seed's newest records."""
     recipe = load_recipe(row["recipe"], profile=row["profile"])
-    work = ResultsLayout.of(results_dir).work_dir(row["profile"], row["recipe"], seed)
+    work = _work_dir(ResultsLayout.of(results_dir), row, kinds, seed)
     metrics = {"mIoU": _round(row["miou_mean"]), "mIoU(ms+flip)": _round(row["miou_ms_flip_mean"])}
     weights, log = work / "latest.pth", work / "train.log.jsonl"
     entry = {

@@ -24,7 +24,7 @@ from benchmark.io.layout import ResultsLayout
 from benchmark.report.collect import TRAINED, Warn, collect_or_warn, of_source
 from benchmark.report.figures import save_figure
 from benchmark.report.references import Reference, default_references, device_class
-from benchmark.report.row_curves import overlay_plots
+from benchmark.report.row_curves import newest, overlay_plots
 
 DATASET_SHORT = {"Cityscapes": "CS", "ADE20K": "ADE", "Pascal VOC 2012 + Aug": "VOC"}
 
@@ -193,8 +193,20 @@ CURVE_PANELS = [("loss", "training loss (decode + weighted aux)"), ("lr", "learn
 
 
 def train_logs(results_dir: Path, profile: str, recipe: str = "*") -> List[Path]:
-    """The training logs of a profile (of one recipe): RESULTS/work/<profile>/<recipe>/seed<k>/."""
-    return sorted(ResultsLayout.of(results_dir).profile_work(profile).glob(f"{recipe}/seed*/train.log.jsonl"))
+    """The training logs of a profile (of one recipe): RESULTS/work/<profile>/<recipe>/seed<k>-<hash12>/;
+    of a seed trained with several resolved recipes, the one written last."""
+    found: Dict[Tuple[str, int], Path] = {}
+    for path in sorted(ResultsLayout.of(results_dir).profile_work(profile).glob(f"{recipe}/seed*/train.log.jsonl")):
+        seed = ResultsLayout.seed_of(path.parent.name)
+        if seed is not None:
+            key = (path.parent.parent.name, seed)
+            found[key] = newest(found.get(key), path)
+    return [found[key] for key in sorted(found)]
+
+
+def _seed_label(log: Path) -> str:
+    """'seed0' for a log in .../seed0-<hash12>/ (or an older .../seed0/)."""
+    return f"seed{ResultsLayout.seed_of(log.parent.name)}"
 
 
 def _draw_curves(axes, path: Path, style: Dict[str, Any], label: str) -> None:
@@ -229,7 +241,7 @@ def plot_training_curves(results_dir: Path, published: pd.DataFrame, profile: st
         for recipe in recipes:
             style = row_style(published, recipe, recipes)
             for i, path in enumerate(by_recipe[recipe]):
-                seed = f" {path.parent.name}" if len(by_recipe[recipe]) > 1 else ""
+                seed = f" {_seed_label(path)}" if len(by_recipe[recipe]) > 1 else ""
                 # Further seeds of a row: the same colour and line style, lighter.
                 _draw_curves(row_axes, path, dict(style, alpha=1.0 if i == 0 else 0.5), style["label"] + seed)
         _label_axes(row_axes, setting)
@@ -247,7 +259,7 @@ def plot_row_curves(logs: List[Path], title: str):
     colors = plt.get_cmap("tab10")
     for i, path in enumerate(logs):
         style = {"color": colors(i % 10), "linestyle": "-", "marker": "o"}
-        _draw_curves(axes, path, style, path.parent.name)
+        _draw_curves(axes, path, style, _seed_label(path))
     _label_axes(axes, "")
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="seed", frameon=False)
     fig.suptitle(title, fontsize=10)

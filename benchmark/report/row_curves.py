@@ -54,14 +54,22 @@ class RowCurves:
 
 
 def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
-    """seed label -> that seed's training log (nlbench's JSON lines first, its MMSeg form else)."""
-    found = {}
+    """seed label (``seed<k>``) -> that seed's training log (nlbench's JSON lines first, its MMSeg form
+    else); of a seed trained with several resolved recipes (work dirs seed<k>-<hash12>), the one
+    written last."""
+    found: Dict[str, Path] = {}
     folder = ResultsLayout.of(results_dir).row_work(profile, recipe)
     for seed_dir in sorted(folder.glob("seed*")) if folder.is_dir() else []:
+        seed = ResultsLayout.seed_of(seed_dir.name)
         log = next((seed_dir / n for n in RUN_LOGS if (seed_dir / n).is_file()), None)
-        if log is not None:
-            found[seed_dir.name] = log
+        if seed is not None and log is not None:
+            found[f"seed{seed}"] = newest(found.get(f"seed{seed}"), log)
     return found
+
+
+def newest(held: Optional[Path], other: Path) -> Path:
+    """Of two logs of one seed (two resolved recipes), the one written last."""
+    return other if held is None or other.stat().st_mtime >= held.stat().st_mtime else held
 
 
 def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = RELEASED,

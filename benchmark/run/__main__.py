@@ -19,7 +19,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("usage: python -m benchmark.run JOB.json", file=sys.stderr)
         return 2
     try:
-        run_job(job_from_dict(json.loads(Path(argv[0]).read_text())))
+        job_file = Path(argv[0]).resolve()
+        # RESULTS/jobs/local/<job>.json: the results folder is where the file is (it may have moved).
+        results = job_file.parents[2] if job_file.parent.name == "local" else None
+        run_job(job_from_dict(json.loads(job_file.read_text()), str(results) if results else None))
     except NLBenchError as exc:
         print(f"nlbench job: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from benchmark.errors import NLBenchError, RunDiverged, TrainingInterrupted
 from benchmark.io.jobenv import JobEnvironment, job_environment, single_process_env
 from benchmark.io.layout import ResultsLayout, source_part
-from benchmark.recipe import Recipe, load_recipe, write_resolved_recipe
+from benchmark.recipe import Recipe, load_recipe, recipe_from_dict, write_resolved_recipe
 from benchmark.run.lock import JobHeld, JobLock
 from benchmark.run.records import CheckpointSource, RecordStore, provenance, write_record
 from benchmark.run.state import JobLog, read_state, write_state
@@ -71,7 +71,7 @@ class Job:
     seed: int
     stages: Tuple[str, ...]
     results_dir: str  # absolute
-    work_dir: str  # absolute: RESULTS/work/<profile>/<recipe>/seed<k>
+    work_dir: str  # absolute: RESULTS/work/<profile>/<recipe>/seed<k>-<recipe hash12>
     data_root: str  # absolute, resolved where the plan was made (jobs may start elsewhere)
     resources: Resources
     time_limit_min: int
@@ -98,29 +98,35 @@ class Job:
         return f"{self.profile}/{self.name}/{source_part(self.checkpoint_source)}seed{self.seed}"
 
     def to_dict(self) -> Dict[str, object]:
-        """JSON-able summary kept under RESULTS/jobs/ (status reads it; the recipe is named, not copied)."""
+        """JSON-able summary kept under RESULTS/jobs/ (status reads it). It carries the resolved recipe
+        (``recipe_resolved``), so the job runs what was planned even when its file is edited meanwhile,
+        and paths inside the results folder relative to it (``work_dir``), so the folder can be moved."""
         return {
             "key": self.key, "recipe": self.name, "recipe_source": self.recipe.source,
             "recipe_hash": self.recipe.hash, "profile": self.profile, "seed": self.seed,
             "stages": list(self.stages), "max_iters": self.recipe.schedule.max_iters,
-            "results_dir": self.results_dir, "work_dir": self.work_dir, "data_root": self.data_root,
+            "results_dir": self.results_dir, "work_dir": ResultsLayout.of(self.results_dir).relative(self.work_dir),
+            "data_root": self.data_root,
             "nodes": self.resources.nodes, "tasks_per_node": self.resources.tasks_per_node,
             "gpus_per_node": self.resources.gpus_per_node, "time_limit_min": self.time_limit_min,
             "gpu_hours_estimate": self.gpu_hours, "overrides": list(self.overrides), "device": self.device,
             "checkpoint_source": self.checkpoint_source, "cache_dir": self.cache_dir,
+            "recipe_resolved": self.recipe.to_dict(),
         }
 
 
 def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
-    """Rebuild a Job from ``Job.to_dict()`` (the recipe is loaded again from its file)."""
+    """Rebuild a Job from ``Job.to_dict()``: the planned recipe (``recipe_resolved``; an older file
+    without it loads the recipe file again, which must still resolve to the planned hash). A
+    relative ``work_dir`` is inside ``results_dir`` (default: the one the dict names)."""
     overrides = list(d.get("overrides", []))
-    recipe = load_recipe(d["recipe_source"], [*overrides, f"runtime.seed={d['seed']}"], profile=d["profile"])
+    results = results_dir or d["results_dir"]
     return Job(
-        recipe=recipe,
+        recipe=planned_recipe(d),
         seed=int(d["seed"]),
         stages=tuple(d["stages"]),
-        results_dir=results_dir or d["results_dir"],
-        work_dir=d["work_dir"],
+        results_dir=results,
+        work_dir=str(ResultsLayout.of(results).absolute(d["work_dir"])),
         data_root=d["data_root"],
         resources=Resources(int(d["nodes"]), int(d["tasks_per_node"]), int(d["gpus_per_node"])),
         time_limit_min=int(d["time_limit_min"]),
@@ -130,6 +136,21 @@ def job_from_dict(d: Dict[str, Any], results_dir: Optional[str] = None) -> Job:
         checkpoint_source=source_of(d),
         cache_dir=d.get("cache_dir"),
     )
+
+
+def planned_recipe(d: Dict[str, Any]) -> Recipe:
+    """The recipe a job was planned with; NLBenchError when what would run is not what was planned."""
+    if d.get("recipe_resolved") is not None:
+        recipe = recipe_from_dict(d["recipe_resolved"])
+    else:
+        recipe = load_recipe(d["recipe_source"], [*d.get("overrides", []), f"runtime.seed={d['seed']}"],
+                             profile=d["profile"])
+    planned = d.get("recipe_hash")
+    if planned and recipe.hash != planned:
+        raise NLBenchError(f"the recipe resolves to hash {recipe.hash[:12]}, not the planned {str(planned)[:12]} "
+                           "(its file was edited after the plan): run `nlbench run-all` again to plan the edited "
+                           "recipe", d.get("recipe_source"), "recipe_hash")
+    return recipe
 
 
 def source_of(entry: Dict[str, Any]) -> str:

@@ -27,6 +27,15 @@ here; the job counts as held until that file is removed, and the message gives i
 Within one process the lock is re-entrant (the local launcher holds it while ``run_job`` runs in
 the same process), and a launcher that starts ranks in child processes names the locks it holds for
 them in ``NLBENCH_JOB_LOCKS_HELD``.
+
+A job in a process of its own (``run-all --parallel``: a forkserver's child, which outlives its
+launcher when the launcher is killed) holds the lock itself: the launcher hands it the lock's open
+file (``JobLock.shared``, passed over the forkserver's socket), the child says it is the holder
+(``adopt``), and the flock stays taken for as long as either process lives. A run-all started after
+the launcher died therefore finds the job held by the child that still trains, and waits for it,
+instead of training a second copy in the same work dir. (The other choice, a child that dies with
+its launcher, would lose the work since the last checkpoint on every launcher crash; this one loses
+nothing.)
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 from benchmark.errors import NLBenchError
 from benchmark.io.jobenv import process_alive, process_start
@@ -226,6 +235,10 @@ class JobLock:
                 with contextlib.suppress(FileNotFoundError):
                     self.held_file.unlink()
 
+    def shared(self) -> "SharedLock":
+        """What a child process needs to hold this lock too (see ``adopt``)."""
+        return SharedLock(str(self.path), self.fd)
+
     def __enter__(self) -> "JobLock":
         return self
 
@@ -264,3 +277,38 @@ def held_for_children(*locks: JobLock) -> Iterator[None]:
             os.environ.pop(HELD_ENV, None)
         else:
             os.environ[HELD_ENV] = before
+
+
+class SharedLock:
+    """A held lock on its way to a child process: pickled, its flock'd file travels as a duplicate file
+    descriptor (multiprocessing's DupFd, for a forkserver's or spawned child), so the child holds the
+    same flock as its launcher (the lock is dropped only when both have closed it)."""
+
+    def __init__(self, path: str, fd: Optional[int]):
+        self.path, self.fd = path, fd
+
+    def __reduce__(self):  # only while a multiprocessing child is being started (DupFd needs one)
+        from multiprocessing.reduction import DupFd
+
+        return _rebuild_shared, (self.path, None if self.fd is None else DupFd(self.fd))
+
+
+def _rebuild_shared(path: str, dup: Any) -> SharedLock:
+    return SharedLock(path, None if dup is None else dup.detach())
+
+
+def adopt(shared: SharedLock, what: str) -> JobLock:
+    """In the child: hold ``shared`` as this process's own lock (re-entrant here, as if acquired), and
+    write this process into the lock file as its holder, so that whoever finds it held names the
+    process that runs the job, whether or not its launcher still lives."""
+    lock = JobLock(Path(shared.path), what)
+    lock.fd = shared.fd
+    if lock.fd is not None:
+        lock._write(lock.fd)
+    else:  # no flock on this file system: the held file names the holder
+        with contextlib.suppress(OSError):
+            atomic = lock.held_file.with_name(f".{lock.held_file.name}.{os.getpid()}")
+            atomic.write_text(Holder.me(what).to_json(), encoding="utf-8")
+            os.replace(atomic, lock.held_file)
+    _HELD[str(lock.path.resolve())] = lock
+    return lock

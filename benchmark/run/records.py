@@ -21,7 +21,7 @@ from benchmark import __version__
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, file_sha256, json_safe
 from benchmark.io.jobenv import job_environment
-from benchmark.io.layout import ResultsLayout
+from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.recipe import REPO_ROOT, list_recipe_paths
 from benchmark.run.schema import (
     CHECKPOINT_SOURCES,
@@ -36,9 +36,9 @@ from benchmark.run.schema import (
 # The record's model, its kinds and checkpoint sources: run/schema.py. Eval, ms+flip and bench
 # records of MMSeg's released checkpoints say so in ``checkpoint_source``; results of the two sources
 # are never mixed.
-__all__ = ["CHECKPOINT_SOURCES", "KINDS", "SCHEMA", "CheckpointSource", "Kind", "Record", "RecordStore", "RowKey",
-           "diverged_record", "load_records", "newest_by_kind", "provenance", "record_kinds", "validate_record",
-           "write_record"]
+__all__ = ["CHECKPOINT_SOURCES", "KINDS", "SCHEMA", "CheckpointSource", "Kind", "Record", "RecordStore",
+           "RowKey", "chosen_by_kind", "diverged_record", "load_records", "newest_by_kind", "provenance",
+           "record_kinds", "row_configuration", "validate_record", "write_record"]
 
 PathLike = Union[str, Path]
 
@@ -136,6 +136,7 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
         "slurm_array_job_id": env.slurm_array_job_id,
         "slurm_array_task_id": env.slurm_array_task_id,
         "recipe_hash": recipe.hash,
+        "config_hash": recipe.config_hash,  # the same for every seed of one configuration
         "checkpoint_sha256": checkpoint_sha,
     }
 
@@ -254,6 +255,9 @@ class RecordStore:
     def newest_by_kind(self) -> Dict[RowKey, Dict[Kind, Record]]:
         return newest_by_kind(self.records)
 
+    def chosen_by_kind(self) -> Tuple[Dict[RowKey, Dict[Kind, Record]], List[str]]:
+        return chosen_by_kind(self.records)
+
 
 def newest_by_kind(records: Iterable[Record]) -> Dict[RowKey, Dict[Kind, Record]]:
     """(recipe, profile, checkpoint source, seed) -> {kind: the newest record of that kind} (by
@@ -268,6 +272,86 @@ def newest_by_kind(records: Iterable[Record]) -> Dict[RowKey, Dict[Kind, Record]
     for (row, kind), rec in newest.items():
         by_seed.setdefault(row, {})[kind] = rec
     return by_seed
+
+
+def _newest(records: Iterable[Record]) -> Record:
+    return max(records, key=lambda r: (r.created, r.path or ""))
+
+
+def _short(recipe_hash: Any) -> str:
+    return str(recipe_hash)[:12] if recipe_hash else "none"
+
+
+def _row_name(row: RowKey) -> str:
+    recipe, profile, source, seed = row
+    return f"{profile}/{recipe}/{source_part(source.value)}seed{seed}"
+
+
+def row_configuration(records: List[Record]) -> Any:
+    """The resolved recipe (hash) a row's figures come from: that of its newest train record (what was
+    trained last), or, with none (a released checkpoint; a run still training), of its newest record."""
+    trains = [r for r in records if r.kind == Kind.TRAIN]
+    return _newest(trains or records).provenance.recipe_hash
+
+
+def chosen_by_kind(records: Iterable[Record]) -> Tuple[Dict[RowKey, Dict[Kind, Record]], List[str]]:
+    """(recipe, profile, checkpoint source, seed) -> {kind: the record used}, and one line for every
+    choice made: records of another resolved recipe than the row's (``row_configuration``) are left
+    out, never joined with it; of two records of one kind and recipe the newest is used, and both are
+    named. Nothing is chosen silently."""
+    by_row: Dict[RowKey, List[Record]] = {}
+    for rec in records:
+        by_row.setdefault(rec.row, []).append(rec)
+    chosen: Dict[RowKey, Dict[Kind, Record]] = {}
+    notes: List[str] = []
+    for row, found in sorted(by_row.items(), key=lambda item: _row_name(item[0])):
+        config = row_configuration(found)
+        mine = [r for r in found if r.provenance.recipe_hash == config]
+        other: Dict[Any, List[str]] = {}
+        for rec in found:
+            if rec.provenance.recipe_hash != config:
+                other.setdefault(rec.provenance.recipe_hash, []).append(rec.kind.value)
+        for recipe_hash, kinds in other.items():
+            notes.append(f"{_row_name(row)}: {len(kinds)} record(s) of another resolved recipe (hash "
+                         f"{_short(recipe_hash)}: {', '.join(sorted(kinds))}) left out; the row's figures are those "
+                         f"of hash {_short(config)}, its newest train record's (or newest record's)")
+        kinds_of: Dict[Kind, List[Record]] = {}
+        for rec in mine:
+            kinds_of.setdefault(rec.kind, []).append(rec)
+        chosen[row] = {kind: _newest(recs) for kind, recs in kinds_of.items()}
+        for kind, recs in kinds_of.items():
+            if len(recs) > 1:
+                used = chosen[row][kind]
+                rest = [r.path or "?" for r in recs if r is not used]
+                notes.append(f"{_row_name(row)}: {len(recs)} {kind.value} records of one resolved recipe (hash "
+                             f"{_short(config)}): used {used.path} (the newest, {used.created_at}); not "
+                             f"{', '.join(rest)}")
+    return _one_configuration_per_row(chosen, notes), notes
+
+
+def _one_configuration_per_row(chosen: Dict[RowKey, Dict[Kind, Record]],
+                               notes: List[str]) -> Dict[RowKey, Dict[Kind, Record]]:
+    """Seeds are averaged only over one configuration (``provenance.config_hash``: the recipe hash
+    without the seed; older records have none and are kept): a row's is that of its newest train
+    record over all seeds; a seed of another one is left out, and said in ``notes``."""
+    by_row: Dict[Tuple[str, str, CheckpointSource], List[Record]] = {}
+    for (recipe, profile, source, _), kinds in chosen.items():
+        by_row.setdefault((recipe, profile, source), []).extend(kinds.values())
+    config = {}
+    for row, recs in by_row.items():
+        known = [r for r in recs if r.provenance.config_hash]
+        trains = [r for r in known if r.kind == Kind.TRAIN]
+        config[row] = _newest(trains or known).provenance.config_hash if known else None
+    kept = {}
+    for key, kinds in chosen.items():
+        mine = config[key[:3]]
+        other = {r.provenance.config_hash for r in kinds.values()} - {None, mine}
+        if mine is not None and other:
+            notes.append(f"{_row_name(key)}: left out of the row's figures: it ran another configuration (config "
+                         f"hash {_short(sorted(other)[0])}) than the row's newest training ({_short(mine)})")
+        else:
+            kept[key] = kinds
+    return kept
 
 
 def load_records(results_dir: PathLike,

@@ -156,6 +156,7 @@ class Provenance(_Part):
     dtype: Any = None
     world_size: Any = None
     recipe_hash: Any = None
+    config_hash: Any = None  # recipe_hash without the seed (absent in older records)
     checkpoint_sha256: Any = None
     measurement: Optional[Dict[str, Any]] = None  # a bench record's: setting name -> setting
 
