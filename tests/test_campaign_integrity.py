@@ -15,31 +15,24 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, cli_command, cli_env, run_cli
+from conftest import VOC_ROW as ROW
 
 from benchmark.engine.attempts import read_attempts
 from benchmark.io.jobenv import process_alive
 from benchmark.run.lock import Holder, lock_path
 from benchmark.run.records import KINDS
 
-REPO = Path(__file__).resolve().parent.parent
-ROW = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
 TINY = ["schedule.checkpoint_interval=2", "schedule.eval_interval=1000", "schedule.log_interval=1",
         "data.synthetic.train=2", "data.synthetic.val=1", "data.crop_size=[32,32]", "data.imgs_per_gpu=1",
         "test.ms_flip_ratios=[1.0]", "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
 
 
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
-    return env
-
-
 def _run_all(results: Path, iters: int, *extra: str):
+    """The arguments of `nlbench run-all` of the row in the smoke profile, ``iters`` iterations."""
     sets = [*TINY, f"schedule.max_iters={iters}"]
-    return [sys.executable, "-m", "benchmark", "run-all", "--profile", "smoke", "--filter", ROW, "--results",
-            str(results), *[a for s in sets for a in ("--set", s)], *extra]
+    return ("run-all", "--profile", "smoke", "--filter", ROW, "--results", results,
+            *[a for s in sets for a in ("--set", s)], *extra)
 
 
 def _records(results: Path, seed: int = 0):
@@ -52,9 +45,8 @@ def _train_iterations(work: Path):
     return [line["iteration"] for line in lines if "event" not in line and "iteration" in line]
 
 
-def _status(results: Path, env=None):
-    proc = subprocess.run([sys.executable, "-m", "benchmark", "status", "--results", str(results)],
-                          capture_output=True, text=True, env=env or _env(), timeout=120)
+def _status(results: Path):
+    proc = run_cli("status", "--results", results, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -69,9 +61,9 @@ def _wait_gone(holder: Holder, timeout_s: float = 20.0) -> None:
 @pytest.mark.slow
 def test_a_killed_parallel_launcher_leaves_its_jobs_held_and_a_rerun_waits_for_them(tmp_path):
     results = tmp_path / "results"
-    cmd = _run_all(results, 120, "--parallel", "2", "--seeds", "2", "--set", "schedule.checkpoint_interval=40")
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    args = _run_all(results, 120, "--parallel", "2", "--seeds", "2", "--set", "schedule.checkpoint_interval=40")
+    first = subprocess.Popen(cli_command(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     works = lambda: sorted((results / "work" / "smoke" / ROW).glob("seed*-*"))  # noqa: E731
     deadline = time.monotonic() + 300
     while not (len(works()) == 2 and all(len(_train_iterations(w)) >= 3 for w in works()
@@ -86,7 +78,7 @@ def test_a_killed_parallel_launcher_leaves_its_jobs_held_and_a_rerun_waits_for_t
     first.wait()
     assert all(process_alive(h.pid, h.proc_start) for h in holders)  # the jobs train on
 
-    second = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    second = run_cli(*args, cwd=tmp_path, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     for k, holder in enumerate(holders):
         assert (f"smoke/{ROW}/seed{k}: held by nlbench job (run-all --parallel, launcher pid {first.pid}), "
@@ -103,9 +95,9 @@ def test_a_killed_parallel_launcher_leaves_its_jobs_held_and_a_rerun_waits_for_t
 @pytest.mark.slow
 def test_a_changed_set_runs_again_beside_the_old_results_and_the_folder_can_move(tmp_path):
     results = tmp_path / "results"
-    assert subprocess.run(_run_all(results, 2), cwd=tmp_path, env=_env(), capture_output=True).returncode == 0
+    assert run_cli(*_run_all(results, 2), cwd=tmp_path).returncode == 0
     [old] = (results / "work" / "smoke" / ROW).glob("seed0-*")
-    proc = subprocess.run(_run_all(results, 4), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = run_cli(*_run_all(results, 4), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dirs = sorted((results / "work" / "smoke" / ROW).glob("seed0-*"))
     [new] = [d for d in dirs if d != old]
@@ -114,8 +106,7 @@ def test_a_changed_set_runs_again_beside_the_old_results_and_the_folder_can_move
     assert len(_records(results)) == 2 * len(KINDS) and {old.name[6:], new.name[6:]} == hashes
     status = _status(results)
     assert "4/4" in status and "1 row(s): 1 done" in status and f"seed0-{new.name[6:]}/job.log" in status
-    collect = subprocess.run([sys.executable, "-m", "benchmark", "collect", "--results", str(results)],
-                             capture_output=True, text=True, env=_env(), timeout=120)
+    collect = run_cli("collect", "--results", results, timeout=120)
     assert collect.returncode == 0
     assert f"record(s) of another resolved recipe (hash {old.name[6:]}" in collect.stderr
 
@@ -125,7 +116,7 @@ def test_a_changed_set_runs_again_beside_the_old_results_and_the_folder_can_move
     shutil.move(str(results), moved)
     status = _status(moved)
     assert "1 row(s): 1 done" in status and f"log (in {moved})" in status and str(results) not in status
-    again = subprocess.run(_run_all(moved, 4), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    again = run_cli(*_run_all(moved, 4), cwd=tmp_path, timeout=300)
     assert again.returncode == 0 and "nothing to run: every planned row is complete" in again.stdout
 
 
@@ -133,9 +124,9 @@ def test_a_changed_set_runs_again_beside_the_old_results_and_the_folder_can_move
 def test_a_recipe_edited_while_its_row_is_queued_runs_as_planned(tmp_path):
     recipes = tmp_path / "recipes"
     shutil.copytree(REPO / "recipes", recipes)
-    env = _env(NLBENCH_RECIPES=str(recipes))
+    env = cli_env(NLBENCH_RECIPES=str(recipes))
     results = tmp_path / "results"
-    cmd = _run_all(results, 4, "--parallel", "2", "--seeds", "3")
+    cmd = cli_command(*_run_all(results, 4, "--parallel", "2", "--seeds", "3"))
     run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = results / "jobs" / "runs"
     deadline = time.monotonic() + 120
@@ -160,7 +151,7 @@ def test_report_into_a_results_folder_whose_name_is_not_utf8(tmp_path):
     results = os.fsdecode(bytes(tmp_path) + b"/res\xff")  # as Python reads such a name: a surrogate
     write_row(results)
     proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"benchmark", b"report", b"--results",
-                           os.fsencode(results)], capture_output=True, env=_env(), timeout=300)
+                           os.fsencode(results)], capture_output=True, env=cli_env(), timeout=300)
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
     page = (Path(results) / "report" / "index.html").read_bytes()
     assert b"res\\udcff" in page  # the name shown escaped, the page still UTF-8
