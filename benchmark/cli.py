@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from benchmark import __version__
 from benchmark.errors import NLBenchError
+from benchmark.launch.doctor import doctor_arguments
 
 Arguments = Callable[[argparse.ArgumentParser], None]
 
@@ -157,6 +158,8 @@ def _run_all_args(p: argparse.ArgumentParser) -> None:
                    help="trained (default): train each row, then evaluate it; released: evaluate and benchmark "
                         "each row's released MMSeg checkpoint, no training (downloaded once into $NLBENCH_CACHE)")
     _results(p)
+    p.add_argument("--data-root", help="data root of every row instead of each recipe's (a relative one resolves "
+                                       "against $NLBENCH_DATA_BASE, else the current directory)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and GPU-hour estimate, run nothing")
     p.add_argument("--no-wait", action="store_true",
                    help="slurm: return after submitting (default: wait for the array and print the status)")
@@ -292,6 +295,9 @@ VERBS: Tuple[Verb, ...] = (
     Verb("run-all", "benchmark.report.campaign:run_all_command",
          "plan and run every row (train -> eval -> eval ms+flip -> bench; --checkpoint released: no training)",
          _run_all_args),
+    Verb("doctor", "benchmark.launch.doctor:doctor_command",
+         "pre-flight checks run-all makes before any job: data, pretrained backbone, setting against the "
+         "published one, disk, SLURM profile; one line per finding, exit 1 on a problem", doctor_arguments),
     Verb("status", "benchmark.launch.status:status_command",
          "state of every planned row: pending/running/done/failed/requeued/diverged", _status_args),
     Verb("collect", "benchmark.report.collect:collect_command",

@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -56,7 +55,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import write_json
 from benchmark.io.jobenv import job_environment
 from benchmark.mmseg_checkpoint import load_weights, resolve_checkpoint
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.recipe import Recipe, data_root_origin, load_recipe, resolve_data_root
 
 # Aspect ratio (w / h) of a typical image of each dataset, for synthetic stand-ins: Cityscapes is
 # 2048x1024; ADE20K and VOC images are mostly 4:3 landscape.
@@ -82,7 +81,7 @@ def synthetic_image_size(recipe: Recipe) -> Tuple[int, int]:
 
 def bench_images(recipe: Recipe, data_root: Optional[str], count: int) -> Tuple[str, Iterator[np.ndarray]]:
     """("val", the first ``count`` val images, cycled if the split is shorter) or ("synthetic", ...)."""
-    root = Path(data_root if data_root is not None else recipe.data.data_root)
+    root = resolve_data_root(data_root if data_root is not None else recipe.data.data_root)
     if root.is_dir():
         try:
             dataset = build_dataset(recipe.data, "val", root)
@@ -345,9 +344,10 @@ def bench_command(recipe: str, overrides: Sequence[str] = (), profile: str = "fu
                   skip_mem: bool = False, settings: str = ",".join(SETTING_NAMES), train_step: bool = False) -> int:
     """`nlbench bench`: print the figures; ``json_out`` (--json) also writes them to that file."""
     names = parse_settings(settings)
-    if data_root is not None and not Path(data_root).is_dir():  # asked for, so not silently random images
-        raise NLBenchError("data root not found (leave --data-root out to time random images of the test "
-                           "resolution when there is no dataset)", data_root, "--data-root")
+    if data_root is not None and not resolve_data_root(data_root).is_dir():  # asked for: not silently random images
+        raise NLBenchError(f"data root not found{data_root_origin(data_root)} (leave --data-root out to time random "
+                           "images of the test resolution when there is no dataset)", resolve_data_root(data_root),
+                           "--data-root")
     resolved = load_recipe(recipe, overrides, profile)
     path = str(resolve_checkpoint(resolved, checkpoint)) if checkpoint else None
     result = bench(resolved, checkpoint=path, device=device, data_root=data_root, skip_mem=skip_mem,

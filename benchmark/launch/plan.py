@@ -18,7 +18,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.download import cache_dir_default
 from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.recipe import Recipe, load_recipe, resolve_data_root
 from benchmark.run.job import Job, Resources
 from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, RecordStore
 from benchmark.stats import DEFAULT_TOLERANCE, SEED_STD_MIOU, half_width, seeds_for_half_width
@@ -66,7 +66,8 @@ def default_time_limit_min(gpu_hours: Optional[float], gpus: int) -> int:
     return int(math.ceil((wall_min * 1.5 + 30) / 30.0) * 30)
 
 
-def make_plan(
+# One parameter per planning input run-all passes by name: one more than the size limit.
+def make_plan(  # noqa: PLR0913
     results_dir: os.PathLike | str,
     resources_for: Callable[[Recipe], Resources],
     pattern: Optional[str] = None,
@@ -77,6 +78,7 @@ def make_plan(
     device: str = "auto",
     skip_complete: bool = True,
     checkpoint: str = "trained",
+    data_root: Optional[str] = None,
 ) -> Plan:
     """One job per matching recipe and seed; rows whose every stage has a record are skipped.
 
@@ -84,7 +86,8 @@ def make_plan(
     job asks for; ``time_limit_min`` (a cluster profile's) replaces the estimate-based limit.
     Seeds are ``runtime.seed``, ``runtime.seed + 1``, ...: seed k overrides the recipe's runtime.seed.
     ``checkpoint="released"`` plans eval, ms+flip and bench of each row's released checkpoint (no
-    training); only records of the same checkpoint source count as done.
+    training); only records of the same checkpoint source count as done. ``data_root`` (run-all's
+    --data-root) replaces every recipe's data root; either is made absolute here (recipe.resolve_data_root).
     """
     if seeds < 1:
         raise NLBenchError(f"expected a count >= 1, got {seeds}", key="--seeds")
@@ -113,7 +116,7 @@ def make_plan(
                 stages=stages,
                 results_dir=str(results),
                 work_dir=str(ResultsLayout(results).work_dir(recipe.profile, recipe.name, seed, checkpoint)),
-                data_root=str(Path(recipe.data.data_root).resolve()),
+                data_root=str(resolve_data_root(data_root or recipe.data.data_root)),
                 resources=resources_for(recipe),
                 time_limit_min=time_limit_min or default_time_limit_min(hours, recipe.runtime.gpus),
                 gpu_hours=hours,

@@ -2,12 +2,14 @@
 
     nlbench run-all [--filter GLOB] [--launcher local|slurm] [--cluster slurm/NAME.yaml]
                     [--profile full|smoke] [--seeds N] [--results DIR] [--dry-run] [--no-wait]
-                    [--checkpoint trained|released] [--set KEY=VALUE ...]
+                    [--checkpoint trained|released] [--data-root DIR] [--set KEY=VALUE ...]
 
 Rows whose every stage already has a record in the results folder are skipped, so running the same
 command again after a failure runs only what is missing. With ``--launcher slurm`` the command waits
 for the array and prints the status table at the end; ``--no-wait`` returns right after submission
-(``nlbench status`` shows progress). Nothing is submitted or run when any input is wrong.
+(``nlbench status`` shows progress). Nothing is submitted or run when any input is wrong, nor when
+the pre-flight (launch/preflight.py, the checks of ``nlbench doctor``) finds a problem: each is one
+line, exit 2, and nothing is written under the results folder.
 
 ``--checkpoint released`` evaluates and benchmarks each row's released MMSeg checkpoint instead of
 training one. Every file is downloaded here, once, into the download cache before anything runs or
@@ -68,7 +70,7 @@ def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra
     return path
 
 
-def _launcher_rule(launcher: str, cluster: Optional[str]):
+def launcher_rule(launcher: str, cluster: Optional[str]):
     """(resources rule, time limit, cluster profile) of the chosen launcher; bad combinations are errors."""
     if launcher == "slurm":
         from benchmark.launch import slurm
@@ -89,19 +91,23 @@ def _launcher_rule(launcher: str, cluster: Optional[str]):
 def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,  # noqa: PLR0913
                     profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
                     no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained",
-                    parallel: int = 1, summarize: Optional[Summarize] = None) -> int:
+                    parallel: int = 1, data_root: Optional[str] = None, summarize: Optional[Summarize] = None) -> int:
     """`nlbench run-all`: plan, then run locally or submit to SLURM; exit 1 when a row failed or diverged."""
     folder = Path(results)
     if parallel != 1 and launcher != "local":
         raise NLBenchError("--parallel is for the local launcher (SLURM runs an array's tasks side by side)",
                            key="--parallel")
-    rule, time_limit, cluster_profile = _launcher_rule(launcher, cluster)
+    rule, time_limit, cluster_profile = launcher_rule(launcher, cluster)
     plan = planning.make_plan(folder, rule, pattern=filter, profile=profile, overrides=overrides, seeds=seeds,
-                              time_limit_min=time_limit, checkpoint=checkpoint)
+                              time_limit_min=time_limit, checkpoint=checkpoint, data_root=data_root)
     if launcher == "local":  # before anything is written (and in a dry run too)
         from benchmark.launch import local
 
         local.check_parallel(plan.jobs, parallel)
+    if not dry_run and plan.jobs:  # before anything is written, downloaded or submitted
+        from benchmark.launch.preflight import gate
+
+        print(gate(plan.jobs, launcher, cluster_profile, folder))
     if dry_run:
         print(planning.format_plan(plan, launcher))
         return 0
