@@ -78,7 +78,7 @@ def check_split(data: DataConfig, split: str, root: Path) -> List[Finding]:
         dataset = build_dataset(data, split, root)  # type: ignore[arg-type]
     except NLBenchError as exc:
         return [Finding("problem", check, str(exc))]
-    out = [_count_finding(data.dataset, split, len(dataset))]
+    out = [_count_finding(data.dataset, split, len(dataset), root)]
     bad = []
     for i in _sample(len(dataset)):
         message = _sample_problem(dataset, i)
@@ -89,14 +89,14 @@ def check_split(data: DataConfig, split: str, root: Path) -> List[Finding]:
     return out + bad
 
 
-def _count_finding(dataset: str, split: str, count: int) -> Finding:
+def _count_finding(dataset: str, split: str, count: int, root: Path) -> Finding:
     published = PUBLISHED_COUNTS[dataset][split]
     check = f"data.{split}"
     if count == published:
-        return Finding("ok", check, f"{count} image/label pairs, as published")
+        return Finding("ok", check, f"{root}: {count} image/label pairs, as published")
     smaller = "a smaller set than" if count < published else "more than"
-    return Finding("note", check, f"{count} image/label pairs, {smaller} the published {published}: the results "
-                                  "are not comparable with the table")
+    return Finding("note", check, f"{root}: {count} image/label pairs, {smaller} the published {published}: the "
+                                  "results are not comparable with the table")
 
 
 def _sample(n: int) -> List[int]:

@@ -27,21 +27,38 @@ def deviations(recipe: Recipe, world_size: int, device_name: Optional[str], trai
                published: Optional[Recipe] = None) -> List[str]:
     """The ways this run differs from the published one (empty: none found). ``trained``: the run
     trained its own weights (a released checkpoint was trained as published: batch, norm, schedule,
-    model and pretrained weights are then MMSeg's own)."""
+    model and pretrained weights are then MMSeg's own). A profile other than full is one phrase
+    naming what it changes by design; the model, schedule, data and pretrained sections then go
+    unsaid one by one."""
     pub = published or published_recipe(recipe)
-    out = [f"{recipe.profile} profile"] if recipe.profile != "full" else []
+    full = recipe.profile == "full"
+    out = [] if full else [_profile_phrase(recipe, counts, trained)]
     if trained:
-        out += _training(recipe, pub, world_size, device_name, pretrained_sha256)
-    out += _section("data", _data_view(recipe), _data_view(pub))
-    out += _counts(recipe, counts)
+        out += _training(recipe, pub, world_size, device_name, pretrained_sha256, sections=full)
+    if full:
+        out += _section("data", _data_view(recipe), _data_view(pub)) + _counts(recipe, counts)
     out += _flags(recipe, pub, trained)
     if device_name and PUBLISHED_DEVICE not in str(device_name).upper():
         out.append(f"device {device_name} instead of {PUBLISHED_DEVICE}")
     return out
 
 
-def _training(recipe: Recipe, pub: Recipe, world_size: int, device_name: Optional[str],
-              sha256: Optional[str]) -> List[str]:
+def _profile_phrase(recipe: Recipe, counts: Optional[Dict[str, int]], trained: bool) -> str:
+    """'smoke profile (by design: depth-18 model, no pretrained weights, synthetic data 32/16 images, ...)'."""
+    parts = []
+    if trained:
+        parts += [f"depth-{recipe.model.depth} model ({recipe.model.base_channels} channels)",
+                  f"pretrained {recipe.model.pretrained}" if recipe.model.pretrained else "no pretrained weights"]
+    kind = "synthetic " if recipe.data.synthetic is not None else ""
+    parts.append(f"{kind}data" + (f" {counts.get('train', '?')}/{counts.get('val', '?')} images" if counts else ""))
+    if trained:
+        parts.append(f"{recipe.schedule.max_iters} iterations")
+    parts.append(f"crop {_shown(recipe.data.crop_size)}")
+    return f"{recipe.profile} profile (by design: {', '.join(parts)})"
+
+
+def _training(recipe: Recipe, pub: Recipe, world_size: int, device_name: Optional[str],  # noqa: PLR0913
+              sha256: Optional[str], sections: bool = True) -> List[str]:
     out = []
     batch, published_batch = world_size * recipe.data.imgs_per_gpu, pub.effective_batch
     if batch != published_batch:
@@ -51,6 +68,8 @@ def _training(recipe: Recipe, pub: Recipe, world_size: int, device_name: Optiona
     norm, published_norm = _norm(recipe, world_size, on_gpu), _norm(pub, pub.runtime.gpus, True)
     if norm != published_norm:
         out.append(f"{norm} instead of {published_norm}")
+    if not sections:
+        return out
     mine, theirs = recipe.model.pretrained, pub.model.pretrained
     if mine != theirs:
         out.append(f"pretrained {mine or 'none'} instead of {theirs or 'none'}")
