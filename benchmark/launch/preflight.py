@@ -40,21 +40,23 @@ class PreflightFailed(NLBenchError):
 
 def check_jobs(jobs: Sequence[Job], launcher: str = "local", cluster_profile=None,
                results: Optional[Path] = None, pretrained: bool = True) -> List[Finding]:
-    """Every finding about ``jobs`` (a plan's), each data root and pretrained file checked once."""
+    """Every finding about ``jobs`` (a plan's), each data root and pretrained file checked once. The
+    data comes first: while it has a problem, no pretrained file is downloaded."""
     findings = [_versions()]
-    seen_roots, seen_sources, seen_rows = set(), set(), set()
-    for job in jobs:
-        data = job.recipe.data
-        if (data.dataset, job.data_root) not in seen_roots:
-            seen_roots.add((data.dataset, job.data_root))
-            findings += check_data(data, job.data_root)
-        source = job.recipe.model.pretrained
-        if pretrained and job.checkpoint_source == "trained" and source not in seen_sources:
-            seen_sources.add(source)
-            findings += check_pretrained(job.recipe)
-        if job.name not in seen_rows:
-            seen_rows.add(job.name)
-            findings += check_setting(job, launcher)
+    roots = {(job.recipe.data.dataset, job.data_root): job.recipe.data for job in jobs}
+    for (_, root), data in roots.items():
+        findings += check_data(data, root)
+    sources = {job.recipe.model.pretrained: job.recipe for job in jobs
+               if job.checkpoint_source == "trained" and job.recipe.model.pretrained}
+    if pretrained and sources and problems(findings):
+        findings.append(Finding("note", "pretrained", f"{', '.join(sources)}: not fetched while the data has "
+                                                      "problems"))
+    elif pretrained:
+        for recipe in sources.values():
+            findings += check_pretrained(recipe)
+    rows = {job.name: job for job in jobs}
+    for job in rows.values():
+        findings += check_setting(job, launcher)
     if results is not None:
         findings.append(check_disk(jobs, results))
     if launcher == "slurm" and cluster_profile is not None:

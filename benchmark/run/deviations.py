@@ -50,7 +50,8 @@ def _profile_phrase(recipe: Recipe, counts: Optional[Dict[str, int]], trained: b
         parts += [f"depth-{recipe.model.depth} model ({recipe.model.base_channels} channels)",
                   f"pretrained {recipe.model.pretrained}" if recipe.model.pretrained else "no pretrained weights"]
     kind = "synthetic " if recipe.data.synthetic is not None else ""
-    parts.append(f"{kind}data" + (f" {counts.get('train', '?')}/{counts.get('val', '?')} images" if counts else ""))
+    if kind or counts:
+        parts.append(f"{kind}data" + (f" {counts.get('train', '?')}/{counts.get('val', '?')} images" if counts else ""))
     if trained:
         parts.append(f"{recipe.schedule.max_iters} iterations")
     parts.append(f"crop {_shown(recipe.data.crop_size)}")
