@@ -75,10 +75,7 @@ def make_plan(  # noqa: PLR0913
     overrides: Sequence[str] = (),
     seeds: int = 1,
     time_limit_min: Optional[int] = None,
-    device: str = "auto",
-    skip_complete: bool = True,
-    checkpoint: str = "trained",
-    data_root: Optional[str] = None,
+    device: str = "auto", skip_complete: bool = True, checkpoint: str = "trained", data_root: Optional[str] = None,
 ) -> Plan:
     """One job per matching recipe and seed; rows whose every stage has a record are skipped.
 
@@ -86,8 +83,8 @@ def make_plan(  # noqa: PLR0913
     job asks for; ``time_limit_min`` (a cluster profile's) replaces the estimate-based limit.
     Seeds are ``runtime.seed``, ``runtime.seed + 1``, ...: seed k overrides the recipe's runtime.seed.
     ``checkpoint="released"`` plans eval, ms+flip and bench of each row's released checkpoint (no
-    training); only records of the same checkpoint source count as done. ``data_root`` (run-all's
-    --data-root) replaces every recipe's data root; either is made absolute here (recipe.resolve_data_root).
+    training); only records of the same checkpoint source count as done. ``data_root`` (--data-root)
+    replaces every recipe's; either is made absolute here (recipe.resolve_data_root).
     """
     if seeds < 1:
         raise NLBenchError(f"expected a count >= 1, got {seeds}", key="--seeds")
