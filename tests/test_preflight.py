@@ -5,6 +5,7 @@ records and the verdicts."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from report_helpers import ROW, make_record
+from slurm_cluster import cluster_fixture
 
 from benchmark.cli import main as cli
 from benchmark.data.checks import PUBLISHED_COUNTS
@@ -204,3 +206,42 @@ def test_deviations_sit_beside_the_verdict_and_old_records_stay_readable(tmp_pat
     cli(["compare", "--results", str(tmp_path)])
     out = capsys.readouterr().out
     assert any(ROW in line and "; effective batch 4 instead of 8 |" in line for line in out.splitlines()), out
+
+
+# ----------------------------------------------------------------------------- on the SLURM test cluster
+
+cluster = cluster_fixture()
+PROFILE = Path(__file__).resolve().parent.parent / "slurm" / "test-cluster.yaml"
+
+
+def _queued() -> str:
+    return subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.slurm
+def test_run_all_on_slurm_stops_on_a_missing_data_root_before_submitting(cluster, capsys):
+    results, missing = cluster / "R-missing", cluster / "no-data"
+    before = _queued()
+    started = time.perf_counter()
+    code = cli(["run-all", "--launcher", "slurm", "--cluster", str(PROFILE), "--filter", CITY, "--profile", "smoke",
+                "--results", str(results), "--data-root", str(missing), "--set", "data.synthetic=null"])
+    took = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"  data.root: {missing}: data root not found" in err.splitlines()[1]
+    assert "slurm.partition" not in err  # the profile's partition is the cluster's
+    assert not results.exists() and _queued() == before
+    assert took < 60
+
+
+@pytest.mark.slurm
+def test_doctor_finds_the_profile_names_on_the_cluster(cluster, capsys):
+    root = write_synthetic("cityscapes", cluster / "city-doctor", train=2, val=1, size_hw=(32, 64))
+    profile = cluster / "wrong-partition.yaml"
+    profile.write_text(PROFILE.read_text().replace("partition: debug", "partition: nosuch"))
+    code, out, bad = _doctor(capsys, CITY, root, "--launcher", "slurm", "--cluster", str(PROFILE))
+    assert code == 0 and "ok      slurm.partition: debug: known to the cluster" in out, out
+    code, out, bad = _doctor(capsys, CITY, root, "--launcher", "slurm", "--cluster", str(profile))
+    assert code == 1
+    assert bad == ["problem slurm.partition: the cluster profile's partition 'nosuch' is not known to the cluster "
+                   "(`sinfo -h` lists: debug)"], out

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmark.data.checks import Finding, check_data, problems
 from benchmark.errors import NLBenchError
-from benchmark.recipe import Recipe, published_recipe
+from benchmark.recipe import Recipe, published_recipe, resolve_data_root
 from benchmark.run.job import Job
 
 # File systems the nodes of a cluster usually share; anything else is said as possibly node-local.
@@ -45,7 +45,9 @@ def check_jobs(jobs: Sequence[Job], launcher: str = "local", cluster_profile=Non
     findings = [_versions()]
     roots = {(job.recipe.data.dataset, job.data_root): job.recipe.data for job in jobs}
     for (_, root), data in roots.items():
-        findings += check_data(data, root)
+        # The recipe's own (relative) root where the plan resolved it: the message then says against what.
+        own = resolve_data_root(data.data_root) == Path(root)
+        findings += check_data(data, data.data_root if own else root)
     sources = {job.recipe.model.pretrained: job.recipe for job in jobs
                if job.checkpoint_source == "trained" and job.recipe.model.pretrained}
     if pretrained and sources and problems(findings):
