@@ -104,16 +104,24 @@ def check_setting(job: Job, launcher: str) -> List[Finding]:
     recipe, world = job.recipe, job.resources.world_size
     gpus = job.resources.gpus
     pub = published_recipe(recipe)
-    device = None if gpus else "cpu"  # a GPU's class is known only where the job runs
+    device = "cpu" if not gpus else _local_gpu() if launcher == "local" else None  # a node's GPU: not known here
     where = f"{recipe.name}: "
-    out = [Finding("ok", "setting.batch", f"{where}{launcher} gives {job.resources.describe()} (world size {world}) "
-                                          f"x {recipe.data.imgs_per_gpu} images = effective batch "
-                                          f"{world * recipe.data.imgs_per_gpu}; published {pub.runtime.gpus} GPUs x "
-                                          f"{pub.data.imgs_per_gpu} = {pub.effective_batch}")]
+    batch = world * recipe.data.imgs_per_gpu
     trained = job.checkpoint_source == "trained"
+    # A batch that differs is one of the deviations below, with the same figures (a released row has none).
+    out = [] if batch != pub.effective_batch or not trained else [
+        Finding("ok", "setting.batch", f"{where}{launcher} gives {job.resources.describe()} (world size {world}) x "
+                                       f"{recipe.data.imgs_per_gpu} images = effective batch {batch}, as published "
+                                       f"({pub.runtime.gpus} GPUs x {pub.data.imgs_per_gpu})")]
     for phrase in deviations(recipe, world, device, trained=trained, published=pub):
         out.append(Finding("note", "setting", f"{where}{phrase}"))
     return out
+
+
+def _local_gpu() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 def checkpoint_bytes(recipe: Recipe) -> int:
