@@ -245,3 +245,18 @@ def test_doctor_finds_the_profile_names_on_the_cluster(cluster, capsys):
     assert code == 1
     assert bad == ["problem slurm.partition: the cluster profile's partition 'nosuch' is not known to the cluster "
                    "(`sinfo -h` lists: debug)"], out
+
+
+def test_a_failing_job_keeps_its_traceback_in_the_job_log_not_the_console(tmp_path, capsys):
+    from benchmark.launch import local
+    from benchmark.launch.plan import make_plan
+
+    plan = make_plan(tmp_path / "R", local.resources_for, pattern=CITY, profile="smoke",
+                     overrides=["data.synthetic=null"], data_root=str(tmp_path / "absent"))
+    outcome = local.run_local(plan.jobs, tmp_path / "R")  # past the pre-flight, as a job that meets bad data
+    captured = capsys.readouterr()
+    assert list(outcome.values()) == ["failed"]
+    assert f"{tmp_path / 'absent'}: data root not found" in captured.out
+    assert "Traceback" not in captured.out + captured.err
+    log = (Path(plan.jobs[0].work_dir) / "job.log").read_text()
+    assert "Traceback (most recent call last)" in log
