@@ -260,3 +260,13 @@ def test_a_failing_job_keeps_its_traceback_in_the_job_log_not_the_console(tmp_pa
     assert "Traceback" not in captured.out + captured.err
     log = (Path(plan.jobs[0].work_dir) / "job.log").read_text()
     assert "Traceback (most recent call last)" in log
+
+
+def test_run_all_on_released_checkpoints_checks_the_data_before_any_download(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NLBENCH_CACHE", str(cache))
+    code = cli(["run-all", "--checkpoint", "released", "--filter", CITY, "--results", str(tmp_path / "R"),
+                "--data-root", str(tmp_path / "absent")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"  data.root: {tmp_path / 'absent'}: data root not found" in err
+    assert not cache.exists() and not (tmp_path / "R").exists()
