@@ -54,7 +54,8 @@ def _results(p: argparse.ArgumentParser) -> None:
 
 
 def _data_root(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", help="override the recipe's data root")
+    p.add_argument("--data-root", help="override the recipe's data root (a relative one resolves against "
+                                       "$NLBENCH_DATA_BASE, else the current directory)")
 
 
 def _device(p: argparse.ArgumentParser, text: str = "cpu, cuda or auto (default)") -> None:
