@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ADE_ROW, CITY_ROW, VOC_ROW
 from PIL import Image
 from report_helpers import ROW, make_record
 from slurm_cluster import cluster_fixture
@@ -25,9 +26,7 @@ from benchmark.run.deviations import deviations
 from benchmark.run.records import RecordStore, write_record
 from benchmark.run.schema import Record
 
-CITY = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
-ADE = "nonlocal_r50-d8_4xb4-80k_ade20k-512x512"
-VOC = "nonlocal_r50-d8_4xb4-20k_voc12aug-512x512"
+CITY, ADE, VOC = CITY_ROW, ADE_ROW, VOC_ROW
 ROWS = {"cityscapes": CITY, "ade20k": ADE, "voc": VOC}
 
 

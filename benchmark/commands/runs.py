@@ -28,8 +28,9 @@ def run_all_arguments(p: argparse.ArgumentParser) -> None:
                    help="trained (default): train each row, then evaluate it; released: evaluate and benchmark "
                         "each row's released MMSeg checkpoint, no training (downloaded once into $NLBENCH_CACHE)")
     results_arguments(p)
-    p.add_argument("--data-root", help="data root of every row instead of each recipe's (a relative one resolves "
-                                       "against $NLBENCH_DATA_BASE, else the current directory)")
+    p.add_argument("--data-root", help="data root of every row instead of each recipe's, as --set data.data_root "
+                                       "(part of the planned recipe and its hash); a relative one resolves against "
+                                       "$NLBENCH_DATA_BASE, else the current directory")
     p.add_argument("--dry-run", action="store_true", help="print the plan and GPU-hour estimate, run nothing")
     p.add_argument("--no-wait", action="store_true",
                    help="slurm: return after submitting (default: wait for the array and print the status)")
