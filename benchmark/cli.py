@@ -62,6 +62,9 @@ VERBS: Tuple[Verb, ...] = (
     Verb("show", "benchmark.commands.catalog", "print a fully resolved recipe"),
     Verb("run-all", "benchmark.commands.runs",
          "plan and run every row (train -> eval -> eval ms+flip -> bench; --checkpoint released: no training)"),
+    Verb("doctor", "benchmark.commands.doctor",
+         "pre-flight checks run-all makes before any job: data, pretrained backbone, setting against the "
+         "published one, disk, SLURM profile; one line per finding, exit 1 on a problem"),
     Verb("status", "benchmark.commands.runs",
          "state of every planned row: pending/running/done/failed/requeued/diverged"),
     Verb("collect", "benchmark.commands.report", "gather run records into one table (mean/std/min/max over seeds)"),

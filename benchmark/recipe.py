@@ -35,6 +35,10 @@ from benchmark.stats import SEED_STD_MIOU
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = Path(os.environ.get("NLBENCH_RECIPES", REPO_ROOT / "recipes"))
 
+# A relative data root (the recipe's data.data_root or a --data-root) is resolved against this folder
+# when the variable is set, else against the current directory, as MMSeg's data_root is (README, "Data").
+DATA_BASE_ENV = "NLBENCH_DATA_BASE"
+
 # The label value that the loss and the metrics ignore (MMSeg's ignore_index; the pad value of labels).
 IGNORE_INDEX = 255
 
@@ -84,6 +88,26 @@ class ModelConfig(_Strict):
     pretrained: Optional[str] = None
 
 
+def data_base() -> Path:
+    """The folder a relative data root is resolved against: $NLBENCH_DATA_BASE, else the current directory."""
+    return Path(os.environ.get(DATA_BASE_ENV) or os.getcwd()).resolve()
+
+
+def resolve_data_root(root: Union[str, os.PathLike]) -> Path:
+    """``root`` as an absolute path: a relative one joined to ``data_base()``."""
+    path = Path(root).expanduser()
+    return path if path.is_absolute() else (data_base() / path).resolve()
+
+
+def data_root_origin(root: Union[str, os.PathLike]) -> str:
+    """Where an absolute data root came from, for messages: "" or " (relative 'x', against ...)"."""
+    path = Path(root).expanduser()
+    if path.is_absolute():
+        return ""
+    how = f"${DATA_BASE_ENV}" if os.environ.get(DATA_BASE_ENV) else "the current directory"
+    return f" (the relative {str(root)!r} resolved against {how} {data_base()})"
+
+
 class SyntheticConfig(_Strict):
     """Parameters for `nlbench synth`, used when the recipe's data root is written on first use."""
 
@@ -95,7 +119,8 @@ class SyntheticConfig(_Strict):
 
 class DataConfig(_Strict):
     dataset: Literal["cityscapes", "ade20k", "voc12aug"]
-    # Means exactly what MMSeg's data_root means (relative paths are relative to the working dir).
+    # Means exactly what MMSeg's data_root means; a relative one resolves against $NLBENCH_DATA_BASE,
+    # else the working directory (resolve_data_root).
     data_root: str
     img_scale: PairInt  # (w, h), MMSeg's convention: (long, short) bound of the keep-ratio resize
     crop_size: PairInt  # (h, w)

@@ -114,7 +114,12 @@ def test_array_with_preemption_requeues_and_resumes_to_the_same_result(cluster, 
                 == _eval_record(reference, INTERRUPTED, kind)["metrics"])
 
 
-def test_failing_job_is_reported_failed(cluster, capsys):
+def test_failing_job_is_reported_failed(cluster, capsys, monkeypatch):
+    # The pre-flight would stop a missing data root before submitting (tests/test_preflight.py); passed
+    # over here, it makes a job that fails on the node as one meeting data gone bad after the checks would.
+    import benchmark.launch.preflight as preflight
+
+    monkeypatch.setattr(preflight, "check_jobs", lambda *args, **kwargs: [])
     results = cluster / "results-fail"
     missing = cluster / "no-such-dataset"
     code = cli(["run-all", "--launcher", "slurm", "--cluster", str(PROFILE), "--profile", "smoke",

@@ -22,7 +22,8 @@ def results_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def data_root_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", help="override the recipe's data root")
+    p.add_argument("--data-root", help="override the recipe's data root (a relative one resolves against "
+                                       "$NLBENCH_DATA_BASE, else the current directory)")
 
 
 def device_arguments(p: argparse.ArgumentParser, text: str = "cpu, cuda or auto (default)") -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmark.commands.arguments import data_root_arguments, device_arguments, recipe_arguments
@@ -12,7 +11,7 @@ from benchmark.engine.settings import SETTING_NAMES, parse_settings
 from benchmark.errors import NLBenchError
 from benchmark.io.files import write_json
 from benchmark.mmseg_checkpoint import resolve_checkpoint
-from benchmark.recipe import load_recipe
+from benchmark.recipe import data_root_origin, load_recipe, resolve_data_root
 
 
 def bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +35,10 @@ def bench_command(recipe: str, overrides: Sequence[str] = (), profile: str = "fu
                   skip_mem: bool = False, settings: str = ",".join(SETTING_NAMES), train_step: bool = False) -> int:
     """`nlbench bench`: print the figures; ``json_out`` (--json) also writes them to that file."""
     names = parse_settings(settings)
-    if data_root is not None and not Path(data_root).is_dir():  # asked for, so not silently random images
-        raise NLBenchError("data root not found (leave --data-root out to time random images of the test "
-                           "resolution when there is no dataset)", data_root, "--data-root")
+    if data_root is not None and not resolve_data_root(data_root).is_dir():  # asked for: not silently random images
+        raise NLBenchError(f"data root not found{data_root_origin(data_root)} (leave --data-root out to time random "
+                           "images of the test resolution when there is no dataset)", resolve_data_root(data_root),
+                           "--data-root")
     resolved = load_recipe(recipe, overrides, profile)
     path = str(resolve_checkpoint(resolved, checkpoint)) if checkpoint else None
     result = bench(resolved, checkpoint=path, device=device, data_root=data_root, skip_mem=skip_mem,

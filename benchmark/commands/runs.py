@@ -28,6 +28,9 @@ def run_all_arguments(p: argparse.ArgumentParser) -> None:
                    help="trained (default): train each row, then evaluate it; released: evaluate and benchmark "
                         "each row's released MMSeg checkpoint, no training (downloaded once into $NLBENCH_CACHE)")
     results_arguments(p)
+    p.add_argument("--data-root", help="data root of every row instead of each recipe's, as --set data.data_root "
+                                       "(part of the planned recipe and its hash); a relative one resolves against "
+                                       "$NLBENCH_DATA_BASE, else the current directory")
     p.add_argument("--dry-run", action="store_true", help="print the plan and GPU-hour estimate, run nothing")
     p.add_argument("--no-wait", action="store_true",
                    help="slurm: return after submitting (default: wait for the array and print the status)")
@@ -43,12 +46,12 @@ def run_all_arguments(p: argparse.ArgumentParser) -> None:
 def run_all_command(filter: Optional[str] = None, launcher: str = "local", cluster: Optional[str] = None,  # noqa: PLR0913
                     profile: str = "full", seeds: int = 1, results: str = "results", dry_run: bool = False,
                     no_wait: bool = False, overrides: Sequence[str] = (), checkpoint: str = "trained",
-                    parallel: int = 1) -> int:
+                    parallel: int = 1, data_root: Optional[str] = None) -> int:
     """`nlbench run-all`: the campaign's progress lines, then (once its jobs have run) the rows' figures
     against their references and the verdicts of `nlbench compare`; exit 1 when a row failed or diverged."""
     options = RunAllOptions(filter=filter, launcher=launcher, cluster=cluster, profile=profile, seeds=seeds,
                             results=results, dry_run=dry_run, no_wait=no_wait, overrides=tuple(overrides),
-                            checkpoint=checkpoint, parallel=parallel)
+                            checkpoint=checkpoint, parallel=parallel, data_root=data_root)
     campaign = run_all(options, log=print)
     if campaign.records is not None:
         print(rows_verdicts(campaign.records, planned_rows(campaign.plan), warn))

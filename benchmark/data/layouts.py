@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from benchmark.data.classes import CLASS_NAMES, PALETTES
 from benchmark.errors import NLBenchError
-from benchmark.recipe import IGNORE_INDEX, DataConfig
+from benchmark.recipe import IGNORE_INDEX, DataConfig, data_root_origin, resolve_data_root
 
 Split = Literal["train", "val"]
 
@@ -163,11 +163,12 @@ def build_dataset(data_cfg: DataConfig, split: Split, data_root: Optional[Union[
     """The ``split`` ("train" or "val") of the recipe's dataset, read from ``data_root`` (default: the recipe's)."""
     if split not in ("train", "val"):
         raise NLBenchError(f"unknown split {split!r}; expected 'train' or 'val'")
-    root = Path(data_root if data_root is not None else data_cfg.data_root)
+    given = data_root if data_root is not None else data_cfg.data_root
+    root = resolve_data_root(given)
     if not root.is_dir():
         hint = " (it is written on first use when data.synthetic is set)" if data_cfg.synthetic else ""
         raise NLBenchError(
-            f"data root not found; expected MMSeg's {data_cfg.dataset} layout here "
+            f"data root not found{data_root_origin(given)}; expected MMSeg's {data_cfg.dataset} layout here "
             f"(set data.data_root or pass --data-root){hint}", root)
     if data_cfg.dataset == "cityscapes":
         return cityscapes(root, split)

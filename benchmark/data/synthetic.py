@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 
 from benchmark.data.prepare import TRAIN_IDS_SUFFIX, png_bytes, polygons_to_train_ids
 from benchmark.errors import NLBenchError
-from benchmark.recipe import DataConfig
+from benchmark.recipe import DataConfig, resolve_data_root
 
 # `nlbench synth` names -> recipe dataset names.
 SYNTH_DATASETS = {"cityscapes": "cityscapes", "ade20k": "ade20k", "voc": "voc12aug"}
@@ -367,7 +367,7 @@ def ensure_dataset(data_cfg: DataConfig, data_root: Optional[Union[str, Path]] =
 
     Safe when several processes (ranks, jobs) call it at once: each writes its own temporary copy
     and the first rename wins; the others discard theirs."""
-    root = Path(data_root if data_root is not None else data_cfg.data_root)
+    root = resolve_data_root(data_root if data_root is not None else data_cfg.data_root)
     syn = data_cfg.synthetic
     if syn is None:
         return root

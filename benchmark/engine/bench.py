@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -57,7 +56,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.jobenv import job_environment
 from benchmark.mmseg_checkpoint import load_weights
 from benchmark.models.segmentor import build_segmentor
-from benchmark.recipe import Recipe
+from benchmark.recipe import Recipe, resolve_data_root
 
 # Aspect ratio (w / h) of a typical image of each dataset, for synthetic stand-ins: Cityscapes is
 # 2048x1024; ADE20K and VOC images are mostly 4:3 landscape.
@@ -81,7 +80,7 @@ def synthetic_image_size(recipe: Recipe) -> Tuple[int, int]:
 
 def bench_images(recipe: Recipe, data_root: Optional[str], count: int) -> Tuple[str, Iterator[np.ndarray]]:
     """("val", the first ``count`` val images, cycled if the split is shorter) or ("synthetic", ...)."""
-    root = Path(data_root if data_root is not None else recipe.data.data_root)
+    root = resolve_data_root(data_root if data_root is not None else recipe.data.data_root)
     if root.is_dir():
         try:
             dataset = build_dataset(recipe.data, "val", root)

@@ -72,10 +72,11 @@ def evaluate(recipe: Recipe, checkpoint: str, ms_flip: bool = False, data_root: 
     started = time.perf_counter()
     info = distributed.init_distributed(device)
     distributed.use_runtime(recipe.runtime, info.device)
+    # The data first: a missing or broken data root stops before a released checkpoint is downloaded.
+    dataset = open_split(recipe.data, "val", data_root)
     path = resolve_checkpoint(recipe, checkpoint) if info.is_main else None
     distributed.barrier()  # a download happens once, on rank 0
     path = resolve_checkpoint(recipe, checkpoint) if path is None else path
-    dataset = open_split(recipe.data, "val", data_root)
 
     model = build_segmentor(recipe.model)
     load_weights(model, path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -36,15 +36,31 @@ _HASHED_NAME = re.compile(r"-([0-9a-f]{8})\.pth$")
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
-def resolve_pretrained(source: str, cache_dir: os.PathLike | str | None = None) -> Path:
-    """A local path for ``source``, downloading (and hash-checking) remote sources into the cache."""
+def pretrained_url(source: str) -> str:
+    """``source`` with an ``open-mmlab://`` name replaced by its URL (anything else as given)."""
     if source.startswith("open-mmlab://"):
         name = source[len("open-mmlab://"):]
         if name not in OPENMMLAB_FILES:
             raise NLBenchError(f"unknown open-mmlab model {name!r}; known: {', '.join(sorted(OPENMMLAB_FILES))}",
                                key="model.pretrained")
         base = os.environ.get("NLBENCH_OPENMMLAB_BASE_URL", OPENMMLAB_BASE_URL).rstrip("/")
-        source = f"{base}/{OPENMMLAB_FILES[name]}"
+        return f"{base}/{OPENMMLAB_FILES[name]}"
+    return source
+
+
+def cached_pretrained(source: str, cache_dir: os.PathLike | str | None = None) -> Optional[Path]:
+    """Where ``source``'s file is without downloading it (the cache's copy, or the local file), or None."""
+    source = pretrained_url(source)
+    if source.startswith(("http://", "https://")):
+        cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+        target = cache / source.rsplit("/", 1)[-1]
+        return target if target.is_file() else None
+    return Path(source) if Path(source).is_file() else None
+
+
+def resolve_pretrained(source: str, cache_dir: os.PathLike | str | None = None) -> Path:
+    """A local path for ``source``, downloading (and hash-checking) remote sources into the cache."""
+    source = pretrained_url(source)
     if source.startswith(("http://", "https://")):
         filename = source.rsplit("/", 1)[-1]
         cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()

@@ -7,6 +7,7 @@ The cost estimate of each job comes from ``benchmark.launch.cost``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from benchmark.errors import NLBenchError
 from benchmark.io.download import cache_dir_default
 from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
-from benchmark.recipe import Recipe, load_recipe
+from benchmark.recipe import Recipe, load_recipe, resolve_data_root
 from benchmark.run.job import Job, Resources
 from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, RecordStore
 from benchmark.stats import DEFAULT_TOLERANCE, SEED_STD_MIOU, half_width, seeds_for_half_width
@@ -66,7 +67,8 @@ def default_time_limit_min(gpu_hours: Optional[float], gpus: int) -> int:
     return int(math.ceil((wall_min * 1.5 + 30) / 30.0) * 30)
 
 
-def make_plan(
+# One parameter per planning input run-all passes by name: one more than the size limit.
+def make_plan(  # noqa: PLR0913
     results_dir: os.PathLike | str,
     resources_for: Callable[[Recipe], Resources],
     pattern: Optional[str] = None,
@@ -74,9 +76,7 @@ def make_plan(
     overrides: Sequence[str] = (),
     seeds: int = 1,
     time_limit_min: Optional[int] = None,
-    device: str = "auto",
-    skip_complete: bool = True,
-    checkpoint: str = "trained",
+    device: str = "auto", skip_complete: bool = True, checkpoint: str = "trained", data_root: Optional[str] = None,
 ) -> Plan:
     """One job per matching recipe and seed; rows whose every stage has a record are skipped.
 
@@ -84,12 +84,13 @@ def make_plan(
     job asks for; ``time_limit_min`` (a cluster profile's) replaces the estimate-based limit.
     Seeds are ``runtime.seed``, ``runtime.seed + 1``, ...: seed k overrides the recipe's runtime.seed.
     ``checkpoint="released"`` plans eval, ms+flip and bench of each row's released checkpoint (no
-    training); only records of the same checkpoint source count as done.
+    training); only records of the same checkpoint source count as done. ``data_root``: with_data_root.
     """
     if seeds < 1:
         raise NLBenchError(f"expected a count >= 1, got {seeds}", key="--seeds")
     if checkpoint not in CHECKPOINT_SOURCES:
         raise NLBenchError(f"expected one of {', '.join(CHECKPOINT_SOURCES)}, got {checkpoint!r}", key="--checkpoint")
+    overrides = with_data_root(overrides, data_root)
     results = Path(results_dir).resolve()
     plan = Plan([], checkpoint=checkpoint, seeds=seeds)
     done = RecordStore.read(results, known_recipes=[p.stem for p in select_recipe_paths(pattern)]) \
@@ -113,7 +114,7 @@ def make_plan(
                 stages=stages,
                 results_dir=str(results),
                 work_dir=_work_dir(results, recipe, seed, checkpoint),
-                data_root=str(Path(recipe.data.data_root).resolve()),
+                data_root=str(resolve_data_root(recipe.data.data_root)),
                 resources=resources_for(recipe),
                 time_limit_min=time_limit_min or default_time_limit_min(hours, recipe.runtime.gpus),
                 gpu_hours=hours,
@@ -126,6 +127,15 @@ def make_plan(
             if checkpoint == "released":
                 plan.training_gpu_hours[job.key] = estimate_gpu_hours(recipe, stages_for(recipe))
     return plan
+
+
+def with_data_root(overrides: Sequence[str], data_root: Optional[str]) -> List[str]:
+    """``overrides`` and, given a data root (run-all --data-root), ``data.data_root`` set to it made
+    absolute here, where it was given: the planned (resolved) recipe, its hash and so its work dir say
+    which data the job reads, as with ``--set data.data_root`` (a JSON string is a YAML string)."""
+    if data_root is None:
+        return list(overrides)
+    return [*overrides, f"data.data_root={json.dumps(str(resolve_data_root(data_root)))}"]
 
 
 def _work_dir(results: Path, recipe: Recipe, seed: int, checkpoint: str) -> str:

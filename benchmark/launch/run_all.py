@@ -2,12 +2,14 @@
 
     nlbench run-all [--filter GLOB] [--launcher local|slurm] [--cluster slurm/NAME.yaml]
                     [--profile full|smoke] [--seeds N] [--results DIR] [--dry-run] [--no-wait]
-                    [--checkpoint trained|released] [--set KEY=VALUE ...]
+                    [--checkpoint trained|released] [--data-root DIR] [--set KEY=VALUE ...]
 
 Rows whose every stage already has a record in the results folder are skipped, so running the same
 command again after a failure runs only what is missing. With ``--launcher slurm`` the command waits
 for the array and prints the status table at the end; ``--no-wait`` returns right after submission
-(``nlbench status`` shows progress). Nothing is submitted or run when any input is wrong.
+(``nlbench status`` shows progress). Nothing is submitted or run when any input is wrong, nor when
+the pre-flight (launch/preflight.py, the checks of ``nlbench doctor``) finds a problem: each is one
+line, exit 2, and nothing is written under the results folder.
 
 ``--checkpoint released`` evaluates and benchmarks each row's released MMSeg checkpoint instead of
 training one. Every file is downloaded here, once, into the download cache before anything runs or
@@ -57,6 +59,7 @@ class RunAllOptions:
     overrides: Sequence[str] = ()
     checkpoint: str = "trained"
     parallel: int = 1
+    data_root: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra
     return path
 
 
-def _launcher_rule(launcher: str, cluster: Optional[str]):
+def launcher_rule(launcher: str, cluster: Optional[str]):
     """(resources rule, time limit, cluster profile) of the chosen launcher; bad combinations are errors."""
     if launcher == "slurm":
         from benchmark.launch import slurm
@@ -114,14 +117,18 @@ def run_all(options: RunAllOptions, log: Log) -> Campaign:
     if parallel != 1 and launcher != "local":
         raise NLBenchError("--parallel is for the local launcher (SLURM runs an array's tasks side by side)",
                            key="--parallel")
-    rule, time_limit, cluster_profile = _launcher_rule(launcher, options.cluster)
+    rule, time_limit, cluster_profile = launcher_rule(launcher, options.cluster)
     plan = planning.make_plan(folder, rule, pattern=options.filter, profile=options.profile,
                               overrides=options.overrides, seeds=options.seeds, time_limit_min=time_limit,
-                              checkpoint=options.checkpoint)
+                              checkpoint=options.checkpoint, data_root=options.data_root)
     if launcher == "local":  # before anything is written (and in a dry run too)
         from benchmark.launch import local
 
         local.check_parallel(plan.jobs, parallel)
+    if not options.dry_run and plan.jobs:  # before anything is written, downloaded or submitted
+        from benchmark.launch.preflight import gate
+
+        log(gate(plan.jobs, launcher, cluster_profile, folder))
     if options.dry_run:
         log(planning.format_plan(plan, launcher))
         return Campaign(0, plan, None)

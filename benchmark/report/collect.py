@@ -83,11 +83,33 @@ def runs(records: Union[List[Record], Dict[RowKey, Dict[Kind, Record]]]) -> pd.D
             row[field] = getattr(prov_source.provenance, field, None)
         row["kinds"] = ",".join(sorted(k.value for k in kinds))
         row["created_at"] = max(r.created_at for r in kinds.values())
+        row["deviations"] = _deviations(kinds)
         rows.append(row)
     columns = ["recipe", "profile", "checkpoint_source", "seed", *METRICS, "mem_kind", "iterations",
-               "train_wall_time_s", "gpu_hours", *PROVENANCE, "kinds", "created_at"]
+               "train_wall_time_s", "gpu_hours", *PROVENANCE, "kinds", "created_at", "deviations"]
     df = pd.DataFrame(rows, columns=columns)
     return df.sort_values(["recipe", "profile", "checkpoint_source", "seed"], kind="stable").reset_index(drop=True)
+
+
+DEVIATION_SEPARATOR = "; "
+
+
+def _deviations(kinds: Dict[Kind, Record]) -> Optional[str]:
+    """The seed's deviations from the published setting (run/deviations.py), its eval record's first,
+    joined by "; "; None when no record says (written before records carried them)."""
+    order = [Kind.EVAL, Kind.EVAL_MS_FLIP, Kind.TRAIN, Kind.BENCH]
+    lists = [kinds[k].deviations for k in order if k in kinds and kinds[k].deviations is not None]
+    if not lists:
+        return None
+    return DEVIATION_SEPARATOR.join(dict.fromkeys(phrase for phrases in lists for phrase in phrases))
+
+
+def _union(values: pd.Series) -> Optional[str]:
+    """Every seed's deviations, each phrase once, in order (None when no seed's records say)."""
+    texts = [v for v in values.tolist() if isinstance(v, str)]
+    if not texts:
+        return None
+    return DEVIATION_SEPARATOR.join(dict.fromkeys(p for t in texts for p in t.split(DEVIATION_SEPARATOR) if p))
 
 
 def _distinct(values: pd.Series) -> Any:
@@ -101,7 +123,8 @@ def _distinct(values: pd.Series) -> Any:
 
 def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Per (recipe, profile, checkpoint_source): ``<metric>_{mean,std,min,max,n}`` over seeds (std with ddof=1, NaN for
-    one seed), ``n_seeds``, ``seeds``, summed ``gpu_hours`` and the provenance columns."""
+    one seed), ``n_seeds``, ``seeds``, summed ``gpu_hours``, the provenance columns and ``deviations``
+    (every seed's ways of differing from the published setting, "; "-joined; empty for older records)."""
     grouped = per_seed.groupby(KEY, sort=True)
     stats = grouped[METRICS].agg(["mean", "std", "min", "max", "count"])
     stats.columns = [f"{metric}_{'n' if stat == 'count' else stat}" for metric, stat in stats.columns]
@@ -113,6 +136,7 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     for field in ["mem_kind", *PROVENANCE]:
         out[field] = grouped[field].agg(_distinct)
     out["created_at"] = grouped["created_at"].max()
+    out["deviations"] = grouped["deviations"].agg(_union)
     return out.reset_index()
 
 

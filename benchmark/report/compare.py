@@ -74,6 +74,15 @@ class Check:
     high: float = float("nan")
     band: float = float("nan")  # half-width of the band around the reference (NaN: no reference value)
     band_from: str = "the tolerance"  # where that band comes from, for people
+    # How the row's runs differed from the published setting ("; "-joined, run/deviations.py); "" when
+    # none, or when its records predate the field.
+    deviations: str = ""
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict with the deviations beside it: 'below; effective batch 4 instead of 8'."""
+        shown = self.deviations and self.verdict not in ("missing", "skipped")
+        return f"{self.verdict}; {self.deviations}" if shown else self.verdict
 
 
 MEASURED_SPREAD = "the measured spread"  # band_from of a check held to its baseline's measured band
@@ -139,8 +148,10 @@ def compare(summary: pd.DataFrame, ref: Reference, tolerance: float, source: str
             delta = rep - reference if verdict in ("reproduced", "better", "regressed") else nan
             if metric in RELEASED_COLUMNS and r.get("figure_note"):
                 note = "; ".join(filter(None, [note, r["figure_note"]]))
+            deviations = got.get("deviations") if got is not None else None
             checks.append(Check(recipe, ref.profile, metric, reference, rep, std, n, delta, verdict, note, source,
-                                band=band, band_from=band_from))
+                                band=band, band_from=band_from,
+                                deviations=deviations if isinstance(deviations, str) else ""))
     return checks
 
 
@@ -192,7 +203,7 @@ def _rows(checks: List[Check]) -> List[List[str]]:
         if c.n > 1 and c.std == c.std:
             rep += f" ± {c.std:.{digits}f}"
         out.append([c.recipe, c.profile, METRICS[c.metric][0], _fmt(c.reference, digits), rep, str(c.n),
-                    _fmt(c.delta, digits, sign=True), c.verdict, c.note])
+                    _fmt(c.delta, digits, sign=True), c.verdict_text, c.note])
     return out
 
 
@@ -245,7 +256,7 @@ def _interval(c: Check) -> str:
 def _ci_rows(checks: List[Check], tolerance: float) -> List[List[str]]:
     out = []
     for c, row in zip(checks, _rows(checks)):
-        out.append([*row[:5], row[5], _interval(c), _band(c), c.verdict, c.note])
+        out.append([*row[:5], row[5], _interval(c), _band(c), c.verdict_text, c.note])
     return out
 
 
@@ -388,6 +399,12 @@ def failure_lines(checks: List[Check], failing: Sequence[str]) -> List[str]:
 
 
 def _failure_line(c: Check) -> str:
+    """The failing check in one line, with the ways its runs differed from the published setting."""
+    text = _failure_text(c)
+    return f"{text}; run differed from the published setting: {c.deviations}" if c.deviations else text
+
+
+def _failure_text(c: Check) -> str:
     label, higher_better, digits = METRICS[c.metric]
     where = f"FAIL {c.profile} {c.recipe} {label}"
     if c.verdict == TOO_FEW_SEEDS or c.verdict == "inconclusive":

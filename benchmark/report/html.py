@@ -175,7 +175,8 @@ def _cells(row: pd.Series, sources: List[VerdictSource], columns: List[Tuple[str
             check = source.checks.get((row["recipe"], row["profile"], row["checkpoint_source"], metric))
             if check is not None:
                 verdicts.append({"source": source.name, "tag": source.tag, "verdict": check.verdict,
-                                 "note": check.note, "detail": source.detail(check)})
+                                 "note": check.note, "detail": source.detail(check),
+                                 "deviations": check.verdict_text[len(check.verdict):].lstrip("; ")})
         value = format_stat(row[f"{metric}_mean"], row[f"{metric}_std"], int(row[f"{metric}_n"]), digits)
         # A figure that no method compares (no reference value, another device) says so once.
         skipped = bool(verdicts) and all(v["verdict"] == "skipped" for v in verdicts)
@@ -308,7 +309,8 @@ def _reference_view(recipe: Recipe, results_dir: Path, warn: Warn) -> Dict[str, 
     if row.assessment is None:
         return {"svg": None, "note": row.note}
     return {"svg": inline_svg(plot_overlay(row), "overlay"), "reference": row.reference_label,
-            "verdict": row.verdict, "summary": row.assessment.summary()}
+            "verdict": row.verdict,
+            "summary": row.assessment.summary() + (f"; {row.deviations}" if row.deviations else "")}
 
 
 def row_sections(row: pd.Series, seeds: Dict[int, Dict[Kind, Record]], results_dir: Path,

@@ -44,6 +44,7 @@ class RowCurves:
     reference_label: str
     assessment: Optional[Assessment]
     note: str = ""  # why there is no assessment
+    deviations: str = ""  # the runs' ways of differing from the published setting (train records; "; "-joined)
 
     @property
     def verdict(self) -> str:
@@ -96,7 +97,23 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
     max_iters = next((c.max_iters for c in runs.values() if c.max_iters), recipe.schedule.max_iters)
     found = assess(runs, ref, settings_from(recipe.guard), max_iters, published_recipe(recipe).effective_batch,
                    reference_kind(recipe, reference))
-    return RowCurves(recipe, runs, ref, reference_label(path), found)
+    return RowCurves(recipe, runs, ref, reference_label(path), found, deviations=train_deviations(recipe, results_dir,
+                                                                                                   list(runs)))
+
+
+def train_deviations(recipe: Recipe, results_dir: Path, seeds: Sequence[str]) -> str:
+    """The deviations (run/deviations.py) the seeds' newest train records carry, each phrase once."""
+    from benchmark.run.records import Kind, RecordStore
+
+    phrases: Dict[str, None] = {}
+    for label in seeds:
+        if not label.removeprefix("seed").isdigit():
+            continue
+        store = RecordStore.read_row(results_dir, recipe.name, recipe.profile, int(label.removeprefix("seed")))
+        trains = sorted((r for r in store.records if r.kind == Kind.TRAIN), key=lambda r: r.created)
+        if trains and trains[-1].deviations:
+            phrases.update(dict.fromkeys(trains[-1].deviations))
+    return "; ".join(phrases)
 
 
 def select_recipes(recipe: str, profile: str, overrides: Sequence[str] = ()) -> List[Recipe]:
@@ -144,7 +161,7 @@ def format_row(row: RowCurves) -> str:
         lines.append(eval_table(row))
     else:
         lines.append("  mIoU: no eval point of the reference was reached")
-    lines.append(f"  verdict: {a.summary()}")
+    lines.append(f"  verdict: {a.summary()}" + (f"; {row.deviations}" if row.deviations else ""))
     return "\n".join(lines)
 
 
@@ -167,7 +184,8 @@ def _release_lines(row: RowCurves) -> List[str]:
 
 def row_json(row: RowCurves) -> Dict[str, Any]:
     body: Dict[str, Any] = {"recipe": row.recipe.name, "profile": row.recipe.profile, "verdict": row.verdict,
-                            "reference": row.reference_label or None, "seeds": list(row.runs), "note": row.note}
+                            "reference": row.reference_label or None, "seeds": list(row.runs), "note": row.note,
+                            "deviations": row.deviations.split("; ") if row.deviations else []}
     if row.assessment is not None:
         a = row.assessment
         body.update(a.to_dict())

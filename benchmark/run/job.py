@@ -25,6 +25,7 @@ and benchmarks MMSeg's released file of the row, and its records say so.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import traceback
@@ -210,9 +211,38 @@ def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[st
         "fps": None,
         "provenance": provenance(job.recipe, device=result.get("device"), dtype=result.get("dtype", "float32"),
                                  checkpoint=checkpoint),
+        "deviations": _deviations(job, result.get("device_name")),
     }
     body.update(fields)
     return body
+
+
+def _deviations(job: Job, device_name: Optional[str]) -> List[str]:
+    """How this job's run differs from the published one (run/deviations.py): the training's world size
+    is the one the launcher gave the job; the device is the stage's own."""
+    from benchmark.run.deviations import deviations
+
+    trained = job.checkpoint_source == "trained"
+    return deviations(job.recipe, job.resources.world_size, device_name, trained=trained,
+                      counts=_counts(job.recipe.data, job.data_root),
+                      pretrained_sha256=_pretrained_sha256(job.recipe.model.pretrained) if trained else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _counts(data: Any, root: str) -> Optional[Dict[str, int]]:
+    from benchmark.data.checks import dataset_counts
+
+    return dataset_counts(data, root)
+
+
+@functools.lru_cache(maxsize=8)
+def _pretrained_sha256(source: Optional[str]) -> Optional[str]:
+    """The pretrained file's sha256 when the train stage has it at hand (cached or local), else None."""
+    from benchmark.engine.pretrained import cached_pretrained
+    from benchmark.io.files import file_sha256
+
+    path = cached_pretrained(source) if source else None
+    return file_sha256(path) if path is not None else None
 
 
 def _source_fields(job: Job) -> Dict[str, Any]:
@@ -449,7 +479,8 @@ def _note_failure(work: Path, job: Job, stage: Optional[str], exc: BaseException
     # is the one to report.
     with contextlib.suppress(NLBenchError):
         log(f"FAILED in stage {stage}: {message}")
-        log(traceback.format_exc().rstrip())
+        # The traceback is for the job log; the console has the one line above (and the launcher's).
+        log(traceback.format_exc().rstrip(), echo=False)
     with contextlib.suppress(NLBenchError):
         write_state(work, "failed", stage=stage, key=job.key, error=message)
 

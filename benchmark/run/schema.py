@@ -190,6 +190,9 @@ class Record(BaseModel):
     status: Optional[TrainStatus] = None
     guard: Optional[Dict[str, Any]] = None  # the training guard's evidence
     stopped_at_iteration: Optional[Count] = None
+    # How the run differed from the published setting (run/deviations.py), one short phrase each;
+    # absent in records written before it was recorded (not known, which is not "none").
+    deviations: Optional[List[str]] = None
     _path: Optional[str] = PrivateAttr(default=None)
 
     @field_validator("seed", "attempts", mode="after")

@@ -25,7 +25,7 @@ def utc_now() -> str:
 
 
 class JobLog:
-    """Appends timestamped lines to ``job.log`` (rank 0 only) and echoes them to stdout."""
+    """Appends timestamped lines to ``job.log`` (rank 0 only) and echoes them to stdout (``echo``)."""
 
     def __init__(self, work_dir: Path, enabled: bool = True):
         self.path = work_dir / JOB_LOG
@@ -33,12 +33,13 @@ class JobLog:
         if enabled:
             work_dir.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, echo: bool = True) -> None:
         if not self.enabled:
             return
         for line in str(message).splitlines() or [""]:
             text = f"{utc_now()} {line}"
-            print(text, flush=True)
+            if echo:
+                print(text, flush=True)
             append_line(self.path, text)
 
 
