@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A headless browser for the HTML report's test (tests/test_report_html.py): Debian's chromium, where
+# A headless browser for the HTML report's test (tests/report/test_report_html.py): Debian's chromium, where
 # apt is there and we are root; anywhere else this says so and the browser test skips (under CI=true, a
 # failure: tests/ci_gate.py). Never fails itself.
 browser:

@@ -1,10 +1,10 @@
-"""Write tests/data/mmseg_configs.json: the values of MMSegmentation 1.2.2's 16 NonLocal configs that
+"""Write tests/fixtures/mmseg_configs.json: the values of MMSegmentation 1.2.2's 16 NonLocal configs that
 nlbench's recipes encode, as MMSeg resolves them (mmengine's Config: every _base_ merged), for
 tests/test_mmseg_configs.py to compare the recipes with, field by field, without MMSeg installed.
 
 Runs in MMSeg 1.2.2's interpreter (set up as docs/PARITY.md says), from the repository root:
 
-    MMSEG_VENV/bin/python scripts/dump_mmseg_configs.py [--out tests/data/mmseg_configs.json]
+    MMSEG_VENV/bin/python scripts/dump_mmseg_configs.py [--out tests/fixtures/mmseg_configs.json]
 
 Values a config leaves to a class's default (the backbone's stem/base width, a pipeline step's
 reduce_zero_label, a loss's avg_non_ignore) are read from that class's signature in the installed
@@ -130,7 +130,7 @@ def test_values(cfg):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(REPO / "tests" / "data" / "mmseg_configs.json"))
+    parser.add_argument("--out", default=str(REPO / "tests" / "fixtures" / "mmseg_configs.json"))
     out = Path(parser.parse_args().out)
     configs = {}
     for name in sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py")):

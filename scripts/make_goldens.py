@@ -1,9 +1,9 @@
-"""Write tests/data/goldens/: outputs of the real MMSegmentation 1.2.2 that `make test` compares
+"""Write tests/fixtures/goldens/: outputs of the real MMSegmentation 1.2.2 that `make test` compares
 nlbench with, without MMSeg installed (tests/test_goldens.py; docs/PARITY.md, "Goldens").
 
 Runs in MMSeg 1.2.2's interpreter (set up as docs/PARITY.md says), from the repository root:
 
-    MMSEG_VENV/bin/python scripts/make_goldens.py [--out tests/data/goldens]
+    MMSEG_VENV/bin/python scripts/make_goldens.py [--out tests/fixtures/goldens]
 
 It builds a thin NonLocal model from MMSeg's own Cityscapes config through config overrides
 (``THIN``: a ResNetV1c-18 trunk of base width 8, thin heads; the non-local block as configured:
@@ -141,7 +141,7 @@ def main():
     from mmseg.utils import register_all_modules
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(REPO / "tests" / "data" / "goldens"))
+    parser.add_argument("--out", default=str(REPO / "tests" / "fixtures" / "goldens"))
     out = Path(parser.parse_args().out)
     out.mkdir(parents=True, exist_ok=True)
     register_all_modules()

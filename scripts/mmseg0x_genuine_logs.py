@@ -1,4 +1,4 @@
-"""Genuine MMSeg 0.x training logs for tests/test_curves_genuine.py (tests/data/mmseg0x/).
+"""Genuine MMSeg 0.x training logs for tests/curves/test_curves_genuine.py (tests/fixtures/mmseg0x/).
 
 Runs MMSeg 0.30.0's own training loop (mmseg.apis.train_segmentor, mmcv 1.7.2's IterBasedRunner and
 TextLoggerHook) on the CPU: a thin ResNet-18 + NLHead on a synthetic Cityscapes set in the real layout

@@ -23,6 +23,7 @@ from ci_gate import pytest_runtest_makereport, pytest_terminal_summary  # noqa: 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"  # files MMSeg wrote or published, read by the tests
 
 # Rows by name, written out here rather than taken from the catalog, so a renamed recipe fails the tests.
 CITY_ROW = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"  # whole-image test; the smoke row most tests train
@@ -59,7 +60,7 @@ def mmseg_poly_lr(base_lr: float, min_lr: float, power: float, iteration: int, m
     policy MMSeg 0.x trained with (mmcv's PolyLrUpdaterHook by iteration; mmengine's PolyLR gives the same
     values): before each iteration the hook sets (base - min) * (1 - done / max_iters) ** power + min, with
     ``done`` the iterations already run, iteration - 1. Tests take expected lrs from here, not from
-    benchmark.engine.train.poly_lr, whose own test (tests/test_engine_train.py) checks it against
+    benchmark.engine.train.poly_lr, whose own test (tests/engine/test_engine_train.py) checks it against
     mmengine's recursive form."""
     done = iteration - 1
     return (base_lr - min_lr) * (1.0 - done / max_iters) ** power + min_lr

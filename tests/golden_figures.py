@@ -1,4 +1,4 @@
-"""nlbench against the MMSeg 1.2.2 goldens in tests/data/goldens (scripts/make_goldens.py): the
+"""nlbench against the MMSeg 1.2.2 goldens in tests/fixtures/goldens (scripts/make_goldens.py): the
 figures tests/test_goldens.py gates on, computed in the process that runs this file, so that the
 test can run it under another CPU instruction set (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``
 are read when torch starts).
@@ -20,7 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 
-GOLDENS = Path(__file__).resolve().parent / "data" / "goldens"
+GOLDENS = Path(__file__).resolve().parent / "fixtures" / "goldens"
 WHOLE_RECIPE = "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024"
 SLIDE_RECIPE = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
 

@@ -1,5 +1,5 @@
 """nlbench against outputs of the real MMSegmentation 1.2.2, without MMSeg: the goldens in
-tests/data/goldens (made by scripts/make_goldens.py; docs/PARITY.md, "Goldens").
+tests/fixtures/goldens (made by scripts/make_goldens.py; docs/PARITY.md, "Goldens").
 
 A thin NonLocal model with a sharp attention (MMSeg's weights, loaded strictly): predict's logits,
 evaluation's whole- and slide-mode scores and the decode/aux losses, each computed in a fresh

@@ -1,5 +1,5 @@
 """The 16 recipes against MMSegmentation 1.2.2's own NonLocal configs, field by field, without MMSeg:
-tests/data/mmseg_configs.json holds each config's values as mmengine resolves them (written by
+tests/fixtures/mmseg_configs.json holds each config's values as mmengine resolves them (written by
 scripts/dump_mmseg_configs.py in MMSeg's interpreter; docs/PARITY.md, "The configs as data").
 
 A mismatch names the recipe, the recipe field and the config's value. Where nlbench follows the
@@ -19,7 +19,7 @@ import pytest
 from benchmark.data.transforms import MEAN_RGB, STD_RGB
 from benchmark.recipe import list_recipe_paths, load_recipe
 
-DATA = json.loads((Path(__file__).parent / "data" / "mmseg_configs.json").read_text())
+DATA = json.loads((Path(__file__).parent / "fixtures" / "mmseg_configs.json").read_text())
 CONFIGS: Dict[str, dict] = DATA["configs"]
 EXCEPTIONS: Dict[str, Dict[str, str]] = DATA.get("exceptions", {})
 DATASET_TYPES = {"cityscapes": "CityscapesDataset", "ade20k": "ADE20KDataset", "voc12aug": "PascalVOCDataset"}

@@ -268,7 +268,7 @@ def agreement_figures(sizes: Sizes, device: torch.device) -> Dict[str, Any]:
 def gpu_tests(timeout_s: int = 300) -> Dict[str, Any]:
     """``pytest -m gpu`` over the test files that hold gpu-marked tests, stopped after ``timeout_s``
     (the whole process group: ranks or loader workers it started cannot keep the report waiting)."""
-    files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").glob("test_*.py")
+    files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").rglob("test_*.py")
                    if "mark.gpu" in p.read_text(encoding="utf-8"))
     with tempfile.TemporaryFile("w+") as out:  # a file, not a pipe: nothing to drain after a kill
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",

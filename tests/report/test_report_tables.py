@@ -1,8 +1,7 @@
 import hashlib
 import re
-from pathlib import Path
 
-from conftest import run_cli
+from conftest import FIXTURES, run_cli
 from report_helpers import ROW, ROWS, write_row
 
 from benchmark.catalog import load_published
@@ -10,7 +9,7 @@ from benchmark.cli import main as cli
 from benchmark.recipe import REPO_ROOT
 from benchmark.report.tables import END, START, markdown_table, published_tables
 
-SEED = Path(__file__).parent / "data" / "nonlocal_net_README.md"  # MMSeg's nonlocal_net README, as given
+SEED = FIXTURES / "nonlocal_net_README.md"  # MMSeg's nonlocal_net README, as given
 SHARED_SEED = REPO_ROOT.parent / "shared" / "reference" / "nonlocal_net_README.md"
 
 

@@ -1,4 +1,4 @@
-"""The reader on genuine MMSeg 0.x training logs (tests/data/mmseg0x/), written by MMSeg 0.30.0's own
+"""The reader on genuine MMSeg 0.x training logs (tests/fixtures/mmseg0x/), written by MMSeg 0.30.0's own
 training loop on mmcv 1.7.2 (CPU, a thin ResNet-18 + NLHead on 64x128 synthetic Cityscapes images,
 120 iterations, a train line every 10, an evaluation every 40), the way docs/CURVES.md describes:
 
@@ -16,13 +16,13 @@ pattern of the published logs is the same log without the train lines of the eva
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from benchmark.curves.reader import read_curve
 
-DATA = Path(__file__).parent / "data" / "mmseg0x"
+DATA = FIXTURES / "mmseg0x"
 EVALS = [40, 80, 120]
 
 

@@ -61,7 +61,7 @@ def test_agreement_and_gpu_tests_parts(dry_run):
     assert agreement["pixels"] == 2 * 64 * 128 and 0 < agreement["agreement_percent"] <= 100
     tests = report["gpu_tests"]
     assert tests["returncode"] == 0 and "skipped" in tests["summary"] and "passed" not in tests["summary"]
-    assert "tests/test_bench_settings.py" in tests["files"]
+    assert "tests/engine/test_bench_settings.py" in tests["files"]
 
 
 def test_goals_are_not_judged_off_the_gpu_they_name(dry_run):

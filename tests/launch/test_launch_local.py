@@ -149,7 +149,7 @@ def test_parallel_options_that_cannot_work_are_one_clear_error(tmp_path, capsys,
 
 def test_a_campaign_whose_every_job_failed_ends_with_its_state_table_and_exit_1(tmp_path, capsys, monkeypatch):
     # No record at all: run-all's closing verdicts say there are none instead of failing the command.
-    # The pre-flight would stop a missing data root before any job (tests/test_preflight.py); passed
+    # The pre-flight would stop a missing data root before any job (tests/launch/test_preflight.py); passed
     # over here, it makes a job that fails as one meeting data gone bad after the checks would.
     import benchmark.launch.preflight as preflight
 

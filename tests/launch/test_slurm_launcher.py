@@ -20,7 +20,7 @@ from benchmark.launch.status import collect_status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "slurm" / "test-cluster.yaml"
 # Smoke rows shrunk further: a few images, 80 iterations with a checkpoint every 5 (a smoke iteration
 # takes under 0.1 s: room to interrupt training part-way), two ms+flip scales, a two-image benchmark.
@@ -115,7 +115,7 @@ def test_array_with_preemption_requeues_and_resumes_to_the_same_result(cluster, 
 
 
 def test_failing_job_is_reported_failed(cluster, capsys, monkeypatch):
-    # The pre-flight would stop a missing data root before submitting (tests/test_preflight.py); passed
+    # The pre-flight would stop a missing data root before submitting (tests/launch/test_preflight.py); passed
     # over here, it makes a job that fails on the node as one meeting data gone bad after the checks would.
     import benchmark.launch.preflight as preflight
 

@@ -106,7 +106,7 @@ def test_slurm_resources_from_recipe_gpus(tmp_path):
 
 
 def test_shipped_cluster_profiles_load():
-    root = Path(__file__).resolve().parent.parent / "slurm"
+    root = Path(__file__).resolve().parents[2] / "slurm"
     test = slurm.load_cluster_profile(root / "test-cluster.yaml")
     assert test.gpus_per_node == 0 and test.timeout_min >= 11  # USR2 then counts as a preemption
     example = slurm.load_cluster_profile(root / "example.yaml")

@@ -210,7 +210,7 @@ def test_deviations_sit_beside_the_verdict_and_old_records_stay_readable(tmp_pat
 # ----------------------------------------------------------------------------- on the SLURM test cluster
 
 cluster = cluster_fixture()
-PROFILE = Path(__file__).resolve().parent.parent / "slurm" / "test-cluster.yaml"
+PROFILE = Path(__file__).resolve().parents[2] / "slurm" / "test-cluster.yaml"
 
 
 def _queued() -> str:
