@@ -6,11 +6,17 @@ evaluation's whole- and slide-mode scores and the decode/aux losses, each comput
 process in the machine's own CPU instruction set and with it capped to AVX2, as a user on another
 machine would run them.
 
-Tolerances (docs/PARITY.md has the measurements): logits within 2e-6 of the goldens' largest
-logit. Measured: 0 on the machine that made them (AVX-512), 1.9e-7 with AVX2; the same model with
-a channels_last input, which makes oneDNN pick other convolution kernels, is 1.4e-5 off in both,
-so the gate sits 10x above the instruction-set noise and 7x below the layout error. Argmax
-agreement at least 99.9% (measured 100%). Losses within 1e-6 relative (measured 0 in both).
+Tolerances (docs/PARITY.md has the measurements): logits within 2e-5 of the goldens' largest
+logit. Measured on the AMD EPYC (Zen 4) that made them: 0 (AVX-512), 1.9e-7 (AVX2 cap). On an Intel
+Xeon with AVX-512 and AMX: 5.3e-6 in both, and up to 1.1e-5 with MKL's other code paths
+(MKL_CBWR=AVX2: 8.9e-6, COMPATIBLE: 1.1e-5): the sharp attention carries the rounding of MKL's
+matrix products, which differ between CPU makers and which no ISA cap reaches, to 1e-5. The gate
+sits 1.8x above the largest of these. It no longer tells a channels_last input (1.4e-5 on the AMD
+machine, 9.5e-6 to 1.4e-5 on the Intel one) from that noise: tests/engine/test_predict.py checks
+the input layout itself. It still fails on any real change of the arithmetic (a wrong weight,
+normalisation, resize or attention scale moves the logits by 1e-3 or more). Argmax agreement at least
+99.9% (measured 100%, 99.986% under MKL_CBWR=AVX2). Losses within 1e-6 relative (measured 0 on both
+machines).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from golden_figures import GOLDENS, summary
 
 REPO = Path(__file__).resolve().parents[1]
 ISAS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
-LOGIT_REL_TOL = 2e-6
+LOGIT_REL_TOL = 2e-5
 ARGMAX_MIN = 0.999
 LOSS_REL_TOL = 1e-6
 

@@ -140,3 +140,38 @@ def test_released_checkpoint_goes_through_the_launcher_download(setup, tmp_path,
     code, io = _predict([CITY, "--profile", "smoke", "--set", "release=null", "--checkpoint", "released",
                          "--image", str(png), "--out", str(tmp_path / "p.png")], capsys)
     assert code == 2 and "release" in io.err and "Traceback" not in io.err
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_predict_and_eval_run_the_layout_mmseg_runs_unless_asked(tmp_path, monkeypatch, channels_last):
+    """The goldens cannot tell a channels_last input from MMSeg's NCHW on every CPU (tests/test_goldens.py:
+    MKL's rounding on some machines is as large as the layout's), so the layout is checked where it
+    shows: the first convolution's output, whose memory format is the one the convolution ran in
+    (NCHW, as MMSeg, unless runtime.channels_last), in predict and in evaluation."""
+    import benchmark.engine.predict as predict_module
+    from benchmark.engine.evaluate import image_scores
+
+    seen = []
+
+    def record_layout(module, args, out):
+        seen.append((out.is_contiguous(), out.is_contiguous(memory_format=torch.channels_last)))
+
+    def build_and_watch(model_cfg, *args, **kwargs):
+        model = build_segmentor(model_cfg, *args, **kwargs)
+        model.backbone.stem[0].register_forward_hook(record_layout)
+        return model
+
+    recipe = load_recipe(CITY, profile="smoke", overrides=[f"runtime.channels_last={str(channels_last).lower()}"])
+    model = _perturbed(recipe)
+    ckpt = save_checkpoint(tmp_path / "m.pth", model.state_dict())
+    image = (np.random.default_rng(0).random((40, 72, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "in.png"), image)
+    monkeypatch.setattr(predict_module, "build_segmentor", build_and_watch)
+    predict_module.predict(recipe, ckpt, tmp_path / "in.png", tmp_path / "out.png")
+    watched = build_and_watch(recipe.model)
+    watched.load_state_dict(model.state_dict())
+    watched.eval()
+    if channels_last:
+        watched.to(memory_format=torch.channels_last)
+    image_scores(watched, image, recipe, torch.device("cpu"))
+    assert seen == [(not channels_last, channels_last)] * 2, seen
