@@ -30,7 +30,9 @@ from benchmark.report.row_curves import (
     select_recipes,
     write_overlays,
 )
+from benchmark.report.seed_logs import row_seeds
 from benchmark.report.tables import published_tables, results_markdown, splice
+from benchmark.run.records import RecordStore
 
 
 def collect_arguments(p: argparse.ArgumentParser) -> None:
@@ -190,10 +192,12 @@ def curves_command(recipe: str, overrides: Sequence[str] = (), profile: str = "f
     """`nlbench curves`: print each row's checks and eval table, draw its overlay; exit 1 when a row diverged."""
     recipes = select_recipes(recipe, profile, overrides)
     single = len(recipes) == 1
+    chosen, _ = RecordStore.read(results).chosen_by_kind()  # each seed's log: that of its chosen records
     rows = []
     for r in recipes:
-        if single or run_logs(Path(results), profile, r.name):
-            rows.append(assess_row(r, Path(results), reference, warn=warn))
+        seeds = row_seeds(chosen, r.name, profile)
+        if single or run_logs(Path(results), profile, r.name, seeds):
+            rows.append(assess_row(r, Path(results), reference, seeds=seeds, warn=warn))
     if not rows:
         raise NLBenchError(f"no training logs of the {profile} profile for {recipe!r}",
                            ResultsLayout.of(results).profile_work(profile), "--results")

@@ -35,7 +35,7 @@ from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.report.baseline import REFREEZE_COMMAND
 from benchmark.report.collect import RELEASED, TRAINED, Warn, collect_or_warn, of_source
 from benchmark.report.references import Reference, default_references, device_class, load_reference
-from benchmark.report.row_curves import add_junit_cases, curve_lines, curve_rows
+from benchmark.report.row_curves import Chosen, add_junit_cases, curve_lines, curve_rows
 from benchmark.stats import CI_VERDICTS, SEED_STD_MIOU, SPREAD_MARGIN, ci_verdict, from_summary
 
 # metric -> (label, higher is better, digits)
@@ -79,10 +79,14 @@ class Check:
     deviations: str = ""
 
     @property
+    def shown_deviations(self) -> str:
+        """The deviations said beside the verdict: none beside 'missing' or 'skipped' (nothing was judged)."""
+        return self.deviations if self.verdict not in ("missing", "skipped") else ""
+
+    @property
     def verdict_text(self) -> str:
         """The verdict with the deviations beside it: 'below; effective batch 4 instead of 8'."""
-        shown = self.deviations and self.verdict not in ("missing", "skipped")
-        return f"{self.verdict}; {self.deviations}" if shown else self.verdict
+        return f"{self.verdict}; {self.shown_deviations}" if self.shown_deviations else self.verdict
 
 
 MEASURED_SPREAD = "the measured spread"  # band_from of a check held to its baseline's measured band
@@ -477,7 +481,8 @@ def comparison(results: str = "results", tolerance: float = 0.5, report: Optiona
     ``curves`` also when a row's training curves diverged from its reference curve (report/row_curves.py).
     ci only: ``min_seeds`` fails a row with fewer seeds, ``fail_on="inconclusive"`` fails inconclusive ones."""
     _check_options(tolerance, method, assumed_std, min_seeds, fail_on)
-    summary = collect_or_warn(results, warn).summary
+    collected = collect_or_warn(results, warn)
+    summary = collected.summary
     profiles = sorted(summary["profile"].unique())
     refs = {ref.profile: ref for ref in [load_reference(reference)]} if reference else default_references(profiles)
     ignored = [p for p in profiles if p not in refs]
@@ -487,7 +492,7 @@ def comparison(results: str = "results", tolerance: float = 0.5, report: Optiona
                 for source, checks in _sections(summary, refs, tolerance, method, assumed_std)]
     every = [c for _, checks in sections for c in checks]
     failing = failing_verdicts(min_seeds, fail_on)
-    curve_rows, curve_text, diverged = (_curves_section(results, profiles, curves_reference, warn)
+    curve_rows, curve_text, diverged = (_curves_section(results, profiles, curves_reference, collected.newest, warn)
                                         if curves else ([], "", 0))
     strict = _strict_outcome(every, min_seeds, fail_on) if (min_seeds or fail_on) else None
     outcome = ((strict or _outcome(every, method))
@@ -517,9 +522,9 @@ def comparison(results: str = "results", tolerance: float = 0.5, report: Optiona
     return Comparison("\n".join(console), 1 if any(c.verdict in failing for c in every) or diverged else 0)
 
 
-def _curves_section(results: str, profiles: List[str], reference: str, warn: Warn):
+def _curves_section(results: str, profiles: List[str], reference: str, chosen: Chosen, warn: Warn):
     """compare --curves: (rows, text, number diverged), with the guard's noise-model margins."""
-    rows = curve_rows(Path(results), profiles, reference, warn)
+    rows = curve_rows(Path(results), profiles, reference, chosen, warn)
     if not rows:
         return [], "curves: no training logs under the results folder's work/ to check", 0
     diverged = sum(r.verdict == "diverged" for r in rows)

@@ -42,7 +42,8 @@ from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import REPO_ROOT, Recipe, load_recipe
 from benchmark.report.baseline import BAND_METRICS, SPREAD_COLUMNS, baseline_from_spread, read_spread
 from benchmark.report.collect import TRAINED, collect, of_source, runs
-from benchmark.run.records import load_records
+from benchmark.report.seed_logs import row_seeds, seed_logs
+from benchmark.run.records import RecordStore, load_records
 from benchmark.stats import DEFAULT_TOLERANCE
 
 # ----------------------------------------------------------------------------- measuring the spread
@@ -160,13 +161,6 @@ def reference_log_text(source: Path, recipe: Recipe) -> str:
     return text
 
 
-def _newest_work_dir(layout: ResultsLayout, profile: str, recipe: str, seed: int) -> Path:
-    """The seed's work dir (of whichever resolved recipe trained last: a reference run has one)."""
-    folder, pattern = layout.seed_work_dirs(profile, recipe, seed)
-    found = [p for p in folder.iterdir() if pattern.fullmatch(p.name)] if folder.is_dir() else []
-    return max(found, key=lambda p: p.stat().st_mtime) if found else layout.work_dir(profile, recipe, seed)
-
-
 def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "smoke", seed: int = 0) -> List[Path]:
     """Freeze a smoke run's MMSeg-form logs as the rows' reference logs, in the pattern of the
     published 2020 logs (no train line at an evaluation iteration: ``reference_log_text``). `make reference-logs` runs a
@@ -176,11 +170,13 @@ def write_reference_logs(results_dir, out_dir=REFERENCE_LOGS, profile: str = "sm
     schedule. Each is read back with the reader before it is written."""
     written, missing = [], []
     layout = ResultsLayout.of(results_dir)
+    chosen, _ = RecordStore.read(results_dir).chosen_by_kind()
     for path in select_recipe_paths(None):
-        seed_dir = _newest_work_dir(layout, profile, path.stem, seed)
-        source = seed_dir / "train.log.json"
-        if not source.is_file():
-            if (seed_dir / "train.log.jsonl").is_file():
+        # The seed's log of the configuration its records were chosen from (report/seed_logs.py).
+        source = seed_logs(results_dir, profile, path.stem, row_seeds(chosen, path.stem, profile),
+                           ("train.log.json", "train.log.jsonl")).get(seed)
+        if source is None or source.name != "train.log.json":
+            if source is not None:
                 missing.append(path.stem)  # trained by an nlbench that wrote no MMSeg-form log
             continue
         target = Path(out_dir) / profile / f"{path.stem}.log.json"

@@ -46,9 +46,10 @@ from benchmark.report.compare import (
     held_to_measured_bands,
 )
 from benchmark.report.figures import inline_svg
-from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, train_logs
+from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, row_train_logs
 from benchmark.report.references import default_references
 from benchmark.report.row_curves import assess_row, plot_overlay
+from benchmark.report.seed_logs import SeedRecords, row_seeds
 from benchmark.report.tables import FAST_NOTE, PROFILE_NOTES, RELEASED_NOTE, fast_cell, has_fast
 from benchmark.run.records import Kind, Record, RowKey
 from benchmark.run.schema import EVAL_KINDS
@@ -176,7 +177,7 @@ def _cells(row: pd.Series, sources: List[VerdictSource], columns: List[Tuple[str
             if check is not None:
                 verdicts.append({"source": source.name, "tag": source.tag, "verdict": check.verdict,
                                  "note": check.note, "detail": source.detail(check),
-                                 "deviations": check.verdict_text[len(check.verdict):].lstrip("; ")})
+                                 "deviations": check.shown_deviations})
         value = format_stat(row[f"{metric}_mean"], row[f"{metric}_std"], int(row[f"{metric}_n"]), digits)
         # A figure that no method compares (no reference value, another device) says so once.
         skipped = bool(verdicts) and all(v["verdict"] == "skipped" for v in verdicts)
@@ -302,10 +303,10 @@ def _cost(recipe_name: str, profile: str, seeds: Dict[int, Dict[Kind, Record]]) 
     }
 
 
-def _reference_view(recipe: Recipe, results_dir: Path, warn: Warn) -> Dict[str, Any]:
+def _reference_view(recipe: Recipe, results_dir: Path, seeds: SeedRecords, warn: Warn) -> Dict[str, Any]:
     """The row's runs overlaid on its reference log (the published one from the cache, or the smoke
     reference) with the curve verdict, as ``nlbench curves`` gives them; nothing is downloaded."""
-    row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False, warn=warn)
+    row = assess_row(recipe, results_dir, RELEASED, offline=True, strict=False, seeds=seeds, warn=warn)
     if row.assessment is None:
         return {"svg": None, "note": row.note}
     return {"svg": inline_svg(plot_overlay(row), "overlay"), "reference": row.reference_label,
@@ -319,7 +320,7 @@ def row_sections(row: pd.Series, seeds: Dict[int, Dict[Kind, Record]], results_d
     recipe, profile = row["recipe"], row["profile"]
     stages = [{"seed": seed, "stages": _stage_rows(kinds, page_dir), "provenance": _provenance(kinds)}
               for seed, kinds in sorted(seeds.items())]
-    logs = train_logs(results_dir, profile, recipe)
+    logs = row_train_logs(results_dir, profile, recipe, seeds)
     curves = plot_row_curves(logs, f"{recipe} ({profile} profile): train.log.jsonl")
     resolved = load_recipe(recipe, profile=profile)
     return [
@@ -330,7 +331,8 @@ def row_sections(row: pd.Series, seeds: Dict[int, Dict[Kind, Record]], results_d
                 {"svg": inline_svg(curves, "curves") if curves is not None else None,
                  "logs": [_href(p, page_dir) for p in logs]}),
         Section("reference", f"Against the {reference_kind(resolved)} curve", "reference.html.j2",
-                _reference_view(resolved, results_dir, warn) if logs else {"svg": None, "note": "no training log"}),
+                _reference_view(resolved, results_dir, seeds, warn) if logs
+                else {"svg": None, "note": "no training log"}),
         Section("recipe", "Resolved recipe", "recipe.html.j2",
                 {"yaml": resolved.to_yaml(), "hash": resolved.hash, "profile": profile}),
     ]
@@ -374,13 +376,12 @@ def _index_context(collected: Collected, published: pd.DataFrame, sources: List[
                    out_dir: Path) -> Dict[str, Any]:
     summary = collected.summary
     trained, released = of_source(summary, TRAINED), of_source(summary, RELEASED)
-    per_seed = of_source(collected.per_seed, TRAINED)
     profiles = []
     for profile in sorted(trained["profile"].unique(), key=_profile_order):
         view = _profile_view(trained, published, sources, profile, TRAINED, out_dir)
         view["figures"] = [{"id": f"{kind}-{profile}", "title": FIGURE_TITLES[kind],
                             "svg": inline_svg(fig, f"{kind}-{profile}")}
-                           for kind, fig in profile_figures(trained, per_seed, results_dir, published, profile)]
+                           for kind, fig in profile_figures(collected, results_dir, published, profile)]
         profiles.append(view)
     released_views = [_profile_view(released, released_table(published), sources, profile, RELEASED, out_dir)
                       for profile in sorted(released["profile"].unique(), key=_profile_order)]
@@ -396,8 +397,7 @@ def _index_context(collected: Collected, published: pd.DataFrame, sources: List[
 def _row_context(row: pd.Series, p: pd.Series, by_seed: Dict[RowKey, Dict[Kind, Record]],  # noqa: PLR0913
                  sources: List[VerdictSource], results_dir: Path, out_dir: Path, path: Path,
                  warn: Warn) -> Dict[str, Any]:
-    key = (row["recipe"], row["profile"], TRAINED)
-    seeds = {s: kinds for (r, prof, source, s), kinds in by_seed.items() if (r, prof, source) == key}
+    seeds = row_seeds(by_seed, row["recipe"], row["profile"])
     columns = report_columns(pd.DataFrame([row]))
     return {"results": str(results_dir), "row": _row_view(row, p, sources, out_dir, path.parent, columns),
             "title": f"{row_label(p)} ({row['profile']})", "columns": columns, "sources": sources,

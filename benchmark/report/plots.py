@@ -21,10 +21,11 @@ from benchmark.catalog import load_published
 from benchmark.curves.reader import read_curve
 from benchmark.errors import NLBenchError
 from benchmark.io.layout import ResultsLayout
-from benchmark.report.collect import TRAINED, Warn, collect_or_warn, of_source
+from benchmark.report.collect import TRAINED, Collected, Warn, collect_or_warn, of_source
 from benchmark.report.figures import save_figure
 from benchmark.report.references import Reference, default_references, device_class
-from benchmark.report.row_curves import newest, overlay_plots
+from benchmark.report.row_curves import Chosen, overlay_plots
+from benchmark.report.seed_logs import SeedRecords, row_seeds, seed_logs
 
 DATASET_SHORT = {"Cityscapes": "CS", "ADE20K": "ADE", "Pascal VOC 2012 + Aug": "VOC"}
 
@@ -192,16 +193,18 @@ CURVE_PANELS = [("loss", "training loss (decode + weighted aux)"), ("lr", "learn
                 ("mIoU", "validation mIoU (%)")]
 
 
-def train_logs(results_dir: Path, profile: str, recipe: str = "*") -> List[Path]:
-    """The training logs of a profile (of one recipe): RESULTS/work/<profile>/<recipe>/seed<k>-<hash12>/;
-    of a seed trained with several resolved recipes, the one written last."""
-    found: Dict[Tuple[str, int], Path] = {}
-    for path in sorted(ResultsLayout.of(results_dir).profile_work(profile).glob(f"{recipe}/seed*/train.log.jsonl")):
-        seed = ResultsLayout.seed_of(path.parent.name)
-        if seed is not None:
-            key = (path.parent.parent.name, seed)
-            found[key] = newest(found.get(key), path)
-    return [found[key] for key in sorted(found)]
+def row_train_logs(results_dir: Path, profile: str, recipe: str, seeds: SeedRecords) -> List[Path]:
+    """The ``train.log.jsonl`` of each seed of one row, by seed: of the configuration its records in
+    ``seeds`` were chosen from (report/seed_logs.py)."""
+    return list(seed_logs(results_dir, profile, recipe, seeds, ("train.log.jsonl",)).values())
+
+
+def train_logs(results_dir: Path, profile: str, chosen: Chosen) -> List[Path]:
+    """``row_train_logs`` of every row of a profile, by recipe (``chosen``: ``Collected.newest``)."""
+    folder = ResultsLayout.of(results_dir).profile_work(profile)
+    recipes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [log for name in recipes
+            for log in row_train_logs(results_dir, profile, name, row_seeds(chosen, name, profile))]
 
 
 def _seed_label(log: Path) -> str:
@@ -227,9 +230,9 @@ def _label_axes(axes, row_title: str) -> None:
         ax.grid(alpha=0.3)
 
 
-def plot_training_curves(results_dir: Path, published: pd.DataFrame, profile: str):
+def plot_training_curves(results_dir: Path, published: pd.DataFrame, profile: str, chosen: Chosen):
     """One row of panels (loss, lr, mIoU) per dataset setting, a legend beside each row."""
-    logs = train_logs(results_dir, profile)
+    logs = train_logs(results_dir, profile, chosen)
     by_recipe: Dict[str, List[Path]] = {}
     for path in logs:
         by_recipe.setdefault(path.parent.parent.name, []).append(path)
@@ -274,14 +277,16 @@ FIGURE_TITLES = {
 }
 
 
-def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: Path, published: pd.DataFrame,
+def profile_figures(collected: Collected, results_dir: Path, published: pd.DataFrame,
                     profile: str) -> Iterator[Tuple[str, Any]]:
-    """(kind, figure) for each figure of one profile, kinds as in FIGURE_TITLES (curves only with logs).
-    The caller closes each figure (``save_figure`` does)."""
+    """(kind, figure) for each figure of one profile's trained rows, kinds as in FIGURE_TITLES (curves
+    only with logs). The caller closes each figure (``save_figure`` does)."""
+    # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
+    summary, per_seed = of_source(collected.summary, TRAINED), of_source(collected.per_seed, TRAINED)
     yield "miou", plot_miou(summary, per_seed, published, profile, _reference_for(profile))
     yield "miou_vs_fps", plot_miou_vs_fps(summary, published, profile)
     yield "memory", plot_memory(summary, published, profile)
-    curves = plot_training_curves(results_dir, published, profile)
+    curves = plot_training_curves(results_dir, published, profile, collected.newest)
     if curves is not None:
         yield "training_curves", curves
 
@@ -289,17 +294,15 @@ def profile_figures(summary: pd.DataFrame, per_seed: pd.DataFrame, results_dir: 
 def make_plots(results_dir, out_dir, reference: str, warn: Warn) -> List[Path]:
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     collected = collect_or_warn(results_dir, warn)
-    # The figures show rows nlbench trained; released checkpoints' results are in tables and compare.
-    per_seed = of_source(collected.per_seed, TRAINED)
     summary = of_source(collected.summary, TRAINED)
     published = load_published()
     written: List[Path] = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for profile in sorted(summary["profile"].unique()):
-            for kind, fig in profile_figures(summary, per_seed, results_dir, published, profile):
+            for kind, fig in profile_figures(collected, results_dir, published, profile):
                 written += save_figure(fig, out_dir, f"{kind}_{profile}")
-            written += overlay_plots(results_dir, profile, out_dir, reference, warn)
+            written += overlay_plots(results_dir, profile, out_dir, reference, collected.newest, warn)
     except OSError as exc:
         raise NLBenchError(f"cannot write plots: {exc.strerror or exc}", exc.filename or out_dir) from None
     return written

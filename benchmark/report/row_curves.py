@@ -7,8 +7,10 @@ loss, lr and mIoU against iteration: the reference in black, each seed in colour
 shaded. ``compare --curves`` adds the verdicts to its
 report and JUnit file and ``plots`` draws the overlays, both through this module. docs/CURVES.md.
 
-The runs are read from ``RESULTS/work/<profile>/<recipe>/seed<k>/train.log.jsonl`` (``train.log.json``
-when that is all there is).
+The runs are read from ``RESULTS/work/<profile>/<recipe>/seed<k>-<hash12>/train.log.jsonl``
+(``train.log.json`` when that is all there is; ``seed<k>/`` for a work dir from before the hash was in
+its name): of each seed, the work dir of the configuration its records were chosen from
+(report/seed_logs.py), so its curves sit beside that configuration's figures.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from benchmark.errors import NLBenchError
 from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import Recipe, load_recipe, published_recipe, resolve_recipe_path
 from benchmark.report.figures import save_figure
+from benchmark.report.seed_logs import SeedRecords, row_seeds, seed_logs
+from benchmark.run.records import Kind, Record, RowKey
 
 Warn = Callable[[str], None]  # told each warning line (the commands print them to stderr)
 
 RUN_LOGS = ("train.log.jsonl", "train.log.json")
+Chosen = Dict[RowKey, Dict[Kind, Record]]  # the records used per row and seed (run/records.py chosen_by_kind)
 
 
 @dataclass(frozen=True)
@@ -54,31 +59,19 @@ class RowCurves:
 # ----------------------------------------------------------------------------- gathering
 
 
-def run_logs(results_dir: Path, profile: str, recipe: str) -> Dict[str, Path]:
+def run_logs(results_dir: Path, profile: str, recipe: str, seeds: SeedRecords) -> Dict[str, Path]:
     """seed label (``seed<k>``) -> that seed's training log (nlbench's JSON lines first, its MMSeg form
-    else); of a seed trained with several resolved recipes (work dirs seed<k>-<hash12>), the one
-    written last."""
-    found: Dict[str, Path] = {}
-    folder = ResultsLayout.of(results_dir).row_work(profile, recipe)
-    for seed_dir in sorted(folder.glob("seed*")) if folder.is_dir() else []:
-        seed = ResultsLayout.seed_of(seed_dir.name)
-        log = next((seed_dir / n for n in RUN_LOGS if (seed_dir / n).is_file()), None)
-        if seed is not None and log is not None:
-            found[f"seed{seed}"] = newest(found.get(f"seed{seed}"), log)
-    return found
+    else), of the configuration its records in ``seeds`` were chosen from (report/seed_logs.py)."""
+    return {f"seed{seed}": log for seed, log in seed_logs(results_dir, profile, recipe, seeds, RUN_LOGS).items()}
 
 
-def newest(held: Optional[Path], other: Path) -> Path:
-    """Of two logs of one seed (two resolved recipes), the one written last."""
-    return other if held is None or other.stat().st_mtime >= held.stat().st_mtime else held
-
-
-def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = RELEASED,
-               offline: bool = False, strict: bool = True, *, warn: Warn) -> RowCurves:
-    """One row's runs against its reference. With ``strict`` False a missing log or reference gives a
-    row without an assessment (and a note) instead of an NLBenchError; ``warn`` is told each line of
-    the logs that could not be read."""
-    logs = run_logs(results_dir, recipe.profile, recipe.name)
+def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = RELEASED,  # noqa: PLR0913
+               offline: bool = False, strict: bool = True, *, seeds: SeedRecords, warn: Warn) -> RowCurves:
+    """One row's runs against its reference. ``seeds``: the records chosen for the row's seeds
+    (``row_seeds``), which pick each seed's log and give the deviations. With ``strict`` False a missing
+    log or reference gives a row without an assessment (and a note) instead of an NLBenchError; ``warn``
+    is told each line of the logs that could not be read."""
+    logs = run_logs(results_dir, recipe.profile, recipe.name, seeds)
     try:
         if not logs:
             looked = ResultsLayout.of(results_dir).row_work(recipe.profile, recipe.name)
@@ -97,22 +90,16 @@ def assess_row(recipe: Recipe, results_dir: Path, reference: Optional[str] = REL
     max_iters = next((c.max_iters for c in runs.values() if c.max_iters), recipe.schedule.max_iters)
     found = assess(runs, ref, settings_from(recipe.guard), max_iters, published_recipe(recipe).effective_batch,
                    reference_kind(recipe, reference))
-    return RowCurves(recipe, runs, ref, reference_label(path), found, deviations=train_deviations(recipe, results_dir,
-                                                                                                   list(runs)))
+    return RowCurves(recipe, runs, ref, reference_label(path), found, deviations=train_deviations(seeds))
 
 
-def train_deviations(recipe: Recipe, results_dir: Path, seeds: Sequence[str]) -> str:
-    """The deviations (run/deviations.py) the seeds' newest train records carry, each phrase once."""
-    from benchmark.run.records import Kind, RecordStore
-
+def train_deviations(seeds: SeedRecords) -> str:
+    """The deviations (run/deviations.py) the seeds' chosen train records carry, each phrase once."""
     phrases: Dict[str, None] = {}
-    for label in seeds:
-        if not label.removeprefix("seed").isdigit():
-            continue
-        store = RecordStore.read_row(results_dir, recipe.name, recipe.profile, int(label.removeprefix("seed")))
-        trains = sorted((r for r in store.records if r.kind == Kind.TRAIN), key=lambda r: r.created)
-        if trains and trains[-1].deviations:
-            phrases.update(dict.fromkeys(trains[-1].deviations))
+    for _, kinds in sorted(seeds.items()):
+        train = kinds.get(Kind.TRAIN)
+        if train is not None and train.deviations:
+            phrases.update(dict.fromkeys(train.deviations))
     return "; ".join(phrases)
 
 
@@ -260,15 +247,18 @@ def write_overlays(rows: Sequence[RowCurves], out_dir: Path) -> List[Path]:
     return written
 
 
-def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str, warn: Warn) -> List[Path]:
+def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str, chosen: Chosen,  # noqa: PLR0913
+                  warn: Warn) -> List[Path]:
     """`nlbench plots`: the overlay of every row of ``profile`` that has runs and a reference in hand
     (published logs only from the cache: plotting downloads nothing). ``reference``: released, or a
-    log file (for every row) or a folder of ``<recipe>.log.json`` files."""
+    log file (for every row) or a folder of ``<recipe>.log.json`` files. ``chosen``: the records used
+    (``Collected.newest``)."""
     rows = []
     for path in select_recipe_paths(None):
         recipe = load_recipe(path, profile=profile)
-        if run_logs(results_dir, profile, recipe.name):
-            row = assess_row(recipe, results_dir, reference, offline=True, strict=False, warn=warn)
+        seeds = row_seeds(chosen, recipe.name, profile)
+        if run_logs(results_dir, profile, recipe.name, seeds):
+            row = assess_row(recipe, results_dir, reference, offline=True, strict=False, seeds=seeds, warn=warn)
             if row.assessment is None:
                 warn(f"note: no overlay for {recipe.name} [{profile}]: {row.note}")
             rows.append(row)
@@ -278,7 +268,8 @@ def overlay_plots(results_dir: Path, profile: str, out_dir: Path, reference: str
 # ----------------------------------------------------------------------------- compare --curves
 
 
-def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str, warn: Warn) -> List[RowCurves]:
+def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str, chosen: Chosen,
+               warn: Warn) -> List[RowCurves]:
     """Every row of ``profiles`` with runs, against its reference (``reference`` as in overlay_plots;
     published logs from the cache only: a gate downloads nothing), with the guard's noise-model
     margins (compare's tolerance is for the final numbers, not for a curve's eval points)."""
@@ -286,8 +277,10 @@ def curve_rows(results_dir: Path, profiles: Sequence[str], reference: str, warn:
     for profile in profiles:
         for path in select_recipe_paths(None):
             recipe = load_recipe(path, profile=profile)
-            if run_logs(results_dir, profile, recipe.name):
-                rows.append(assess_row(recipe, results_dir, reference, offline=True, strict=False, warn=warn))
+            seeds = row_seeds(chosen, recipe.name, profile)
+            if run_logs(results_dir, profile, recipe.name, seeds):
+                rows.append(assess_row(recipe, results_dir, reference, offline=True, strict=False, seeds=seeds,
+                                       warn=warn))
     return rows
 
 

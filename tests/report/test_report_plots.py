@@ -41,8 +41,43 @@ def test_of_a_seed_trained_with_two_resolved_recipes_the_curves_show_the_latest(
     write_log(old)
     os.utime(old, (1_000_000, 1_000_000))  # the older run, written first
     write_log(row / "seed1" / "train.log.jsonl")  # a work dir from before the hash was in its name
-    assert train_logs(tmp_path, "full") == [new, row / "seed1" / "train.log.jsonl"]
-    assert run_logs(tmp_path, "full", ROW) == {"seed0": new, "seed1": row / "seed1" / "train.log.jsonl"}
+    # No records: the log written last (a run still training has none).
+    assert train_logs(tmp_path, "full", {}) == [new, row / "seed1" / "train.log.jsonl"]
+    assert run_logs(tmp_path, "full", ROW, {}) == {"seed0": new, "seed1": row / "seed1" / "train.log.jsonl"}
+
+
+def test_the_curves_are_those_of_the_configuration_the_records_were_chosen_from(tmp_path):
+    """Two configurations of one seed: the newer work dir (by file time) is not the one the records
+    were chosen from; curves, overlays and row pages show the records' one, as the mIoU does."""
+    import os
+
+    from report_helpers import make_record
+
+    from benchmark.report.collect import collect
+    from benchmark.report.plots import row_train_logs, train_logs
+    from benchmark.report.row_curves import run_logs, train_deviations
+    from benchmark.report.seed_logs import row_seeds
+    from benchmark.run.records import write_record
+
+    row = tmp_path / "work" / "full" / ROW
+    old, new = row / f"seed0-{'a' * 12}" / "train.log.jsonl", row / f"seed0-{'b' * 12}" / "train.log.jsonl"
+    write_log(old)
+    write_log(new)
+    os.utime(old, (1_000_000, 1_000_000))  # the chosen configuration's log is the older file
+    write_log(row / "seed1" / "train.log.jsonl")  # a work dir from before the hash was in its name
+    for seed, recipe_hash, phrase in ((0, "a" * 64, "effective batch 4 instead of 8"), (1, "c" * 64, "on a CPU")):
+        for kind in ("train", "eval"):
+            record = make_record(kind, seed=seed)
+            record["provenance"]["recipe_hash"] = recipe_hash
+            record["deviations"] = [phrase]
+            write_record(tmp_path, record)
+    seeds = row_seeds(collect(tmp_path).newest, ROW, "full")
+    assert train_logs(tmp_path, "full", collect(tmp_path).newest) == [old, row / "seed1" / "train.log.jsonl"]
+    assert row_train_logs(tmp_path, "full", ROW, seeds) == [old, row / "seed1" / "train.log.jsonl"]
+    assert run_logs(tmp_path, "full", ROW, seeds) == {"seed0": old, "seed1": row / "seed1" / "train.log.jsonl"}
+    assert train_deviations(seeds) == "effective batch 4 instead of 8; on a CPU"
+    old.unlink()  # the chosen configuration left no log: no curve rather than another configuration's
+    assert run_logs(tmp_path, "full", ROW, seeds) == {"seed1": row / "seed1" / "train.log.jsonl"}
 
 
 def test_plots_write_nonempty_png_and_svg(tmp_path, capsys):
@@ -147,9 +182,11 @@ def test_training_curves_can_be_told_apart_in_every_panel(tmp_path):
     import matplotlib.pyplot as plt
 
     from benchmark.catalog import load_published
+    from benchmark.report.collect import collect
     from benchmark.report.plots import plot_training_curves
 
-    fig = plot_training_curves(_same_figures_everywhere(tmp_path), load_published(), "smoke")
+    results = _same_figures_everywhere(tmp_path)
+    fig = plot_training_curves(results, load_published(), "smoke", collect(results).newest)
     assert len(fig.axes) == 12  # 4 dataset settings x (loss, lr, mIoU)
     for ax in fig.axes:
         styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
