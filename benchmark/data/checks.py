@@ -21,6 +21,7 @@ from benchmark.data.layouts import (
     read_label_file,
     reduce_zero_label,
 )
+from benchmark.data.synthetic import check_synthetic_set
 from benchmark.errors import NLBenchError
 from benchmark.recipe import DataConfig, data_root_origin, resolve_data_root
 
@@ -65,6 +66,10 @@ def check_data(data: DataConfig, data_root: Optional[Union[str, Path]] = None) -
         return [Finding("problem", "data.root",
                         f"{root}: data root not found{data_root_origin(given)}; expected MMSeg's {data.dataset} "
                         "layout (set data.data_root, pass --data-root, or set $NLBENCH_DATA_BASE)")]
+    try:
+        check_synthetic_set(data, data_root)  # a set of an older renderer would fail on the node
+    except NLBenchError as exc:
+        return [Finding("problem", "data.synthetic", str(exc))]
     findings = [Finding("ok", "data.root", f"{root}: {data.dataset} layout")]
     for split in SPLITS:
         findings += check_split(data, split, root)

@@ -362,6 +362,17 @@ def _check_stamp(root: Path, want: _Stamp, own_root: bool) -> None:
                            root, "data.synthetic")
 
 
+def check_synthetic_set(data_cfg: DataConfig, data_root: Optional[Union[str, Path]] = None) -> None:
+    """Raise NLBenchError when the synthetic set at the data root (``data.synthetic`` set, the folder
+    there) was written by another renderer or, at the recipe's own root, with other parameters: what
+    ``ensure_dataset`` checks before using it, and doctor's data checks before a run (data/checks.py)."""
+    root = resolve_data_root(data_root if data_root is not None else data_cfg.data_root)
+    syn = data_cfg.synthetic
+    if syn is not None and root.exists():
+        want = _stamp(_RECIPE_TO_SYNTH[data_cfg.dataset], syn.train, syn.val, tuple(syn.size), syn.seed)
+        _check_stamp(root, want, own_root=data_root is None)
+
+
 def ensure_dataset(data_cfg: DataConfig, data_root: Optional[Union[str, Path]] = None) -> Path:
     """The data root; when it is missing and the recipe sets ``data.synthetic``, write it first.
 
@@ -371,9 +382,8 @@ def ensure_dataset(data_cfg: DataConfig, data_root: Optional[Union[str, Path]] =
     syn = data_cfg.synthetic
     if syn is None:
         return root
-    want = _stamp(_RECIPE_TO_SYNTH[data_cfg.dataset], syn.train, syn.val, tuple(syn.size), syn.seed)
     if root.exists():
-        _check_stamp(root, want, own_root=data_root is None)
+        check_synthetic_set(data_cfg, data_root)
         return root
     try:
         write_synthetic(_RECIPE_TO_SYNTH[data_cfg.dataset], root, syn.train, syn.val, tuple(syn.size), syn.seed)

@@ -157,6 +157,26 @@ def test_run_all_stops_on_a_missing_data_root_with_one_line_and_writes_nothing(t
     assert took < 30
 
 
+def test_a_synthetic_set_of_an_older_renderer_is_a_problem_for_doctor_and_run_all(city, capsys):
+    """The stamp ensure_dataset checks on the node is checked before: doctor names it, run-all stops."""
+    import json
+
+    code, out, bad = _doctor(capsys, CITY, city)
+    assert code == 0 and bad == [], out
+    stamp = json.loads((city / "synthetic.json").read_text())
+    (city / "synthetic.json").write_text(json.dumps(dict(stamp, renderer=1)))  # as an older nlbench wrote it
+    code, out, bad = _doctor(capsys, CITY, city)
+    assert code == 1 and len(bad) == 1, out  # doctor's exit status for a problem
+    assert bad[0].startswith(f"problem data.synthetic: {city}: ") and "written by another nlbench (renderer 1, " \
+        "expected 2)" in bad[0], bad
+    results = city.parent / "R"
+    assert cli(["run-all", "--filter", CITY, "--profile", "smoke", "--results", str(results), "--data-root",
+                str(city)]) == 2
+    err = capsys.readouterr().err
+    assert "pre-flight found 1 problem(s)" in err and "data.synthetic:" in err and "renderer 1" in err, err
+    assert not results.exists()
+
+
 def test_eval_of_a_released_checkpoint_reads_the_data_root_before_any_download(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NLBENCH_CACHE", str(tmp_path / "cache"))
     import benchmark.mmseg_checkpoint as ckpt
