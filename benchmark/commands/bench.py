@@ -6,6 +6,7 @@ import argparse
 from typing import Optional, Sequence
 
 from benchmark.commands.arguments import data_root_arguments, device_arguments, recipe_arguments
+from benchmark.commands.console import warn
 from benchmark.engine.bench import bench, format_bench
 from benchmark.engine.settings import SETTING_NAMES, parse_settings
 from benchmark.errors import NLBenchError
@@ -42,7 +43,7 @@ def bench_command(recipe: str, overrides: Sequence[str] = (), profile: str = "fu
     resolved = load_recipe(recipe, overrides, profile)
     path = str(resolve_checkpoint(resolved, checkpoint)) if checkpoint else None
     result = bench(resolved, checkpoint=path, device=device, data_root=data_root, skip_mem=skip_mem,
-                   settings=names, train_step=train_step)
+                   settings=names, train_step=train_step, warn=warn)
     print(format_bench(result))
     if json_out:
         write_json(json_out, result)

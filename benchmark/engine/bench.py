@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import statistics
-import sys
 import time
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -58,6 +58,9 @@ from benchmark.mmseg_checkpoint import load_weights
 from benchmark.models.segmentor import build_segmentor
 from benchmark.recipe import Recipe, resolve_data_root
 
+Warn = Callable[[str], None]  # told each warning line
+_LOG = logging.getLogger(__name__)
+
 # Aspect ratio (w / h) of a typical image of each dataset, for synthetic stand-ins: Cityscapes is
 # 2048x1024; ADE20K and VOC images are mostly 4:3 landscape.
 _TYPICAL_ASPECT = {"cityscapes": 2.0, "ade20k": 4 / 3, "voc12aug": 4 / 3}
@@ -78,16 +81,18 @@ def synthetic_image_size(recipe: Recipe) -> Tuple[int, int]:
     return keep_ratio_size(short, int(round(short * _TYPICAL_ASPECT[recipe.data.dataset])), recipe.data.img_scale)
 
 
-def bench_images(recipe: Recipe, data_root: Optional[str], count: int) -> Tuple[str, Iterator[np.ndarray]]:
-    """("val", the first ``count`` val images, cycled if the split is shorter) or ("synthetic", ...)."""
+def bench_images(recipe: Recipe, data_root: Optional[str], count: int,
+                 warn: Warn = _LOG.warning) -> Tuple[str, Iterator[np.ndarray]]:
+    """("val", the first ``count`` val images, cycled if the split is shorter) or ("synthetic", ...);
+    ``warn`` is told when a val split is there but cannot be read."""
     root = resolve_data_root(data_root if data_root is not None else recipe.data.data_root)
     if root.is_dir():
         try:
             dataset = build_dataset(recipe.data, "val", root)
         except NLBenchError as exc:
             # Said, not silent: the record's image_source alone would hide a broken split.
-            print(f"warning: bench: the val split cannot be read ({exc}); timing random images of the test "
-                  "resolution instead", file=sys.stderr)
+            warn(f"warning: bench: the val split cannot be read ({exc}); timing random images of the test "
+                 "resolution instead")
             dataset = None
         if dataset is not None and len(dataset) > 0:
             return "val", (dataset.read_image(i % len(dataset)) for i in range(count))
@@ -216,9 +221,9 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_setting(recipe: Recipe, chosen: Setting, device: torch.device, checkpoint: Optional[str] = None,
+def measure_setting(recipe: Recipe, chosen: Setting, device: torch.device, checkpoint: Optional[str] = None,  # noqa: PLR0913
                     data_root: Optional[str] = None, skip_mem: bool = False,
-                    train_step: bool = False) -> Dict[str, Any]:
+                    train_step: bool = False, warn: Warn = _LOG.warning) -> Dict[str, Any]:
     """fps, inference peak, Mem (unless ``skip_mem``) and, with ``train_step``, the training step,
     all in ``chosen``'s setting (its backend flags set for the duration)."""
     cfg = recipe.bench
@@ -229,7 +234,7 @@ def measure_setting(recipe: Recipe, chosen: Setting, device: torch.device, check
             load_weights(model, checkpoint)
         model.to(device, memory_format=memory_format(chosen)).eval()
         runnable = torch.compile(model) if chosen.compile else model
-        source, images = bench_images(recipe, data_root, cfg.total_images)
+        source, images = bench_images(recipe, data_root, cfg.total_images, warn)
         mem = PeakMemory(device)
         mem.reset()
         figures: Dict[str, Any] = {"image_source": source}
@@ -248,10 +253,13 @@ def measure_setting(recipe: Recipe, chosen: Setting, device: torch.device, check
     return figures
 
 
-def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto", data_root: Optional[str] = None,
-          skip_mem: bool = False, settings: Sequence[str] = SETTING_NAMES, train_step: bool = False) -> Dict[str, Any]:
+def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto",  # noqa: PLR0913
+          data_root: Optional[str] = None, skip_mem: bool = False, settings: Sequence[str] = SETTING_NAMES,
+          train_step: bool = False, warn: Warn = _LOG.warning) -> Dict[str, Any]:
     """fps and Mem of ``recipe``'s model in each of ``settings`` (published, fast), in one result: the
-    published figures at the top level, the fast ones under ``fast``; one process, this rank's device."""
+    published figures at the top level, the fast ones under ``fast``; one process, this rank's device.
+    ``warn`` is told what the measurement fell back on (the command passes its stderr line; without
+    one, this module's logger, which Python writes to stderr)."""
     started = time.perf_counter()
     dev = resolve_device(device, job_environment().local_rank)
     use_runtime(recipe.runtime, dev)  # TF32 here holds outside the settings' measurements, which set their own
@@ -264,7 +272,8 @@ def bench(recipe: Recipe, checkpoint: Optional[str] = None, device: str = "auto"
     measured: Dict[str, Tuple[Setting, Dict[str, Any]]] = {}
     for name in settings:
         chosen = setting(name, recipe, dev)
-        measured[name] = (chosen, measure_setting(recipe, chosen, dev, checkpoint, data_root, skip_mem, train_step))
+        measured[name] = (chosen, measure_setting(recipe, chosen, dev, checkpoint, data_root, skip_mem, train_step,
+                                                  warn))
     first = next(iter(measured.values()))[1]
     result.update({k: first[k] for k in ("image_source", "image_hw", "input_hw")})
     if "published" in measured:

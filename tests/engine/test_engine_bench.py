@@ -81,3 +81,14 @@ def test_gpu_training_with_bf16_and_channels_last(tmp_path):
     assert out["mem_kind"] == "cuda_max_allocated" and out["dtype"] == "bfloat16"
     assert out["final_loss"] == out["final_loss"]  # finite, not NaN
     assert (tmp_path / "work" / "latest.pth").is_file()
+
+
+def test_a_val_split_that_cannot_be_read_is_told_to_the_callers_warn(tmp_path):
+    from benchmark.engine.bench import bench_images
+
+    recipe = load_recipe(ROW, profile="smoke")
+    (tmp_path / "broken").mkdir()  # a data root without the layout
+    told = []
+    source, _ = bench_images(recipe, str(tmp_path / "broken"), 2, told.append)
+    assert source == "synthetic"
+    assert len(told) == 1 and told[0].startswith("warning: bench: the val split cannot be read (")
