@@ -418,10 +418,6 @@ def _format_validation_error(exc: ValidationError, path: Path) -> NLBenchError:
     return NLBenchError(f"invalid recipe: {first}{more}", path)
 
 
-def available_profiles(tree: Dict[str, Any]) -> List[str]:
-    return ["full"] + sorted(tree.get(_PROFILES_KEY, {}) or {})
-
-
 def load_recipe(
     recipe: Union[str, Path],
     overrides: Sequence[str] = (),

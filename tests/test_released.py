@@ -25,7 +25,7 @@ from benchmark.launch.status import collect_status
 from benchmark.recipe import load_recipe
 from benchmark.report.collect import collect
 from benchmark.run.job import job_from_dict
-from benchmark.run.records import record_kinds, write_record
+from benchmark.run.records import RecordStore, write_record
 
 ONE_CPU = lambda recipe: Resources()  # noqa: E731
 SLURM_PROFILE = Path(__file__).resolve().parent.parent / "slurm" / "test-cluster.yaml"
@@ -75,8 +75,9 @@ def test_released_and_trained_results_never_mix(tmp_path, capsys):
     for kind in ("eval", "bench"):
         write_record(tmp_path, {**_released(kind), "provenance": {"recipe_hash": recipe.hash}})
     # A released eval does not make the trained row look done, and the other way round.
-    assert record_kinds(tmp_path, ROW, "full", 0, recipe.hash) == set()
-    assert record_kinds(tmp_path, ROW, "full", 0, recipe.hash, "released") == {"eval", "bench"}
+    store = RecordStore.read_row(tmp_path, ROW, "full", 0)
+    assert store.kinds_done(ROW, "full", 0, recipe.hash) == set()
+    assert store.kinds_done(ROW, "full", 0, recipe.hash, "released") == {"eval", "bench"}
     assert len(make_plan(tmp_path, ONE_CPU, pattern=ROW).jobs) == 1
     assert make_plan(tmp_path, ONE_CPU, pattern=ROW, checkpoint="released").skipped == [f"full/{ROW}/released/seed0"]
     write_row(tmp_path, miou=40.0)  # trained: train, eval, bench

@@ -78,7 +78,7 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path):
 
 
 def test_only_records_of_the_same_resolved_recipe_count_as_done(tmp_path):
-    from benchmark.run.records import provenance, record_kinds, write_record
+    from benchmark.run.records import RecordStore, provenance, write_record
 
     recipe = _short_smoke(tmp_path)
     write_record(tmp_path / "results", {
@@ -86,7 +86,8 @@ def test_only_records_of_the_same_resolved_recipe_count_as_done(tmp_path):
         "wall_time_s": 1.0, "gpu_hours": None, "metrics": None, "mem_gb": 0.5, "fps": 3.0,
         "provenance": provenance(recipe),
     })
-    args = (tmp_path / "results", recipe.name, recipe.profile, 0)
-    assert record_kinds(*args) == {"bench"}
-    assert record_kinds(*args, recipe.hash) == {"bench"}
-    assert record_kinds(*args, _short_smoke(tmp_path, "schedule.lr=0.02").hash) == set()
+    args = (recipe.name, recipe.profile, 0)
+    store = RecordStore.read_row(tmp_path / "results", *args)
+    assert store.kinds_done(*args) == {"bench"}
+    assert store.kinds_done(*args, recipe.hash) == {"bench"}
+    assert store.kinds_done(*args, _short_smoke(tmp_path, "schedule.lr=0.02").hash) == set()

@@ -67,7 +67,8 @@ class ResultsLayout:
         return self.root / "work" / profile
 
     def row_work(self, profile: str, recipe: str) -> Path:
-        """work/<profile>/<recipe>: the trained seeds' work dirs of one row (seed<k>/)."""
+        """work/<profile>/<recipe>: the trained seeds' work dirs of one row (seed<k>-<hash12>/, and
+        seed<k>/ from before the hash was in the name)."""
         return self.profile_work(profile) / recipe
 
     def work_dir(self, profile: str, recipe: str, seed: int, source: str = TRAINED,

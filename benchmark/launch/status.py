@@ -70,12 +70,6 @@ def _all_entries(results_dir: Path, skipped: Optional[Skipped] = None) -> List[D
     return found
 
 
-def planned_jobs(results_dir: Path, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
-    """The newest entry for every job key, with its run's launcher."""
-    latest = {entry["key"]: entry for entry in _all_entries(results_dir, skipped)}
-    return [latest[k] for k in sorted(latest)]
-
-
 def _slurm_ids(entries: List[Dict[str, Any]]) -> List[str]:
     return [e["slurm_job_id"] for e in entries if e.get("launcher") == "slurm" and e.get("slurm_job_id")]
 

@@ -258,18 +258,12 @@ def holder_of(results_dir: Union[str, Path], key: str) -> Optional[JobHeld]:
     return None
 
 
-def held_value(*locks: JobLock) -> str:
-    """The value of ``HELD_ENV`` that names ``locks`` (and those already named) as held, for a child
-    to set in its own environment (safe when several threads start children at once)."""
-    before = os.environ.get(HELD_ENV)
-    return os.pathsep.join([str(lock.path.resolve()) for lock in locks] + ([before] if before else []))
-
-
 @contextlib.contextmanager
 def held_for_children(*locks: JobLock) -> Iterator[None]:
-    """Name ``locks`` in the environment of the child processes started in this block."""
+    """Name ``locks`` (after those already named) in the environment of the child processes started in
+    this block. It sets this process's environment: one thread at a time."""
     before = os.environ.get(HELD_ENV)
-    os.environ[HELD_ENV] = held_value(*locks)
+    os.environ[HELD_ENV] = os.pathsep.join([str(lock.path.resolve()) for lock in locks] + ([before] if before else []))
     try:
         yield
     finally:

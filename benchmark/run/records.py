@@ -37,8 +37,8 @@ from benchmark.run.schema import (
 # records of MMSeg's released checkpoints say so in ``checkpoint_source``; results of the two sources
 # are never mixed.
 __all__ = ["CHECKPOINT_SOURCES", "KINDS", "SCHEMA", "CheckpointSource", "Kind", "Record", "RecordStore",
-           "RowKey", "chosen_by_kind", "diverged_record", "load_records", "newest_by_kind", "provenance",
-           "record_kinds", "row_configuration", "validate_record", "write_record"]
+           "RowKey", "chosen_by_kind", "load_records", "newest_by_kind", "provenance", "row_configuration",
+           "validate_record", "write_record"]
 
 PathLike = Union[str, Path]
 
@@ -359,16 +359,3 @@ def load_records(results_dir: PathLike,
     """All valid records under ``RESULTS/records`` (by file path) and one warning per skipped file."""
     store = RecordStore.read(results_dir, known_recipes)
     return store.records, store.warnings
-
-
-def record_kinds(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                 recipe_hash: Optional[str] = None, source: str = CheckpointSource.TRAINED) -> set:
-    """``RecordStore.kinds_done`` of that row's folder alone, read now."""
-    return RecordStore.read_row(results_dir, recipe, profile, seed).kinds_done(recipe, profile, seed, recipe_hash,
-                                                                               source)
-
-
-def diverged_record(results_dir: PathLike, recipe: str, profile: str, seed: int,
-                    recipe_hash: Optional[str] = None) -> Optional[Record]:
-    """``RecordStore.diverged`` of that row's folder alone, read now."""
-    return RecordStore.read_row(results_dir, recipe, profile, seed).diverged(recipe, profile, seed, recipe_hash)

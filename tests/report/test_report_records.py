@@ -128,18 +128,21 @@ def test_provenance_reads_slurm_ids(monkeypatch):
 
 
 def test_train_records_carry_status_and_the_guards_evidence(tmp_path):
-    from benchmark.run.records import diverged_record, record_kinds
+    from benchmark.run.records import RecordStore
+
+    def row():  # the job's question, asked under its lock: that row's folder, read now
+        return RecordStore.read_row(tmp_path, ROW, "full", 0)
 
     evidence = {"verdict": "diverged", "message": "diverged at iter 8: mIoU 5.39, published 15.39"}
     diverged = {**make_record("train", created_at="2026-01-01T00:00:00+00:00"), "status": "diverged",
                 "guard": evidence, "stopped_at_iteration": 8}
     write_record(tmp_path, diverged)
-    assert record_kinds(tmp_path, ROW, "full", 0) == set()  # a stopped run's training is not done
-    assert diverged_record(tmp_path, ROW, "full", 0).guard == evidence
+    assert row().kinds_done(ROW, "full", 0) == set()  # a stopped run's training is not done
+    assert row().diverged(ROW, "full", 0).guard == evidence
     # Resumed to its end later: the newer, completed record wins.
     write_record(tmp_path, {**make_record("train"), "status": "completed", "guard": None})
-    assert record_kinds(tmp_path, ROW, "full", 0) == {"train"}
-    assert diverged_record(tmp_path, ROW, "full", 0) is None
+    assert row().kinds_done(ROW, "full", 0) == {"train"}
+    assert row().diverged(ROW, "full", 0) is None
     for change, key in [({"status": "stopped"}, "status"), ({"status": "diverged"}, "stopped_at_iteration"),
                         ({"guard": "diverged"}, "guard")]:
         with pytest.raises(NLBenchError, match=key):

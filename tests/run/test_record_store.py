@@ -64,8 +64,11 @@ def test_the_store_answers_per_row_per_source_and_newest(tmp_path):
     newest = store.newest_by_kind()
     assert set(newest) == {(ROW, "full", CheckpointSource.TRAINED, 0), (ROW, "full", CheckpointSource.RELEASED, 0)}
     assert newest[ROW, "full", "trained", 0][Kind.EVAL].path == str(new)
-    # The functions the job and the tests ask read that row's folder alone, and agree.
-    assert records.record_kinds(tmp_path, ROW, "full", 0) == store.kinds_done(ROW, "full", 0)
+    # A job's store, that row's folder alone, read under its lock, gives the same answers.
+    row = RecordStore.read_row(tmp_path, ROW, "full", 0)
+    assert row.kinds_done(ROW, "full", 0) == store.kinds_done(ROW, "full", 0)
+    assert row.kinds_done(ROW, "full", 0, source="released") == {Kind.BENCH}
+    assert row.diverged(ROW, "full", 0).path == store.diverged(ROW, "full", 0).path
 
 
 def test_the_layout_names_every_path_of_the_results_folder(tmp_path):
