@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -124,8 +124,11 @@ def _group_by_shape(jobs: List[Job]) -> List[List[Job]]:
 
 
 def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Path],
-           results_dir: Path) -> List[Dict[str, Any]]:
+           results_dir: Path, record: Optional[Callable[[List[Dict[str, Any]]], None]] = None
+           ) -> List[Dict[str, Any]]:
     """Submit ``jobs`` as job array(s); returns one entry per job: its dict plus SLURM id and log paths.
+    ``record`` is given every entry so far after each array goes out, so that what was submitted is
+    on disk even when a later array is refused or the command is killed.
 
     sbatch's refusal (a GPU asked of a CPU cluster, an unknown partition or account, ...) becomes an
     NLBenchError quoting SLURM's message; arrays already submitted before it are kept and reported.
@@ -159,6 +162,8 @@ def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Pa
             entries.append({**job.to_dict(), "slurm_job_id": sj.job_id,
                             "stdout": layout.relative(Path(sj.paths.stdout).resolve()),
                             "stderr": layout.relative(Path(sj.paths.stderr).resolve())})
+        if record is not None:
+            record(list(entries))
     return entries
 
 
