@@ -131,8 +131,9 @@ def make_plan(  # noqa: PLR0913
 
 def with_data_root(overrides: Sequence[str], data_root: Optional[str]) -> List[str]:
     """``overrides`` and, given a data root (run-all --data-root), ``data.data_root`` set to it made
-    absolute here, where it was given: the planned (resolved) recipe, its hash and so its work dir say
-    which data the job reads, as with ``--set data.data_root`` (a JSON string is a YAML string)."""
+    absolute here, where it was given: the planned (resolved) recipe says which data the job reads, as
+    with ``--set data.data_root`` (a JSON string is a YAML string); its hash and work dir do not
+    change (Recipe.hash leaves the data root out)."""
     if data_root is None:
         return list(overrides)
     return [*overrides, f"data.data_root={json.dumps(str(resolve_data_root(data_root)))}"]
