@@ -278,3 +278,31 @@ def test_arrays_submitted_before_a_refused_one_are_in_the_run_file(cluster, caps
         for run in runs:
             for e in json.loads(run.read_text())["jobs"]:
                 subprocess.run(["scancel", e["slurm_job_id"]], check=False)
+
+
+def test_a_task_that_starts_after_its_results_folder_moved_writes_nothing_under_the_old_path(cluster, capsys):
+    """A held task; the results folder moves; the task is released. Its pickled job names the old
+    folder: it says so in its SLURM log and writes nothing, instead of rebuilding RESULTS/work and
+    RESULTS/jobs/runs at the old path. (submitit's own folder, RESULTS/jobs/slurm, is linked back so
+    that the task starts at all: without it SLURM cannot open the task's log.)"""
+    profile = cluster / "held.yaml"
+    profile.write_text(PROFILE.read_text() + "additional_parameters: {hold: true}\n")
+    results, moved = cluster / "results-moving", cluster / "results-moved"
+    assert cli(["run-all", "--launcher", "slurm", "--cluster", str(profile), "--profile", "smoke",
+                "--filter", INTERRUPTED, "--results", str(results), "--no-wait", *_sets(TINY)]) == 0
+    capsys.readouterr()
+    (run_file,) = (results / "jobs" / "runs").glob("*.json")
+    (task,) = [e["slurm_job_id"] for e in json.loads(run_file.read_text())["jobs"]]
+    try:
+        results.rename(moved)
+        (results / "jobs").mkdir(parents=True)
+        (results / "jobs" / "slurm").symlink_to(moved / "jobs" / "slurm")
+        subprocess.run(["scontrol", "release", task], check=True)
+        _wait(lambda: not subprocess.run(["squeue", "-h", "-j", task], capture_output=True, text=True).stdout.strip(),
+              120, "the released task to end")
+        logs = "".join(p.read_text() for p in (moved / "jobs" / "slurm").glob(f"{task}/{task}_*_log.*"))
+        assert "is gone (the results folder was moved or deleted after submission)" in logs, logs
+        assert sorted(os.listdir(results)) == ["jobs"] and sorted(os.listdir(results / "jobs")) == ["slurm"]
+        assert not list(moved.glob("work/**/job.log")) and not (moved / "records").exists()
+    finally:
+        subprocess.run(["scancel", task], check=False)
