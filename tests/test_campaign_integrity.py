@@ -150,9 +150,12 @@ def test_report_into_a_results_folder_whose_name_is_not_utf8(tmp_path):
 
     results = os.fsdecode(bytes(tmp_path) + b"/res\xff")  # as Python reads such a name: a surrogate
     write_row(results)
+    # A strict console encoding (as on a C-locale terminal): a path with a surrogate must still print.
+    env = {**cli_env(), "PYTHONIOENCODING": "utf-8:strict"}
     proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"benchmark", b"report", b"--results",
-                           os.fsencode(results)], capture_output=True, env=cli_env(), timeout=300)
+                           os.fsencode(results)], capture_output=True, env=env, timeout=300)
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+    assert b"res\\udcff" in proc.stdout + proc.stderr  # the path said, escaped
     page = (Path(results) / "report" / "index.html").read_bytes()
     assert b"res\\udcff" in page  # the name shown escaped, the page still UTF-8
     page.decode("utf-8")
