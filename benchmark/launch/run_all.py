@@ -135,6 +135,8 @@ def run_all(options: RunAllOptions, log: Log) -> Campaign:
         log(planning.format_plan(plan, launcher))
         return Campaign(0, plan, None)
     check_writable(folder)
+    for line in planning.adopt_old_work_dirs(plan):
+        log(line)
     if plan.skipped:
         log(f"skipping {len(plan.skipped)} row(s) already complete in {folder}")
     if plan.diverged:
