@@ -161,6 +161,7 @@ def test_report_into_a_results_folder_whose_name_is_not_utf8(tmp_path):
     page.decode("utf-8")
 
 
+@pytest.mark.slow
 def test_an_old_format_work_dir_of_an_interrupted_run_is_renamed_and_resumed(tmp_path):
     """A work dir named as before work dirs carried the recipe hash (``seed0/``), of a run interrupted
     before any record: a run-all of another recipe leaves it as it is and says so; one of its own
