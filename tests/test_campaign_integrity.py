@@ -184,3 +184,8 @@ def test_an_old_format_work_dir_of_an_interrupted_run_is_renamed_and_resumed(tmp
               if " train: from scratch" in line or " train: resuming from" in line]
     assert len(starts) == 2 and starts[0] == "from scratch" and starts[1].startswith("resuming from"), starts
     assert len(_records(results)) == len(KINDS)
+    older = work.with_name("seed0-0123456789ab")  # named by a hash of an older rule, the same recipe
+    work.rename(older)
+    shutil.rmtree(results / "records")  # interrupted again
+    plan = run_cli(*_run_all(results, 4, "--dry-run"), timeout=300)
+    assert f"run-all renames {older} to {work.name}" in plan.stdout, plan.stdout

@@ -152,13 +152,21 @@ def _work_dir(results: Path, recipe: Recipe, seed: int, checkpoint: str) -> str:
 
 
 def _note_old_work_dir(plan: Plan, results: Path, recipe: Recipe, seed: int, work_dir: str) -> None:
-    """Note an old-format work dir (``seed<k>/``) of the job's seed when its new one does not exist yet:
-    run-all renames it when its recipe.yaml resolves to the job's recipe hash (an interrupted run then
-    resumes), and otherwise leaves it, saying so."""
-    old = ResultsLayout(results).work_dir(recipe.profile, recipe.name, seed, plan.checkpoint)
-    if not old.is_dir() or Path(work_dir).exists():
+    """Note, when the job's work dir does not exist yet, one of its seed named otherwise whose
+    recipe.yaml resolves to the job's recipe hash: the old format (``seed<k>/``), or a hash of an
+    older rule of ``Recipe.hash`` (before it left the data root out). run-all renames it (an
+    interrupted run then resumes). An old-format one of another recipe is noted as left as it is."""
+    layout = ResultsLayout(results)
+    folder, pattern = layout.seed_work_dirs(recipe.profile, recipe.name, seed, plan.checkpoint)
+    if Path(work_dir).exists() or not folder.is_dir():
         return
-    plan.old_work_dirs.append((str(old), work_dir, _resolved_hash(old) == recipe.hash))
+    for old in sorted(p for p in folder.iterdir() if p.is_dir() and pattern.fullmatch(p.name)):
+        if _resolved_hash(old) == recipe.hash:
+            plan.old_work_dirs.append((str(old), work_dir, True))
+            return
+    old_format = layout.work_dir(recipe.profile, recipe.name, seed, plan.checkpoint)
+    if old_format.is_dir():
+        plan.old_work_dirs.append((str(old_format), work_dir, False))
 
 
 def _resolved_hash(work_dir: Path) -> Optional[str]:
@@ -173,7 +181,7 @@ def _resolved_hash(work_dir: Path) -> Optional[str]:
 def old_work_dir_lines(plan: Plan, renamed: bool) -> List[str]:
     """One line per old-format work dir: renamed (or, in a dry run, to be) or left as it is."""
     return [f"{'renamed' if renamed else 'run-all renames'} {old} to {Path(new).name}: its recipe.yaml is the "
-            "planned recipe (work dirs are now named seed<k>-<hash12>); the run resumes there" if same else
+            "planned recipe (a work dir is named seed<k>-<hash12> of it); the run resumes there" if same else
             f"left {old} as it is: its recipe.yaml is missing or another recipe than the one planned; "
             f"the row runs in {Path(new).name}" for old, new, same in plan.old_work_dirs]
 
