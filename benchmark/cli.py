@@ -109,7 +109,17 @@ def _verb_named(argv: List[str]) -> Optional[str]:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
+def escape_unencodable_output() -> None:
+    """A path the console's encoding cannot show (a surrogate from a non-UTF-8 name, a strict or
+    ASCII locale) is printed escaped (``\\udcff``) rather than ending the command in a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    escape_unencodable_output()
     words = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_verb_named(words)).parse_args(words)
     try:

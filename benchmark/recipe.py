@@ -283,18 +283,25 @@ class Recipe(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def _identity(self) -> Dict[str, Any]:
+        """What makes a run this run: the resolved recipe minus where it was read from, the guard
+        (it watches a run without changing it) and where the data lies (``data.data_root``: the same
+        dataset moved, or named by --data-root, is the same run; the root stays in the resolved recipe
+        and the provenance)."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
+        body["data"] = {k: v for k, v in body["data"].items() if k != "data_root"}
+        return body
+
     @property
     def hash(self) -> str:
-        """sha256 of the resolved recipe minus where it was read from and the guard, which watches a
-        run without changing it (provenance of a run)."""
-        body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        """sha256 of ``_identity`` (provenance of a run; names its work dir)."""
+        return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()
 
     @property
     def config_hash(self) -> str:
         """``hash`` without ``runtime.seed``: the same for every seed of one configuration, so that the
         seeds of a row are averaged only when they ran one configuration (run/records.py)."""
-        body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
+        body = self._identity()
         body["runtime"] = {k: v for k, v in body["runtime"].items() if k != "seed"}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 

@@ -150,9 +150,42 @@ def test_report_into_a_results_folder_whose_name_is_not_utf8(tmp_path):
 
     results = os.fsdecode(bytes(tmp_path) + b"/res\xff")  # as Python reads such a name: a surrogate
     write_row(results)
+    # A strict console encoding (as on a C-locale terminal): a path with a surrogate must still print.
+    env = {**cli_env(), "PYTHONIOENCODING": "utf-8:strict"}
     proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"benchmark", b"report", b"--results",
-                           os.fsencode(results)], capture_output=True, env=cli_env(), timeout=300)
+                           os.fsencode(results)], capture_output=True, env=env, timeout=300)
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+    assert b"res\\udcff" in proc.stdout + proc.stderr  # the path said, escaped
     page = (Path(results) / "report" / "index.html").read_bytes()
     assert b"res\\udcff" in page  # the name shown escaped, the page still UTF-8
     page.decode("utf-8")
+
+
+@pytest.mark.slow
+def test_an_old_format_work_dir_of_an_interrupted_run_is_renamed_and_resumed(tmp_path):
+    """A work dir named as before work dirs carried the recipe hash (``seed0/``), of a run interrupted
+    before any record: a run-all of another recipe leaves it as it is and says so; one of its own
+    recipe renames it to ``seed0-<hash12>`` and resumes from its latest.pth, instead of starting over."""
+    results = tmp_path / "R"
+    first = run_cli(*_run_all(results, 4), timeout=600)
+    assert first.returncode == 0, first.stderr
+    (work,) = (results / "work" / "smoke" / ROW).glob("seed0-*")
+    old = work.with_name("seed0")
+    work.rename(old)  # as a run of an earlier nlbench left it
+    shutil.rmtree(results / "records")  # interrupted before any stage was recorded
+    other = run_cli(*_run_all(results, 6, "--dry-run"), timeout=300)
+    assert other.returncode == 0, other.stderr
+    assert f"left {old} as it is" in other.stdout and old.is_dir()
+    again = run_cli(*_run_all(results, 4), timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"renamed {old} to {work.name}" in again.stdout
+    assert not old.exists() and work.is_dir() and not list(work.parent.glob("seed0-*[!" + work.name[-1] + "]"))
+    starts = [line.split(" train: ")[1] for line in (work / "job.log").read_text().splitlines()
+              if " train: from scratch" in line or " train: resuming from" in line]
+    assert len(starts) == 2 and starts[0] == "from scratch" and starts[1].startswith("resuming from"), starts
+    assert len(_records(results)) == len(KINDS)
+    older = work.with_name("seed0-0123456789ab")  # named by a hash of an older rule, the same recipe
+    work.rename(older)
+    shutil.rmtree(results / "records")  # interrupted again
+    plan = run_cli(*_run_all(results, 4, "--dry-run"), timeout=300)
+    assert f"run-all renames {older} to {work.name}" in plan.stdout, plan.stdout

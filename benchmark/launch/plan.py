@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
 from benchmark.catalog import select_recipe_paths
 from benchmark.errors import NLBenchError
 from benchmark.io.download import cache_dir_default
 from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
-from benchmark.recipe import Recipe, load_recipe, resolve_data_root
+from benchmark.recipe import RESOLVED_RECIPE_FILE, Recipe, load_recipe, recipe_from_dict, resolve_data_root
 from benchmark.run.job import Job, Resources
 from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, RecordStore
 from benchmark.stats import DEFAULT_TOLERANCE, SEED_STD_MIOU, half_width, seeds_for_half_width
@@ -39,6 +41,9 @@ class Plan:
     # Released plans: job key -> estimated GPU-hours of training that row instead (train + every stage).
     training_gpu_hours: Dict[str, Optional[float]] = field(default_factory=dict)
     records: Optional[RecordStore] = None  # the results folder's records the plan was made from
+    # Work dirs of the old format (seed<k>/, before they carried the recipe hash) beside a planned job:
+    # (old folder, the job's work dir, whether the old one's recipe.yaml has the job's recipe hash).
+    old_work_dirs: List[Tuple[str, str, bool]] = field(default_factory=list)
 
     @property
     def total_gpu_hours(self) -> Optional[float]:
@@ -124,6 +129,7 @@ def make_plan(  # noqa: PLR0913
                 cache_dir=cache,
             )
             plan.jobs.append(job)
+            _note_old_work_dir(plan, results, recipe, seed, job.work_dir)
             if checkpoint == "released":
                 plan.training_gpu_hours[job.key] = estimate_gpu_hours(recipe, stages_for(recipe))
     return plan
@@ -131,8 +137,9 @@ def make_plan(  # noqa: PLR0913
 
 def with_data_root(overrides: Sequence[str], data_root: Optional[str]) -> List[str]:
     """``overrides`` and, given a data root (run-all --data-root), ``data.data_root`` set to it made
-    absolute here, where it was given: the planned (resolved) recipe, its hash and so its work dir say
-    which data the job reads, as with ``--set data.data_root`` (a JSON string is a YAML string)."""
+    absolute here, where it was given: the planned (resolved) recipe says which data the job reads, as
+    with ``--set data.data_root`` (a JSON string is a YAML string); its hash and work dir do not
+    change (Recipe.hash leaves the data root out)."""
     if data_root is None:
         return list(overrides)
     return [*overrides, f"data.data_root={json.dumps(str(resolve_data_root(data_root)))}"]
@@ -142,6 +149,49 @@ def _work_dir(results: Path, recipe: Recipe, seed: int, checkpoint: str) -> str:
     """The job's work dir, named by its resolved recipe's hash: a changed recipe or --set trains anew
     beside the old run instead of meeting its checkpoints (io/layout.py)."""
     return str(ResultsLayout(results).work_dir(recipe.profile, recipe.name, seed, checkpoint, recipe.hash))
+
+
+def _note_old_work_dir(plan: Plan, results: Path, recipe: Recipe, seed: int, work_dir: str) -> None:
+    """Note, when the job's work dir does not exist yet, one of its seed named otherwise whose
+    recipe.yaml resolves to the job's recipe hash: the old format (``seed<k>/``), or a hash of an
+    older rule of ``Recipe.hash`` (before it left the data root out). run-all renames it (an
+    interrupted run then resumes). An old-format one of another recipe is noted as left as it is."""
+    layout = ResultsLayout(results)
+    folder, pattern = layout.seed_work_dirs(recipe.profile, recipe.name, seed, plan.checkpoint)
+    if Path(work_dir).exists() or not folder.is_dir():
+        return
+    for old in sorted(p for p in folder.iterdir() if p.is_dir() and pattern.fullmatch(p.name)):
+        if _resolved_hash(old) == recipe.hash:
+            plan.old_work_dirs.append((str(old), work_dir, True))
+            return
+    old_format = layout.work_dir(recipe.profile, recipe.name, seed, plan.checkpoint)
+    if old_format.is_dir():
+        plan.old_work_dirs.append((str(old_format), work_dir, False))
+
+
+def _resolved_hash(work_dir: Path) -> Optional[str]:
+    """The recipe hash of a work dir's recipe.yaml (the resolved recipe it ran); None without a readable one."""
+    try:
+        data = yaml.safe_load((work_dir / RESOLVED_RECIPE_FILE).read_text(encoding="utf-8"))
+        return recipe_from_dict(data).hash if isinstance(data, dict) else None
+    except (OSError, ValueError, yaml.YAMLError, NLBenchError):
+        return None
+
+
+def old_work_dir_lines(plan: Plan, renamed: bool) -> List[str]:
+    """One line per old-format work dir: renamed (or, in a dry run, to be) or left as it is."""
+    return [f"{'renamed' if renamed else 'run-all renames'} {old} to {Path(new).name}: its recipe.yaml is the "
+            "planned recipe (a work dir is named seed<k>-<hash12> of it); the run resumes there" if same else
+            f"left {old} as it is: its recipe.yaml is missing or another recipe than the one planned; "
+            f"the row runs in {Path(new).name}" for old, new, same in plan.old_work_dirs]
+
+
+def adopt_old_work_dirs(plan: Plan) -> List[str]:
+    """Rename (atomically, in place) the old-format work dirs that ran the planned recipe; the lines saying so."""
+    for old, new, same in plan.old_work_dirs:
+        if same:
+            os.rename(old, new)
+    return old_work_dir_lines(plan, renamed=True)
 
 
 def _skipped(plan: Plan, done: RecordStore, recipe: Recipe, seed: int, stages: Tuple[str, ...]) -> bool:
@@ -193,6 +243,7 @@ def format_plan(plan: Plan, launcher: str) -> str:
         out.append(f"GPU-hours are an estimate for V100s ({TRAIN_TMAC_PER_S} TMac/s training, "
                    f"{INFER_TMAC_PER_S} TMac/s inference, from the models' GMac cost); see benchmark/launch/cost.py.")
     out.append(seed_budget(plan.seeds, released))
+    out.extend(old_work_dir_lines(plan, renamed=False))
     return "\n".join(out)
 
 

@@ -83,10 +83,12 @@ def check_writable(results: Path) -> None:
         raise NLBenchError(f"results folder is not writable: {exc.strerror or exc}", results, "--results") from None
 
 
-def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra: Dict[str, Any]) -> Path:
-    """RESULTS/jobs/runs/<UTC time>-<hex>.json: the jobs of one run-all (status reads these)."""
+def write_run(results: Path, launcher: str, entries: List[Dict[str, Any]], extra: Dict[str, Any],
+              run_id: Optional[str] = None) -> Path:
+    """RESULTS/jobs/runs/<UTC time>-<hex>.json: the jobs of one run-all (status reads these); with
+    ``run_id``, that run's file written again (a submission growing array by array)."""
     now = datetime.now(timezone.utc)
-    run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    run_id = run_id or f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     body = {"run_id": run_id, "launcher": launcher, "created_at": now.isoformat(timespec="microseconds"),
             **extra, "jobs": entries}
     path = ResultsLayout(results).run_file(run_id)
@@ -133,6 +135,8 @@ def run_all(options: RunAllOptions, log: Log) -> Campaign:
         log(planning.format_plan(plan, launcher))
         return Campaign(0, plan, None)
     check_writable(folder)
+    for line in planning.adopt_old_work_dirs(plan):
+        log(line)
     if plan.skipped:
         log(f"skipping {len(plan.skipped)} row(s) already complete in {folder}")
     if plan.diverged:
@@ -231,10 +235,15 @@ def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_w
     if not jobs:
         log("nothing to submit: every pending job is queued, running or held by another run")
         return 0, None
-    entries = slurm.submit(jobs, profile, cluster, results)
-    run_file = write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())})
+    run_file: List[Path] = []
+
+    def record(entries: List[Dict[str, Any]]) -> None:  # after each array: a later refusal keeps these
+        run_id = run_file[0].stem if run_file else None
+        run_file[:] = [write_run(results, "slurm", entries, {"cluster": str(Path(cluster).resolve())}, run_id)]
+
+    entries = slurm.submit(jobs, profile, cluster, results, record)
     ids = sorted({e["slurm_job_id"].split("_")[0] for e in entries})
-    log(f"submitted {len(entries)} job(s) as SLURM array(s) {', '.join(ids)}; run file {run_file}")
+    log(f"submitted {len(entries)} job(s) as SLURM array(s) {', '.join(ids)}; run file {run_file[0]}")
     if no_wait:
         log(f"not waiting (--no-wait); `nlbench status --results {results}` shows progress")
         return 0, None
@@ -245,8 +254,9 @@ def _submit(jobs: List[planning.Job], profile, cluster: str, results: Path, no_w
 
 def _not_queued(jobs: List[planning.Job], results: Path, log: Log) -> List[planning.Job]:
     """The jobs to submit: not those whose SLURM task of an earlier run-all is still pending or
-    running (asked of SLURM: a pending task holds no lock yet), nor those another run holds."""
-    live = live_slurm_jobs(results)
+    running (asked of SLURM: a pending task holds no lock yet), nor those another run holds. When the
+    run files name SLURM tasks and SLURM cannot say where they stand, an NLBenchError: never resubmit."""
+    live = live_slurm_jobs(results, strict=True)
     for job in jobs:
         if job.key in live:
             entry, state = live[job.key]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import getpass
 import re
 import subprocess
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from benchmark.errors import NLBenchError
 
 # A job in one of these has left the queue for good; FAILED_STATES are those that did not succeed.
 FAILED_STATES = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"})
@@ -32,8 +34,27 @@ def _expand_array(job_id: str) -> List[str]:
     return out
 
 
-def slurm_states(job_ids: Iterable[str]) -> Dict[str, Tuple[str, int]]:
-    """{job id: (current SLURM state, times requeued)} from sacct; {} when sacct is unavailable.
+def _ask(command: List[str], strict: bool) -> Optional[str]:
+    """``command``'s output; None when it cannot answer (not found, timed out, failed), or with
+    ``strict`` an NLBenchError naming it: a caller about to submit must not take silence for an
+    empty queue (it would submit again what is still queued)."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        why = "timed out" if isinstance(exc, subprocess.TimeoutExpired) else str(exc)
+    else:
+        if out.returncode == 0:
+            return out.stdout
+        why = f"exit status {out.returncode}: {' '.join(out.stderr.split())[:200]}".rstrip(": ")
+    if strict:
+        raise NLBenchError(f"cannot ask SLURM which earlier tasks are still queued: `{' '.join(command)}` failed "
+                           f"({why}); nothing submitted, so that no job runs twice", key="--launcher")
+    return None
+
+
+def slurm_states(job_ids: Iterable[str], strict: bool = False) -> Dict[str, Tuple[str, int]]:
+    """{job id: (current SLURM state, times requeued)} from sacct; {} when sacct is unavailable
+    (with ``strict``: an NLBenchError, see ``_ask``).
 
     ``-D`` lists every earlier instance of a requeued job, oldest first, so the last line of an id is
     its present state and the lines before it count its requeues.
@@ -42,16 +63,8 @@ def slurm_states(job_ids: Iterable[str]) -> Dict[str, Tuple[str, int]]:
     if not ids:
         return {}
     bases = sorted({j.split("_")[0] for j in ids})
-    try:
-        out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-D", "--format=JobID,State", "-j", ",".join(bases)],
-            capture_output=True, text=True, timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if out.returncode != 0:
-        return {}
-    return parse_sacct(out.stdout)
+    out = _ask(["sacct", "-X", "-n", "-P", "-D", "--format=JobID,State", "-j", ",".join(bases)], strict)
+    return {} if out is None else parse_sacct(out)
 
 
 def parse_sacct(stdout: str) -> Dict[str, Tuple[str, int]]:
@@ -78,33 +91,32 @@ def parse_sacct(stdout: str) -> Dict[str, Tuple[str, int]]:
     return states
 
 
-def queued_states(job_ids: Iterable[str]) -> Dict[str, str]:
+def queued_states(job_ids: Iterable[str], strict: bool = False) -> Dict[str, str]:
     """{task id: state} of the given tasks that are in SLURM's queue now (pending, running, completing),
     asked of the controller (``squeue``), which knows a task the moment sbatch returns; {} when squeue
-    is unavailable. Tasks that left the queue are not listed (sacct has them)."""
+    is unavailable (with ``strict``: an NLBenchError). Tasks that left the queue are not listed (sacct has them)."""
     ids = {str(j) for j in job_ids if j}
     if not ids:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError, KeyError):
-        return {}
-    if out.returncode != 0:
-        return {}
-    found = {}
-    for line in out.stdout.splitlines():
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = None
+    out = _ask(["squeue", "-h", "-r", *(["-u", user] if user else []), "-o", "%i|%T"], strict)
+    found: Dict[str, str] = {}
+    for line in (out or "").splitlines():
         task, _, state = line.strip().partition("|")
         if task in ids and state:
             found[task] = state.split()[0]
     return found
 
 
-def live_states(job_ids: Iterable[str]) -> Dict[str, Tuple[str, int]]:
+def live_states(job_ids: Iterable[str], strict: bool = False) -> Dict[str, Tuple[str, int]]:
     """``slurm_states`` corrected by the queue: a task squeue lists is in its queue state whatever
-    sacct says (sacct lags behind sbatch and requeues); the requeue count stays sacct's."""
+    sacct says (sacct lags behind sbatch and requeues); the requeue count stays sacct's. ``strict``:
+    an NLBenchError when either cannot answer (run-all, before it submits)."""
     ids = sorted({str(j) for j in job_ids if j})
-    states = slurm_states(ids)
-    for task, state in queued_states(ids).items():
+    states = slurm_states(ids, strict)
+    for task, state in queued_states(ids, strict).items():
         states[task] = (state, states.get(task, (state, 0))[1])
     return states

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -124,8 +124,11 @@ def _group_by_shape(jobs: List[Job]) -> List[List[Job]]:
 
 
 def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Path],
-           results_dir: Path) -> List[Dict[str, Any]]:
+           results_dir: Path, record: Optional[Callable[[List[Dict[str, Any]]], None]] = None
+           ) -> List[Dict[str, Any]]:
     """Submit ``jobs`` as job array(s); returns one entry per job: its dict plus SLURM id and log paths.
+    ``record`` is given every entry so far after each array goes out, so that what was submitted is
+    on disk even when a later array is refused or the command is killed.
 
     sbatch's refusal (a GPU asked of a CPU cluster, an unknown partition or account, ...) becomes an
     NLBenchError quoting SLURM's message; arrays already submitted before it are kept and reported.
@@ -159,6 +162,8 @@ def submit(jobs: List[Job], profile: ClusterProfile, profile_path: Union[str, Pa
             entries.append({**job.to_dict(), "slurm_job_id": sj.job_id,
                             "stdout": layout.relative(Path(sj.paths.stdout).resolve()),
                             "stderr": layout.relative(Path(sj.paths.stderr).resolve())})
+        if record is not None:
+            record(list(entries))
     return entries
 
 
@@ -224,9 +229,23 @@ class SlurmJob(_Checkpointable):
     def __init__(self, job: Job):
         self.job = job
 
+    def _results_gone(self) -> bool:
+        """Whether the results folder has moved (or gone) since submission, said in one line of the
+        SLURM log. This task's paths are absolute and the writes make their folders: writing on
+        would rebuild the old folder, half a campaign apart from the moved one (README: moving a
+        results folder)."""
+        runs = ResultsLayout(Path(self.job.results_dir)).runs
+        if runs.is_dir():
+            return False
+        print(f"nlbench job {self.job.key}: {runs} is gone (the results folder was moved or deleted after "
+              "submission); nothing run or written: run run-all again in the moved folder", flush=True)
+        return True
+
     def __call__(self) -> Dict[str, str]:
         import submitit
 
+        if self._results_gone():
+            return {}
         # torchrun's variable names, which the engine's init_distributed reads (env://).
         submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=self.job.resources.gpus_per_node > 0, overwrite=True)
@@ -276,7 +295,7 @@ class SlurmJob(_Checkpointable):
         """SIGTERM: say so in the job's log and state (status: cancelled), and end the process. SLURM
         requeues the task itself after ``scontrol requeue``; it then resumes from latest.pth."""
         work = Path(self.job.work_dir)
-        if job_environment().is_main:
+        if job_environment().is_main and not self._results_gone():
             state = read_state(work) or {}
             saved = f"saved latest.pth at iter {iteration}" if iteration is not None else "nothing to save"
             message = f"stopped by SIGTERM (scancel, or a requeue by hand) in stage {state.get('stage')}: {saved}"
@@ -287,7 +306,7 @@ class SlurmJob(_Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any):
         work = Path(self.job.work_dir)
         env = job_environment()
-        if env.is_main:
+        if env.is_main and not self._results_gone():
             JobLog(work)(f"interrupted by SLURM (preemption or time limit) during attempt {env.attempt}: "
                          "requeueing; training resumes from latest.pth")
             state = read_state(work) or {}

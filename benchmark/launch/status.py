@@ -79,12 +79,13 @@ def _live(entry: Dict[str, Any], slurm: Dict[str, Tuple[str, int]]) -> bool:
     return state is not None and state not in FINAL_STATES
 
 
-def live_slurm_jobs(results_dir: Path, slurm: Optional[Dict[str, Tuple[str, int]]] = None
-                    ) -> Dict[str, Tuple[Dict[str, Any], str]]:
+def live_slurm_jobs(results_dir: Path, slurm: Optional[Dict[str, Tuple[str, int]]] = None,
+                    strict: bool = False) -> Dict[str, Tuple[Dict[str, Any], str]]:
     """{job key: (the newest entry whose SLURM task is still queued or running, its state)}, over
-    every run file: what a new run-all must not submit again, and what status follows."""
+    every run file: what a new run-all must not submit again, and what status follows. ``strict``:
+    an NLBenchError when SLURM cannot say (sacct.live_states)."""
     entries = _all_entries(results_dir)
-    slurm = live_states(_slurm_ids(entries)) if slurm is None else slurm
+    slurm = live_states(_slurm_ids(entries), strict) if slurm is None else slurm
     return {e["key"]: (e, slurm[e["slurm_job_id"]][0]) for e in entries if _live(e, slurm)}
 
 

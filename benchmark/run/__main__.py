@@ -5,7 +5,9 @@ The local launcher starts it this way under ``torch.distributed.run`` (one proce
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,6 +28,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except NLBenchError as exc:
         print(f"nlbench job: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the console gets one line; a stage's traceback is in its job.log
+        if os.environ.get("NLBENCH_DEBUG") == "1":
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"nlbench job: error: {type(exc).__name__}{': ' + first if first else ''} "
+              "(a failed stage has its traceback in job.log; NLBENCH_DEBUG=1 prints it here)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -209,8 +209,9 @@ def _record(job: Job, kind: str, result: Dict[str, Any], checkpoint: Optional[st
         "metrics": None,
         "mem_gb": None,
         "fps": None,
-        "provenance": provenance(job.recipe, device=result.get("device"), dtype=result.get("dtype", "float32"),
-                                 checkpoint=checkpoint),
+        # The data root is not part of the recipe hash (the same dataset moved is the same run): said here.
+        "provenance": {**provenance(job.recipe, device=result.get("device"), dtype=result.get("dtype", "float32"),
+                                    checkpoint=checkpoint), "data_root": job.data_root},
         "deviations": _deviations(job, result.get("device_name")),
     }
     body.update(fields)

@@ -293,7 +293,8 @@ def test_run_all_on_released_checkpoints_checks_the_data_before_any_download(tmp
 
 def test_a_data_root_given_to_the_plan_is_part_of_the_planned_recipe(tmp_path, monkeypatch):
     """run-all --data-root is the planned recipe's data root (as --set data.data_root): the job file's
-    resolved recipe, its hash and work dir say it, and the job reads what was planned."""
+    resolved recipe says it and the job reads what was planned; the recipe hash and work dir stay
+    those of the recipe's own root (the same dataset moved is the same run)."""
     from benchmark.launch import local
     from benchmark.launch.plan import make_plan
     from benchmark.run.job import job_from_dict
@@ -305,7 +306,9 @@ def test_a_data_root_given_to_the_plan_is_part_of_the_planned_recipe(tmp_path, m
     where = str(tmp_path / "base" / "elsewhere")
     for job, other in zip(given, own):
         assert job.recipe.data.data_root == job.data_root == where
-        assert job.recipe.hash != other.recipe.hash and job.work_dir != other.work_dir
+        assert other.recipe.data.data_root != where
+        assert job.recipe.hash == other.recipe.hash and job.work_dir == other.work_dir
+        assert job.recipe.config_hash == other.recipe.config_hash
         entry = job.to_dict()
         assert entry["recipe_resolved"]["data"]["data_root"] == where
         monkeypatch.setenv("NLBENCH_DATA_BASE", str(tmp_path / "moved"))  # the job runs elsewhere

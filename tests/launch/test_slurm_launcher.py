@@ -7,6 +7,8 @@ SLURM_CONF, or the env file in $NLBENCH_SLURM_DIR (default /tmp/nlbench-slurm), 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -211,3 +213,96 @@ def test_a_second_run_all_submits_nothing_queued_and_scancel_saves_and_says_canc
     for e in entries:  # one record per stage of the finished rows; none of training for the cancelled one
         kinds = sorted(p.name.split("-")[0] for p in (results / "records" / e["recipe"] / "smoke" / "seed0").glob("*"))
         assert kinds == ([] if e["recipe"] == INTERRUPTED else sorted(e["stages"]))
+
+
+def _failing_bin(folder: Path, name: str, after: int = 0) -> str:
+    """PATH with a real ``name`` executable first: it runs the cluster's own ``name`` ``after`` times, then
+    fails as a SLURM command does when the controller or database does not answer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    real = shutil.which(name)
+    script = folder / name
+    script.write_text(f"#!/bin/sh\ncount=$(cat {folder}/calls 2>/dev/null || echo 0)\n"
+                      f"echo $((count + 1)) > {folder}/calls\n"
+                      f"if [ \"$count\" -lt {after} ]; then exec {real} \"$@\"; fi\n"
+                      f"echo '{name}: error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n")
+    script.chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_run_all_stops_when_slurm_cannot_say_what_is_still_queued(cluster, capsys, monkeypatch):
+    """After a real submission, a second run-all whose squeue (then sacct) fails says so in one line,
+    exit 2, and submits nothing: a silent queue is not an empty one."""
+    results = cluster / "results-blind"
+    args = ["run-all", "--launcher", "slurm", "--cluster", str(PROFILE), "--profile", "smoke",
+            "--filter", INTERRUPTED, "--results", str(results), "--no-wait", *_sets(TINY)]
+    assert cli(args) == 0
+    capsys.readouterr()
+    runs = results / "jobs" / "runs"
+    (run_file,) = runs.glob("*.json")
+    (task,) = [e["slurm_job_id"] for e in json.loads(run_file.read_text())["jobs"]]
+    path = os.environ["PATH"]
+    try:
+        for broken in ("squeue", "sacct"):
+            monkeypatch.setenv("PATH", _failing_bin(cluster / f"failing-{broken}", broken))
+            assert cli(args) == 2
+            captured = capsys.readouterr()
+            assert f"`{broken} " in captured.err and "nothing submitted" in captured.err, captured
+            assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+            assert "submitted 1 job" not in captured.out
+            assert list(runs.glob("*.json")) == [run_file]  # no second submission
+    finally:
+        monkeypatch.setenv("PATH", path)
+        subprocess.run(["scancel", task], check=False)
+
+
+def test_arrays_submitted_before_a_refused_one_are_in_the_run_file(cluster, capsys, monkeypatch):
+    """Two arrays (one per row here: the CPU test cluster offers one resource shape, so the rows are
+    split as two shapes would be); sbatch takes the first and fails the second. The first array's task
+    is in a run file, so status and the next run-all know it."""
+    from benchmark.launch import slurm
+
+    monkeypatch.setattr(slurm, "_group_by_shape", lambda jobs: [[job] for job in jobs])
+    monkeypatch.setenv("PATH", _failing_bin(cluster / "failing-sbatch", "sbatch", after=1))
+    results = cluster / "results-half"
+    code = cli(["run-all", "--launcher", "slurm", "--cluster", str(PROFILE), "--profile", "smoke",
+                "--filter", "nonlocal_r50-d8_4xb4-[24]0k_voc12aug-512x512", "--results", str(results), "--no-wait",
+                *_sets(TINY)])
+    err = capsys.readouterr().err
+    assert code == 2 and "sbatch refused" in err and "1 job(s) of an earlier array were submitted" in err
+    runs = list((results / "jobs" / "runs").glob("*.json"))
+    try:
+        assert len(runs) == 1
+        (entry,) = json.loads(runs[0].read_text())["jobs"]
+        assert entry["slurm_job_id"] and entry["key"] in {r["key"] for r in collect_status(results)}
+    finally:
+        for run in runs:
+            for e in json.loads(run.read_text())["jobs"]:
+                subprocess.run(["scancel", e["slurm_job_id"]], check=False)
+
+
+def test_a_task_that_starts_after_its_results_folder_moved_writes_nothing_under_the_old_path(cluster, capsys):
+    """A held task; the results folder moves; the task is released. Its pickled job names the old
+    folder: it says so in its SLURM log and writes nothing, instead of rebuilding RESULTS/work and
+    RESULTS/jobs/runs at the old path. (submitit's own folder, RESULTS/jobs/slurm, is linked back so
+    that the task starts at all: without it SLURM cannot open the task's log.)"""
+    profile = cluster / "held.yaml"
+    profile.write_text(PROFILE.read_text() + "additional_parameters: {hold: true}\n")
+    results, moved = cluster / "results-moving", cluster / "results-moved"
+    assert cli(["run-all", "--launcher", "slurm", "--cluster", str(profile), "--profile", "smoke",
+                "--filter", INTERRUPTED, "--results", str(results), "--no-wait", *_sets(TINY)]) == 0
+    capsys.readouterr()
+    (run_file,) = (results / "jobs" / "runs").glob("*.json")
+    (task,) = [e["slurm_job_id"] for e in json.loads(run_file.read_text())["jobs"]]
+    try:
+        results.rename(moved)
+        (results / "jobs").mkdir(parents=True)
+        (results / "jobs" / "slurm").symlink_to(moved / "jobs" / "slurm")
+        subprocess.run(["scontrol", "release", task], check=True)
+        _wait(lambda: not subprocess.run(["squeue", "-h", "-j", task], capture_output=True, text=True).stdout.strip(),
+              120, "the released task to end")
+        logs = "".join(p.read_text() for p in (moved / "jobs" / "slurm").glob(f"{task}/{task}_*_log.*"))
+        assert "is gone (the results folder was moved or deleted after submission)" in logs, logs
+        assert sorted(os.listdir(results)) == ["jobs"] and sorted(os.listdir(results / "jobs")) == ["slurm"]
+        assert not list(moved.glob("work/**/job.log")) and not (moved / "records").exists()
+    finally:
+        subprocess.run(["scancel", task], check=False)
