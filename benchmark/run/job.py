@@ -332,7 +332,7 @@ def _stage_bench(job: Job, log: JobLog) -> Dict[str, Any]:
     from benchmark.engine.bench import bench
 
     checkpoint = _checkpoint_path(job)
-    result = bench(job.recipe, checkpoint=checkpoint, device=job.device, data_root=job.data_root)
+    result = bench(job.recipe, checkpoint=checkpoint, device=job.device, data_root=job.data_root, warn=log)
     fast = result.get("fast")
     log(f"bench: {_bench_figures(result)}" + (f" (published setting); fast setting: {_bench_figures(fast)}"
                                                if fast else ""))
