@@ -35,6 +35,9 @@ PRINTS_ALLOWED = {
     ("benchmark/run/state.py", "JobLog.__call__"),  # the job log's echo: the job's console is its output
     ("benchmark/engine/distributed.py", "RankWatch.abort"),  # a rank's last line before it exits
     ("benchmark/report/freeze.py", "main"),  # `python -m benchmark.report.freeze`: a maintainer's CLI
+    # a SLURM task whose results folder moved: its one line goes to the SLURM log, as it must not
+    # open the job log (that would rebuild the old folder)
+    ("benchmark/launch/slurm.py", "SlurmJob._results_gone"),
 }
 
 
