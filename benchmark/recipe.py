@@ -493,3 +493,14 @@ def write_resolved_recipe(recipe: Recipe, work_dir: Union[str, Path], origin: st
     header = (f"# resolved recipe of {origin} (recipe hash {recipe.hash})\n"
               f"# from {recipe.source or recipe.name}, profile {recipe.profile}\n")
     return atomic_write_text(Path(work_dir) / RESOLVED_RECIPE_FILE, header + recipe.to_yaml())
+
+
+def resolved_recipe_hash(work_dir: Union[str, Path]) -> Optional[str]:
+    """The recipe hash, by today's rule, of a work dir's recipe.yaml (the resolved recipe it ran); None
+    without a readable one. A checkpoint keeps the hash of the rule it was written under; this says
+    whether the configuration is the same when only the rule has changed (the data root left it)."""
+    try:
+        data = yaml.safe_load((Path(work_dir) / RESOLVED_RECIPE_FILE).read_text(encoding="utf-8"))
+        return recipe_from_dict(data).hash if isinstance(data, dict) else None
+    except (OSError, ValueError, yaml.YAMLError, NLBenchError):
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from conftest import VOC_ROW as ROW
 from conftest import run_cli
@@ -91,3 +93,28 @@ def test_only_records_of_the_same_resolved_recipe_count_as_done(tmp_path):
     assert store.kinds_done(*args) == {"bench"}
     assert store.kinds_done(*args, recipe.hash) == {"bench"}
     assert store.kinds_done(*args, _short_smoke(tmp_path, "schedule.lr=0.02").hash) == set()
+
+
+@pytest.mark.slow
+def test_resume_takes_a_checkpoint_hashed_by_an_older_rule_when_its_work_dir_ran_this_recipe(tmp_path):
+    """A work dir renamed into place (launch/plan.py adopt_old_work_dirs) holds checkpoints whose hash
+    was computed by an older rule (the data root was part of it); its recipe.yaml decides."""
+    import torch
+
+    from benchmark.engine.train import train
+
+    recipe = _short_smoke(tmp_path, "schedule.max_iters=4")
+    work = tmp_path / "work"
+    train(_short_smoke(tmp_path), work, device="cpu", log=lambda _m: None)  # 2 of the 4 iterations
+    state = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=False)
+    state["meta"]["recipe_hash"] = "0" * 64  # as the older rule hashed it
+    for name in ("iter_2.pth", "latest.pth"):
+        torch.save(state, work / name)
+    digest = hashlib.sha256((work / "iter_2.pth").read_bytes()).hexdigest()
+    (work / "checkpoints.sha256").write_text(f"{digest}  iter_2.pth\n")  # the ledger as training keeps it
+    (work / "recipe.yaml").write_text(recipe.to_yaml())  # what the adopted folder's recipe.yaml says
+    summary = train(recipe, work, resume=True, device="cpu", log=lambda _m: None)
+    assert summary["iterations"] == 4
+    (work / "recipe.yaml").write_text(_short_smoke(tmp_path, "schedule.lr=0.02").to_yaml())
+    with pytest.raises(NLBenchError, match="latest.pth: written by a different recipe"):
+        train(_short_smoke(tmp_path, "schedule.max_iters=6"), work, resume=True, device="cpu", log=lambda _m: None)
