@@ -58,10 +58,15 @@ def _wait_gone(holder: Holder, timeout_s: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+ITERS = 2000  # the killed-launcher test's schedule
+
+
 @pytest.mark.slow
 def test_a_killed_parallel_launcher_leaves_its_jobs_held_and_a_rerun_waits_for_them(tmp_path):
     results = tmp_path / "results"
-    args = _run_all(results, 120, "--parallel", "2", "--seeds", "2", "--set", "schedule.checkpoint_interval=40")
+    # Long enough (tens of seconds) that the jobs still train when the second run-all has started and
+    # planned: 120 iterations took 2.4 s, and the second run-all's start (pre-flight included) lost the race.
+    args = _run_all(results, ITERS, "--parallel", "2", "--seeds", "2", "--set", "schedule.checkpoint_interval=500")
     first = subprocess.Popen(cli_command(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     works = lambda: sorted((results / "work" / "smoke" / ROW).glob("seed*-*"))  # noqa: E731
@@ -87,7 +92,7 @@ def test_a_killed_parallel_launcher_leaves_its_jobs_held_and_a_rerun_waits_for_t
         _wait_gone(holder)  # nothing left running
         assert sorted(r["kind"] for r in _records(results, k)) == sorted(KINDS)  # one record of each kind
         [work] = [w for w in works() if w.name.startswith(f"seed{k}-")]
-        assert _train_iterations(work) == list(range(1, 121))  # every iteration once
+        assert _train_iterations(work) == list(range(1, ITERS + 1))  # every iteration once
         assert [a.get("outcome") for a in read_attempts(work)] == ["done"]  # one attempt, never "lost"
     assert "2 row(s): 2 done" in _status(results)
 

@@ -26,10 +26,14 @@ from benchmark.report.freeze import write_baseline, write_reference_logs
 
 pytestmark = pytest.mark.slow
 
-# lr 0.05 and 2 images a batch pinned: the lr and batch figures below are worked out from them.
+# lr 0.05 and 2 images a batch pinned: the lr and batch figures below are worked out from them. The
+# synthetic set of seed 1: on renderer 2's seed-0 set this tiny run's mIoU went 23.5, 11.9, 27.2, a
+# reference so unsteady that the noise model (its own fluctuation) widens the margins past 30 points;
+# on seed 1's it is 9.1, 9.3, 9.3.
 TINY = ["schedule.max_iters=12", "schedule.eval_interval=4", "schedule.checkpoint_interval=4",
         "schedule.log_interval=2", "schedule.lr=0.05", "data.imgs_per_gpu=2", "data.synthetic.train=4",
-        "data.synthetic.val=2", "bench.total_images=2", "bench.warmup_images=1", "bench.mem_iters=1"]
+        "data.synthetic.val=2", "data.synthetic.seed=1", "bench.total_images=2", "bench.warmup_images=1",
+        "bench.mem_iters=1"]
 
 
 def _sets(items):
