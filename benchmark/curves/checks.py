@@ -24,7 +24,7 @@ from statistics import NormalDist
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from benchmark.curves.reader import Curve
-from benchmark.stats import SEED_STD_MIOU
+from benchmark.stats import SEED_STD_MIOU, seed_stats
 
 ON_TRACK, DRIFTING, DIVERGED = "on track", "drifting", "diverged"
 VERDICTS = (ON_TRACK, DRIFTING, DIVERGED)
@@ -417,17 +417,11 @@ def eval_margins(reference: Sequence[float], seeds: Sequence[Sequence[float]], s
     for k in range(count):
         values = list(seeds[k]) if k < len(seeds) else []
         n = max(len(values), 1)
-        spread = max(settings.spread_floor, fluctuation[k], _sample_std(values))
+        seeds_std = seed_stats(values).std  # NaN for fewer than two seeds
+        spread = max(settings.spread_floor, fluctuation[k], seeds_std if seeds_std == seeds_std else 0.0)
         sigma = spread * math.sqrt(1.0 + 1.0 / n)
         out.append(Margins(spread, sigma, z_stop * sigma, z_drift * sigma))
     return out
-
-
-def _sample_std(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def stop_point(deltas: Sequence[Optional[float]], margins: Sequence[Margins], patience: int) -> Optional[int]:

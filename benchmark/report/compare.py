@@ -24,7 +24,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 from tabulate import tabulate
@@ -276,19 +276,22 @@ def _table(checks: List[Check], method: str, tolerance: float) -> str:
     return tabulate(_rows(checks), headers=HEADERS, tablefmt="github", disable_numparse=True)
 
 
-def _not_compared(checks: List[Check]) -> List[str]:
-    """The skipped checks, said once per reason instead of once per row: 'not compared: Mem (GB) (16
-    rows), Inf time (fps) (16 rows): no reference value'. The tables leave them out; JUnit keeps each."""
-    by_note: Dict[str, Dict[str, int]] = {}
-    for c in checks:
-        if c.verdict == "skipped":
-            counts = by_note.setdefault(c.note, {})
-            counts[METRICS[c.metric][0]] = counts.get(METRICS[c.metric][0], 0) + 1
-    def rows(n: int) -> str:
-        return f"{n} row" + ("s" if n != 1 else "")
+def not_compared_lines(skipped: Iterable[Tuple[str, str]], rows: Callable[[int], str]) -> List[str]:
+    """Checks left uncompared, said once per reason instead of once per row: 'not compared: Mem (GB)
+    (16 rows), Inf time (fps) (16 rows): no reference value'. ``skipped``: (reason, column) per
+    check; ``rows(n)``: how n rows are said. compare's tables and the HTML report's both use it."""
+    by_reason: Dict[str, Dict[str, int]] = {}
+    for reason, column in skipped:
+        counts = by_reason.setdefault(reason, {})
+        counts[column] = counts.get(column, 0) + 1
+    return [f"not compared: {', '.join(f'{column} ({rows(n)})' for column, n in counts.items())}: {reason}"
+            for reason, counts in by_reason.items()]
 
-    return [f"not compared: {', '.join(f'{m} ({rows(n)})' for m, n in counts.items())}: {note}"
-            for note, counts in by_note.items()]
+
+def _not_compared(checks: List[Check]) -> List[str]:
+    """The skipped checks of compare's tables (JUnit keeps each)."""
+    return not_compared_lines(((c.note, METRICS[c.metric][0]) for c in checks if c.verdict == "skipped"),
+                              lambda n: f"{n} row" + ("s" if n != 1 else ""))
 
 
 def _tally(checks: List[Check], verdicts=VERDICTS) -> str:

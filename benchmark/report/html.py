@@ -44,6 +44,7 @@ from benchmark.report.compare import (
     apply_ci,
     compare,
     held_to_measured_bands,
+    not_compared_lines,
 )
 from benchmark.report.figures import inline_svg
 from benchmark.report.plots import FIGURE_TITLES, plot_row_curves, profile_figures, row_label, row_train_logs
@@ -186,17 +187,11 @@ def _cells(row: pd.Series, sources: List[VerdictSource], columns: List[Tuple[str
     return cells
 
 
-def not_compared_lines(rows: List[Dict[str, Any]]) -> List[str]:
+def table_not_compared_lines(rows: List[Dict[str, Any]]) -> List[str]:
     """What a table's cells leave uncompared, said once per reason under the table rather than in every
     cell: 'not compared: Mem (GB) (8 of 8 rows), Inf time (fps) (8 of 8 rows): no reference value'."""
-    by_reason: Dict[str, Dict[str, int]] = {}
-    for row in rows:
-        for cell in row["cells"]:
-            if cell["not_compared"]:
-                counts = by_reason.setdefault(cell["not_compared"], {})
-                counts[cell["header"]] = counts.get(cell["header"], 0) + 1
-    return [f"not compared: {', '.join(f'{header} ({n} of {len(rows)} rows)' for header, n in counts.items())}: "
-            f"{reason}" for reason, counts in by_reason.items()]
+    skipped = ((cell["not_compared"], cell["header"]) for row in rows for cell in row["cells"] if cell["not_compared"])
+    return not_compared_lines(skipped, lambda n: f"{n} of {len(rows)} rows")
 
 
 def _href(target: Path, page_dir: Path) -> str:
@@ -356,7 +351,7 @@ def environment() -> Environment:
     env = Environment(loader=PackageLoader("benchmark.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["inline_markdown"] = inline_markdown
-    env.filters["not_compared"] = not_compared_lines
+    env.filters["not_compared"] = table_not_compared_lines
     return env
 
 
