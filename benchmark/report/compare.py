@@ -294,6 +294,13 @@ def _not_compared(checks: List[Check]) -> List[str]:
                               lambda n: f"{n} row" + ("s" if n != 1 else ""))
 
 
+def _section_parts(checks: List[Check], method: str, tolerance: float, verdicts) -> Tuple[str, List[str], str]:
+    """One section of verdicts as compare and run-all print it: the table of the checks made, one line
+    per reason for those not made, the tally."""
+    shown = [c for c in checks if c.verdict != "skipped"]
+    return _table(shown, method, tolerance), _not_compared(checks), _tally(checks, verdicts)
+
+
 def _tally(checks: List[Check], verdicts=VERDICTS) -> str:
     counts = {v: sum(c.verdict == v for c in checks) for v in verdicts}
     return ", ".join(f"{n} {v}" for v, n in counts.items())
@@ -504,12 +511,10 @@ def comparison(results: str = "results", tolerance: float = 0.5, report: Optiona
     console = ["\n".join(header)]
     body = ["# nlbench compare", ""] + [f"- {line}" for line in header]
     for source, checks in sections:
-        shown = [c for c in checks if c.verdict != "skipped"]  # the skipped ones: one line per reason
-        table, tally = _table(shown, method, tolerance), _tally(checks, verdicts)
+        table, folded, tally = _section_parts(checks, method, tolerance, verdicts)
         if source == RELEASED:
             console.append(f"\n{RELEASED_TITLE}")
             body += ["", "## Released checkpoints", "", RELEASED_TITLE]
-        folded = _not_compared(checks)
         console.append("\n".join([table, *folded, tally]))
         body += ["", table, "", *[f"- {line}" for line in folded], *([""] if folded else []), tally]
     if curves:
@@ -558,7 +563,6 @@ def rows_verdicts(results, rows: Sequence[Tuple[str, str, str]], warn: Warn, tol
     for source, checks in _sections(summary, refs, tolerance, "tolerance", SEED_STD_MIOU):
         checks = [c for c in checks if (c.recipe, c.profile, c.source) in wanted]
         every += checks
-        shown = [c for c in checks if c.verdict != "skipped"]
-        lines += ([RELEASED_TITLE] if source == RELEASED else []) + [_table(shown, "tolerance", tolerance),
-                                                                     *_not_compared(checks), _tally(checks)]
+        table, folded, tally = _section_parts(checks, "tolerance", tolerance, VERDICTS)
+        lines += ([RELEASED_TITLE] if source == RELEASED else []) + [table, *folded, tally]
     return "\n".join(lines + [f"{_outcome(every, 'tolerance')} (informative here: `nlbench compare` is the gate)"])
