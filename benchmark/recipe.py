@@ -283,19 +283,27 @@ class Recipe(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def _identity(self) -> Dict[str, Any]:
+    def _identity(self, with_data_root: bool = False) -> Dict[str, Any]:
         """What makes a run this run: the resolved recipe minus where it was read from, the guard
         (it watches a run without changing it) and where the data lies (``data.data_root``: the same
         dataset moved, or named by --data-root, is the same run; the root stays in the resolved recipe
         and the provenance)."""
         body = {k: v for k, v in self.to_dict().items() if k not in ("source", "guard")}
-        body["data"] = {k: v for k, v in body["data"].items() if k != "data_root"}
+        if not with_data_root:
+            body["data"] = {k: v for k, v in body["data"].items() if k != "data_root"}
         return body
 
     @property
     def hash(self) -> str:
         """sha256 of ``_identity`` (provenance of a run; names its work dir)."""
         return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def earlier_hashes(self) -> Tuple[str, ...]:
+        """What earlier nlbench versions called ``hash`` for this run, which the checkpoints they wrote
+        keep: the identity with ``data.data_root`` in it (before the data root left the hash)."""
+        body = self._identity(with_data_root=True)
+        return (hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),)
 
     @property
     def config_hash(self) -> str:
@@ -493,14 +501,3 @@ def write_resolved_recipe(recipe: Recipe, work_dir: Union[str, Path], origin: st
     header = (f"# resolved recipe of {origin} (recipe hash {recipe.hash})\n"
               f"# from {recipe.source or recipe.name}, profile {recipe.profile}\n")
     return atomic_write_text(Path(work_dir) / RESOLVED_RECIPE_FILE, header + recipe.to_yaml())
-
-
-def resolved_recipe_hash(work_dir: Union[str, Path]) -> Optional[str]:
-    """The recipe hash, by today's rule, of a work dir's recipe.yaml (the resolved recipe it ran); None
-    without a readable one. A checkpoint keeps the hash of the rule it was written under; this says
-    whether the configuration is the same when only the rule has changed (the data root left it)."""
-    try:
-        data = yaml.safe_load((Path(work_dir) / RESOLVED_RECIPE_FILE).read_text(encoding="utf-8"))
-        return recipe_from_dict(data).hash if isinstance(data, dict) else None
-    except (OSError, ValueError, yaml.YAMLError, NLBenchError):
-        return None

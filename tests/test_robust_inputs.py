@@ -98,23 +98,33 @@ def test_only_records_of_the_same_resolved_recipe_count_as_done(tmp_path):
 @pytest.mark.slow
 def test_resume_takes_a_checkpoint_hashed_by_an_older_rule_when_its_work_dir_ran_this_recipe(tmp_path):
     """A work dir renamed into place (launch/plan.py adopt_old_work_dirs) holds checkpoints whose hash
-    was computed by an older rule (the data root was part of it); its recipe.yaml decides."""
+    was computed by an earlier rule (the data root was part of it): the same configuration resumes.
+    Another configuration is still refused, whatever recipe.yaml says (`nlbench train` rewrites it
+    before training starts)."""
+    import json as json_module
+
     import torch
 
     from benchmark.engine.train import train
 
     recipe = _short_smoke(tmp_path, "schedule.max_iters=4")
+    body = {k: v for k, v in recipe.to_dict().items() if k not in ("source", "guard")}  # the earlier rule
+    earlier = hashlib.sha256(json_module.dumps(body, sort_keys=True).encode()).hexdigest()
+    assert earlier != recipe.hash
     work = tmp_path / "work"
     train(_short_smoke(tmp_path), work, device="cpu", log=lambda _m: None)  # 2 of the 4 iterations
-    state = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=False)
-    state["meta"]["recipe_hash"] = "0" * 64  # as the older rule hashed it
-    for name in ("iter_2.pth", "latest.pth"):
-        torch.save(state, work / name)
-    digest = hashlib.sha256((work / "iter_2.pth").read_bytes()).hexdigest()
-    (work / "checkpoints.sha256").write_text(f"{digest}  iter_2.pth\n")  # the ledger as training keeps it
-    (work / "recipe.yaml").write_text(recipe.to_yaml())  # what the adopted folder's recipe.yaml says
-    summary = train(recipe, work, resume=True, device="cpu", log=lambda _m: None)
-    assert summary["iterations"] == 4
-    (work / "recipe.yaml").write_text(_short_smoke(tmp_path, "schedule.lr=0.02").to_yaml())
+
+    def stamp(saved_hash):
+        state = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=False)
+        state["meta"]["recipe_hash"] = saved_hash
+        for name in ("iter_2.pth", "latest.pth"):
+            torch.save(state, work / name)
+        digest = hashlib.sha256((work / "iter_2.pth").read_bytes()).hexdigest()
+        (work / "checkpoints.sha256").write_text(f"{digest}  iter_2.pth\n")  # the ledger as training keeps it
+
+    stamp("0" * 64)  # another configuration's checkpoint, with this run's recipe.yaml beside it
+    (work / "recipe.yaml").write_text(recipe.to_yaml())
     with pytest.raises(NLBenchError, match="latest.pth: written by a different recipe"):
-        train(_short_smoke(tmp_path, "schedule.max_iters=6"), work, resume=True, device="cpu", log=lambda _m: None)
+        train(recipe, work, resume=True, device="cpu", log=lambda _m: None)
+    stamp(earlier)
+    assert train(recipe, work, resume=True, device="cpu", log=lambda _m: None)["iterations"] == 4

@@ -35,7 +35,7 @@ from benchmark.engine.distributed import DistInfo
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text, file_sha256
 from benchmark.mmseg_checkpoint import check_state_dict, load_checkpoint, torch_save_sha256
-from benchmark.recipe import Recipe, resolved_recipe_hash
+from benchmark.recipe import Recipe
 
 LATEST = "latest.pth"
 MANIFEST = "checkpoints.sha256"
@@ -239,8 +239,8 @@ def restore(state: Dict[str, Any], recipe: Recipe, model: nn.Module, optimizer: 
     """Load a resume state into the training objects; returns the iteration to continue from."""
     saved_hash = (state.get("meta") or {}).get("recipe_hash")
     # A work dir renamed into place (launch/plan.py adopt_old_work_dirs) keeps checkpoints hashed by an
-    # older rule; its recipe.yaml says whether the configuration is this run's.
-    if saved_hash and saved_hash != recipe.hash and resolved_recipe_hash(latest.parent) != recipe.hash:
+    # earlier rule: the same configuration under its earlier hash resumes.
+    if saved_hash and saved_hash not in (recipe.hash, *recipe.earlier_hashes):
         raise NLBenchError(f"written by a different recipe (hash {saved_hash[:12]}, this run {recipe.hash[:12]}): "
                            "resuming would mix two configurations; use another --work-dir", latest)
     check_state_dict(model, state["state_dict"], latest)

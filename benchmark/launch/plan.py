@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
 from benchmark.catalog import select_recipe_paths
 from benchmark.errors import NLBenchError
 from benchmark.io.download import cache_dir_default
 from benchmark.io.layout import ResultsLayout, source_part
 from benchmark.launch.cost import INFER_TMAC_PER_S, TRAIN_TMAC_PER_S, estimate_gpu_hours
-from benchmark.recipe import Recipe, load_recipe, resolve_data_root, resolved_recipe_hash
+from benchmark.recipe import RESOLVED_RECIPE_FILE, Recipe, load_recipe, recipe_from_dict, resolve_data_root
 from benchmark.run.job import Job, Resources
 from benchmark.run.records import CHECKPOINT_SOURCES, KINDS, RecordStore
 from benchmark.stats import DEFAULT_TOLERANCE, SEED_STD_MIOU, half_width, seeds_for_half_width
@@ -159,12 +161,21 @@ def _note_old_work_dir(plan: Plan, results: Path, recipe: Recipe, seed: int, wor
     if Path(work_dir).exists() or not folder.is_dir():
         return
     for old in sorted(p for p in folder.iterdir() if p.is_dir() and pattern.fullmatch(p.name)):
-        if resolved_recipe_hash(old) == recipe.hash:
+        if _resolved_hash(old) == recipe.hash:
             plan.old_work_dirs.append((str(old), work_dir, True))
             return
     old_format = layout.work_dir(recipe.profile, recipe.name, seed, plan.checkpoint)
     if old_format.is_dir():
         plan.old_work_dirs.append((str(old_format), work_dir, False))
+
+
+def _resolved_hash(work_dir: Path) -> Optional[str]:
+    """The recipe hash of a work dir's recipe.yaml (the resolved recipe it ran); None without a readable one."""
+    try:
+        data = yaml.safe_load((work_dir / RESOLVED_RECIPE_FILE).read_text(encoding="utf-8"))
+        return recipe_from_dict(data).hash if isinstance(data, dict) else None
+    except (OSError, ValueError, yaml.YAMLError, NLBenchError):
+        return None
 
 
 def old_work_dir_lines(plan: Plan, renamed: bool) -> List[str]:
