@@ -431,7 +431,8 @@ def report_failure(exc: BaseException) -> None:
 # ----------------------------------------------------------------------------- device facts
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo's "model name"; elsewhere what platform knows)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -446,7 +447,9 @@ def device_info(device: torch.device, amp: Optional[str] = None) -> Dict[str, An
     """What a figure was measured on: device name and count, dtype, torch/CUDA/cuDNN versions.
 
     ``device_name`` is the GPU's name, or "cpu" for every CPU (the device class that figures are
-    compared by); ``cpu_model`` names the processor either way."""
+    compared by); ``cpu_model`` names the processor either way, and ``cpu_capability`` is the instruction
+    set ATen dispatches its CPU kernels to (AVX512, AVX2, DEFAULT: as capped by ATEN_CPU_CAPABILITY), on
+    which a CPU result's rounding depends."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = torch.cuda.get_device_name(index)
@@ -457,7 +460,8 @@ def device_info(device: torch.device, amp: Optional[str] = None) -> Dict[str, An
         "device": str(device),
         "device_type": device.type,
         "device_name": name,
-        "cpu_model": _cpu_name(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device_count": count,
         "dtype": {None: "float32", "bf16": "bfloat16", "fp16": "float16"}[amp],
         "torch_version": str(torch.__version__),

@@ -126,6 +126,10 @@ def provenance(recipe, device=None, dtype: str = "float32", checkpoint: Optional
         "device_count": facts["device_count"],
         # CPU float sums depend on the thread count (recipe runtime.cpu_threads): part of a CPU result.
         "cpu_threads": facts.get("cpu_threads"),
+        # The processor and the instruction set ATen ran on: a CPU result's rounding, and so the smoke
+        # profile's numbers, depend on both (docs/SMOKE.md).
+        "cpu_model": facts.get("cpu_model"),
+        "cpu_capability": facts.get("cpu_capability"),
         "world_size": env.world_size,
         "dtype": dtype,
         # TF32 (CUDA matmuls and cuDNN convolutions) as the run set it: recipe runtime.tf32, off by

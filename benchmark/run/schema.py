@@ -153,6 +153,8 @@ class Provenance(_Part):
     git_dirty: Any = None
     device_name: Any = None
     device_count: Any = None
+    cpu_model: Any = None  # the processor's model name (absent in older records)
+    cpu_capability: Any = None  # ATen's CPU instruction set: AVX512, AVX2, DEFAULT (absent in older records)
     dtype: Any = None
     world_size: Any = None
     recipe_hash: Any = None

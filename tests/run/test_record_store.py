@@ -3,13 +3,19 @@ every record file once, and the store answers what the launchers and reports ask
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 from report_helpers import ROW, make_record
 
 from benchmark.cli import main as cli
+from benchmark.engine.distributed import cpu_model
 from benchmark.io.layout import ResultsLayout
+from benchmark.recipe import REPO_ROOT
 from benchmark.run import job as job_module
 from benchmark.run import records
 from benchmark.run.records import CheckpointSource, Kind, RecordStore, write_record
@@ -96,3 +102,19 @@ def test_the_model_keeps_what_the_dict_checks_accepted(tmp_path):
     assert {r.model_extra["start_iteration"] for r in store.records} == {4}
     assert {r.source for r in store.records} == {CheckpointSource.TRAINED} == {"trained"}
     assert {f"{r.kind}" for r in store.records} == {"train"}  # the enums print as the JSON's strings
+
+
+
+def test_a_records_provenance_names_the_processor_and_the_instruction_set_aten_ran_on(tmp_path):
+    # A CPU result's rounding depends on both (docs/SMOKE.md); the instruction set is what ATen
+    # dispatches to in the process that made the record, so a capped process records the cap.
+    probe = ("import json; from benchmark.recipe import load_recipe; from benchmark.run.records import provenance; "
+             f"p = provenance(load_recipe({ROW!r}), device='cpu'); "
+             "print(json.dumps([p['cpu_model'], p['cpu_capability']]))")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [cpu_model(), "DEFAULT"]
+    write_record(tmp_path, make_record("eval", provenance={"cpu_model": "Some CPU", "cpu_capability": "AVX2"}))
+    (record,) = records.load_records(tmp_path)[0]
+    assert (record.provenance.cpu_model, record.provenance.cpu_capability) == ("Some CPU", "AVX2")
