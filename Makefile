@@ -67,22 +67,17 @@ SMOKE_BASELINE ?= results/reference/smoke.csv
 smoke-baseline: $(STAMP)
 	$(BIN)/python -m benchmark.report.freeze baseline '$(SPREAD)' '$(SMOKE_BASELINE)'
 
-# The smoke spread measured on this machine: a smoke run-all of every row at SPREAD_SEEDS seeds for each
-# instruction set (native, and capped to AVX2) and thread count (1, 2), each into SPREAD_RUN/<isa>-t<threads>
-# (rows done there are not run again), then one line per run in SPREAD_RUN/smoke_spread.csv. Long: 4 x
-# SPREAD_SEEDS smoke runs of every row (SPREAD_FILTER: a glob on recipe names). On a new kind of machine:
+# The smoke spread measured on this machine (scripts/smoke_spread.py --cells full): every row at seeds 0-4,
+# 1 and 2 threads, natively and under a second instruction-set cap (AVX2 where the CPU has AVX-512, else
+# SSE4.1), each (cap, threads) one smoke run-all into SPREAD_RUN/<cap>-t<threads> (rows done there are
+# not run again), then one line per run in SPREAD_RUN/smoke_spread.csv (cells of other machines already
+# there are kept). Long: 20 smoke runs of every row (SPREAD_FILTER: a glob on recipe names). On a new
+# kind of machine:
 #   make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv
 SPREAD_RUN ?= results/spread-run
-SPREAD_SEEDS ?= 5
 smoke-spread: $(STAMP)
-	for isa in native avx2; do for threads in 1 2; do \
-		cap=""; if [ $$isa = avx2 ]; then cap="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"; fi; \
-		env $$cap PATH="$(abspath $(BIN)):$$PATH" nlbench run-all --profile smoke --launcher local \
-			--seeds $(SPREAD_SEEDS) --set runtime.cpu_threads=$$threads --results $(SPREAD_RUN)/$$isa-t$$threads \
-			$(if $(SPREAD_FILTER),--filter '$(SPREAD_FILTER)') \
-			|| exit 1; \
-	done; done
-	$(BIN)/python -m benchmark.report.freeze spread '$(SPREAD_RUN)' '$(SPREAD_RUN)/smoke_spread.csv'
+	$(BIN)/python scripts/smoke_spread.py --cells full --work '$(SPREAD_RUN)' --out '$(SPREAD_RUN)/smoke_spread.csv' \
+		$(if $(SPREAD_FILTER),--filter '$(SPREAD_FILTER)')
 
 # The code's own checks first (import layers, lint), then the suite.
 test: $(STAMP) browser

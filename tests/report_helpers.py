@@ -15,11 +15,12 @@ ROWS = [p.stem for p in list_recipe_paths()]
 
 def make_record(kind: str, recipe: str = ROW, profile: str = "full", seed: int = 0, miou: float = 50.0,
                 fps: Optional[float] = 2.0, mem_gb: Optional[float] = 7.0, device: str = "cpu",
-                created_at: Optional[str] = None) -> Dict[str, Any]:
+                created_at: Optional[str] = None, provenance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     record: Dict[str, Any] = {
         "kind": kind, "recipe": recipe, "profile": profile, "seed": seed, "iterations": 40,
         "wall_time_s": 1.5, "gpu_hours": 0.0,
-        "provenance": {"device_name": device, "device_count": 1, "dtype": "float32", "git_commit": "0" * 40},
+        "provenance": {"device_name": device, "device_count": 1, "dtype": "float32", "git_commit": "0" * 40,
+                       **(provenance or {})},
     }
     if kind in ("eval", "eval_ms_flip"):
         record["metrics"] = {"aAcc": 90.0, "mIoU": miou, "mAcc": miou + 5,
@@ -32,9 +33,10 @@ def make_record(kind: str, recipe: str = ROW, profile: str = "full", seed: int =
 
 
 def write_row(results, recipe: str = ROW, profile: str = "full", seed: int = 0, miou: float = 50.0,
-              ms_flip: Optional[float] = None, fps: float = 2.0, mem_gb: float = 7.0, device: str = "cpu") -> None:
-    """A finished row: train, eval, (eval ms+flip), bench records."""
-    common = dict(recipe=recipe, profile=profile, seed=seed, device=device)
+              ms_flip: Optional[float] = None, fps: float = 2.0, mem_gb: float = 7.0, device: str = "cpu",
+              provenance: Optional[Dict[str, Any]] = None) -> None:
+    """A finished row: train, eval, (eval ms+flip), bench records (``provenance``: more of its fields)."""
+    common = dict(recipe=recipe, profile=profile, seed=seed, device=device, provenance=provenance)
     write_record(results, make_record("train", **common))
     write_record(results, make_record("eval", miou=miou, **common))
     if ms_flip is not None:

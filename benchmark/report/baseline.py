@@ -1,12 +1,8 @@
 """The smoke baseline and its measured noise: results/reference/smoke_spread.csv -> results/reference/smoke.csv.
 
 The smoke profile's final mIoU is measured several times per row (seeds, CPU threads, instruction
-sets) into a spread file, one line a run, in the columns ``SPREAD_COLUMNS``:
-
-    recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip
-
-(``isa`` is ``native`` or ``avx2``, the latter meaning ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2;
-``cpu`` the CPU's model name; ``miou_ms_flip`` empty for a row that has none). Freezing it
+sets, processors) into a spread file, one line a run (its columns and reader: benchmark/report/spread.py).
+Freezing it
 (``make smoke-baseline SPREAD=FILE``, benchmark/report/freeze.py) writes the baseline in published.csv's columns plus
 ``profile``/``device`` and the band columns ``BAND_COLUMNS``: per row and metric the mean of the runs
 and the band of benchmark.stats.noise_band (four times the largest deviation from that mean, at least the
@@ -24,64 +20,13 @@ import pandas as pd
 
 from benchmark.catalog import PUBLISHED_CSV, RELEASED_COLUMNS
 from benchmark.errors import NLBenchError
-from benchmark.recipe import REPO_ROOT
+from benchmark.report.spread import BAND_METRICS, read_spread
 from benchmark.stats import DEFAULT_TOLERANCE, SPREAD_MARGIN, noise_band
 
-SPREAD_CSV = REPO_ROOT / "results" / "reference" / "smoke_spread.csv"
-SPREAD_COLUMNS = ("recipe", "seed", "cpu_threads", "isa", "cpu", "miou", "miou_ms_flip")
-SPREAD_ISAS = ("native", "avx2")
-BAND_METRICS = ("miou", "miou_ms_flip")
 BAND_COLUMNS = ("miou_band", "miou_ms_flip_band", "n_runs", "spread_over")
 # What a failing smoke row tells its user (the Makefile target of that name).
 # `make smoke-spread` measures the spread on this machine; `smoke-baseline` freezes it (Makefile).
 REFREEZE_COMMAND = "make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv"
-
-
-def read_spread(path: Path) -> pd.DataFrame:
-    """The spread file, validated: seed and cpu_threads integers, isa one of SPREAD_ISAS, the mIoUs
-    numbers (miou_ms_flip may be empty: NaN), every recipe a row of the published table."""
-    path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise NLBenchError(f"cannot read the spread file: {exc}", path) from None
-    missing = [c for c in SPREAD_COLUMNS if c not in raw.columns]
-    if missing:
-        raise NLBenchError(f"missing columns {missing}; expected {list(SPREAD_COLUMNS)}", path)
-    if raw.empty:
-        raise NLBenchError("no runs in the spread file", path)
-    known = set(pd.read_csv(PUBLISHED_CSV, dtype=str)["recipe"])
-    table = raw[list(SPREAD_COLUMNS)].copy()
-    for line, row in enumerate(raw.to_dict("records"), start=2):
-        _check_spread_line(path, line, row, known)
-    for column in ("seed", "cpu_threads"):
-        table[column] = table[column].astype(int)
-    for column in BAND_METRICS:
-        table[column] = pd.to_numeric(table[column].replace("", None), errors="coerce")
-    return table
-
-
-def _check_spread_line(path: Path, line: int, row: dict, known: set) -> None:
-    def bad(column: str, expected: str) -> NLBenchError:
-        return NLBenchError(f"line {line}: expected {expected}, got {row[column]!r}", path, column)
-
-    if row["recipe"] not in known:
-        raise bad("recipe", "a row of results/published.csv")
-    for column in ("seed", "cpu_threads"):
-        if not row[column].strip().isdigit():
-            raise bad(column, "a whole number")
-    if row["isa"] not in SPREAD_ISAS:
-        raise bad("isa", f"one of {', '.join(SPREAD_ISAS)}")
-    for column, may_be_empty in (("miou", False), ("miou_ms_flip", True)):
-        text = row[column].strip()
-        if text == "" and may_be_empty:
-            continue
-        try:
-            value = float(text)
-        except ValueError:
-            raise bad(column, "an mIoU in points") from None
-        if not 0.0 <= value <= 100.0:
-            raise bad(column, "an mIoU in points, 0 to 100")
 
 
 def _spread_over(runs: pd.DataFrame) -> str:

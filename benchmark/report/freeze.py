@@ -1,8 +1,6 @@
 """The reference files nlbench freezes, and the Makefile's freezing steps as one command:
 ``python -m benchmark.report.freeze ACTION ...``.
 
-- ``spread SPREAD_RUN OUT``: the runs of `make smoke-spread` (SPREAD_RUN/<isa>-t<threads>) as one spread
-  file (``collect_spread``; the file's columns: benchmark/report/baseline.py);
 - ``baseline SPREAD OUT``: `make smoke-baseline`: the spread frozen into the smoke baseline OUT
   (``write_spread_baseline``), and the spread itself kept beside it as ``<folder of OUT>/smoke_spread.csv``
   (for the committed results/reference/smoke.csv: results/reference/smoke_spread.csv), so that a
@@ -11,7 +9,8 @@
   its reference log (``write_reference_logs``).
 
 ``write_baseline`` freezes one run's means as a reference CSV of one's own (``compare --reference FILE``).
-The readers of these files are elsewhere: the spread and the bands in report/baseline.py, the reference
+The spread file itself is measured and written by scripts/smoke_spread.py (its format: report/spread.py).
+The readers of these files are elsewhere: the bands in report/baseline.py, the reference
 tables in report/references.py, the reference logs in benchmark/curves/.
 
 Bad input (a missing folder, an unreadable or malformed file) is one line naming the file and what was
@@ -21,10 +20,7 @@ expected, exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import platform
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -40,59 +36,11 @@ from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_bytes, atomic_write_text
 from benchmark.io.layout import ResultsLayout
 from benchmark.recipe import REPO_ROOT, Recipe, load_recipe
-from benchmark.report.baseline import BAND_METRICS, SPREAD_COLUMNS, baseline_from_spread, read_spread
-from benchmark.report.collect import TRAINED, collect, of_source, runs
+from benchmark.report.baseline import baseline_from_spread
+from benchmark.report.collect import TRAINED, collect, of_source
 from benchmark.report.seed_logs import row_seeds, seed_logs
-from benchmark.run.records import RecordStore, load_records
+from benchmark.run.records import RecordStore
 from benchmark.stats import DEFAULT_TOLERANCE
-
-# ----------------------------------------------------------------------------- measuring the spread
-
-
-# `make smoke-spread` runs the smoke profile once per instruction set and thread count, each into
-# SPREAD_RUN/<isa>-t<threads>; collect_spread turns those runs into the spread file.
-_RUN_FOLDER = re.compile(r"(native|avx2)-t(\d+)")
-
-
-def cpu_model() -> str:
-    """This machine's CPU model name (/proc/cpuinfo on Linux; platform.processor() elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def spread_lines(results_dir: Path, cpu_threads: int, isa: str, cpu: str) -> pd.DataFrame:
-    """The spread file's lines of one run-all: each trained smoke (recipe, seed) with an mIoU."""
-    per_seed = runs(load_records(results_dir)[0])  # no records: an empty table, not an error
-    per_seed = per_seed[(per_seed["profile"] == "smoke") & (per_seed["checkpoint_source"] == "trained")
-                        & per_seed["miou"].notna()]
-    lines = pd.DataFrame({"recipe": per_seed["recipe"], "seed": per_seed["seed"].astype(int),
-                          "cpu_threads": cpu_threads, "isa": isa, "cpu": cpu})
-    for metric in BAND_METRICS:
-        lines[metric] = [f"{v:.2f}" if v == v else "" for v in per_seed[metric]]
-    return lines
-
-
-def collect_spread(spread_run, out_csv, cpu: Optional[str] = None) -> Path:
-    """Every ``<isa>-t<threads>`` run under ``spread_run`` as one spread file ``out_csv`` (atomic)."""
-    if not Path(spread_run).is_dir():
-        raise NLBenchError("expected a folder of spread runs (make smoke-spread writes one)", spread_run)
-    folders = sorted(p for p in Path(spread_run).iterdir() if p.is_dir() and _RUN_FOLDER.fullmatch(p.name))
-    if not folders:
-        raise NLBenchError("expected run folders named <isa>-t<threads> (native-t1, avx2-t2, ...)", spread_run)
-    parts = []
-    for folder in folders:
-        isa, threads = _RUN_FOLDER.fullmatch(folder.name).groups()
-        parts.append(spread_lines(folder, int(threads), isa, cpu or cpu_model()))
-    table = pd.concat(parts, ignore_index=True)
-    if table.empty:
-        raise NLBenchError("no trained smoke-profile mIoU in any run folder", spread_run)
-    atomic_write_text(Path(out_csv), table[list(SPREAD_COLUMNS)].to_csv(index=False))
-    read_spread(Path(out_csv))  # what freezing will read: refuse here, not there
-    return Path(out_csv)
-
 
 # ----------------------------------------------------------------------------- baselines
 
@@ -205,10 +153,6 @@ def freeze_baseline(spread: str, out_csv: str) -> str:
             f"mIoU bands {bands[0]} to {bands[-1]}{kept_text}")
 
 
-def freeze_spread(spread_run: str, out_csv: str) -> str:
-    return f"wrote {collect_spread(spread_run, out_csv)}"
-
-
 def reference_logs(results: str) -> str:
     written = write_reference_logs(results)
     return f"wrote {len(written)} reference logs under {Path(written[0]).parent}"
@@ -216,12 +160,9 @@ def reference_logs(results: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark.report.freeze",
-                                description="Freeze the smoke references (the Makefile's smoke-spread, "
-                                            "smoke-baseline and reference-logs targets).")
+                                description="Freeze the smoke references (the Makefile's smoke-baseline and "
+                                            "reference-logs targets).")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    s = sub.add_parser("spread", help="SPREAD_RUN/<isa>-t<threads> runs -> one spread file")
-    s.add_argument("spread_run")
-    s.add_argument("out_csv")
     b = sub.add_parser("baseline", help="a spread file -> the smoke baseline (and the spread kept beside it)")
     b.add_argument("spread")
     b.add_argument("out_csv")
@@ -232,11 +173,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    target = {"spread": "smoke-spread", "baseline": "smoke-baseline", "logs": "reference-logs"}[args.action]
+    target = {"baseline": "smoke-baseline", "logs": "reference-logs"}[args.action]
     try:
-        if args.action == "spread":
-            message = freeze_spread(args.spread_run, args.out_csv)
-        elif args.action == "baseline":
+        if args.action == "baseline":
             message = freeze_baseline(args.spread, args.out_csv)
         else:
             message = reference_logs(args.results)

@@ -2,7 +2,8 @@
 
 The spread files here are written by hand in the spread file's documented columns, and the expected
 baselines and bands worked out by hand from the rule (mean of the runs; band = max(0.5, 4 x the
-largest |run - mean|), widened by the mean's rounding and rounded up to 0.01).
+largest |run - mean|), widened by the mean's rounding and rounded up to 0.01). Each line's config_hash
+is the row's smoke configuration's, as a run of it records (``provenance.config_hash``).
 """
 
 import subprocess
@@ -18,25 +19,33 @@ from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
 from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
 from benchmark.errors import NLBenchError
-from benchmark.recipe import REPO_ROOT
-from benchmark.report.baseline import baseline_from_spread, read_spread
-from benchmark.report.freeze import collect_spread, cpu_model
+from benchmark.recipe import REPO_ROOT, load_recipe
+from benchmark.report.baseline import baseline_from_spread
 from benchmark.report.references import load_reference
+from benchmark.report.spread import cells_of_run, read_spread
 
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # a row with an ms+flip figure
-HEADER = "recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip\n"
+HEADER = "recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip,config_hash\n"
 CPU = "AMD EPYC 9454P 48-Core Processor"
+
+
+def config_hash(recipe: str, threads: int, digits: int = 12) -> str:
+    """What a smoke run of ``recipe`` at ``threads`` threads records as provenance.config_hash."""
+    return load_recipe(recipe, [f"runtime.cpu_threads={threads}"], profile="smoke").config_hash[:digits]
+
+
+H1, H2, H769_1, H769_2 = config_hash(ROW, 1), config_hash(ROW, 2), config_hash(R101_769, 1), config_hash(R101_769, 2)
 # ROW: mean 44.10, largest deviation 0.30 -> band 1.20. R101_769: mIoU all 47.00 -> the floor 0.50;
 # ms+flip 48.0/49.0/48.5/48.5 -> mean 48.50, deviation 0.50 -> band 2.00.
 SPREAD = HEADER + "".join([
-    f"{ROW},0,1,native,{CPU},44.0,\n",
-    f"{ROW},1,2,native,{CPU},44.4,\n",
-    f"{ROW},0,1,avx2,{CPU},43.8,\n",
-    f"{ROW},1,2,avx2,{CPU},44.2,\n",
-    f"{R101_769},0,1,native,{CPU},47.0,48.0\n",
-    f"{R101_769},1,1,native,{CPU},47.0,49.0\n",
-    f"{R101_769},0,2,avx2,{CPU},47.0,48.5\n",
-    f"{R101_769},1,2,avx2,{CPU},47.0,48.5\n",
+    f"{ROW},0,1,native,{CPU},44.0,,{H1}\n",
+    f"{ROW},1,2,native,{CPU},44.4,,{H2}\n",
+    f"{ROW},0,1,avx2,{CPU},43.8,,{H1}\n",
+    f"{ROW},1,2,avx2,{CPU},44.2,,{H2}\n",
+    f"{R101_769},0,1,native,{CPU},47.0,48.0,{H769_1}\n",
+    f"{R101_769},1,1,native,{CPU},47.0,49.0,{H769_1}\n",
+    f"{R101_769},0,2,avx2,{CPU},47.0,48.5,{H769_2}\n",
+    f"{R101_769},1,2,avx2,{CPU},47.0,48.5,{H769_2}\n",
 ])
 
 
@@ -82,17 +91,22 @@ def test_make_smoke_baseline_freezes_each_rows_mean_and_band(spread, tmp_path):
 def test_the_written_band_covers_the_rounding_of_the_mean(tmp_path):
     path = tmp_path / "s.csv"
     # mean 10.0036..., written 10.00: the band 0.5 (the floor) widens by 0.0036 and rounds up to 0.51
-    path.write_text(HEADER + "".join(f"{ROW},{s},1,native,x,{v},\n" for s, v in enumerate([10.0, 10.004, 10.007])))
+    path.write_text(HEADER + "".join(f"{ROW},{s},1,native,x,{v},,{H1}\n" for s, v in enumerate([10.0, 10.004, 10.007])))
     row = baseline_from_spread(path).set_index("recipe").loc[ROW]
     assert (row["miou"], row["miou_band"]) == ("10.00", "0.51")
 
 
 @pytest.mark.parametrize("line, message", [
-    (f"{ROW},0,1,sse4,x,40.0,", "isa: line 2: expected one of native, avx2, got 'sse4'"),
-    ("no_such_row,0,1,native,x,40.0,", "recipe: line 2: expected a row of results/published.csv"),
-    (f"{ROW},zero,1,native,x,40.0,", "seed: line 2: expected a whole number, got 'zero'"),
-    (f"{ROW},0,1,native,x,,", "miou: line 2: expected an mIoU in points, got ''"),
-    (f"{ROW},0,1,native,x,140,", "miou: line 2: expected an mIoU in points, 0 to 100"),
+    (f"{ROW},0,1,sse4,x,40.0,,{H1}", "isa: line 2: expected one of native, avx2, sse41, got 'sse4'"),
+    (f"no_such_row,0,1,native,x,40.0,,{H1}", "recipe: line 2: expected a row of results/published.csv"),
+    (f"{ROW},zero,1,native,x,40.0,,{H1}", "seed: line 2: expected a whole number, got 'zero'"),
+    (f"{ROW},0,1,native,x,,,{H1}", "miou: line 2: expected an mIoU in points, got ''"),
+    (f"{ROW},0,1,native,x,140,,{H1}", "miou: line 2: expected an mIoU in points, 0 to 100"),
+    (f"{ROW},0,1,native,x,40.0,,{H1.upper()}", "config_hash: line 2: expected the first 12 hex digits"),
+    # a run of the row at 2 threads filed as 1: another configuration (runtime.cpu_threads is part of it)
+    (f"{ROW},0,1,native,x,40.0,,{H2}", f"config_hash: line 2: a run of another smoke configuration of {ROW} "
+                                      f"(config_hash {H2}; the recipe's at 1 thread(s) is now {H1}): measure the "
+                                      "row again (make smoke-spread) or drop its lines"),
 ])
 def test_a_bad_spread_line_is_one_error_naming_file_line_and_column(tmp_path, line, message):
     path = tmp_path / "s.csv"
@@ -229,31 +243,50 @@ def test_compare_help_names_the_gate_flags():
     assert "miou_band" in res.stdout
 
 
-def test_collect_spread_writes_one_line_per_run_of_each_isa_and_thread_count(tmp_path):
-    run = tmp_path / "spread-run"
-    for folder, seed, miou in (("native-t1", 0, 44.0), ("native-t1", 1, 44.4), ("avx2-t2", 0, 43.8)):
-        write_row(run / folder, recipe=ROW, profile="smoke", seed=seed, miou=miou)
-    write_row(run / "avx2-t2", recipe=R101_769, profile="smoke", miou=47.0, ms_flip=48.5)
-    write_row(run / "avx2-t2", recipe=ROW, profile="full", seed=3, miou=70.0)  # not a smoke run: left out
-    write_row(run / "notes", recipe=ROW, profile="smoke", seed=9, miou=1.0)  # not an <isa>-t<threads> folder
-    out = collect_spread(run, run / "smoke_spread.csv", cpu="Test CPU")
-    assert sorted(out.read_text().splitlines()) == sorted([
-        HEADER.strip(),
-        f"{ROW},0,1,native,Test CPU,44.00,", f"{ROW},1,1,native,Test CPU,44.40,",
-        f"{ROW},0,2,avx2,Test CPU,43.80,", f"{R101_769},0,2,avx2,Test CPU,47.00,48.50"])
-    assert cpu_model() and "\n" not in cpu_model()
-    with pytest.raises(NLBenchError, match="expected run folders named <isa>-t<threads>"):
-        collect_spread(run / "notes", tmp_path / "x.csv")
+def _smoke_run(results, recipe, seed, miou, ms_flip=None, threads=1, **provenance):
+    facts = {"cpu_model": "Test CPU", "cpu_capability": "AVX2",
+             "config_hash": load_recipe(recipe, [f"runtime.cpu_threads={threads}"], profile="smoke").config_hash}
+    write_row(results, recipe=recipe, profile="smoke", seed=seed, miou=miou, ms_flip=ms_flip,
+              provenance={**facts, **provenance})
 
 
-def test_a_missing_spread_run_folder_is_one_line_exit_2(tmp_path):
-    # what `make smoke-spread` runs after its run-alls
-    res = subprocess.run([sys.executable, "-m", "benchmark.report.freeze", "spread", str(tmp_path / "none"),
-                          str(tmp_path / "s.csv")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines() == [
-        f"smoke-spread: error: {tmp_path / 'none'}: expected a folder of spread runs (make smoke-spread writes one)"]
-    assert not (tmp_path / "s.csv").exists()
+def test_the_cells_of_a_run_are_its_current_smoke_runs_with_the_cpu_they_ran_on(tmp_path):
+    run = tmp_path / "native-t1"
+    _smoke_run(run, ROW, 0, 44.0)
+    _smoke_run(run, ROW, 1, 44.4)
+    _smoke_run(run, R101_769, 0, 47.0, ms_flip=48.5)
+    _smoke_run(run, R101_769, 1, 47.5)  # ms+flip not there yet: left out until it is
+    _smoke_run(run, ROW, 2, 40.0, config_hash="f" * 64)  # the row's smoke profile before it changed
+    _smoke_run(run, ROW, 3, 40.0, threads=2)  # another thread count than the group's
+    _smoke_run(run, ROW, 4, 40.0, cpu_model=None)  # an older record: no processor named
+    write_row(run, recipe=ROW, profile="full", seed=5, miou=70.0)  # not a smoke run
+    cells = cells_of_run(run, "native", 1)
+    assert [(c["recipe"], c["seed"], c["cpu"], c["miou"], c["miou_ms_flip"], c["config_hash"]) for c in cells] == [
+        (R101_769, "0", "Test CPU (AVX2)", "47.0000", "48.5000", H769_1),
+        (ROW, "0", "Test CPU (AVX2)", "44.0000", "", H1), (ROW, "1", "Test CPU (AVX2)", "44.4000", "", H1)]
+    assert {(c["isa"], c["cpu_threads"]) for c in cells} == {("native", "1")}
+
+
+def test_smoke_spread_collects_into_the_file_keeping_other_machines_and_dropping_stale_cells(tmp_path):
+    work, out, table = tmp_path / "work", tmp_path / "spread.csv", tmp_path / "SMOKE.md"
+    _smoke_run(work / "native-t1", ROW, 0, 44.0)
+    _smoke_run(work / "native-t1", ROW, 1, 44.5)
+    out.write_text(HEADER + f"{ROW},0,1,avx2,Other CPU (AVX2),43.5,,{H1}\n"
+                   + f"{ROW},1,1,native,Other CPU (AVX512),42.0,,{'0' * 12}\n")
+    table.write_text("# notes\n<!-- smoke-spread:begin -->\nold\n<!-- smoke-spread:end -->\ntail\n")
+    res = subprocess.run([sys.executable, "scripts/smoke_spread.py", "--collect-only", "--groups", "native:1:0-1",
+                          "--filter", ROW, "--work", str(work), "--out", str(out), "--table", str(table)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "dropped 1 cell(s) of an earlier smoke configuration" in res.stdout
+    assert out.read_text().splitlines() == [
+        HEADER.strip(), f"{ROW},0,1,native,Test CPU (AVX2),44.0000,,{H1}",
+        f"{ROW},1,1,native,Test CPU (AVX2),44.5000,,{H1}", f"{ROW},0,1,avx2,Other CPU (AVX2),43.5,,{H1}"]
+    read_spread(out)  # what freezing reads
+    text = table.read_text()
+    assert text.startswith("# notes\n<!-- smoke-spread:begin -->\n| row |") and text.endswith("-->\ntail\n")
+    # 3 cells: seeds 0 and 1 (max-min 0.50), and seed 0 on another processor (0.50 from 44.00)
+    assert f"| {ROW} | mIoU | 3 | 44.00 | 43.50 | 44.50 | **1.00** | 0.50 | n/a | 0.50 |" in text
 
 
 def test_freezing_keeps_the_spread_beside_the_baseline(spread, tmp_path, capsys):
