@@ -41,7 +41,8 @@ PROFILE_NOTES = {
     "full": "the recipes as published (full size, real datasets).",
     "smoke": "a quarter-width ResNet-18 trunk with thin heads (wider for the R-101 rows), one CPU thread "
              "per run, synthetic data in each dataset's layout, small crops and schedules that grow with "
-             "the published ones (20k/40k/80k/160k -> 200/220/240/260 iterations; "
+             "the published ones (ADE20K 80k/160k -> 240/260 iterations, Cityscapes 40k/80k -> 440/480, "
+             "VOC 20k/40k -> 400/440; "
              "Backbone, Crop Size and Lr schd below name the published row, not the smoke settings). It checks "
              "that every stage of every row runs; its numbers are **not** comparable with the published "
              "full-size results (rows say `NonLocal (smoke)`; `nlbench compare` gates them against "
