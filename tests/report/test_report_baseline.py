@@ -312,3 +312,14 @@ def test_reference_logs_refreezes_the_baseline_only_from_an_explicit_spread(spre
     assert "benchmark.report.freeze logs" in res.stdout
     assert ("benchmark.report.freeze baseline 'elsewhere.csv'" in res.stdout) == freezes
     assert "write_baseline" not in res.stdout and ("smoke baseline left as it is" in res.stdout) != freezes
+
+
+def test_the_committed_smoke_baseline_is_the_freeze_of_the_committed_spread_of_todays_profile():
+    # Every committed cell is a run of its row's smoke configuration as the recipes say it now (read_spread
+    # refuses any other), and smoke.csv is exactly what freezing those cells gives: a change of the smoke
+    # profile without a new measurement and a new baseline fails here, not in a user's gate.
+    reference = REPO_ROOT / "results" / "reference"
+    frozen = baseline_from_spread(reference / "smoke_spread.csv").reset_index(drop=True)
+    committed = pd.read_csv(reference / "smoke.csv", dtype=str, keep_default_na=False)
+    assert list(frozen.columns) == list(committed.columns)
+    pd.testing.assert_frame_equal(frozen.astype(str), committed, check_dtype=False)
