@@ -57,26 +57,27 @@ reference-logs: $(STAMP)
 	$(BIN)/python -m benchmark.report.freeze logs '$(REFERENCE_RUN)'
 	$(if $(filter file undefined,$(origin SPREAD)),@echo "reference-logs: smoke baseline left as it is (SPREAD=FILE re-freezes it)",$(MAKE) smoke-baseline SPREAD='$(SPREAD)')
 
-# The smoke baseline re-frozen from a spread file (one line per run of a row at a seed, thread count and
-# instruction set; benchmark/report/baseline.py): each row's mean and its measured band, written to
-# SMOKE_BASELINE, and the spread copied beside it as smoke_spread.csv (the committed baseline's source
-# data: results/reference/smoke_spread.csv). On a new kind of machine, measure the spread there and run
-# `make smoke-baseline SPREAD=that.csv`.
+# The smoke baseline re-frozen from a spread file (one line per run of a row at a seed, thread count,
+# instruction set and processor; format: benchmark/report/spread.py): each row's mean and its measured
+# band, written to SMOKE_BASELINE, and the spread copied beside it as smoke_spread.csv (the committed
+# baseline's source data: results/reference/smoke_spread.csv).
 SPREAD ?= results/reference/smoke_spread.csv
 SMOKE_BASELINE ?= results/reference/smoke.csv
 smoke-baseline: $(STAMP)
 	$(BIN)/python -m benchmark.report.freeze baseline '$(SPREAD)' '$(SMOKE_BASELINE)'
 
-# The smoke spread measured on this machine (scripts/smoke_spread.py --cells full): every row at seeds 0-4,
-# 1 and 2 threads, natively and under a second instruction-set cap (AVX2 where the CPU has AVX-512, else
-# SSE4.1), each (cap, threads) one smoke run-all into SPREAD_RUN/<cap>-t<threads> (rows done there are
-# not run again), then one line per run in SPREAD_RUN/smoke_spread.csv (cells of other machines already
-# there are kept). Long: 20 smoke runs of every row (SPREAD_FILTER: a glob on recipe names). On a new
-# kind of machine:
-#   make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv
+# The smoke spread measured on this machine (scripts/smoke_spread.py --cells full) and added to SPREAD
+# (default: the committed spread, whose lines of other processors are kept, so the baseline widens to
+# this machine; its lines of an earlier smoke configuration are dropped): every row at seeds 0-4, 1 and 2
+# threads, natively and under a second instruction-set cap (AVX2 where the CPU has AVX-512, else SSE4.1),
+# each (cap, threads) one smoke run-all into SPREAD_RUN/<cap>-t<threads> (rows done there are not run
+# again); the committed spread's table in docs/SMOKE.md too. Long: 20 smoke runs of every row
+# (SPREAD_FILTER: a glob on recipe names). On a new kind of machine, or after a smoke profile change:
+#   make smoke-spread smoke-baseline
 SPREAD_RUN ?= results/spread-run
 smoke-spread: $(STAMP)
-	$(BIN)/python scripts/smoke_spread.py --cells full --work '$(SPREAD_RUN)' --out '$(SPREAD_RUN)/smoke_spread.csv' \
+	$(BIN)/python scripts/smoke_spread.py --cells full --work '$(SPREAD_RUN)' --out '$(SPREAD)' \
+		$(if $(filter file undefined,$(origin SPREAD)),--table docs/SMOKE.md) \
 		$(if $(SPREAD_FILTER),--filter '$(SPREAD_FILTER)')
 
 # The code's own checks first (import layers, lint), then the suite.
@@ -86,4 +87,4 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/spread-run results/demo/records results/demo/work results/demo/jobs $(DEMO_RESULTS) data/synthetic
+	rm -rf $(VENV) results/work results/jobs results/records results/reference-run results/spread-run results/smoke-spread results/demo/records results/demo/work results/demo/jobs $(DEMO_RESULTS) data/synthetic

@@ -72,11 +72,16 @@ def parse_groups(spec: str) -> List[Group]:
     """'avx2:1:0-4,native:2:0' -> [("avx2", 1, (0, 1, 2, 3, 4)), ("native", 2, (0,))]."""
     out = []
     for part in spec.split(","):
-        isa, threads, seeds = part.split(":")
-        low, _, high = seeds.partition("-")
+        try:
+            isa, threads, seeds = part.split(":")
+            low, _, high = seeds.partition("-")
+            group = (isa, int(threads), tuple(range(int(low), int(high or low) + 1)))
+        except ValueError:
+            raise NLBenchError(f"--groups: expected CAP:THREADS:SEEDS (e.g. avx2:1:0-4), got {part!r}") from None
         if isa not in spread.ISA_CAPS:
-            sys.exit(f"--groups: unknown instruction-set cap {isa!r}; expected one of {', '.join(spread.ISA_CAPS)}")
-        out.append((isa, int(threads), tuple(range(int(low), int(high or low) + 1))))
+            raise NLBenchError(f"--groups: unknown instruction-set cap {isa!r}; expected one of "
+                               f"{', '.join(spread.ISA_CAPS)}")
+        out.append(group)
     return out
 
 
@@ -105,10 +110,13 @@ def current(cells: List[spread.Cell]) -> List[spread.Cell]:
 
 def measure(args: argparse.Namespace, recipes: Sequence[str]) -> int:
     work, out = (REPO / args.work).resolve(), (REPO / args.out).resolve()
-    cells, failed = current(spread.read_cells(out)), 0
+    before = spread.read_cells(out)
+    cells, failed = current(before), 0
+    if len(cells) < len(before):
+        spread.write_spread(out, cells)  # the file says only what counts, even if nothing runs below
     for isa, threads, seeds in parse_groups(args.groups) if args.groups else groups(args.cells):
         cpu = f"{cpu_model()} ({capability(isa)})"
-        cells = spread.merge_cells(cells, current(spread.read_cells(out)))  # another instance may have written
+        cells = spread.merge_cells(cells, spread.read_cells(out))  # another instance may have written
         have = {(c["recipe"], int(c["seed"])) for c in cells
                 if (c["isa"], int(c["cpu_threads"]), c["cpu"]) == (isa, threads, cpu)}
         if all((r, s) in have for r in recipes for s in seeds):

@@ -25,8 +25,8 @@ from benchmark.stats import DEFAULT_TOLERANCE, SPREAD_MARGIN, noise_band
 
 BAND_COLUMNS = ("miou_band", "miou_ms_flip_band", "n_runs", "spread_over")
 # What a failing smoke row tells its user (the Makefile target of that name).
-# `make smoke-spread` measures the spread on this machine; `smoke-baseline` freezes it (Makefile).
-REFREEZE_COMMAND = "make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv"
+# `make smoke-spread` adds this machine's runs to the committed spread; `smoke-baseline` freezes it (Makefile).
+REFREEZE_COMMAND = "make smoke-spread smoke-baseline"
 
 
 def _spread_over(runs: pd.DataFrame) -> str:

@@ -34,7 +34,7 @@ from benchmark.catalog import PUBLISHED_CSV
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import load_recipe
-from benchmark.run.records import load_records
+from benchmark.run.records import CheckpointSource, load_records
 
 SPREAD_COLUMNS = ("recipe", "seed", "cpu_threads", "isa", "cpu", "miou", "miou_ms_flip", "config_hash")
 CELL_KEY = ("recipe", "seed", "cpu_threads", "isa", "cpu")  # one run of a row; miou and hash are its result
@@ -112,7 +112,8 @@ def _check_line(path: Path, line: int, row: dict, known: set) -> None:
         raise NLBenchError(
             f"line {line}: a run of another smoke configuration of {row['recipe']} (config_hash "
             f"{row['config_hash']}; the recipe's at {row['cpu_threads']} thread(s) is now {now}): measure the row "
-            f"again (make smoke-spread) or drop its lines", path, "config_hash")
+            f"again (scripts/smoke_spread.py --out {path}, which drops such lines) or drop its lines",
+            path, "config_hash")
 
 
 def read_cells(path: Path) -> List[Cell]:
@@ -131,15 +132,17 @@ def read_cells(path: Path) -> List[Cell]:
 
 def cells_of_run(results: Path, isa: str, cpu_threads: int) -> List[Cell]:
     """The cells one smoke run-all left in ``results`` (started under ``isa``'s cap with
-    runtime.cpu_threads=``cpu_threads``): per (row, seed) its newest eval record, with the newest
-    eval ms+flip record where the row publishes one. Only runs of the row's smoke configuration now
-    count, and only records that say which CPU made them; a row still missing its ms+flip is left out."""
+    runtime.cpu_threads=``cpu_threads``): per (row, seed) its newest eval record of a trained checkpoint,
+    with the eval ms+flip record of the same checkpoint where the row publishes one. Only runs of the
+    row's smoke configuration now count, and only records that say which processor and instruction set
+    made them; a row still missing its ms+flip is left out."""
     records, _ = load_records(Path(results))
     newest: Dict[Tuple[str, int, str], object] = {}
     for rec in records:
         prov = rec.provenance
-        if (rec.profile != "smoke" or rec.kind.value not in ("eval", "eval_ms_flip") or not prov.cpu_model
-                or str(prov.config_hash or "")[:HASH_DIGITS] != smoke_config_hash(rec.recipe, cpu_threads)):
+        if (rec.profile != "smoke" or rec.kind.value not in ("eval", "eval_ms_flip")
+                or rec.source != CheckpointSource.TRAINED or not (prov.cpu_model and prov.cpu_capability)
+                or str(prov.config_hash or "")[:HASH_DIGITS] != _current_hash(rec.recipe, cpu_threads)):
             continue
         key = (rec.recipe, rec.seed, rec.kind.value)
         if key not in newest or rec.created_at > newest[key].created_at:
@@ -147,13 +150,28 @@ def cells_of_run(results: Path, isa: str, cpu_threads: int) -> List[Cell]:
     cells = []
     for (recipe, seed, kind), rec in sorted(newest.items()):
         ms = newest.get((recipe, seed, "eval_ms_flip"))
+        if ms is not None and (ms.provenance.checkpoint_sha256, _cpu(ms)) != (rec.provenance.checkpoint_sha256,
+                                                                            _cpu(rec)):
+            ms = None  # of another training of the row: not this cell's
         if kind != "eval" or (ms is None and _publishes_ms_flip(recipe)):
             continue
         cells.append({"recipe": recipe, "seed": str(seed), "cpu_threads": str(cpu_threads), "isa": isa,
-                      "cpu": f"{rec.provenance.cpu_model} ({rec.provenance.cpu_capability})",
-                      "miou": f"{rec.metrics.mIoU:.4f}", "miou_ms_flip": f"{ms.metrics.mIoU:.4f}" if ms else "",
+                      "cpu": _cpu(rec), "miou": f"{rec.metrics.mIoU:.4f}",
+                      "miou_ms_flip": f"{ms.metrics.mIoU:.4f}" if ms else "",
                       "config_hash": str(rec.provenance.config_hash)[:HASH_DIGITS]})
     return cells
+
+
+def _cpu(rec) -> str:
+    return f"{rec.provenance.cpu_model} ({rec.provenance.cpu_capability})"
+
+
+def _current_hash(recipe: str, cpu_threads: int) -> str:
+    """smoke_config_hash, or "" for a recipe that is not in recipes/ (its records never count)."""
+    try:
+        return smoke_config_hash(recipe, cpu_threads)
+    except NLBenchError:
+        return ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,12 +203,14 @@ def _csv_field(value: str) -> str:
 
 
 def _range_within(rows: List[Cell], column: str, vary: str) -> float:
-    """The largest max-min of ``column`` over cells that differ only in ``vary`` (NaN when none do)."""
-    fixed = [c for c in ("seed", "cpu_threads", "cpu") if c != vary]
+    """The largest max-min of ``column`` over cells that differ only in ``vary`` (NaN when none do);
+    ``platform`` is the instruction-set cap and the processor together."""
+    fixed = [c for c in ("seed", "cpu_threads", "platform") if c != vary]
     buckets: Dict[Tuple[str, ...], List[float]] = {}
     for r in rows:
         if r[column]:
-            buckets.setdefault(tuple(r[c] for c in fixed), []).append(float(r[column]))
+            where = {**r, "platform": f"{r['isa']} {r['cpu']}"}
+            buckets.setdefault(tuple(where[c] for c in fixed), []).append(float(r[column]))
     spans = [max(v) - min(v) for v in buckets.values() if len(v) > 1]
     return max(spans) if spans else float("nan")
 
@@ -211,7 +231,7 @@ def spread_table(cells: Sequence[Cell]) -> str:
             if not values:
                 continue
             low, high = min(values), max(values)
-            dims = [_range_within(rows, column, d) for d in ("seed", "cpu_threads", "cpu")]
+            dims = [_range_within(rows, column, d) for d in ("seed", "cpu_threads", "platform")]
             lines.append(f"| {recipe} | {label} | {len(values)} | {sum(values) / len(values):.2f} | {low:.2f} | "
                          f"{high:.2f} | **{high - low:.2f}** | "
                          + " | ".join("n/a" if d != d else f"{d:.2f}" for d in dims) + " |")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import run_cli
-from report_helpers import ROW, ROWS, flat_smoke_baseline, write_row
+from report_helpers import ROW, ROWS, flat_smoke_baseline, make_record, write_row
 
 from benchmark.catalog import PUBLISHED_CSV
 from benchmark.cli import main as cli
@@ -22,7 +22,8 @@ from benchmark.errors import NLBenchError
 from benchmark.recipe import REPO_ROOT, load_recipe
 from benchmark.report.baseline import baseline_from_spread
 from benchmark.report.references import load_reference
-from benchmark.report.spread import cells_of_run, read_spread
+from benchmark.report.spread import cells_of_run, read_spread, spread_table
+from benchmark.run.records import write_record
 
 R101_769 = "nonlocal_r101-d8_4xb2-40k_cityscapes-769x769"  # a row with an ms+flip figure
 HEADER = "recipe,seed,cpu_threads,isa,cpu,miou,miou_ms_flip,config_hash\n"
@@ -106,7 +107,7 @@ def test_the_written_band_covers_the_rounding_of_the_mean(tmp_path):
     # a run of the row at 2 threads filed as 1: another configuration (runtime.cpu_threads is part of it)
     (f"{ROW},0,1,native,x,40.0,,{H2}", f"config_hash: line 2: a run of another smoke configuration of {ROW} "
                                       f"(config_hash {H2}; the recipe's at 1 thread(s) is now {H1}): measure the "
-                                      "row again (make smoke-spread) or drop its lines"),
+                                      "row again (scripts/smoke_spread.py --out "),
 ])
 def test_a_bad_spread_line_is_one_error_naming_file_line_and_column(tmp_path, line, message):
     path = tmp_path / "s.csv"
@@ -143,7 +144,7 @@ def test_smoke_rows_are_held_to_their_measured_band(spread, tmp_path, capsys):
     line = next(x for x in out.splitlines() if x.startswith("FAIL smoke"))
     assert line.startswith(f"FAIL smoke {ROW} mIoU: 42.85 is 1.25 below the reference 44.10")
     assert "beyond its band ±1.20, from the measured spread (4 runs: 2 seeds; threads 1, 2; isa avx2, native" in line
-    assert "make smoke-spread smoke-baseline SPREAD=results/spread-run/smoke_spread.csv" in out
+    assert "make smoke-spread smoke-baseline" in out
     assert out.splitlines()[-1] == ("FAIL: 1 regression(s) beyond the band (the tolerance; a smoke row: its "
                                     "measured spread)")
     failure = ET.parse(junit).getroot().find("testcase/failure")
@@ -164,7 +165,7 @@ def test_an_old_baseline_without_bands_keeps_the_tolerance_said_once(tmp_path, c
     write_row(results, recipe=R101_769, profile="smoke", miou=20.55)
     code, out, _ = run_inproc(capsys, "compare", "--results", str(results), "--reference", str(baseline))
     assert code == 0 and "1 reproduced, 1 better" in out
-    assert out.count("carries no measured band") == 1 and "make smoke-spread smoke-baseline SPREAD=" in out
+    assert out.count("carries no measured band") == 1 and "make smoke-spread smoke-baseline" in out
 
     old = pd.read_csv(baseline, dtype=str, keep_default_na=False)
     old["miou_band"] = "1.0"  # some band columns but not all: refused
@@ -243,9 +244,12 @@ def test_compare_help_names_the_gate_flags():
     assert "miou_band" in res.stdout
 
 
+def _full_hash(recipe, threads):
+    return load_recipe(recipe, [f"runtime.cpu_threads={threads}"], profile="smoke").config_hash
+
+
 def _smoke_run(results, recipe, seed, miou, ms_flip=None, threads=1, **provenance):
-    facts = {"cpu_model": "Test CPU", "cpu_capability": "AVX2",
-             "config_hash": load_recipe(recipe, [f"runtime.cpu_threads={threads}"], profile="smoke").config_hash}
+    facts = {"cpu_model": "Test CPU", "cpu_capability": "AVX2", "config_hash": _full_hash(recipe, threads)}
     write_row(results, recipe=recipe, profile="smoke", seed=seed, miou=miou, ms_flip=ms_flip,
               provenance={**facts, **provenance})
 
@@ -259,7 +263,17 @@ def test_the_cells_of_a_run_are_its_current_smoke_runs_with_the_cpu_they_ran_on(
     _smoke_run(run, ROW, 2, 40.0, config_hash="f" * 64)  # the row's smoke profile before it changed
     _smoke_run(run, ROW, 3, 40.0, threads=2)  # another thread count than the group's
     _smoke_run(run, ROW, 4, 40.0, cpu_model=None)  # an older record: no processor named
+    _smoke_run(run, ROW, 6, 40.0, cpu_capability=None)  # ... or no instruction set
     write_row(run, recipe=ROW, profile="full", seed=5, miou=70.0)  # not a smoke run
+    # an ms+flip record of another training of the row (another checkpoint) is not this eval's
+    facts = {"cpu_model": "Test CPU", "cpu_capability": "AVX2", "config_hash": _full_hash(R101_769, 1)}
+    write_record(run, make_record("eval", recipe=R101_769, profile="smoke", seed=2, miou=47.0,
+                                  provenance={**facts, "checkpoint_sha256": "a" * 64}))
+    write_record(run, make_record("eval_ms_flip", recipe=R101_769, profile="smoke", seed=2, miou=48.0,
+                                  provenance={**facts, "checkpoint_sha256": "b" * 64}))
+    # a released checkpoint's evaluation is not a smoke training's result
+    released = make_record("eval", recipe=ROW, profile="smoke", seed=7, miou=40.0, provenance=facts)
+    write_record(run, {**released, "checkpoint_source": "released"})
     cells = cells_of_run(run, "native", 1)
     assert [(c["recipe"], c["seed"], c["cpu"], c["miou"], c["miou_ms_flip"], c["config_hash"]) for c in cells] == [
         (R101_769, "0", "Test CPU (AVX2)", "47.0000", "48.5000", H769_1),
@@ -323,3 +337,17 @@ def test_the_committed_smoke_baseline_is_the_freeze_of_the_committed_spread_of_t
     committed = pd.read_csv(reference / "smoke.csv", dtype=str, keep_default_na=False)
     assert list(frozen.columns) == list(committed.columns)
     pd.testing.assert_frame_equal(frozen.astype(str), committed, check_dtype=False)
+
+
+def test_the_spread_tables_dimensions_hold_the_other_two_fixed():
+    # ISA/CPU compares one seed and thread count across caps or processors; the seeds column compares
+    # seeds within one cap on one processor, never an AVX2-capped run against a native one.
+    cell = dict(recipe=ROW, cpu_threads="1", miou_ms_flip="", config_hash=H1)
+    cells = [dict(cell, seed="0", isa="native", cpu="A (AVX2)", miou="99.0"),
+             dict(cell, seed="1", isa="native", cpu="A (AVX2)", miou="99.2"),
+             dict(cell, seed="0", isa="avx2", cpu="A (AVX2)", miou="98.9"),
+             dict(cell, seed="1", isa="sse41", cpu="A (DEFAULT)", miou="98.5"),
+             dict(cell, seed="0", isa="native", cpu="A (AVX2)", cpu_threads="2", miou="99.5")]
+    row = next(line for line in spread_table(cells).splitlines() if line.startswith(f"| {ROW} | mIoU |"))
+    # max-min 1.00; seeds 0.20 (native, 1 thread); threads 0.50 (seed 0 native); ISA/CPU 0.70 (seed 1)
+    assert row == f"| {ROW} | mIoU | 5 | 99.02 | 98.50 | 99.50 | **1.00** | 0.20 | 0.50 | 0.70 |"
