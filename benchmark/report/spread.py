@@ -34,7 +34,7 @@ from benchmark.catalog import PUBLISHED_CSV
 from benchmark.errors import NLBenchError
 from benchmark.io.files import atomic_write_text
 from benchmark.recipe import load_recipe
-from benchmark.run.records import CheckpointSource, load_records
+from benchmark.run.records import CheckpointSource, Kind, load_records, newest_by_kind
 
 SPREAD_COLUMNS = ("recipe", "seed", "cpu_threads", "isa", "cpu", "miou", "miou_ms_flip", "config_hash")
 CELL_KEY = ("recipe", "seed", "cpu_threads", "isa", "cpu")  # one run of a row; miou and hash are its result
@@ -137,23 +137,18 @@ def cells_of_run(results: Path, isa: str, cpu_threads: int) -> List[Cell]:
     row's smoke configuration now count, and only records that say which processor and instruction set
     made them; a row still missing its ms+flip is left out."""
     records, _ = load_records(Path(results))
-    newest: Dict[Tuple[str, int, str], object] = {}
-    for rec in records:
-        prov = rec.provenance
-        if (rec.profile != "smoke" or rec.kind.value not in ("eval", "eval_ms_flip")
-                or rec.source != CheckpointSource.TRAINED or not (prov.cpu_model and prov.cpu_capability)
-                or str(prov.config_hash or "")[:HASH_DIGITS] != _current_hash(rec.recipe, cpu_threads)):
-            continue
-        key = (rec.recipe, rec.seed, rec.kind.value)
-        if key not in newest or rec.created_at > newest[key].created_at:
-            newest[key] = rec
+    counted = [rec for rec in records
+               if rec.profile == "smoke" and rec.kind.value in ("eval", "eval_ms_flip")
+               and rec.source == CheckpointSource.TRAINED
+               and rec.provenance.cpu_model and rec.provenance.cpu_capability
+               and str(rec.provenance.config_hash or "")[:HASH_DIGITS] == _current_hash(rec.recipe, cpu_threads)]
     cells = []
-    for (recipe, seed, kind), rec in sorted(newest.items()):
-        ms = newest.get((recipe, seed, "eval_ms_flip"))
-        if ms is not None and (ms.provenance.checkpoint_sha256, _cpu(ms)) != (rec.provenance.checkpoint_sha256,
-                                                                            _cpu(rec)):
+    for (recipe, _, _, seed), kinds in sorted(newest_by_kind(counted).items()):
+        rec, ms = kinds.get(Kind.EVAL), kinds.get(Kind.EVAL_MS_FLIP)
+        if ms is not None and rec is not None and (ms.provenance.checkpoint_sha256, _cpu(ms)) != (
+                rec.provenance.checkpoint_sha256, _cpu(rec)):
             ms = None  # of another training of the row: not this cell's
-        if kind != "eval" or (ms is None and _publishes_ms_flip(recipe)):
+        if rec is None or (ms is None and _publishes_ms_flip(recipe)):
             continue
         cells.append({"recipe": recipe, "seed": str(seed), "cpu_threads": str(cpu_threads), "isa": isa,
                       "cpu": _cpu(rec), "miou": f"{rec.metrics.mIoU:.4f}",
